@@ -1,0 +1,237 @@
+//! # handoff-core
+//!
+//! The protocol of zero-downtime binary handoff, with no I/O: the v1 wire
+//! codec and one state machine per role. A supervisor holds the listening
+//! sockets; the running binary (the *incumbent*) drains, seals its state and
+//! releases the data-dir lock; the new binary (the *successor*) takes the
+//! lock and serves; any failure rolls back to the incumbent. This crate is
+//! `#![no_std]`, never allocates, reads no clock and starts no thread: bytes,
+//! events and time go in, actions come out. The adapters (`handoff-std`,
+//! `handoff-mio`, `handoff-smol`) or your own event loop carry the actions
+//! out.
+//!
+//! ## The calling contract
+//!
+//! The three machines, [`SupervisorHandoff`], [`IncumbentSession`] and
+//! [`SuccessorSession`], share one shape:
+//!
+//! 1. **Inputs** are `handle_*(now, …)` calls: bytes from a peer
+//!    (`handle_input`, which takes at most one frame per call and returns how
+//!    many bytes it consumed), a closed peer (`handle_closed`), a timer
+//!    (`handle_timeout`), and the completion of an action you ran
+//!    (`handle_drained`, `handle_sealed`, `handle_lock_acquired`,
+//!    `handle_spawned`, `handle_successor_exited`, …).
+//! 2. **After every input, drain [`poll_output`](IncumbentSession::poll_output)
+//!    until it returns `None`**, carrying out each action in order: write
+//!    this frame, run the drain hook, release the lock, spawn the successor,
+//!    signal it, write the journal, close the connection. A frame lent by
+//!    `poll_output` is valid until the next call.
+//! 3. **Then wait** for the next input or until
+//!    [`poll_timeout`](IncumbentSession::poll_timeout), whichever comes
+//!    first, and call `handle_timeout` when that instant is reached.
+//!    `poll_timeout` is `None` when nothing is pending; calling
+//!    `handle_timeout` early or twice does nothing.
+//!
+//! Time is [`Instant`], the core's own monotonic nanoseconds from an origin
+//! you choose. Heartbeats, liveness limits, deadlines, the drain grace and
+//! lock retries are all timers inside the machines, so no adapter needs a
+//! heartbeat thread. A hook that takes long (drain, seal, the successor's
+//! start-up) runs while you keep feeding inputs and timeouts; the machine
+//! sends the heartbeats. A machine ends with one `Finished` output; after it,
+//! inputs are ignored. Bad input from a peer (a malformed frame, a wrong id, a
+//! message in the wrong direction or phase) is never a panic: it ends the
+//! session through the same outputs as any other failure, and an incumbent
+//! always ends up serving with its lock, unless it committed or another
+//! process holds the lock.
+//!
+//! ## A complete driver loop
+//!
+//! An incumbent's control session over a blocking Unix socket. The hooks run
+//! inline to keep it short; a real adapter runs them on another thread or
+//! task and keeps this loop turning meanwhile (that is what `handoff-std`
+//! does), so that heartbeats and deadlines keep working while a drain takes
+//! seconds.
+//!
+//! ```no_run
+//! use std::io::{ErrorKind, Read, Write};
+//! use std::os::unix::net::UnixStream;
+//! use std::time::Duration;
+//!
+//! use handoff_core::{
+//!     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, Revisions,
+//!     SealReport, SessionEnd,
+//! };
+//!
+//! /// What the daemon does when asked; a stand-in for your own code.
+//! trait Daemon {
+//!     fn drain(&mut self, deadline: Instant) -> DrainReport;
+//!     fn seal(&mut self) -> Result<([u64; 1], [u8; 32]), ()>;
+//!     fn resume(&mut self) -> bool;
+//!     fn release_lock(&mut self);
+//!     fn try_lock(&mut self) -> bool;
+//! }
+//!
+//! fn run_session(mut sock: UnixStream, daemon: &mut impl Daemon) -> std::io::Result<SessionEnd> {
+//!     let origin = std::time::Instant::now();
+//!     let now = || Instant::from_nanos(origin.elapsed().as_nanos() as u64);
+//!     let mut session: IncumbentSession =
+//!         IncumbentSession::new(now(), IncumbentConfig::default(), std::process::id(), b"v2");
+//!     let mut buf = [0u8; 4096];
+//!     // Bytes read but not yet taken by the session: `buf[start..end]`.
+//!     let (mut start, mut end) = (0, 0);
+//!     loop {
+//!         // 2. Carry out every action, in order.
+//!         while let Some(output) = session.poll_output() {
+//!             match output {
+//!                 IncumbentOutput::Transmit(frame) => {
+//!                     if sock.write_all(frame).is_err() {
+//!                         session.handle_closed(now());
+//!                     }
+//!                 }
+//!                 IncumbentOutput::Drain { deadline } => {
+//!                     let report = daemon.drain(deadline);
+//!                     session.handle_drained(now(), report);
+//!                 }
+//!                 IncumbentOutput::Seal => match daemon.seal() {
+//!                     Ok((revisions, fingerprint)) => session.handle_sealed(
+//!                         now(),
+//!                         SealReport {
+//!                             last_revision_per_shard: Revisions::from_slice(&revisions),
+//!                             data_dir_fingerprint: fingerprint,
+//!                         },
+//!                     ),
+//!                     Err(()) => session.handle_seal_failed(
+//!                         now(),
+//!                         handoff_core::SealFailure { error: "disk full", partial_state: "" },
+//!                     ),
+//!                 },
+//!                 IncumbentOutput::ReleaseLock => daemon.release_lock(),
+//!                 IncumbentOutput::AcquireLock => {
+//!                     if daemon.try_lock() {
+//!                         session.handle_lock_acquired(now());
+//!                     } else {
+//!                         session.handle_lock_busy(now());
+//!                     }
+//!                 }
+//!                 IncumbentOutput::Resume => {
+//!                     if daemon.resume() {
+//!                         session.handle_resumed(now());
+//!                     } else {
+//!                         session.handle_resume_failed(now());
+//!                     }
+//!                 }
+//!                 IncumbentOutput::Close => {
+//!                     let _ = sock.shutdown(std::net::Shutdown::Both);
+//!                 }
+//!                 IncumbentOutput::Finished(end) => return Ok(end),
+//!             }
+//!         }
+//!         // 1. Feed the next input: buffered bytes first, one frame at a time.
+//!         if start < end {
+//!             start += session.handle_input(now(), &buf[start..end]);
+//!             continue;
+//!         }
+//!         // 3. Wait for bytes or the next deadline.
+//!         let wait = session
+//!             .poll_timeout()
+//!             .map(|t| t.saturating_duration_since(now()).max(Duration::from_millis(1)));
+//!         sock.set_read_timeout(wait)?;
+//!         match sock.read(&mut buf) {
+//!             Ok(0) => session.handle_closed(now()),
+//!             Ok(n) => (start, end) = (0, n),
+//!             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+//!                 session.handle_timeout(now());
+//!             }
+//!             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+//!             Err(_) => session.handle_closed(now()),
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! ## The wire
+//!
+//! [`Message`] is the protocol's fourteen messages, [`encode_frame`] writes
+//! one frame into your buffer, and [`FrameDecoder`] reads frames from a byte
+//! stream split any way, borrowing strings and lists from its buffer. Frames
+//! are exactly those of the `beyond-handoff` 0.1.x crate, so peers built on
+//! either interoperate; decoding here is stricter (bytes left over in a frame
+//! are an error) but accepts everything the reference sends.
+//!
+//! ## Buffers
+//!
+//! Each machine is generic over a [`Buffer`] for its receive buffer, its
+//! queue of outgoing frames and the reports it keeps. The default is a
+//! 4 KiB array; with the `alloc` feature a `Vec<u8>` grows as needed up to
+//! the 1 MiB frame limit, which a supervisor needs to accept anything a
+//! reference peer may send.
+//!
+//! ## Room to grow
+//!
+//! Three extensions are planned, each to be negotiated through a bit of
+//! [`Capabilities`] (a feature is used only when both sides set it; a
+//! reference peer sets none) and carried by new message variants after the
+//! fourteen of v1, which a peer only ever sees after it offered the bit:
+//!
+//! - *reclaiming listeners*: a restarted supervisor asks the incumbent for the
+//!   listener FDs instead of binding again. It is a new exchange at the start
+//!   of a session, after `HelloAck`, in the supervisor's and incumbent's
+//!   machines, with one new output (pass FDs) for the adapter;
+//! - *probation*: after `Ready`, the supervisor waits a window before sending
+//!   `Commit`; a sealed incumbent already knows how to take its lock back and
+//!   resume (it does so on `ResumeAfterAbort`), so the window is a new step
+//!   between `AwaitingReady` and `Done` in the supervisor;
+//! - *passing connections*: the incumbent hands accepted connections to the
+//!   successor during drain, one more output beside `Drain` and a matching
+//!   input on the successor.
+//!
+//! The machines keep each peer's offered capabilities ([`PeerInfo`] on the
+//! supervisor's outcome) so each extension is a new step, not a rewrite.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(
+    clippy::std_instead_of_core,
+    clippy::std_instead_of_alloc,
+    clippy::alloc_instead_of_core
+)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+mod buffer;
+mod codec;
+mod error;
+mod frame;
+mod incumbent;
+mod journal;
+mod machine;
+mod message;
+mod successor;
+mod supervisor;
+mod time;
+mod wire;
+
+pub use buffer::{Buffer, DefaultBuffer};
+pub use error::{DecodeError, DecodeErrorKind, EncodeError, FrameError};
+pub use frame::{Frame, FrameDecoder, encode_frame, encoded_frame_len};
+pub use incumbent::{
+    EndCause, IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd,
+};
+pub use journal::{JournalPhase, JournalRecord};
+pub use machine::{
+    DrainReport, ReadyReport, SealFailure, SealReport, ShortText, Violation, defaults,
+};
+pub use message::{Message, MessageKind, Revisions, RevisionsIter, Strings, StringsIter};
+pub use successor::{
+    SuccessorConfig, SuccessorEnd, SuccessorFailure, SuccessorOutput, SuccessorSession,
+    SuccessorStep,
+};
+pub use supervisor::{
+    AbortReason, IncumbentFate, Outcome, Peer, PeerInfo, PhaseTimings, Signal, SuccessorFate,
+    SupervisorConfig, SupervisorHandoff, SupervisorOutput, SupervisorStep,
+};
+pub use time::Instant;
+pub use wire::{
+    Capabilities, HandoffId, LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, PROTO_MAX, PROTO_MIN,
+    ProtoVersion, Side, VERSION_FIELD, VersionMismatch, negotiate_version,
+};

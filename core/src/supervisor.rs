@@ -1,0 +1,1472 @@
+//! The supervisor's side of one handoff.
+//!
+//! [`SupervisorHandoff`] drives one handoff from connecting to the incumbent
+//! until it either commits or has rolled everything back. It talks to two
+//! peers, the incumbent (over its control socket) and the successor (over the
+//! socketpair it was spawned with), and asks its adapter to connect, spawn,
+//! signal, journal and disconnect. It gives up on a step when that step's
+//! budget runs out, when the peer that owes an answer falls silent for the
+//! liveness limit, when a peer closes or breaks the protocol, or when the
+//! successor exits, and every way out of a started handoff ends with the
+//! successor stopped and reaped and the incumbent told to serve again, before
+//! [`SupervisorOutput::Finished`] is emitted.
+
+use core::fmt;
+use core::time::Duration;
+
+use crate::buffer::{Buffer, DefaultBuffer};
+use crate::error::FrameError;
+use crate::frame::{Frame, FrameDecoder};
+use crate::journal::{JournalPhase, JournalRecord};
+use crate::machine::{
+    DrainReport, Outbox, Popped, ReadyReport, SealFailure, SealReport, ShortText, Violation,
+    defaults,
+};
+use crate::message::{Message, Revisions, Strings};
+use crate::time::{Instant, earliest};
+use crate::wire::{
+    Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, ProtoVersion, Side, VersionMismatch,
+    negotiate_version,
+};
+
+/// One of the supervisor's two peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// The running binary, reached over its control socket.
+    Incumbent,
+    /// The spawned binary, reached over its end of the socketpair.
+    Successor,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Peer::Incumbent => "incumbent",
+            Peer::Successor => "successor",
+        })
+    }
+}
+
+/// A signal for the successor process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// `SIGTERM`: exit now, cleanly.
+    Terminate,
+    /// `SIGKILL`: it did not exit within the grace.
+    Kill,
+}
+
+/// Budgets and timings of one handoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    /// The whole handoff, from start until `Ready`.
+    pub deadline: Duration,
+    /// The incumbent's drain.
+    pub drain_grace: Duration,
+    /// From spawning the successor until its `Hello`: the start-up work it
+    /// does while the incumbent still serves. Bounded by `deadline`.
+    pub startup_budget: Duration,
+    /// From connecting until the incumbent's `Hello`.
+    pub hello_timeout: Duration,
+    /// Silence from the incumbent, while it owes an answer, that means it is
+    /// dead or hung.
+    pub liveness: Duration,
+    /// How often a peer waiting on this supervisor hears from it.
+    pub heartbeat_interval: Duration,
+    /// Added to the drain, seal and ready budgets for a reply already sent.
+    pub wire_slack: Duration,
+    /// Between `SIGTERM` and `SIGKILL` when stopping the successor.
+    pub kill_grace: Duration,
+    /// Features this supervisor offers (none are defined yet).
+    pub capabilities: Capabilities,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            deadline: defaults::DEADLINE,
+            drain_grace: defaults::DRAIN_GRACE,
+            startup_budget: defaults::STARTUP_BUDGET,
+            hello_timeout: defaults::HELLO_TIMEOUT,
+            liveness: defaults::LIVENESS,
+            heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
+            wire_slack: defaults::WIRE_SLACK,
+            kill_grace: defaults::KILL_GRACE,
+            capabilities: Capabilities::NONE,
+        }
+    }
+}
+
+/// Where a handoff stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SupervisorStep {
+    /// Waiting for the adapter to connect to the incumbent.
+    ConnectingIncumbent,
+    /// Waiting for the incumbent's `Hello`.
+    AwaitingIncumbentHello,
+    /// Waiting for the adapter to spawn the successor.
+    SpawningSuccessor,
+    /// Waiting for the successor's `Hello` (its start-up).
+    AwaitingSuccessorHello,
+    /// `PrepareHandoff` sent; waiting for `Drained`.
+    Draining,
+    /// `SealRequest` sent; waiting for `SealComplete` or `SealFailed`.
+    Sealing,
+    /// `Begin` sent; waiting for `Ready`.
+    AwaitingReady,
+    /// Rolling back: waiting for the successor to exit.
+    Aborting,
+    /// Finished, committed or aborted.
+    Done,
+}
+
+impl SupervisorStep {
+    /// What the supervisor waits for in this step, for messages.
+    pub fn awaiting(self) -> &'static str {
+        match self {
+            SupervisorStep::ConnectingIncumbent => "the connection to the incumbent",
+            SupervisorStep::AwaitingIncumbentHello => "the incumbent's Hello",
+            SupervisorStep::SpawningSuccessor => "the successor to be spawned",
+            SupervisorStep::AwaitingSuccessorHello => "the successor's Hello",
+            SupervisorStep::Draining => "Drained",
+            SupervisorStep::Sealing => "SealComplete or SealFailed",
+            SupervisorStep::AwaitingReady => "Ready",
+            SupervisorStep::Aborting => "the successor to exit",
+            SupervisorStep::Done => "nothing (the handoff is over)",
+        }
+    }
+}
+
+/// Why a handoff did not commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// The incumbent's control socket could not be reached.
+    IncumbentUnreachable,
+    /// The incumbent sent no `Hello` within the hello timeout.
+    IncumbentHelloTimeout,
+    /// The incumbent closed the connection or died.
+    IncumbentClosed {
+        /// The step the handoff was in.
+        step: SupervisorStep,
+    },
+    /// The incumbent owed an answer and sent nothing for the liveness limit.
+    IncumbentUnresponsive {
+        /// The step the handoff was in.
+        step: SupervisorStep,
+    },
+    /// The successor could not be spawned.
+    SpawnFailed,
+    /// The successor sent no `Hello` within its start-up budget.
+    SuccessorStartupTimeout,
+    /// The successor closed its socket before `Ready`.
+    SuccessorClosed {
+        /// The step the handoff was in.
+        step: SupervisorStep,
+    },
+    /// The successor exited before `Ready`.
+    SuccessorExited {
+        /// The step the handoff was in.
+        step: SupervisorStep,
+    },
+    /// The incumbent did not report `Drained` within the drain grace.
+    DrainTimeout,
+    /// The incumbent could not seal; it kept the lock and serves on.
+    SealFailed,
+    /// The incumbent did not finish sealing by the deadline.
+    SealTimeout,
+    /// The successor did not report `Ready` by the deadline.
+    ReadyTimeout,
+    /// The handoff's deadline passed.
+    DeadlineExceeded {
+        /// The step the handoff was in.
+        step: SupervisorStep,
+    },
+    /// A peer speaks no protocol version in common with this supervisor.
+    VersionMismatch {
+        /// The peer.
+        peer: Peer,
+        /// Both ranges.
+        mismatch: VersionMismatch,
+    },
+    /// A peer broke the protocol.
+    ProtocolViolation {
+        /// The peer.
+        peer: Peer,
+        /// What it did.
+        violation: Violation,
+    },
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::IncumbentUnreachable => {
+                f.write_str("the incumbent's control socket could not be reached")
+            }
+            AbortReason::IncumbentHelloTimeout => {
+                f.write_str("the incumbent sent no Hello within the hello timeout")
+            }
+            AbortReason::IncumbentClosed { step } => write!(
+                f,
+                "the incumbent closed its connection while the supervisor awaited {}",
+                step.awaiting()
+            ),
+            AbortReason::IncumbentUnresponsive { step } => write!(
+                f,
+                "the incumbent went silent past the liveness limit while the supervisor awaited {}",
+                step.awaiting()
+            ),
+            AbortReason::SpawnFailed => f.write_str("the successor could not be spawned"),
+            AbortReason::SuccessorStartupTimeout => {
+                f.write_str("the successor sent no Hello within its start-up budget")
+            }
+            AbortReason::SuccessorClosed { step } => write!(
+                f,
+                "the successor closed its socket while the supervisor awaited {}",
+                step.awaiting()
+            ),
+            AbortReason::SuccessorExited { step } => write!(
+                f,
+                "the successor exited while the supervisor awaited {}",
+                step.awaiting()
+            ),
+            AbortReason::DrainTimeout => {
+                f.write_str("the incumbent did not report Drained within the drain grace")
+            }
+            AbortReason::SealFailed => f.write_str("seal failed"),
+            AbortReason::SealTimeout => {
+                f.write_str("the incumbent did not finish sealing by the deadline")
+            }
+            AbortReason::ReadyTimeout => {
+                f.write_str("the successor did not report Ready by the deadline")
+            }
+            AbortReason::DeadlineExceeded { step } => write!(
+                f,
+                "the handoff deadline passed while the supervisor awaited {}",
+                step.awaiting()
+            ),
+            AbortReason::VersionMismatch { peer, mismatch } => write!(f, "{peer}: {mismatch}"),
+            AbortReason::ProtocolViolation { peer, violation } => {
+                write!(f, "protocol violation by the {peer}: {violation}")
+            }
+        }
+    }
+}
+
+/// How long each step took; `None` for steps not reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseTimings {
+    /// Start until connected to the incumbent.
+    pub connect: Option<Duration>,
+    /// Connected until the incumbent's `Hello`.
+    pub incumbent_hello: Option<Duration>,
+    /// Asking for the spawn until it was reported done.
+    pub spawn: Option<Duration>,
+    /// Spawned until the successor's `Hello` (its start-up).
+    pub successor_hello: Option<Duration>,
+    /// `PrepareHandoff` until `Drained`.
+    pub drain: Option<Duration>,
+    /// `SealRequest` until `SealComplete`.
+    pub seal: Option<Duration>,
+    /// `Begin` until `Ready`.
+    pub begin_to_ready: Option<Duration>,
+    /// `Ready` until finished (commit and journal).
+    pub commit: Option<Duration>,
+    /// Start until finished.
+    pub total: Duration,
+}
+
+/// What became of the successor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SuccessorFate {
+    /// Never spawned.
+    NotSpawned,
+    /// Committed: it serves; the caller owns the process from here.
+    Serving,
+    /// Stopped (or died) and its exit was reported.
+    Exited,
+    /// Sent `SIGKILL`, but no exit was reported within the grace.
+    Unconfirmed,
+}
+
+/// What became of the incumbent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IncumbentFate {
+    /// Never asked to drain; it serves as before.
+    Untouched,
+    /// Told to resume (`Abort` or `ResumeAfterAbort`).
+    ToldToResume,
+    /// It resumed by itself after its seal failed.
+    ResumedAfterSealFailure,
+    /// Sent `Commit`: it exits after its last connections.
+    Committed,
+    /// It closed, died or broke the protocol after this handoff started
+    /// changing it; whoever runs it must check it.
+    Gone,
+}
+
+/// What one peer said about itself in `Hello`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerInfo<'a> {
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// Its build id.
+    pub build_id: &'a [u8],
+    /// The features it offered.
+    pub capabilities: Capabilities,
+    /// The version negotiated with it.
+    pub version: Option<ProtoVersion>,
+}
+
+/// The result of one handoff, with everything the peers reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome<'a> {
+    /// The handoff.
+    pub handoff_id: HandoffId,
+    /// `Ok` if committed, otherwise why not.
+    pub result: Result<(), AbortReason>,
+    /// The incumbent's `Hello`.
+    pub incumbent: PeerInfo<'a>,
+    /// The successor's `Hello` (and pid once spawned).
+    pub successor: PeerInfo<'a>,
+    /// What the incumbent's `Drained` said.
+    pub drained: Option<DrainReport>,
+    /// The last `SealProgress`: shards sealed, shards in all, last revision.
+    pub seal_progress: Option<(u32, u32, u64)>,
+    /// What the incumbent's `SealComplete` said.
+    pub sealed: Option<SealReport<'a>>,
+    /// What the incumbent's `SealFailed` said.
+    pub seal_failure: Option<SealFailure<'a>>,
+    /// What the successor's `Ready` said.
+    pub ready: Option<ReadyReport<'a>>,
+    /// What became of the incumbent.
+    pub incumbent_fate: IncumbentFate,
+    /// What became of the successor.
+    pub successor_fate: SuccessorFate,
+    /// Whether a journal write was reported failed.
+    pub journal_failed: bool,
+    /// Whether a report did not fit the report buffer and was cut (only
+    /// with a fixed-size buffer).
+    pub reports_truncated: bool,
+    /// How long each step took.
+    pub timings: PhaseTimings,
+}
+
+impl Outcome<'_> {
+    /// Whether the handoff committed.
+    pub fn committed(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// An action for the adapter, in the order it must be carried out.
+#[derive(Debug)]
+pub enum SupervisorOutput<'a> {
+    /// Connect to the incumbent's control socket; report with
+    /// [`SupervisorHandoff::handle_connected`] or
+    /// [`SupervisorHandoff::handle_connect_failed`].
+    ConnectIncumbent,
+    /// Write this whole frame to the peer; a failed write is reported with
+    /// [`SupervisorHandoff::handle_closed`].
+    Transmit {
+        /// The peer.
+        to: Peer,
+        /// One complete frame.
+        frame: &'a [u8],
+    },
+    /// Make the socketpair and spawn the successor with the listeners
+    /// (SPEC section 5); report with [`SupervisorHandoff::handle_spawned`]
+    /// or [`SupervisorHandoff::handle_spawn_failed`], and later its exit with
+    /// [`SupervisorHandoff::handle_successor_exited`].
+    SpawnSuccessor,
+    /// Signal the successor process.
+    Signal(Signal),
+    /// Close the connection to this peer; nothing more will be sent to it.
+    Disconnect(Peer),
+    /// Write this journal record atomically; report a failure with
+    /// [`SupervisorHandoff::handle_journal_failed`].
+    WriteJournal(JournalRecord),
+    /// Delete the journal.
+    ClearJournal,
+    /// The handoff is over; close whatever is still open. Emitted once.
+    Finished(Outcome<'a>),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Connect,
+    Spawn,
+    Signal(Signal),
+    Disconnect(Peer),
+    Journal(JournalRecord),
+    ClearJournal,
+    Finished,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Span {
+    start: usize,
+    len: usize,
+    /// Elements, for list fields.
+    count: usize,
+}
+
+/// Keeps copies of what peers reported, for the outcome.
+struct Stash<B> {
+    buf: B,
+    used: usize,
+    truncated: bool,
+}
+
+impl<B: Buffer> Stash<B> {
+    fn put(&mut self, bytes: &[u8], count: usize) -> Span {
+        let end = self.used + bytes.len();
+        if !self.buf.grow(end) {
+            self.truncated = true;
+            return Span::default();
+        }
+        self.buf.bytes_mut()[self.used..end].copy_from_slice(bytes);
+        let span = Span {
+            start: self.used,
+            len: bytes.len(),
+            count,
+        };
+        self.used = end;
+        span
+    }
+
+    fn get(&self, span: Span) -> &[u8] {
+        self.buf
+            .bytes()
+            .get(span.start..span.start + span.len)
+            .unwrap_or(&[])
+    }
+
+    fn str(&self, span: Span) -> &str {
+        core::str::from_utf8(self.get(span)).unwrap_or("")
+    }
+
+    /// A list kept by `put`; a list that did not fit reads as empty.
+    fn revisions(&self, span: Span) -> Revisions<'_> {
+        Revisions::from_wire(self.get(span), span.count)
+    }
+
+    fn strings(&self, span: Span) -> Strings<'_> {
+        Strings::from_wire(self.get(span), span.count)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Marks {
+    connected: Option<Instant>,
+    incumbent_hello: Option<Instant>,
+    spawned: Option<Instant>,
+    successor_hello: Option<Instant>,
+    drained: Option<Instant>,
+    sealed: Option<Instant>,
+    ready: Option<Instant>,
+    finished: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct IncumbentPeer {
+    open: bool,
+    version: Option<ProtoVersion>,
+    pid: Option<u32>,
+    capabilities: Capabilities,
+    build_id: Span,
+    last_rx: Instant,
+    prepared: bool,
+    sealed: bool,
+    seal_failed: bool,
+    fate: IncumbentFate,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SuccessorPeer {
+    pid: Option<u32>,
+    spawn_pending: bool,
+    open: bool,
+    version: Option<ProtoVersion>,
+    capabilities: Capabilities,
+    build_id: Span,
+    exited: bool,
+    kill_sent: bool,
+    given_up: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Reports {
+    drained: Option<DrainReport>,
+    seal_progress: Option<(u32, u32, u64)>,
+    seal: Option<(Span, [u8; 32])>,
+    seal_failure: Option<(Span, Span)>,
+    ready: Option<(Span, bool, Span)>,
+}
+
+/// Everything but the two decoders, so a decoded frame (which borrows a
+/// decoder) can be handled with `&mut` access to the rest.
+struct Core<B: Buffer> {
+    cfg: SupervisorConfig,
+    id: HandoffId,
+    started: Instant,
+    started_unix_ms: u64,
+    deadline_at: Instant,
+    step: SupervisorStep,
+    out: Outbox<Peer, Action, B>,
+    stash: Stash<B>,
+    o: IncumbentPeer,
+    n: SuccessorPeer,
+    hb_incumbent: Option<Instant>,
+    hb_successor: Option<Instant>,
+    kill_at: Option<Instant>,
+    abort: Option<AbortReason>,
+    journaled: bool,
+    journal_failed: bool,
+    marks: Marks,
+    reports: Reports,
+}
+
+/// The supervisor's state machine for one handoff. See the crate docs for
+/// the calling contract.
+pub struct SupervisorHandoff<B: Buffer = DefaultBuffer> {
+    rx_incumbent: FrameDecoder<B>,
+    rx_successor: FrameDecoder<B>,
+    core: Core<B>,
+}
+
+impl<B: Buffer> SupervisorHandoff<B> {
+    /// Starts a handoff at `now`: the first output asks to connect to the
+    /// incumbent. `random` becomes the handoff id (a v4 UUID);
+    /// `started_at_unix_ms` is the wall-clock time, for the journal.
+    pub fn new(
+        now: Instant,
+        config: SupervisorConfig,
+        random: [u8; 16],
+        started_at_unix_ms: u64,
+    ) -> Self {
+        let mut out = Outbox::new();
+        out.act(Action::Connect);
+        SupervisorHandoff {
+            rx_incumbent: FrameDecoder::new(),
+            rx_successor: FrameDecoder::new(),
+            core: Core {
+                cfg: config,
+                id: HandoffId::from_random_bytes(random),
+                started: now,
+                started_unix_ms: started_at_unix_ms,
+                deadline_at: now + config.deadline,
+                step: SupervisorStep::ConnectingIncumbent,
+                out,
+                stash: Stash {
+                    buf: B::empty(),
+                    used: 0,
+                    truncated: false,
+                },
+                o: IncumbentPeer {
+                    open: false,
+                    version: None,
+                    pid: None,
+                    capabilities: Capabilities::NONE,
+                    build_id: Span::default(),
+                    last_rx: now,
+                    prepared: false,
+                    sealed: false,
+                    seal_failed: false,
+                    fate: IncumbentFate::Untouched,
+                },
+                n: SuccessorPeer {
+                    pid: None,
+                    spawn_pending: false,
+                    open: false,
+                    version: None,
+                    capabilities: Capabilities::NONE,
+                    build_id: Span::default(),
+                    exited: false,
+                    kill_sent: false,
+                    given_up: false,
+                },
+                hb_incumbent: None,
+                hb_successor: None,
+                kill_at: None,
+                abort: None,
+                journaled: false,
+                journal_failed: false,
+                marks: Marks::default(),
+                reports: Reports::default(),
+            },
+        }
+    }
+
+    /// The id of this handoff.
+    pub fn handoff_id(&self) -> HandoffId {
+        self.core.id
+    }
+
+    /// Where the handoff stands.
+    pub fn step(&self) -> SupervisorStep {
+        self.core.step
+    }
+
+    /// The successor's pid, once spawned.
+    pub fn successor_pid(&self) -> Option<u32> {
+        self.core.n.pid
+    }
+
+    /// The incumbent's pid, once it said `Hello`.
+    pub fn incumbent_pid(&self) -> Option<u32> {
+        self.core.o.pid
+    }
+
+    /// Whether `Finished` has been queued; inputs are ignored from then on.
+    pub fn is_finished(&self) -> bool {
+        self.core.step == SupervisorStep::Done
+    }
+
+    /// The connection to the incumbent is open.
+    pub fn handle_connected(&mut self, now: Instant) {
+        let c = &mut self.core;
+        if c.step != SupervisorStep::ConnectingIncumbent {
+            return;
+        }
+        c.marks.connected = Some(now);
+        c.o.open = true;
+        c.o.last_rx = now;
+        c.step = SupervisorStep::AwaitingIncumbentHello;
+    }
+
+    /// The incumbent's control socket could not be reached.
+    pub fn handle_connect_failed(&mut self, now: Instant) {
+        if self.core.step == SupervisorStep::ConnectingIncumbent {
+            self.core.abort(now, AbortReason::IncumbentUnreachable);
+        }
+    }
+
+    /// Bytes arrived from a peer. At most one frame is taken per call; the
+    /// return value is how many bytes were consumed (at least one if `bytes`
+    /// is not empty). Poll the outputs, then call again with the rest.
+    pub fn handle_input(&mut self, now: Instant, from: Peer, bytes: &[u8]) -> usize {
+        if self.core.step == SupervisorStep::Done {
+            return bytes.len();
+        }
+        match from {
+            Peer::Incumbent => {
+                if !self.core.o.open {
+                    return bytes.len();
+                }
+                let (used, frame) = self.rx_incumbent.decode(bytes);
+                self.core.on_incumbent_frame(now, frame);
+                used
+            }
+            Peer::Successor => {
+                if !self.core.n.open {
+                    return bytes.len();
+                }
+                let (used, frame) = self.rx_successor.decode(bytes);
+                self.core.on_successor_frame(now, frame);
+                used
+            }
+        }
+    }
+
+    /// The peer closed its end (EOF), or reading or writing it failed.
+    pub fn handle_closed(&mut self, now: Instant, peer: Peer) {
+        self.core.on_closed(now, peer);
+    }
+
+    /// The successor was spawned with this pid.
+    pub fn handle_spawned(&mut self, now: Instant, pid: u32) {
+        self.core.on_spawned(now, pid);
+    }
+
+    /// The successor could not be spawned.
+    pub fn handle_spawn_failed(&mut self, now: Instant) {
+        let c = &mut self.core;
+        if !c.n.spawn_pending {
+            return;
+        }
+        c.n.spawn_pending = false;
+        c.marks.spawned = Some(now);
+        match c.step {
+            SupervisorStep::SpawningSuccessor => c.abort(now, AbortReason::SpawnFailed),
+            SupervisorStep::Aborting => c.try_finish_abort(now),
+            _ => {}
+        }
+    }
+
+    /// The successor process exited and was reaped.
+    pub fn handle_successor_exited(&mut self, now: Instant) {
+        self.core.on_successor_exited(now);
+    }
+
+    /// A journal write or delete failed. The handoff goes on (the journal is
+    /// for diagnosis after a crash, and every peer recovers without it); the
+    /// outcome reports it.
+    pub fn handle_journal_failed(&mut self, _now: Instant) {
+        self.core.journal_failed = true;
+    }
+
+    /// Time passed. Calling it early, or again, does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let partial = self.rx_incumbent.has_partial();
+        self.core.on_timeout(now, partial);
+    }
+
+    /// The next deadline, or `None` when nothing is pending.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.next_timeout()
+    }
+
+    /// The next action, or `None` until the next input.
+    pub fn poll_output(&mut self) -> Option<SupervisorOutput<'_>> {
+        let popped = self.core.out.pop()?;
+        let c = &self.core;
+        Some(match popped {
+            Popped::Frame { to, start, len } => SupervisorOutput::Transmit {
+                to,
+                frame: c.out.frame(start, len),
+            },
+            Popped::Do(action) => match action {
+                Action::Connect => SupervisorOutput::ConnectIncumbent,
+                Action::Spawn => SupervisorOutput::SpawnSuccessor,
+                Action::Signal(s) => SupervisorOutput::Signal(s),
+                Action::Disconnect(p) => SupervisorOutput::Disconnect(p),
+                Action::Journal(r) => SupervisorOutput::WriteJournal(r),
+                Action::ClearJournal => SupervisorOutput::ClearJournal,
+                Action::Finished => SupervisorOutput::Finished(c.outcome()),
+            },
+        })
+    }
+
+    /// The outcome so far (final once `Finished` was emitted).
+    pub fn outcome(&self) -> Outcome<'_> {
+        self.core.outcome()
+    }
+}
+
+impl<B: Buffer> Core<B> {
+    fn send(&mut self, to: Peer, msg: &Message<'_>) {
+        let version = match to {
+            Peer::Incumbent => self.o.version,
+            Peer::Successor => self.n.version,
+        };
+        // Frames here are the supervisor's own small messages; they fit any
+        // buffer the frame limit allows.
+        let _ = self.out.send(to, version.unwrap_or(PROTO_MAX), msg);
+    }
+
+    fn disconnect(&mut self, peer: Peer) {
+        let open = match peer {
+            Peer::Incumbent => &mut self.o.open,
+            Peer::Successor => &mut self.n.open,
+        };
+        if *open {
+            *open = false;
+            self.out.act(Action::Disconnect(peer));
+        }
+    }
+
+    fn journal(&mut self, phase: JournalPhase) {
+        self.journaled = true;
+        self.out.act(Action::Journal(JournalRecord {
+            handoff_id: self.id,
+            phase,
+            incumbent_pid: self.o.pid.unwrap_or(0),
+            successor_pid: self.n.pid,
+            started_at_unix_ms: self.started_unix_ms,
+        }));
+    }
+
+    fn finish(&mut self, now: Instant) {
+        self.marks.finished = Some(now);
+        self.step = SupervisorStep::Done;
+        self.hb_incumbent = None;
+        self.hb_successor = None;
+        self.kill_at = None;
+        self.out.act(Action::Finished);
+    }
+
+    /// Checks what every frame from a negotiated peer must satisfy.
+    fn check_frame(
+        &self,
+        negotiated: Option<ProtoVersion>,
+        frame: &Frame<'_>,
+    ) -> Result<(), Violation> {
+        if let Some(v) = negotiated
+            && frame.version != v
+        {
+            return Err(Violation::WrongVersion {
+                got: frame.version,
+                negotiated: v,
+            });
+        }
+        if let Some(got) = frame.message.handoff_id()
+            && got != self.id
+        {
+            return Err(Violation::WrongHandoffId {
+                got,
+                expected: self.id,
+            });
+        }
+        Ok(())
+    }
+
+    fn on_incumbent_frame(&mut self, now: Instant, frame: Result<Option<Frame<'_>>, FrameError>) {
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => return self.incumbent_violation(now, Violation::Frame(e)),
+        };
+        if matches!(self.step, SupervisorStep::Aborting | SupervisorStep::Done) {
+            // Rolling back: nothing the incumbent says changes that.
+            return;
+        }
+        self.o.last_rx = now;
+        if let Err(v) = self.check_frame(self.o.version, &frame) {
+            return self.incumbent_violation(now, v);
+        }
+        match (self.step, frame.message) {
+            (_, Message::Heartbeat { .. }) => {}
+            (
+                SupervisorStep::AwaitingIncumbentHello,
+                Message::Hello {
+                    role,
+                    pid,
+                    build_id,
+                    proto_min,
+                    proto_max,
+                    capabilities,
+                },
+            ) => {
+                if role != Side::Incumbent {
+                    return self.incumbent_violation(now, Violation::WrongRole { got: role });
+                }
+                let version = match negotiate_version(PROTO_MIN, PROTO_MAX, proto_min, proto_max) {
+                    Ok(v) => v,
+                    Err(mismatch) => {
+                        self.disconnect(Peer::Incumbent);
+                        return self.abort(
+                            now,
+                            AbortReason::VersionMismatch {
+                                peer: Peer::Incumbent,
+                                mismatch,
+                            },
+                        );
+                    }
+                };
+                self.o.version = Some(version);
+                self.o.pid = Some(pid);
+                self.o.capabilities = capabilities;
+                self.o.build_id = self.stash.put(build_id, 0);
+                self.marks.incumbent_hello = Some(now);
+                self.send(
+                    Peer::Incumbent,
+                    &Message::HelloAck {
+                        proto_version_chosen: version,
+                        handoff_id: self.id,
+                    },
+                );
+                self.step = SupervisorStep::SpawningSuccessor;
+                self.n.spawn_pending = true;
+                self.out.act(Action::Spawn);
+            }
+            (
+                SupervisorStep::Draining,
+                Message::Drained {
+                    open_conns_remaining,
+                    accept_closed,
+                },
+            ) => {
+                self.reports.drained = Some(DrainReport {
+                    open_conns_remaining,
+                    accept_closed,
+                });
+                self.marks.drained = Some(now);
+                self.journal(JournalPhase::Draining);
+                self.send(
+                    Peer::Incumbent,
+                    &Message::SealRequest {
+                        handoff_id: self.id,
+                    },
+                );
+                self.step = SupervisorStep::Sealing;
+            }
+            (
+                SupervisorStep::Draining | SupervisorStep::Sealing,
+                Message::SealProgress {
+                    shards_sealed,
+                    shards_total,
+                    last_revision,
+                },
+            ) => {
+                self.reports.seal_progress = Some((shards_sealed, shards_total, last_revision));
+            }
+            (
+                SupervisorStep::Sealing,
+                Message::SealComplete {
+                    last_revision_per_shard,
+                    data_dir_fingerprint,
+                    ..
+                },
+            ) => {
+                self.o.sealed = true;
+                let raw = last_revision_per_shard.wire_bytes().unwrap_or(&[]);
+                let span = self.stash.put(raw, last_revision_per_shard.len());
+                self.reports.seal = Some((span, data_dir_fingerprint));
+                self.marks.sealed = Some(now);
+                self.journal(JournalPhase::Sealing);
+                self.send(
+                    Peer::Successor,
+                    &Message::Begin {
+                        handoff_id: self.id,
+                    },
+                );
+                self.journal(JournalPhase::AwaitingReady);
+                self.step = SupervisorStep::AwaitingReady;
+                // The successor starts up now and heartbeats by itself; the
+                // incumbent waits on us for Commit and hears from us.
+                self.hb_successor = None;
+                self.hb_incumbent = Some(now + self.cfg.heartbeat_interval);
+            }
+            (
+                SupervisorStep::Sealing,
+                Message::SealFailed {
+                    error,
+                    partial_state,
+                    ..
+                },
+            ) => {
+                self.o.seal_failed = true;
+                self.o.fate = IncumbentFate::ResumedAfterSealFailure;
+                let e = self.stash.put(error.as_bytes(), 0);
+                let p = self.stash.put(partial_state.as_bytes(), 0);
+                self.reports.seal_failure = Some((e, p));
+                self.abort(now, AbortReason::SealFailed);
+            }
+            (step, msg) => self.incumbent_violation(
+                now,
+                Violation::Unexpected {
+                    message: msg.kind(),
+                    awaiting: step.awaiting(),
+                },
+            ),
+        }
+    }
+
+    fn incumbent_violation(&mut self, now: Instant, violation: Violation) {
+        match self.step {
+            SupervisorStep::Aborting | SupervisorStep::Done => {}
+            SupervisorStep::AwaitingReady => {
+                // Sealed: the lock is free and the successor has `Begin`; a
+                // broken incumbent is as good as a dead one from here on.
+                self.o.fate = IncumbentFate::Gone;
+                self.hb_incumbent = None;
+                self.disconnect(Peer::Incumbent);
+            }
+            _ => {
+                if self.o.prepared {
+                    self.o.fate = IncumbentFate::Gone;
+                }
+                self.disconnect(Peer::Incumbent);
+                self.abort(
+                    now,
+                    AbortReason::ProtocolViolation {
+                        peer: Peer::Incumbent,
+                        violation,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_successor_frame(&mut self, now: Instant, frame: Result<Option<Frame<'_>>, FrameError>) {
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => return self.successor_violation(now, Violation::Frame(e)),
+        };
+        if matches!(self.step, SupervisorStep::Aborting | SupervisorStep::Done) {
+            return;
+        }
+        if let Err(v) = self.check_frame(self.n.version, &frame) {
+            return self.successor_violation(now, v);
+        }
+        match (self.step, frame.message) {
+            (_, Message::Heartbeat { .. }) => {}
+            (
+                SupervisorStep::AwaitingSuccessorHello,
+                Message::Hello {
+                    role,
+                    pid,
+                    build_id,
+                    proto_min,
+                    proto_max,
+                    capabilities,
+                },
+            ) => {
+                if role != Side::Successor {
+                    return self.successor_violation(now, Violation::WrongRole { got: role });
+                }
+                let expected = self.n.pid.unwrap_or(0);
+                if pid != expected {
+                    return self.successor_violation(
+                        now,
+                        Violation::WrongPid {
+                            announced: pid,
+                            expected,
+                        },
+                    );
+                }
+                let version = match negotiate_version(PROTO_MIN, PROTO_MAX, proto_min, proto_max) {
+                    Ok(v) => v,
+                    Err(mismatch) => {
+                        return self.abort(
+                            now,
+                            AbortReason::VersionMismatch {
+                                peer: Peer::Successor,
+                                mismatch,
+                            },
+                        );
+                    }
+                };
+                self.n.version = Some(version);
+                self.n.capabilities = capabilities;
+                self.n.build_id = self.stash.put(build_id, 0);
+                self.marks.successor_hello = Some(now);
+                self.send(
+                    Peer::Successor,
+                    &Message::HelloAck {
+                        proto_version_chosen: version,
+                        handoff_id: self.id,
+                    },
+                );
+                self.journal(JournalPhase::Negotiating);
+                let left = self.deadline_at.saturating_duration_since(now);
+                self.send(
+                    Peer::Incumbent,
+                    &Message::PrepareHandoff {
+                        handoff_id: self.id,
+                        successor_pid: pid,
+                        deadline_ms: millis(left),
+                        drain_grace_ms: millis(self.cfg.drain_grace),
+                    },
+                );
+                self.o.prepared = true;
+                self.o.last_rx = now;
+                self.step = SupervisorStep::Draining;
+                // The incumbent is busy now and heartbeats to us; the
+                // successor waits for `Begin` and hears from us.
+                self.hb_incumbent = None;
+                self.hb_successor = Some(now + self.cfg.heartbeat_interval);
+            }
+            (
+                SupervisorStep::AwaitingReady,
+                Message::Ready {
+                    listening_on,
+                    healthz_ok,
+                    advertised_revision_per_shard,
+                    ..
+                },
+            ) => {
+                let l = self
+                    .stash
+                    .put(listening_on.wire_bytes().unwrap_or(&[]), listening_on.len());
+                let r = self.stash.put(
+                    advertised_revision_per_shard.wire_bytes().unwrap_or(&[]),
+                    advertised_revision_per_shard.len(),
+                );
+                self.reports.ready = Some((l, healthz_ok, r));
+                self.marks.ready = Some(now);
+                self.commit(now);
+            }
+            (step, msg) => self.successor_violation(
+                now,
+                Violation::Unexpected {
+                    message: msg.kind(),
+                    awaiting: step.awaiting(),
+                },
+            ),
+        }
+    }
+
+    fn successor_violation(&mut self, now: Instant, violation: Violation) {
+        if matches!(self.step, SupervisorStep::Aborting | SupervisorStep::Done) {
+            return;
+        }
+        self.abort(
+            now,
+            AbortReason::ProtocolViolation {
+                peer: Peer::Successor,
+                violation,
+            },
+        );
+    }
+
+    fn commit(&mut self, now: Instant) {
+        // From `Ready` on, the successor holds the lock and serves: it is the
+        // incumbent now, whatever happens to the old one.
+        if self.o.open {
+            self.send(
+                Peer::Incumbent,
+                &Message::Commit {
+                    handoff_id: self.id,
+                },
+            );
+            self.o.fate = IncumbentFate::Committed;
+        } else {
+            self.o.fate = IncumbentFate::Gone;
+        }
+        self.disconnect(Peer::Incumbent);
+        self.disconnect(Peer::Successor);
+        self.journal(JournalPhase::Committed);
+        self.out.act(Action::ClearJournal);
+        self.finish(now);
+    }
+
+    fn abort(&mut self, now: Instant, reason: AbortReason) {
+        if matches!(self.step, SupervisorStep::Aborting | SupervisorStep::Done) {
+            return;
+        }
+        self.abort = Some(reason);
+        self.step = SupervisorStep::Aborting;
+        self.hb_incumbent = None;
+        self.hb_successor = None;
+        let text: ShortText<192> = ShortText::display(&reason);
+
+        // An incumbent that drained but did not seal holds its lock: it can
+        // serve again at once, without waiting for the successor to go.
+        if self.o.open && !self.o.sealed {
+            if self.o.prepared && !self.o.seal_failed {
+                self.send(
+                    Peer::Incumbent,
+                    &Message::Abort {
+                        handoff_id: self.id,
+                        reason: text.as_str(),
+                    },
+                );
+                self.o.fate = IncumbentFate::ToldToResume;
+            }
+            self.disconnect(Peer::Incumbent);
+        }
+
+        if self.n.pid.is_some() && !self.n.exited {
+            self.stop_successor(now, text.as_str());
+        }
+        self.try_finish_abort(now);
+    }
+
+    fn stop_successor(&mut self, now: Instant, reason: &str) {
+        if self.n.open && self.n.version.is_some() {
+            self.send(
+                Peer::Successor,
+                &Message::Abort {
+                    handoff_id: self.id,
+                    reason,
+                },
+            );
+        }
+        self.disconnect(Peer::Successor);
+        self.out.act(Action::Signal(Signal::Terminate));
+        self.kill_at = Some(now + self.cfg.kill_grace);
+    }
+
+    /// Ends the abort once the successor can no longer hold the lock.
+    fn try_finish_abort(&mut self, now: Instant) {
+        if self.step != SupervisorStep::Aborting || self.n.spawn_pending {
+            return;
+        }
+        if self.n.pid.is_some() && !self.n.exited && !self.n.given_up {
+            return;
+        }
+        self.kill_at = None;
+        if self.o.sealed && self.o.open {
+            if self.journaled {
+                self.journal(JournalPhase::ResumingAfterAbort);
+            }
+            self.send(
+                Peer::Incumbent,
+                &Message::ResumeAfterAbort {
+                    handoff_id: self.id,
+                },
+            );
+            self.o.fate = IncumbentFate::ToldToResume;
+            self.disconnect(Peer::Incumbent);
+        }
+        self.disconnect(Peer::Successor);
+        if self.journaled {
+            self.out.act(Action::ClearJournal);
+        }
+        self.finish(now);
+    }
+
+    fn on_closed(&mut self, now: Instant, peer: Peer) {
+        match peer {
+            Peer::Incumbent => {
+                if !self.o.open {
+                    return;
+                }
+                self.disconnect(Peer::Incumbent);
+                match self.step {
+                    SupervisorStep::Done => {}
+                    SupervisorStep::Aborting | SupervisorStep::AwaitingReady => {
+                        // Sealed or rolling back: nothing more is needed from
+                        // it, but it did not get told to resume.
+                        if self.o.prepared {
+                            self.o.fate = IncumbentFate::Gone;
+                        }
+                        self.hb_incumbent = None;
+                    }
+                    step => {
+                        if self.o.prepared {
+                            self.o.fate = IncumbentFate::Gone;
+                        }
+                        self.abort(now, AbortReason::IncumbentClosed { step });
+                    }
+                }
+            }
+            Peer::Successor => {
+                if !self.n.open {
+                    return;
+                }
+                self.disconnect(Peer::Successor);
+                match self.step {
+                    SupervisorStep::Done | SupervisorStep::Aborting => {}
+                    step => self.abort(now, AbortReason::SuccessorClosed { step }),
+                }
+            }
+        }
+    }
+
+    fn on_spawned(&mut self, now: Instant, pid: u32) {
+        if !self.n.spawn_pending {
+            return;
+        }
+        self.n.spawn_pending = false;
+        self.n.pid = Some(pid);
+        self.n.open = true;
+        self.marks.spawned = Some(now);
+        match self.step {
+            SupervisorStep::SpawningSuccessor => {
+                self.step = SupervisorStep::AwaitingSuccessorHello;
+                // The incumbent waits for `PrepareHandoff` while the
+                // successor starts up, however long its budget.
+                self.hb_incumbent = Some(now + self.cfg.heartbeat_interval);
+            }
+            SupervisorStep::Aborting => {
+                self.stop_successor(now, "handoff aborted while spawning");
+                self.try_finish_abort(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_successor_exited(&mut self, now: Instant) {
+        if self.n.pid.is_none() || self.n.exited {
+            return;
+        }
+        self.n.exited = true;
+        match self.step {
+            SupervisorStep::Done => {}
+            SupervisorStep::Aborting => self.try_finish_abort(now),
+            step => self.abort(now, AbortReason::SuccessorExited { step }),
+        }
+    }
+
+    /// The step's own budget.
+    fn step_deadline(&self) -> Option<Instant> {
+        let c = &self.cfg;
+        let at = |mark: Option<Instant>, d: Duration| mark.unwrap_or(self.started) + d;
+        match self.step {
+            SupervisorStep::ConnectingIncumbent | SupervisorStep::SpawningSuccessor => {
+                Some(self.deadline_at)
+            }
+            SupervisorStep::AwaitingIncumbentHello => {
+                Some(at(self.marks.connected, c.hello_timeout).min(self.deadline_at))
+            }
+            SupervisorStep::AwaitingSuccessorHello => {
+                Some(at(self.marks.spawned, c.startup_budget).min(self.deadline_at))
+            }
+            SupervisorStep::Draining => Some(
+                at(self.marks.successor_hello, c.drain_grace).min(self.deadline_at) + c.wire_slack,
+            ),
+            SupervisorStep::Sealing | SupervisorStep::AwaitingReady => {
+                Some(self.deadline_at + c.wire_slack)
+            }
+            SupervisorStep::Aborting | SupervisorStep::Done => None,
+        }
+    }
+
+    /// When silence from the incumbent means it is gone: only while it owes
+    /// an answer (it heartbeats while its hooks run).
+    fn liveness_deadline(&self) -> Option<Instant> {
+        match self.step {
+            SupervisorStep::Draining | SupervisorStep::Sealing if self.o.open => {
+                Some(self.o.last_rx + self.cfg.liveness)
+            }
+            _ => None,
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Instant> {
+        if self.step == SupervisorStep::Done {
+            return None;
+        }
+        let t = earliest(self.step_deadline(), self.liveness_deadline());
+        let t = earliest(t, self.hb_incumbent);
+        let t = earliest(t, self.hb_successor);
+        earliest(t, self.kill_at)
+    }
+
+    fn on_timeout(&mut self, now: Instant, incumbent_mid_frame: bool) {
+        if self.step == SupervisorStep::Done {
+            return;
+        }
+        if let Some(t) = self.kill_at
+            && t <= now
+        {
+            if !self.n.kill_sent {
+                self.n.kill_sent = true;
+                self.out.act(Action::Signal(Signal::Kill));
+                self.kill_at = Some(now + self.cfg.kill_grace);
+            } else {
+                self.n.given_up = true;
+                self.try_finish_abort(now);
+            }
+        }
+        if let Some(t) = self.step_deadline()
+            && t <= now
+        {
+            let step = self.step;
+            let reason = match step {
+                SupervisorStep::AwaitingIncumbentHello if self.deadline_at > now => {
+                    AbortReason::IncumbentHelloTimeout
+                }
+                SupervisorStep::AwaitingSuccessorHello if self.deadline_at > now => {
+                    AbortReason::SuccessorStartupTimeout
+                }
+                SupervisorStep::Draining => AbortReason::DrainTimeout,
+                SupervisorStep::Sealing => AbortReason::SealTimeout,
+                SupervisorStep::AwaitingReady => AbortReason::ReadyTimeout,
+                _ => AbortReason::DeadlineExceeded { step },
+            };
+            self.abort(now, reason);
+        } else if let Some(t) = self.liveness_deadline()
+            && t <= now
+        {
+            if incumbent_mid_frame {
+                // It is writing right now: alive. The step budget still
+                // bounds a peer that trickles bytes.
+                self.o.last_rx = now;
+            } else {
+                let step = self.step;
+                self.o.fate = IncumbentFate::Gone;
+                self.disconnect(Peer::Incumbent);
+                self.abort(now, AbortReason::IncumbentUnresponsive { step });
+            }
+        }
+        if let Some(t) = self.hb_incumbent
+            && t <= now
+        {
+            self.beat(now, Peer::Incumbent);
+            self.hb_incumbent = Some(now + self.cfg.heartbeat_interval);
+        }
+        if let Some(t) = self.hb_successor
+            && t <= now
+        {
+            self.beat(now, Peer::Successor);
+            self.hb_successor = Some(now + self.cfg.heartbeat_interval);
+        }
+    }
+
+    fn beat(&mut self, now: Instant, to: Peer) {
+        let open = match to {
+            Peer::Incumbent => self.o.open,
+            Peer::Successor => self.n.open,
+        };
+        if open && !self.out.frame_queued_to(to) {
+            self.send(
+                to,
+                &Message::Heartbeat {
+                    ts_ms: now.as_millis(),
+                },
+            );
+        }
+    }
+
+    fn outcome(&self) -> Outcome<'_> {
+        let m = &self.marks;
+        let between = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        let end = m.finished;
+        let timings = PhaseTimings {
+            connect: between(Some(self.started), m.connected),
+            incumbent_hello: between(m.connected, m.incumbent_hello),
+            spawn: between(m.incumbent_hello, m.spawned),
+            successor_hello: between(m.spawned, m.successor_hello),
+            drain: between(m.successor_hello, m.drained),
+            seal: between(m.drained, m.sealed),
+            begin_to_ready: between(m.sealed, m.ready),
+            commit: between(m.ready, end),
+            total: end
+                .unwrap_or(self.started)
+                .saturating_duration_since(self.started),
+        };
+        let successor_fate = if self.n.pid.is_none() {
+            SuccessorFate::NotSpawned
+        } else if self.n.exited {
+            SuccessorFate::Exited
+        } else if self.n.given_up {
+            SuccessorFate::Unconfirmed
+        } else {
+            SuccessorFate::Serving
+        };
+        let r = &self.reports;
+        Outcome {
+            handoff_id: self.id,
+            result: match self.abort {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            },
+            incumbent: PeerInfo {
+                pid: self.o.pid,
+                build_id: self.stash.get(self.o.build_id),
+                capabilities: self.o.capabilities,
+                version: self.o.version,
+            },
+            successor: PeerInfo {
+                pid: self.n.pid,
+                build_id: self.stash.get(self.n.build_id),
+                capabilities: self.n.capabilities,
+                version: self.n.version,
+            },
+            drained: r.drained,
+            seal_progress: r.seal_progress,
+            sealed: r.seal.map(|(span, fp)| SealReport {
+                last_revision_per_shard: self.stash.revisions(span),
+                data_dir_fingerprint: fp,
+            }),
+            seal_failure: r.seal_failure.map(|(e, p)| SealFailure {
+                error: self.stash.str(e),
+                partial_state: self.stash.str(p),
+            }),
+            ready: r.ready.map(|(l, healthz_ok, revs)| ReadyReport {
+                listening_on: self.stash.strings(l),
+                healthz_ok,
+                advertised_revision_per_shard: self.stash.revisions(revs),
+            }),
+            incumbent_fate: self.o.fate,
+            successor_fate,
+            journal_failed: self.journal_failed,
+            reports_truncated: self.stash.truncated,
+            timings,
+        }
+    }
+}
+
+/// Whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
