@@ -564,6 +564,8 @@ impl<B: Buffer> Core<B> {
     fn end(&mut self, end: SessionEnd) {
         self.step = IncumbentStep::Done;
         self.heartbeat_at = None;
+        // `Finished` closes the connection; nothing more goes out.
+        self.supervisor_open = false;
         self.out.act(Action::Finished(end));
     }
 

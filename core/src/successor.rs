@@ -90,8 +90,9 @@ impl SuccessorStep {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SuccessorFailure {
-    /// The supervisor aborted the handoff, saying why.
-    Aborted(ShortText<256>),
+    /// The supervisor aborted the handoff; its reason is
+    /// [`SuccessorSession::abort_reason`].
+    Aborted,
     /// The supervisor closed the socket (or died) before we held the lock.
     SupervisorGone,
     /// No `HelloAck` within the hello timeout.
@@ -111,9 +112,7 @@ pub enum SuccessorFailure {
 impl fmt::Display for SuccessorFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SuccessorFailure::Aborted(reason) => {
-                write!(f, "the supervisor aborted the handoff: {reason}")
-            }
+            SuccessorFailure::Aborted => f.write_str("the supervisor aborted the handoff"),
             SuccessorFailure::SupervisorGone => {
                 f.write_str("the supervisor went away before this successor held the lock")
             }
@@ -186,6 +185,7 @@ struct Core<B: Buffer> {
     heartbeat_at: Option<Instant>,
     lock_retry_at: Option<Instant>,
     lock_give_up_at: Instant,
+    abort_reason: ShortText<256>,
 }
 
 /// The successor's state machine. See the crate docs for the calling
@@ -228,6 +228,7 @@ impl<B: Buffer> SuccessorSession<B> {
                 heartbeat_at: None,
                 lock_retry_at: None,
                 lock_give_up_at: now,
+                abort_reason: ShortText::new(),
             },
         }
     }
@@ -250,6 +251,12 @@ impl<B: Buffer> SuccessorSession<B> {
     /// Whether `Finished` has been queued.
     pub fn is_finished(&self) -> bool {
         self.core.step == SuccessorStep::Done
+    }
+
+    /// The reason the supervisor gave in its `Abort` (truncated to 256
+    /// bytes), or `""`.
+    pub fn abort_reason(&self) -> &str {
+        self.core.abort_reason.as_str()
     }
 
     /// Bytes arrived from the supervisor; at most one frame per call.
@@ -436,9 +443,10 @@ impl<B: Buffer> Core<B> {
                 | SuccessorStep::Locking
                 | SuccessorStep::Starting,
                 Message::Abort { reason, .. },
-            ) => self.fail(SuccessorFailure::Aborted(ShortText::from_str_truncated(
-                reason,
-            ))),
+            ) => {
+                self.abort_reason = ShortText::from_str_truncated(reason);
+                self.fail(SuccessorFailure::Aborted)
+            }
             (step, msg) => self.violation(Violation::Unexpected {
                 message: msg.kind(),
                 awaiting: step.awaiting(),

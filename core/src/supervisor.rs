@@ -361,6 +361,9 @@ impl Outcome<'_> {
 }
 
 /// An action for the adapter, in the order it must be carried out.
+// `Finished` is large, but it is emitted once per handoff and a core without
+// an allocator cannot box it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SupervisorOutput<'a> {
     /// Connect to the incumbent's control socket; report with
