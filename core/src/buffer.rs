@@ -27,6 +27,11 @@ pub trait Buffer {
     /// Makes at least `len` bytes available; `false` if this buffer cannot
     /// hold that many (the caller then reports the frame as too large).
     fn grow(&mut self, len: usize) -> bool;
+
+    /// The most bytes [`Buffer::grow`] can ever make available.
+    fn max_len(&self) -> usize {
+        usize::MAX
+    }
 }
 
 impl<const N: usize> Buffer for [u8; N] {
@@ -44,6 +49,10 @@ impl<const N: usize> Buffer for [u8; N] {
 
     fn grow(&mut self, len: usize) -> bool {
         len <= N
+    }
+
+    fn max_len(&self) -> usize {
+        N
     }
 }
 

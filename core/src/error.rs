@@ -29,6 +29,8 @@ pub enum DecodeErrorKind {
     UnknownMessage(u32),
     /// A `Side` variant index other than 0 or 1.
     UnknownSide(u32),
+    /// A journal phase index past the last phase (5).
+    UnknownPhase(u32),
     /// A boolean byte other than 0 or 1.
     BadBool(u8),
     /// An option tag other than 0 or 1.
@@ -55,6 +57,9 @@ impl fmt::Display for DecodeError {
                 "unknown message variant {i} (protocol v1 defines 0..=13)"
             ),
             DecodeErrorKind::UnknownSide(i) => write!(f, "unknown role {i} (0 or 1 expected)"),
+            DecodeErrorKind::UnknownPhase(i) => {
+                write!(f, "unknown journal phase {i} (0..=5 expected)")
+            }
             DecodeErrorKind::BadBool(b) => write!(f, "boolean byte {b:#04x} (0 or 1 expected)"),
             DecodeErrorKind::BadOption(b) => write!(f, "option tag {b:#04x} (0 or 1 expected)"),
             DecodeErrorKind::BadHandoffIdLength(n) => {

@@ -83,11 +83,14 @@ impl<B: Buffer> FrameDecoder<B> {
         Self::with_limit(MAX_FRAME_LEN)
     }
 
-    /// A decoder accepting `frame_len` up to `limit` (never above 1 MiB).
+    /// A decoder accepting `frame_len` up to `limit`, never above 1 MiB nor
+    /// above what the buffer can hold.
     pub fn with_limit(limit: u32) -> Self {
+        let buf = B::empty();
+        let room = u32::try_from(buf.max_len()).unwrap_or(u32::MAX);
         FrameDecoder {
-            buf: B::empty(),
-            limit: limit.clamp(MIN_FRAME_LEN, MAX_FRAME_LEN),
+            limit: limit.min(room).clamp(MIN_FRAME_LEN, MAX_FRAME_LEN),
+            buf,
             header: [0; LEN_PREFIX],
             state: State::Header(0),
         }
@@ -249,15 +252,11 @@ mod tests {
         let mut dec: FrameDecoder<[u8; 16]> = FrameDecoder::new();
         let (_, res) = dec.decode(&17u32.to_le_bytes());
         assert_eq!(res, Err(FrameError::TooLarge { len: 17, limit: 16 }));
-        let mut dec: FrameDecoder<[u8; 16]> = FrameDecoder::new();
-        let (_, res) = dec.decode(&(MAX_FRAME_LEN + 1).to_le_bytes());
-        assert_eq!(
-            res,
-            Err(FrameError::TooLarge {
-                len: MAX_FRAME_LEN + 1,
-                limit: MAX_FRAME_LEN
-            })
-        );
+        assert_eq!(dec.limit(), 16);
+        let dec: FrameDecoder<[u8; 16]> = FrameDecoder::with_limit(8);
+        assert_eq!(dec.limit(), 8);
+        let dec: FrameDecoder<[u8; 16]> = FrameDecoder::with_limit(u32::MAX);
+        assert_eq!(dec.limit(), 16);
     }
 
     #[test]

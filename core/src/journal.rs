@@ -112,7 +112,7 @@ impl JournalRecord {
         let index = r.field("phase").u32()?;
         let phase = *JournalPhase::ALL
             .get(index as usize)
-            .ok_or_else(|| r.err(DecodeErrorKind::UnknownMessage(index)))?;
+            .ok_or_else(|| r.err(DecodeErrorKind::UnknownPhase(index)))?;
         let incumbent_pid = r.field("incumbent_pid").u32()?;
         let successor_pid = match r.field("successor_pid").byte()? {
             0 => None,
