@@ -17,7 +17,7 @@ use crate::buffer::{Buffer, DefaultBuffer};
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
 use crate::machine::{
-    DrainReport, Outbox, Popped, SealFailure, SealReport, ShortText, Violation, defaults,
+    Beat, DrainReport, Outbox, Popped, SealFailure, SealReport, ShortText, Violation, defaults,
 };
 use crate::message::Message;
 use crate::time::{Instant, earliest};
@@ -262,7 +262,7 @@ struct Core<B: Buffer> {
     /// supervisor sends none, and is then bounded by the deadline alone.
     supervisor_heartbeats: bool,
     handoff: Option<Handoff>,
-    heartbeat_at: Option<Instant>,
+    heartbeat: Beat,
     /// Decided while a hook ran: undo the handoff once it returns.
     pending: Option<EndCause>,
     cause: EndCause,
@@ -308,7 +308,7 @@ impl<B: Buffer> IncumbentSession<B> {
                 supervisor_open: true,
                 supervisor_heartbeats: false,
                 handoff: None,
-                heartbeat_at: None,
+                heartbeat: Beat::new(config.heartbeat_interval),
                 pending: None,
                 cause: EndCause::SupervisorClosed,
                 recovery: Recovery::Resume,
@@ -365,7 +365,7 @@ impl<B: Buffer> IncumbentSession<B> {
         if c.step != IncumbentStep::Draining {
             return;
         }
-        c.heartbeat_at = None;
+        c.heartbeat.stop();
         if let Some(cause) = c.pending.take() {
             return c.recover(now, cause, false);
         }
@@ -383,7 +383,7 @@ impl<B: Buffer> IncumbentSession<B> {
         if c.step != IncumbentStep::Draining {
             return;
         }
-        c.heartbeat_at = None;
+        c.heartbeat.stop();
         let cause = c.pending.take().unwrap_or(EndCause::DrainFailed);
         c.recover(now, cause, false);
     }
@@ -395,7 +395,7 @@ impl<B: Buffer> IncumbentSession<B> {
         if c.step != IncumbentStep::Sealing {
             return;
         }
-        c.heartbeat_at = None;
+        c.heartbeat.stop();
         if let Some(cause) = c.pending.take() {
             // The handoff died while we sealed: keep the lock and reopen.
             return c.recover(now, cause, false);
@@ -429,7 +429,7 @@ impl<B: Buffer> IncumbentSession<B> {
         if c.step != IncumbentStep::Sealing {
             return;
         }
-        c.heartbeat_at = None;
+        c.heartbeat.stop();
         if let Some(cause) = c.pending.take() {
             return c.recover(now, cause, false);
         }
@@ -472,7 +472,7 @@ impl<B: Buffer> IncumbentSession<B> {
             shards_total,
             last_revision,
         });
-        c.heartbeat_at = Some(now + c.cfg.heartbeat_interval);
+        c.heartbeat.start(now);
     }
 
     /// The lock was taken.
@@ -554,7 +554,7 @@ impl<B: Buffer> Core<B> {
     }
 
     fn close_early(&mut self) {
-        self.heartbeat_at = None;
+        self.heartbeat.stop();
         if self.supervisor_open {
             self.supervisor_open = false;
             self.out.act(Action::Close);
@@ -563,7 +563,7 @@ impl<B: Buffer> Core<B> {
 
     fn end(&mut self, end: SessionEnd) {
         self.step = IncumbentStep::Done;
-        self.heartbeat_at = None;
+        self.heartbeat.stop();
         // `Finished` closes the connection; nothing more goes out.
         self.supervisor_open = false;
         self.out.act(Action::Finished(end));
@@ -663,12 +663,12 @@ impl<B: Buffer> Core<B> {
                 });
                 self.step = IncumbentStep::Draining;
                 self.out.act(Action::Drain(drain_until));
-                self.heartbeat_at = Some(now + self.cfg.heartbeat_interval);
+                self.heartbeat.start(now);
             }
             (IncumbentStep::Drained, Message::SealRequest { .. }) => {
                 self.step = IncumbentStep::Sealing;
                 self.out.act(Action::Seal);
-                self.heartbeat_at = Some(now + self.cfg.heartbeat_interval);
+                self.heartbeat.start(now);
             }
             (IncumbentStep::Sealed, Message::Commit { .. }) => self.end(SessionEnd::Committed),
             (
@@ -730,20 +730,14 @@ impl<B: Buffer> Core<B> {
         }
         earliest(
             earliest(self.step_deadline(), self.liveness_deadline()),
-            self.heartbeat_at,
+            self.heartbeat.deadline(),
         )
     }
 
     fn on_timeout(&mut self, now: Instant, mid_frame: bool) {
-        if let Some(t) = self.heartbeat_at
-            && t <= now
-        {
-            if self.supervisor_open && !self.out.frame_queued_to(()) {
-                self.send(&Message::Heartbeat {
-                    ts_ms: now.as_millis(),
-                });
-            }
-            self.heartbeat_at = Some(now + self.cfg.heartbeat_interval);
+        if self.heartbeat.fire(now) && self.supervisor_open {
+            let version = self.version.unwrap_or(PROTO_MAX);
+            self.out.heartbeat((), version, now);
         }
         if let Some(t) = self.step_deadline()
             && t <= now

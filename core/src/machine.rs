@@ -6,8 +6,10 @@ use crate::buffer::Buffer;
 use crate::error::FrameError;
 use crate::frame::{encode_frame, encoded_frame_len};
 use crate::message::{Message, MessageKind, Revisions, Strings};
+use crate::time::Instant;
 use crate::wire::{HandoffId, LEN_PREFIX, MAX_FRAME_LEN, ProtoVersion, Side};
 use core::fmt;
+use core::time::Duration;
 
 /// Default timings, shared by the three machines' configurations. They are
 /// the reference's, so mixed deployments behave alike.
@@ -316,11 +318,25 @@ impl<P: Copy + PartialEq, A: Copy, B: Buffer> Outbox<P, A, B> {
         true
     }
 
-    /// Whether a frame to `to` is waiting; a heartbeat behind it is useless.
-    pub(crate) fn frame_queued_to(&self, to: P) -> bool {
+    fn frame_queued_to(&self, to: P) -> bool {
         (0..self.len).any(|i| {
             matches!(self.items[(self.head + i) % QUEUE], Some(Item::Frame { to: t, .. }) if t == to)
         })
+    }
+
+    /// Queues a heartbeat, unless a frame to `to` is already waiting: any
+    /// frame proves liveness, and heartbeats must not pile up behind an
+    /// adapter that polls late.
+    pub(crate) fn heartbeat(&mut self, to: P, version: ProtoVersion, now: Instant) {
+        if !self.frame_queued_to(to) {
+            let _ = self.send(
+                to,
+                version,
+                &Message::Heartbeat {
+                    ts_ms: now.as_millis(),
+                },
+            );
+        }
     }
 
     pub(crate) fn pop(&mut self) -> Option<Popped<P, A>> {
@@ -346,5 +362,45 @@ impl<P: Copy + PartialEq, A: Copy, B: Buffer> Outbox<P, A, B> {
 
     pub(crate) fn frame(&self, start: usize, len: usize) -> &[u8] {
         &self.frames.bytes()[start..start + len]
+    }
+}
+
+/// The periodic heartbeat timer of one peer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Beat {
+    next: Option<Instant>,
+    interval: Duration,
+}
+
+impl Beat {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Beat {
+            next: None,
+            interval,
+        }
+    }
+
+    /// Beats from now on, the first one an interval from now.
+    pub(crate) fn start(&mut self, now: Instant) {
+        self.next = Some(now + self.interval);
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.next = None;
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Whether a beat is due at `now`; if so, the next one is scheduled.
+    pub(crate) fn fire(&mut self, now: Instant) -> bool {
+        match self.next {
+            Some(t) if t <= now => {
+                self.next = Some(now + self.interval);
+                true
+            }
+            _ => false,
+        }
     }
 }

@@ -20,7 +20,7 @@ use core::time::Duration;
 use crate::buffer::{Buffer, DefaultBuffer};
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
-use crate::machine::{Outbox, Popped, ReadyReport, ShortText, Violation, defaults};
+use crate::machine::{Beat, Outbox, Popped, ReadyReport, ShortText, Violation, defaults};
 use crate::message::{Message, Revisions, Strings};
 use crate::time::{Instant, earliest};
 use crate::wire::{
@@ -182,7 +182,7 @@ struct Core<B: Buffer> {
     id: Option<HandoffId>,
     supervisor_open: bool,
     supervisor_heartbeats: bool,
-    heartbeat_at: Option<Instant>,
+    heartbeat: Beat,
     lock_retry_at: Option<Instant>,
     lock_give_up_at: Instant,
     abort_reason: ShortText<256>,
@@ -225,7 +225,7 @@ impl<B: Buffer> SuccessorSession<B> {
                 id: None,
                 supervisor_open: true,
                 supervisor_heartbeats: false,
-                heartbeat_at: None,
+                heartbeat: Beat::new(config.heartbeat_interval),
                 lock_retry_at: None,
                 lock_give_up_at: now,
                 abort_reason: ShortText::new(),
@@ -277,7 +277,7 @@ impl<B: Buffer> SuccessorSession<B> {
             return;
         }
         c.supervisor_open = false;
-        c.heartbeat_at = None;
+        c.heartbeat.stop();
         match c.step {
             // The lock is ours and the incumbent has sealed: serving is
             // the only way to keep one incumbent. The lock decides.
@@ -333,7 +333,7 @@ impl<B: Buffer> SuccessorSession<B> {
                 advertised_revision_per_shard: Revisions::EMPTY,
             });
         }
-        c.heartbeat_at = None;
+        c.heartbeat.stop();
         c.step = SuccessorStep::Done;
         c.out.act(Action::Finished(SuccessorEnd::Authoritative {
             supervisor_gone,
@@ -381,7 +381,7 @@ impl<B: Buffer> Core<B> {
             return;
         }
         self.step = SuccessorStep::Done;
-        self.heartbeat_at = None;
+        self.heartbeat.stop();
         self.lock_retry_at = None;
         self.out
             .act(Action::Finished(SuccessorEnd::Failed(failure)));
@@ -435,7 +435,7 @@ impl<B: Buffer> Core<B> {
                 self.step = SuccessorStep::Locking;
                 self.lock_give_up_at = now + self.cfg.lock_retry_window;
                 self.out.act(Action::AcquireLock);
-                self.heartbeat_at = Some(now + self.cfg.heartbeat_interval);
+                self.heartbeat.start(now);
             }
             (
                 SuccessorStep::AwaitingHelloAck
@@ -459,7 +459,7 @@ impl<B: Buffer> Core<B> {
             // Holding the lock: a garbled supervisor is a gone supervisor.
             SuccessorStep::Starting => {
                 self.supervisor_open = false;
-                self.heartbeat_at = None;
+                self.heartbeat.stop();
             }
             _ => self.fail(SuccessorFailure::Violation(v)),
         }
@@ -488,20 +488,14 @@ impl<B: Buffer> Core<B> {
         }
         earliest(
             earliest(self.step_deadline(), self.liveness_deadline()),
-            self.heartbeat_at,
+            self.heartbeat.deadline(),
         )
     }
 
     fn on_timeout(&mut self, now: Instant, mid_frame: bool) {
-        if let Some(t) = self.heartbeat_at
-            && t <= now
-        {
-            if self.supervisor_open && !self.out.frame_queued_to(()) {
-                self.send(&Message::Heartbeat {
-                    ts_ms: now.as_millis(),
-                });
-            }
-            self.heartbeat_at = Some(now + self.cfg.heartbeat_interval);
+        if self.heartbeat.fire(now) && self.supervisor_open {
+            let version = self.version.unwrap_or(PROTO_MAX);
+            self.out.heartbeat((), version, now);
         }
         if let Some(t) = self.step_deadline()
             && t <= now

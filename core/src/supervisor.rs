@@ -19,7 +19,7 @@ use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
 use crate::journal::{JournalPhase, JournalRecord};
 use crate::machine::{
-    DrainReport, Outbox, Popped, ReadyReport, SealFailure, SealReport, ShortText, Violation,
+    Beat, DrainReport, Outbox, Popped, ReadyReport, SealFailure, SealReport, ShortText, Violation,
     defaults,
 };
 use crate::message::{Message, Revisions, Strings};
@@ -521,8 +521,8 @@ struct Core<B: Buffer> {
     stash: Stash<B>,
     o: IncumbentPeer,
     n: SuccessorPeer,
-    hb_incumbent: Option<Instant>,
-    hb_successor: Option<Instant>,
+    beat_incumbent: Beat,
+    beat_successor: Beat,
     kill_at: Option<Instant>,
     abort: Option<AbortReason>,
     journaled: bool,
@@ -590,8 +590,8 @@ impl<B: Buffer> SupervisorHandoff<B> {
                     kill_sent: false,
                     given_up: false,
                 },
-                hb_incumbent: None,
-                hb_successor: None,
+                beat_incumbent: Beat::new(config.heartbeat_interval),
+                beat_successor: Beat::new(config.heartbeat_interval),
                 kill_at: None,
                 abort: None,
                 journaled: false,
@@ -784,8 +784,8 @@ impl<B: Buffer> Core<B> {
     fn finish(&mut self, now: Instant) {
         self.marks.finished = Some(now);
         self.step = SupervisorStep::Done;
-        self.hb_incumbent = None;
-        self.hb_successor = None;
+        self.beat_incumbent.stop();
+        self.beat_successor.stop();
         self.kill_at = None;
         self.out.act(Action::Finished);
     }
@@ -929,8 +929,8 @@ impl<B: Buffer> Core<B> {
                 self.step = SupervisorStep::AwaitingReady;
                 // The successor starts up now and heartbeats by itself; the
                 // incumbent waits on us for Commit and hears from us.
-                self.hb_successor = None;
-                self.hb_incumbent = Some(now + self.cfg.heartbeat_interval);
+                self.beat_successor.stop();
+                self.beat_incumbent.start(now);
             }
             (
                 SupervisorStep::Sealing,
@@ -964,7 +964,7 @@ impl<B: Buffer> Core<B> {
                 // Sealed: the lock is free and the successor has `Begin`; a
                 // broken incumbent is as good as a dead one from here on.
                 self.o.fate = IncumbentFate::Gone;
-                self.hb_incumbent = None;
+                self.beat_incumbent.stop();
                 self.disconnect(Peer::Incumbent);
             }
             _ => {
@@ -1060,8 +1060,8 @@ impl<B: Buffer> Core<B> {
                 self.step = SupervisorStep::Draining;
                 // The incumbent is busy now and heartbeats to us; the
                 // successor waits for `Begin` and hears from us.
-                self.hb_incumbent = None;
-                self.hb_successor = Some(now + self.cfg.heartbeat_interval);
+                self.beat_incumbent.stop();
+                self.beat_successor.start(now);
             }
             (
                 SupervisorStep::AwaitingReady,
@@ -1133,8 +1133,8 @@ impl<B: Buffer> Core<B> {
         }
         self.abort = Some(reason);
         self.step = SupervisorStep::Aborting;
-        self.hb_incumbent = None;
-        self.hb_successor = None;
+        self.beat_incumbent.stop();
+        self.beat_successor.stop();
         let text: ShortText<192> = ShortText::display(&reason);
 
         // An incumbent that drained but did not seal holds its lock: it can
@@ -1218,7 +1218,7 @@ impl<B: Buffer> Core<B> {
                         if self.o.prepared {
                             self.o.fate = IncumbentFate::Gone;
                         }
-                        self.hb_incumbent = None;
+                        self.beat_incumbent.stop();
                     }
                     step => {
                         if self.o.prepared {
@@ -1254,7 +1254,7 @@ impl<B: Buffer> Core<B> {
                 self.step = SupervisorStep::AwaitingSuccessorHello;
                 // The incumbent waits for `PrepareHandoff` while the
                 // successor starts up, however long its budget.
-                self.hb_incumbent = Some(now + self.cfg.heartbeat_interval);
+                self.beat_incumbent.start(now);
             }
             SupervisorStep::Aborting => {
                 self.stop_successor(now, "handoff aborted while spawning");
@@ -1316,8 +1316,8 @@ impl<B: Buffer> Core<B> {
             return None;
         }
         let t = earliest(self.step_deadline(), self.liveness_deadline());
-        let t = earliest(t, self.hb_incumbent);
-        let t = earliest(t, self.hb_successor);
+        let t = earliest(t, self.beat_incumbent.deadline());
+        let t = earliest(t, self.beat_successor.deadline());
         earliest(t, self.kill_at)
     }
 
@@ -1368,32 +1368,21 @@ impl<B: Buffer> Core<B> {
                 self.abort(now, AbortReason::IncumbentUnresponsive { step });
             }
         }
-        if let Some(t) = self.hb_incumbent
-            && t <= now
-        {
+        if self.beat_incumbent.fire(now) {
             self.beat(now, Peer::Incumbent);
-            self.hb_incumbent = Some(now + self.cfg.heartbeat_interval);
         }
-        if let Some(t) = self.hb_successor
-            && t <= now
-        {
+        if self.beat_successor.fire(now) {
             self.beat(now, Peer::Successor);
-            self.hb_successor = Some(now + self.cfg.heartbeat_interval);
         }
     }
 
     fn beat(&mut self, now: Instant, to: Peer) {
-        let open = match to {
-            Peer::Incumbent => self.o.open,
-            Peer::Successor => self.n.open,
+        let (open, version) = match to {
+            Peer::Incumbent => (self.o.open, self.o.version),
+            Peer::Successor => (self.n.open, self.n.version),
         };
-        if open && !self.out.frame_queued_to(to) {
-            self.send(
-                to,
-                &Message::Heartbeat {
-                    ts_ms: now.as_millis(),
-                },
-            );
+        if open {
+            self.out.heartbeat(to, version.unwrap_or(PROTO_MAX), now);
         }
     }
 
