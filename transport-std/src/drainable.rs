@@ -1,0 +1,75 @@
+//! What a daemon implements to be handed off: the hooks the incumbent runs.
+
+use std::sync::mpsc;
+
+use handoff_core::DrainReport;
+
+/// The error a hook returns: anything that can say what went wrong.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the seal hook reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SealOutput {
+    /// The last revision of each shard, as sealed.
+    pub last_revision_per_shard: Vec<u64>,
+    /// A fingerprint of the sealed data directory (a hash of its contents).
+    pub data_dir_fingerprint: [u8; 32],
+}
+
+/// A view of the daemon's state, for logs and checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateSnapshot {
+    /// Shards in all.
+    pub shard_count: u32,
+    /// Client connections open.
+    pub open_conns: u32,
+    /// The last revision of each shard.
+    pub last_revision_per_shard: Vec<u64>,
+}
+
+/// The incumbent's hooks. They run on a thread of the library's own while
+/// the control loop keeps answering the supervisor, sending heartbeats and
+/// watching deadlines, so a hook may take as long as its budget allows.
+/// Only one hook runs at a time.
+pub trait Drainable: Sync {
+    /// Stop accepting new connections, finish the requests already read,
+    /// make what was acknowledged durable (fsync), by `deadline` if possible.
+    /// Keep the listeners open: they are shared with the supervisor and the
+    /// successor.
+    fn drain(&self, deadline: std::time::Instant) -> Result<DrainReport, HookError>;
+
+    /// Flush and close the writer state so that another process can open
+    /// it. On success the library releases the data-dir lock and tells the
+    /// supervisor; on error the lock is kept and [`Drainable::resume_after_abort`]
+    /// follows. `progress` may be used to report progress of a long seal.
+    fn seal(&self, progress: &SealProgress) -> Result<SealOutput, HookError>;
+
+    /// Undo drain (and seal): reopen the writer state and accept again. Runs
+    /// with the lock held.
+    fn resume_after_abort(&self) -> Result<(), HookError>;
+
+    /// The state as it is now.
+    fn snapshot_state(&self) -> StateSnapshot {
+        StateSnapshot::default()
+    }
+}
+
+/// Reports seal progress to the supervisor (each report also counts as a
+/// heartbeat).
+pub struct SealProgress {
+    pub(crate) tx: mpsc::Sender<(u32, u32, u64)>,
+    pub(crate) wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl SealProgress {
+    /// `shards_sealed` of `shards_total` are sealed, up to `last_revision`.
+    pub fn report(&self, shards_sealed: u32, shards_total: u32, last_revision: u64) {
+        if self
+            .tx
+            .send((shards_sealed, shards_total, last_revision))
+            .is_ok()
+        {
+            (self.wake)();
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! # handoff-std
+//!
+//! The blocking adapter of [`handoff_core`], and the operating-system layer
+//! ([`os`]) that every adapter uses.
+//!
+//! - A supervisor holds the listeners and runs handoffs with
+//!   [`Supervisor::perform_handoff`].
+//! - A daemon calls [`detect_role`] first thing in `main`. Started cold, it
+//!   takes its [`DataDirLock`], binds its control socket with
+//!   [`Incumbent::bind_cold_start`], and runs [`Incumbent::serve`] with its
+//!   [`Drainable`] hooks. Started as a successor, it goes
+//!   [`Successor::handshake`] → [`HandshookSuccessor::wait_for_begin`] →
+//!   [`BegunSuccessor::announce_and_bind`], then serves the same way.
+//!
+//! ```no_run
+//! use handoff_std::{detect_role, DataDirLock, Incumbent, Readiness, Role};
+//! # use handoff_std::{Drainable, HookError, SealOutput, SealProgress, DrainReport};
+//! # struct Db;
+//! # impl Drainable for Db {
+//! #     fn drain(&self, _: std::time::Instant) -> Result<DrainReport, HookError> { Ok(DrainReport::default()) }
+//! #     fn seal(&self, _: &SealProgress) -> Result<SealOutput, HookError> { Ok(SealOutput::default()) }
+//! #     fn resume_after_abort(&self) -> Result<(), HookError> { Ok(()) }
+//! # }
+//! # fn open_db(_: &std::path::Path) -> Db { Db }
+//! use handoff_std::os::listeners::Mode;
+//! use std::path::Path;
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let (data, ctl) = (Path::new("/var/lib/kv"), Path::new("/run/kv/ctl.sock"));
+//!     let incumbent = match detect_role()? {
+//!         Role::ColdStart { mut listeners } => {
+//!             let lock = DataDirLock::acquire(data)?;
+//!             let _tcp = listeners.take_tcp("kv", Mode::Blocking)?;
+//!             // open the state, start serving on `_tcp` …
+//!             Incumbent::bind_cold_start(ctl, lock)?
+//!         }
+//!         Role::Successor(successor) => {
+//!             // warm caches here: the old binary still serves meanwhile
+//!             let mut begun = successor.handshake(b"v2")?.wait_for_begin(data)?;
+//!             let _tcp = begun.listeners().take_tcp("kv", Mode::Blocking)?;
+//!             // open the sealed state, start serving on `_tcp` …
+//!             begun.announce_and_bind(Readiness { healthz_ok: true, ..Readiness::default() }, ctl)?
+//!         }
+//!     };
+//!     let db = open_db(data);
+//!     incumbent.serve(&db)?; // returns once a successor has taken over
+//!     Ok(())
+//! }
+//! ```
+
+pub mod os;
+
+pub mod clock;
+mod conn;
+pub mod crash;
+mod drainable;
+mod incumbent;
+mod successor;
+mod supervisor;
+
+pub use drainable::{Drainable, HookError, SealOutput, SealProgress, StateSnapshot};
+pub use handoff_core::{
+    AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentFate, JournalPhase,
+    JournalRecord, PhaseTimings, SessionEnd, Signal, SuccessorConfig, SuccessorFailure,
+    SuccessorFate, SupervisorConfig,
+};
+pub use incumbent::{Incumbent, ServeEnd, ServeError};
+pub use os::lock::DataDirLock;
+pub use successor::{
+    BegunSuccessor, HandshookSuccessor, Readiness, Role, Successor, SuccessorError, detect_role,
+};
+pub use supervisor::{HandoffOutcome, SpawnSpec, Supervisor, SupervisorError};

@@ -1,0 +1,386 @@
+//! The control socket and the socketpair.
+#![allow(unsafe_code)]
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::sys::{cvt, parent_dir};
+
+/// Bytes a socket path may have: `sun_path` less its terminating NUL.
+// SAFETY: `sockaddr_un` is integers and a byte array, for which all zeroes
+// is a valid value; only the array's length is used.
+const MAX_PATH_LEN: usize = unsafe { std::mem::zeroed::<libc::sockaddr_un>() }
+    .sun_path
+    .len()
+    - 1;
+
+/// Fails with a clear message if `path` does not fit in `sockaddr_un`.
+pub fn validate_socket_path(path: &Path) -> io::Result<()> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the control socket path is empty; configure a path such as /run/<app>/control.sock",
+        ));
+    }
+    if bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "control socket path {} contains a NUL byte, which a socket path cannot hold",
+                path.display()
+            ),
+        ));
+    }
+    if bytes.len() > MAX_PATH_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "control socket path {} is {} bytes long, but a Unix socket path can be at \
+                 most {MAX_PATH_LEN} bytes (sockaddr_un); choose a shorter path, for \
+                 example under /run",
+                path.display(),
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh private directory beside `path` for binding under a temporary
+/// name: unique per process (pid) and per call (counter), and short, since
+/// the temporary path must fit in `sun_path` too.
+fn staging_dir(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    parent_dir(path).join(format!(".hb-{}-{n}", std::process::id()))
+}
+
+/// Binds a Unix stream listener at `path`: first under a temporary name in
+/// the same directory, mode 0600, then renamed over `path`, so the path
+/// always names a live socket (the old one until the rename, then this one)
+/// and never a socket others could reach.
+pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
+    validate_socket_path(path)?;
+    // bind(2) creates the socket with mode 0777 & ~umask, and changing the
+    // umask is process-wide, so the temporary name lives in a 0700
+    // directory: nobody else can reach it before the chmod below. The
+    // directory sits beside `path`, so the rename stays on one filesystem.
+    let dir = staging_dir(path);
+    // Left behind by a crashed process that had our pid.
+    let _ = fs::remove_dir_all(&dir);
+    let tmp = dir.join("s");
+    validate_socket_path(&tmp).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("the temporary name for the control socket is too long: {e}"),
+        )
+    })?;
+    fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let result = (|| {
+        let listener = UnixListener::bind(&tmp)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+        fs::rename(&tmp, path)?;
+        Ok(listener)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    let _ = fs::remove_dir(&dir);
+    result
+}
+
+/// Who is at the other end of a Unix socket, as the kernel saw it at
+/// connect time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Its pid.
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+}
+
+/// The peer's credentials (`SO_PEERCRED`).
+pub fn peer_credentials(sock: &UnixStream) -> io::Result<PeerCredentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live locals and `len` is the size of
+    // `cred`, so the kernel writes at most that many bytes into it.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast::<libc::c_void>(),
+            &mut len,
+        )
+    })?;
+    Ok(PeerCredentials {
+        // A pid from the kernel is never negative.
+        pid: cred.pid as u32,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// Which peers may speak on a control socket: our own uid, root, and an
+/// allow-list.
+#[derive(Clone, Debug, Default)]
+pub struct PeerPolicy {
+    allowed_uids: Vec<u32>,
+}
+
+impl PeerPolicy {
+    /// Our uid and root only.
+    pub fn same_user() -> Self {
+        PeerPolicy::default()
+    }
+
+    /// Also these uids.
+    pub fn with_allowed_uids(allowed_uids: Vec<u32>) -> Self {
+        PeerPolicy { allowed_uids }
+    }
+
+    /// Whether `uid` may connect.
+    pub fn permits(&self, uid: u32) -> bool {
+        // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        // Root is allowed because it could ptrace or signal us anyway.
+        uid == euid || uid == 0 || self.allowed_uids.contains(&uid)
+    }
+}
+
+/// Writes one whole frame with `send(MSG_NOSIGNAL)`: a dead peer is
+/// `EPIPE`, never a signal. Loops over partial writes (a blocking socket
+/// writes all; a non-blocking one may return `WouldBlock` after a part, in
+/// which case the error says how much was written: use it only on blocking
+/// sockets or with frames that fit the socket buffer).
+pub fn send_frame(sock: &UnixStream, frame: &[u8]) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < frame.len() {
+        let rest = &frame[sent..];
+        // SAFETY: `rest` is a live slice and the length passed is its
+        // length, so the kernel reads only bytes we own.
+        let ret = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                rest.as_ptr().cast::<libc::c_void>(),
+                rest.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock if sent > 0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "the socket would block after {sent} of {} bytes of a frame; \
+                             the stream is now mid-frame",
+                            frame.len()
+                        ),
+                    ));
+                }
+                _ => return Err(e),
+            }
+        }
+        if ret == 0 {
+            // Cannot happen for a non-empty send on a stream socket; guards
+            // against spinning forever if it ever does.
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += ret as usize;
+    }
+    Ok(())
+}
+
+/// A connected pair of Unix stream sockets, both close-on-exec.
+pub fn socketpair() -> io::Result<(UnixStream, UnixStream)> {
+    let mut fds = [-1 as libc::c_int; 2];
+    // SAFETY: `fds` is a live array of the two ints socketpair writes.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the kernel just created both descriptors for us and nothing
+    // else knows their numbers, so each gets exactly one owner.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((UnixStream::from(a), UnixStream::from(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::sys::is_cloexec;
+    use crate::os::testutil::TempDir;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_path_limit_is_sun_path_less_its_nul() {
+        assert_eq!(MAX_PATH_LEN, 107);
+        let ok = PathBuf::from(format!("/{}", "a".repeat(MAX_PATH_LEN - 1)));
+        validate_socket_path(&ok).unwrap();
+        let long = PathBuf::from(format!("/{}", "a".repeat(MAX_PATH_LEN)));
+        let err = validate_socket_path(&long).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let text = err.to_string();
+        assert!(text.contains(&*long.to_string_lossy()), "{text}");
+        assert!(text.contains("108 bytes") && text.contains("107"), "{text}");
+        assert!(validate_socket_path(Path::new("")).is_err());
+        // An overlong path is refused before anything is created.
+        assert!(bind_control_socket(&long).is_err());
+    }
+
+    #[test]
+    fn bound_socket_is_private_and_leaves_no_temporary_name() {
+        let tmp = TempDir::new("cb");
+        let path = tmp.path().join("ctl.sock");
+        let listener = bind_control_socket(&path).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(entries(tmp.path()), vec!["ctl.sock"]);
+        assert!(is_cloexec(listener.as_fd()));
+        let client = UnixStream::connect(&path).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        send_frame(&client, b"ping").unwrap();
+        let mut buf = [0; 4];
+        (&server).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    #[test]
+    fn rebinding_replaces_the_socket_in_place() {
+        let tmp = TempDir::new("cr");
+        let path = tmp.path().join("ctl.sock");
+        let old = bind_control_socket(&path).unwrap();
+        let old_ino = fs::metadata(&path).unwrap().ino();
+        let new = bind_control_socket(&path).unwrap();
+        assert_ne!(fs::metadata(&path).unwrap().ino(), old_ino);
+        assert_eq!(entries(tmp.path()), vec!["ctl.sock"]);
+        // Connections now reach the new listener, not the old one.
+        old.set_nonblocking(true).unwrap();
+        let _client = UnixStream::connect(&path).unwrap();
+        new.accept().unwrap();
+        assert_eq!(old.accept().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_failed_bind_cleans_up_after_itself() {
+        let tmp = TempDir::new("cf");
+        // A non-empty directory where the socket should go: the rename fails.
+        let path = tmp.path().join("ctl.sock");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("keep"), b"").unwrap();
+        assert!(bind_control_socket(&path).is_err());
+        assert_eq!(entries(tmp.path()), vec!["ctl.sock"]);
+        // A missing directory fails too, without creating anything.
+        let missing = tmp.path().join("no/such/dir/ctl.sock");
+        assert!(bind_control_socket(&missing).is_err());
+        assert!(!tmp.path().join("no").exists());
+    }
+
+    #[test]
+    fn peer_credentials_name_this_process() {
+        let (a, b) = socketpair().unwrap();
+        let cred = peer_credentials(&a).unwrap();
+        assert_eq!(cred.pid, std::process::id());
+        // SAFETY: getuid/getgid take nothing and cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        assert_eq!(cred.uid, uid);
+        assert_eq!(cred.gid, gid);
+        assert_eq!(peer_credentials(&b).unwrap(), cred);
+        assert!(PeerPolicy::same_user().permits(cred.uid));
+    }
+
+    #[test]
+    fn policy_admits_self_root_and_the_allow_list_only() {
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let stranger = (1..u32::MAX).find(|&u| u != me && u != 4711).unwrap();
+        let policy = PeerPolicy::same_user();
+        assert!(policy.permits(me));
+        assert!(policy.permits(0));
+        assert!(!policy.permits(stranger));
+        assert!(!policy.permits(4711) || me == 4711);
+        let policy = PeerPolicy::with_allowed_uids(vec![4711]);
+        assert!(policy.permits(4711));
+        assert!(!policy.permits(stranger));
+    }
+
+    #[test]
+    fn sending_to_a_closed_peer_is_epipe_not_sigpipe() {
+        let (a, b) = socketpair().unwrap();
+        // Shut down as well as dropped: a process another test thread is
+        // forking may hold a copy of `b` until its exec, but shutdown acts
+        // on the socket itself.
+        b.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(b);
+        let err = send_frame(&a, b"hello").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        // Still alive: SIGPIPE would have killed the test process.
+    }
+
+    #[test]
+    fn a_large_frame_is_written_whole() {
+        let (a, b) = socketpair().unwrap();
+        let frame: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            (&b).read_to_end(&mut got).unwrap();
+            got
+        });
+        send_frame(&a, &frame).unwrap();
+        drop(a);
+        assert!(reader.join().unwrap() == frame);
+    }
+
+    #[test]
+    fn a_nonblocking_socket_reports_a_partial_frame() {
+        let (a, _b) = socketpair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let frame = vec![0u8; 64 << 20];
+        let err = send_frame(&a, &frame).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(err.to_string().contains("bytes of a frame"), "{err}");
+    }
+
+    #[test]
+    fn socketpair_ends_are_connected_and_close_on_exec() {
+        let (a, b) = socketpair().unwrap();
+        assert!(is_cloexec(a.as_fd()) && is_cloexec(b.as_fd()));
+        (&a).write_all(b"x").unwrap();
+        let mut buf = [0];
+        (&b).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"x");
+    }
+}

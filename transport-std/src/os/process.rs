@@ -1,0 +1,238 @@
+//! Processes: signals, and a pollable handle on a child's exit.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use handoff_core::Signal;
+
+use super::sys::cvt;
+
+/// The pid as `kill(2)` wants it. 0 and values past `i32::MAX` (negative
+/// once cast) would address a whole process group, never one process.
+fn checked_pid(pid: u32) -> io::Result<libc::pid_t> {
+    match libc::pid_t::try_from(pid) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{pid} is not a process id (1..={} expected)",
+                libc::pid_t::MAX
+            ),
+        )),
+    }
+}
+
+/// Sends `signal` to `pid`. A process already gone is not an error.
+pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid = checked_pid(pid)?;
+    let signo = match signal {
+        Signal::Terminate => libc::SIGTERM,
+        Signal::Kill => libc::SIGKILL,
+    };
+    // SAFETY: kill takes plain integers; `pid` is positive, so it addresses
+    // exactly one process.
+    match cvt(unsafe { libc::kill(pid, signo) }) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a process with this pid exists (it may be a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = checked_pid(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that `pid` exists and may be signalled;
+    // `pid` is positive, so no process group is addressed.
+    match cvt(unsafe { libc::kill(pid, 0) }) {
+        Ok(_) => true,
+        // It exists but belongs to someone we may not signal.
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+    }
+}
+
+/// A descriptor that becomes readable when the process exits (Linux
+/// `pidfd_open`), so an event loop can wait for a child without a thread or
+/// a `SIGCHLD` handler.
+#[derive(Debug)]
+pub struct ExitWatch {
+    fd: OwnedFd,
+}
+
+impl ExitWatch {
+    /// Watches `pid`, which must be our child (or any process on Linux).
+    pub fn new(pid: u32) -> io::Result<ExitWatch> {
+        let pid = checked_pid(pid)?;
+        // SAFETY: pidfd_open takes a pid and a flags word and returns a new
+        // descriptor or -1; no memory is passed.
+        let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let raw = libc::c_int::try_from(ret).map_err(|_| io::Error::other("bad pidfd"))?;
+        // SAFETY: the kernel just returned this descriptor to us and nothing
+        // else knows its number, so we are its only owner. It is
+        // close-on-exec by the kernel's default for pidfds.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(ExitWatch { fd })
+    }
+}
+
+impl AsFd for ExitWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// `poll(2)`'s timeout for `left`: rounded up to whole milliseconds, since
+/// rounding down would turn a short wait into a busy loop of zero-timeout
+/// polls (and return before the caller's deadline).
+fn timeout_ms(left: Duration) -> libc::c_int {
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+}
+
+/// `poll(2)` over `fds`; returns, for each, whether it is ready (readable,
+/// hung up or in error). `None` waits forever. `EINTR` is retried with the
+/// time left.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // A deadline too far to represent is as good as none.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => timeout_ms(d.saturating_duration_since(Instant::now())),
+        };
+        // SAFETY: `pollfds` is a live, initialised array of exactly
+        // `pollfds.len()` entries, and every descriptor in it is borrowed
+        // for the duration of the call.
+        let ret = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
+        match cvt(ret) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let ready = libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+    Ok(pollfds.iter().map(|p| p.revents & ready != 0).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+
+    const BOUND: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn exit_watch_becomes_ready_when_the_child_exits() {
+        let mut child = Command::new("/bin/true").spawn().unwrap();
+        let watch = ExitWatch::new(child.id()).unwrap();
+        let ready = poll_readable(&[watch.as_fd()], BOUND).unwrap();
+        assert_eq!(ready, vec![true]);
+        assert!(child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn sigterm_ends_a_child_and_its_watch_reports_it() {
+        let mut child = Command::new("/bin/sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(pid_alive(pid));
+        let watch = ExitWatch::new(pid).unwrap();
+        assert_eq!(
+            poll_readable(&[watch.as_fd()], Some(Duration::ZERO)).unwrap(),
+            vec![false],
+            "a sleeping child must not look exited"
+        );
+        send_signal(pid, Signal::Terminate).unwrap();
+        assert_eq!(poll_readable(&[watch.as_fd()], BOUND).unwrap(), vec![true]);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        // Reaped: the pid is gone, and signalling it is still not an error.
+        assert!(!pid_alive(pid));
+        send_signal(pid, Signal::Kill).unwrap();
+    }
+
+    #[test]
+    fn sigkill_is_delivered_as_sigkill() {
+        let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        send_signal(child.id(), Signal::Kill).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn group_addressing_pids_are_refused() {
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
+        assert_eq!(
+            send_signal(0, Signal::Terminate).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            send_signal(u32::MAX, Signal::Kill).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert!(ExitWatch::new(0).is_err());
+        assert!(pid_alive(std::process::id()));
+    }
+
+    #[test]
+    fn poll_reports_each_descriptor_separately() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (c, _d) = UnixStream::pair().unwrap();
+        use std::io::Write;
+        (&b).write_all(b"x").unwrap();
+        let ready = poll_readable(&[a.as_fd(), c.as_fd()], BOUND).unwrap();
+        assert_eq!(ready, vec![true, false]);
+        drop(b);
+        // A hung-up peer counts as ready.
+        let (e, f) = UnixStream::pair().unwrap();
+        // Shut down, not only dropped: a copy in a process another test
+        // thread is forking would keep it open until that process execs.
+        f.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(f);
+        assert_eq!(
+            poll_readable(&[e.as_fd()], Some(Duration::ZERO)).unwrap(),
+            vec![true]
+        );
+    }
+
+    #[test]
+    fn poll_never_returns_before_a_sub_millisecond_timeout() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        for wait in [Duration::from_micros(1), Duration::from_micros(1500)] {
+            let start = Instant::now();
+            assert_eq!(
+                poll_readable(&[a.as_fd()], Some(wait)).unwrap(),
+                vec![false]
+            );
+            assert!(start.elapsed() >= wait, "returned early for {wait:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_round_up_to_whole_milliseconds() {
+        assert_eq!(timeout_ms(Duration::ZERO), 0);
+        assert_eq!(timeout_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(timeout_ms(Duration::from_millis(2)), 2);
+        assert_eq!(timeout_ms(Duration::from_micros(2001)), 3);
+        assert_eq!(timeout_ms(Duration::MAX), libc::c_int::MAX);
+    }
+}

@@ -1,0 +1,468 @@
+//! How a daemon learns its role at start-up, and the successor's path to
+//! becoming the incumbent, as typestates: [`Successor::handshake`] →
+//! [`HandshookSuccessor::wait_for_begin`] → take listeners from the
+//! [`BegunSuccessor`] → [`BegunSuccessor::announce_and_bind`], which returns
+//! the [`Incumbent`] to serve with. Each step consumes the previous state, so
+//! calling them out of order does not compile.
+//!
+//! Between `Begin` and `Ready` the daemon opens its state, which may take a
+//! while; a thread of the library's own drives the protocol meanwhile
+//! (heartbeats, an `Abort` from the supervisor), so a slow start is bounded
+//! by the supervisor's deadline rather than cut at its liveness limit.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use handoff_core::{
+    HandoffId, ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
+    SuccessorOutput, SuccessorSession,
+};
+
+use crate::clock;
+use crate::conn::{self, Inbox};
+use crate::crash;
+use crate::incumbent::Incumbent;
+use crate::os::control::{self, send_frame};
+use crate::os::env::{EnvError, take_startup_env};
+use crate::os::listeners::InheritedListeners;
+use crate::os::lock::{DataDirLock, LockError};
+
+/// How this process was started.
+#[derive(Debug)]
+pub enum Role {
+    /// By hand, by systemd or by a supervisor's cold start: take the lock
+    /// and serve. Listeners passed systemd-style are here.
+    ColdStart {
+        /// Listeners passed at FDs 3.. (possibly none).
+        listeners: InheritedListeners,
+    },
+    /// By a supervisor, to take over from the running binary.
+    Successor(Successor),
+}
+
+/// Reads, once, how this process was started, and removes the variables
+/// that said so (see [`crate::os::env::take_startup_env`]). Call it first
+/// thing in `main`, before starting threads.
+pub fn detect_role() -> Result<Role, EnvError> {
+    let env = take_startup_env()?;
+    Ok(match env.control {
+        Some(control) => Role::Successor(Successor {
+            control,
+            listeners: env.listeners,
+            config: SuccessorConfig::default(),
+        }),
+        None => Role::ColdStart {
+            listeners: env.listeners,
+        },
+    })
+}
+
+/// Why the successor cannot take over. In every case the process should
+/// exit without having written anything; the old binary keeps serving.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SuccessorError {
+    /// The protocol ended it (the supervisor aborted, went away, broke the
+    /// protocol, or the lock stayed busy).
+    Failed {
+        /// Why.
+        failure: SuccessorFailure,
+        /// The supervisor's reason, if it sent `Abort`.
+        abort_reason: String,
+    },
+    /// The control socket failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for SuccessorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SuccessorError::Failed {
+                failure,
+                abort_reason,
+            } if !abort_reason.is_empty() => write!(f, "{failure}: {abort_reason}"),
+            SuccessorError::Failed { failure, .. } => write!(f, "{failure}"),
+            SuccessorError::Io(e) => write!(f, "control socket: {e}"),
+        }
+        .and_then(|()| f.write_str("; exit without touching the data"))
+    }
+}
+
+impl std::error::Error for SuccessorError {}
+
+/// What the successor reports with `Ready`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Where it serves.
+    pub listening_on: Vec<String>,
+    /// Its own health check.
+    pub healthz_ok: bool,
+    /// The revision of each shard it opened.
+    pub advertised_revision_per_shard: Vec<u64>,
+}
+
+/// Started by a supervisor; not yet announced.
+#[derive(Debug)]
+pub struct Successor {
+    control: UnixStream,
+    listeners: InheritedListeners,
+    config: SuccessorConfig,
+}
+
+impl Successor {
+    /// The listeners that came with the process.
+    pub fn listener_names(&self) -> Vec<&str> {
+        self.listeners.names()
+    }
+
+    /// Overrides the protocol timings.
+    pub fn with_config(mut self, config: SuccessorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Says `Hello` and waits for the supervisor's `HelloAck`. Do the
+    /// start-up work that needs no lock before this: the old binary still
+    /// serves meanwhile.
+    pub fn handshake(self, build_id: &[u8]) -> Result<HandshookSuccessor, SuccessorError> {
+        conn::configure(&self.control).map_err(SuccessorError::Io)?;
+        let machine =
+            SuccessorSession::new(clock::now(), self.config, std::process::id(), build_id);
+        let mut driver = Driver {
+            control: Some(self.control),
+            machine,
+            inbox: Inbox::new(),
+            data_dir: None,
+            lock: None,
+            stop: None,
+        };
+        match driver.run_until(Milestone::Acked)? {
+            Milestone::Acked => Ok(HandshookSuccessor {
+                driver,
+                listeners: self.listeners,
+            }),
+            _ => unreachable_milestone(),
+        }
+    }
+}
+
+/// `Hello` answered; waiting for `Begin`.
+#[derive(Debug)]
+pub struct HandshookSuccessor {
+    driver: Driver,
+    listeners: InheritedListeners,
+}
+
+impl HandshookSuccessor {
+    /// The handoff's id.
+    pub fn handoff_id(&self) -> HandoffId {
+        self.driver
+            .machine
+            .handoff_id()
+            .unwrap_or(HandoffId::from_bytes([0; 16]))
+    }
+
+    /// The listeners that came with the process.
+    pub fn listener_names(&self) -> Vec<&str> {
+        self.listeners.names()
+    }
+
+    /// Waits for `Begin`, then takes the data-dir lock of `data_dir` (the
+    /// incumbent released it when it sealed). From the returned state on,
+    /// the process may open the state and serve.
+    pub fn wait_for_begin(mut self, data_dir: &Path) -> Result<BegunSuccessor, SuccessorError> {
+        self.driver.data_dir = Some(data_dir.to_path_buf());
+        match self.driver.run_until(Milestone::Started)? {
+            Milestone::Started => {}
+            _ => unreachable_milestone(),
+        }
+        let lock = self.driver.lock.take().ok_or_else(|| {
+            SuccessorError::Io(io::Error::other(
+                "the lock was reported held but is missing",
+            ))
+        })?;
+        let handoff_id = self.handoff_id();
+        let pump = Pump::start(self.driver);
+        Ok(BegunSuccessor {
+            listeners: self.listeners,
+            lock,
+            handoff_id,
+            pump,
+        })
+    }
+}
+
+/// `Begin` received and the lock held: open the state, take the listeners,
+/// start serving, then announce.
+#[derive(Debug)]
+pub struct BegunSuccessor {
+    listeners: InheritedListeners,
+    lock: DataDirLock,
+    handoff_id: HandoffId,
+    pump: Pump,
+}
+
+impl BegunSuccessor {
+    /// The inherited listeners, to take by name.
+    pub fn listeners(&mut self) -> &mut InheritedListeners {
+        &mut self.listeners
+    }
+
+    /// The data-dir lock this process now holds.
+    pub fn lock(&self) -> &DataDirLock {
+        &self.lock
+    }
+
+    /// The handoff's id.
+    pub fn handoff_id(&self) -> HandoffId {
+        self.handoff_id
+    }
+
+    /// Whether the supervisor has aborted the handoff meanwhile (the daemon
+    /// may check during a long start-up and stop early).
+    pub fn aborted(&self) -> bool {
+        self.pump.finished.load(Ordering::Acquire)
+    }
+
+    /// Sends `Ready`, then takes over the control socket path (binding a new
+    /// socket and renaming it over the old incumbent's), and returns the
+    /// [`Incumbent`] to serve with. If the supervisor aborted the handoff
+    /// meanwhile, nothing is sent and the error says why: exit.
+    pub fn announce_and_bind(
+        self,
+        readiness: Readiness,
+        socket_path: &Path,
+    ) -> Result<Incumbent, SuccessorError> {
+        let mut driver = self.pump.stop()?;
+        let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
+        driver.machine.handle_ready(
+            clock::now(),
+            ReadyReport {
+                listening_on: Strings::from_slice(&listening),
+                healthz_ok: readiness.healthz_ok,
+                advertised_revision_per_shard: Revisions::from_slice(
+                    &readiness.advertised_revision_per_shard,
+                ),
+            },
+        );
+        match driver.run_until(Milestone::Authoritative)? {
+            Milestone::Authoritative => {}
+            _ => unreachable_milestone(),
+        }
+        let listener = control::bind_control_socket(socket_path).map_err(SuccessorError::Io)?;
+        Ok(Incumbent::from_parts(listener, socket_path, self.lock))
+    }
+}
+
+#[cold]
+fn unreachable_milestone() -> ! {
+    unreachable!("run_until returns only the milestone asked for")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Milestone {
+    Acked,
+    Started,
+    Authoritative,
+}
+
+/// The successor machine and its socket, driven on whichever thread owns
+/// them.
+struct Driver {
+    control: Option<UnixStream>,
+    machine: SuccessorSession<Vec<u8>>,
+    inbox: Inbox,
+    data_dir: Option<PathBuf>,
+    lock: Option<DataDirLock>,
+    /// While pumped in the background: set to stop.
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("step", &self.machine.step())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    fn failed(&self, failure: SuccessorFailure) -> SuccessorError {
+        SuccessorError::Failed {
+            failure,
+            abort_reason: self.machine.abort_reason().to_owned(),
+        }
+    }
+
+    /// Turns the machine until `goal` (or its end). With `stop` set, also
+    /// returns `Ok(None)`-like early: see [`Pump`].
+    fn run_until(&mut self, goal: Milestone) -> Result<Milestone, SuccessorError> {
+        loop {
+            while let Some(out) = self.machine.poll_output() {
+                let now = clock::now();
+                match out {
+                    SuccessorOutput::Transmit(frame) => {
+                        let sent = self
+                            .control
+                            .as_ref()
+                            .is_some_and(|s| send_frame(s, frame).is_ok());
+                        if sent {
+                            crash::frame('n', true, frame);
+                        } else {
+                            self.control = None;
+                            self.machine.handle_closed(now);
+                        }
+                    }
+                    SuccessorOutput::AcquireLock => {
+                        let Some(dir) = self.data_dir.as_deref() else {
+                            self.machine.handle_lock_busy(now);
+                            continue;
+                        };
+                        match DataDirLock::acquire(dir) {
+                            Ok(lock) => {
+                                self.lock = Some(lock);
+                                crash::at("n-after-lock-acquired");
+                                self.machine.handle_lock_acquired(now);
+                            }
+                            Err(LockError::Busy { .. } | LockError::HolderAlive { .. }) => {
+                                self.machine.handle_lock_busy(now)
+                            }
+                            Err(_) => self.machine.handle_lock_busy(now),
+                        }
+                    }
+                    SuccessorOutput::Start => {
+                        if goal == Milestone::Started {
+                            return Ok(Milestone::Started);
+                        }
+                    }
+                    SuccessorOutput::Finished(SuccessorEnd::Authoritative { .. }) => {
+                        return Ok(Milestone::Authoritative);
+                    }
+                    SuccessorOutput::Finished(SuccessorEnd::Failed(failure)) => {
+                        return Err(self.failed(failure));
+                    }
+                }
+            }
+            if goal == Milestone::Acked && self.machine.version().is_some() {
+                return Ok(Milestone::Acked);
+            }
+            if let Some(stop) = &self.stop
+                && stop.load(Ordering::Acquire)
+            {
+                return Ok(goal);
+            }
+            if !self.inbox.is_empty() {
+                let used = self
+                    .machine
+                    .handle_input(clock::now(), self.inbox.pending());
+                self.inbox.consume(used);
+                continue;
+            }
+            self.wait()?;
+        }
+    }
+
+    fn wait(&mut self) -> Result<(), SuccessorError> {
+        let mut deadline = self.machine.poll_timeout();
+        if self.stop.is_some() {
+            // In the background: look at the stop flag at least this often.
+            let soon = clock::now() + std::time::Duration::from_millis(5);
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        }
+        let ready = conn::wait(&[self.control.as_ref().map(|s| s.as_fd())], deadline)
+            .map_err(SuccessorError::Io)?;
+        let now = clock::now();
+        if ready[0]
+            && let Some(s) = self.control.as_mut()
+        {
+            match self.inbox.fill(s) {
+                Ok(n) if n > 0 => {}
+                _ => {
+                    self.control = None;
+                    self.machine.handle_closed(now);
+                }
+            }
+        } else {
+            self.machine.handle_timeout(now);
+        }
+        Ok(())
+    }
+}
+
+/// Drives the successor machine on a background thread while the daemon
+/// starts up, so heartbeats go out and an `Abort` is noticed.
+struct Pump {
+    stop: Arc<AtomicBool>,
+    finished: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(Driver, Option<SuccessorError>)>>,
+}
+
+impl fmt::Debug for Pump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pump").finish_non_exhaustive()
+    }
+}
+
+impl Pump {
+    fn start(mut driver: Driver) -> Pump {
+        let stop = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
+        driver.stop = Some(stop.clone());
+        let done = finished.clone();
+        let thread = std::thread::Builder::new()
+            .name("handoff-successor".into())
+            .spawn(move || {
+                // The goal is never reached while starting up: only the stop
+                // flag or the machine's end returns.
+                let result = driver.run_until(Milestone::Authoritative);
+                let err = result.err();
+                if err.is_some() {
+                    done.store(true, Ordering::Release);
+                }
+                (driver, err)
+            })
+            .ok();
+        Pump {
+            stop,
+            finished,
+            thread,
+        }
+    }
+
+    /// Stops the thread and takes the driver back, or the error that ended
+    /// the handoff meanwhile.
+    fn stop(mut self) -> Result<Driver, SuccessorError> {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread.take();
+        let Some(thread) = thread else {
+            return Err(SuccessorError::Io(io::Error::other(
+                "could not start the thread that drives the handoff during start-up",
+            )));
+        };
+        match thread.join() {
+            Ok((mut driver, None)) => {
+                driver.stop = None;
+                Ok(driver)
+            }
+            Ok((_, Some(err))) => Err(err),
+            Err(_) => Err(SuccessorError::Io(io::Error::other(
+                "the thread driving the handoff panicked",
+            ))),
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

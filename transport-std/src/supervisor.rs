@@ -1,0 +1,573 @@
+//! The supervisor's blocking driver: [`Supervisor::perform_handoff`] runs
+//! one handoff to its end on the calling thread, with `poll(2)` over the two
+//! control sockets and a pidfd for the successor's exit, so it needs no
+//! thread, no signal handler and no sleep.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use handoff_core::{
+    AbortReason, DrainReport, HandoffId, IncumbentFate, JournalRecord, Peer, PhaseTimings,
+    SuccessorFate, SupervisorConfig, SupervisorHandoff, SupervisorOutput, defaults,
+};
+
+use crate::clock;
+use crate::conn::{self, Inbox};
+use crate::crash;
+use crate::os::control::{self, send_frame};
+use crate::os::journal::{Journal, JournalError};
+use crate::os::process::{ExitWatch, send_signal};
+use crate::os::spawn::{PassedListener, SpawnError, spawn_successor, validate_listener_names};
+
+/// What to run as the successor, and the budgets of its handoff.
+#[derive(Clone, Debug)]
+pub struct SpawnSpec {
+    /// The binary.
+    pub binary: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Variables added to the supervisor's environment for it.
+    pub env: Vec<(OsString, OsString)>,
+    /// The whole handoff, from start until `Ready`.
+    pub deadline: Duration,
+    /// The incumbent's drain.
+    pub drain_grace: Duration,
+    /// The successor's start-up before its `Hello` (bounded by `deadline`).
+    pub startup_budget: Duration,
+}
+
+impl SpawnSpec {
+    /// `binary` with no arguments and the default budgets (deadline 60 s,
+    /// drain grace 25 s, start-up 30 s).
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        SpawnSpec {
+            binary: binary.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            deadline: defaults::DEADLINE,
+            drain_grace: defaults::DRAIN_GRACE,
+            startup_budget: defaults::STARTUP_BUDGET,
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds a variable.
+    pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// How a handoff ended, with everything the peers reported.
+#[derive(Debug)]
+pub struct HandoffOutcome {
+    /// The handoff.
+    pub handoff_id: HandoffId,
+    /// `Ok` if it committed, otherwise why not.
+    pub result: Result<(), AbortReason>,
+    /// More about the failure from the operating system (a spawn or connect
+    /// error), when there is any.
+    pub detail: Option<String>,
+    /// The successor, now the incumbent: yours to wait on. `None` unless
+    /// committed (an aborted successor was stopped and reaped).
+    pub child: Option<Child>,
+    /// The incumbent's pid, as it announced it.
+    pub incumbent_pid: Option<u32>,
+    /// The successor's pid.
+    pub successor_pid: Option<u32>,
+    /// What the incumbent's `Drained` said.
+    pub drained: Option<DrainReport>,
+    /// The revisions the incumbent sealed.
+    pub sealed_revisions: Option<Vec<u64>>,
+    /// The fingerprint of the sealed data directory.
+    pub fingerprint: Option<[u8; 32]>,
+    /// Why the seal failed, in the incumbent's words.
+    pub seal_error: Option<String>,
+    /// Where the successor listens, as it reported.
+    pub listening_on: Option<Vec<String>>,
+    /// The successor's health check.
+    pub healthz_ok: Option<bool>,
+    /// The revisions the successor opened.
+    pub advertised_revisions: Option<Vec<u64>>,
+    /// What became of the incumbent.
+    pub incumbent_fate: IncumbentFate,
+    /// What became of the successor.
+    pub successor_fate: SuccessorFate,
+    /// Whether a journal write failed.
+    pub journal_failed: bool,
+    /// Time spent in each phase.
+    pub timings: PhaseTimings,
+}
+
+impl HandoffOutcome {
+    /// Whether the handoff committed.
+    pub fn committed(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// Why a handoff could not even run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    /// Another handoff is in flight on this supervisor.
+    HandoffInProgress,
+    /// A listener name is unusable (empty, duplicated, or contains `:`).
+    Listener(SpawnError),
+    /// The control socket path is unusable.
+    SocketPath(io::Error),
+    /// Waiting on the sockets failed.
+    Io(io::Error),
+    /// The journal could not be read.
+    Journal(JournalError),
+}
+
+impl fmt::Display for SupervisorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SupervisorError::HandoffInProgress => f.write_str(
+                "a handoff is already in progress on this supervisor; wait for its outcome",
+            ),
+            SupervisorError::Listener(e) => write!(f, "listener: {e}"),
+            SupervisorError::SocketPath(e) => write!(f, "control socket path: {e}"),
+            SupervisorError::Io(e) => write!(f, "waiting on the handoff's sockets: {e}"),
+            SupervisorError::Journal(e) => write!(f, "journal: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SupervisorError {}
+
+/// One supervised daemon: its control socket, the listeners it inherits,
+/// its journal.
+pub struct Supervisor {
+    control_socket: PathBuf,
+    listeners: Vec<(String, OwnedFd)>,
+    journal: Option<Journal>,
+    config: SupervisorConfig,
+    in_flight: AtomicBool,
+}
+
+impl fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("control_socket", &self.control_socket)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// A supervisor for the daemon whose control socket is at
+    /// `control_socket`.
+    pub fn new(control_socket: impl Into<PathBuf>) -> Result<Self, SupervisorError> {
+        let control_socket = control_socket.into();
+        control::validate_socket_path(&control_socket).map_err(SupervisorError::SocketPath)?;
+        Ok(Supervisor {
+            control_socket,
+            listeners: Vec::new(),
+            journal: None,
+            config: SupervisorConfig::default(),
+            in_flight: AtomicBool::new(false),
+        })
+    }
+
+    /// Adds a listener the successor inherits as `name`. The supervisor owns
+    /// it from now on and keeps it open across handoffs, so the kernel's
+    /// accept queue survives every swap.
+    pub fn with_listener(
+        mut self,
+        name: impl Into<String>,
+        listener: impl Into<OwnedFd>,
+    ) -> Result<Self, SupervisorError> {
+        let name = name.into();
+        let names = self.listeners.iter().map(|(n, _)| n.as_str());
+        validate_listener_names(names.chain(std::iter::once(name.as_str())))
+            .map_err(SupervisorError::Listener)?;
+        self.listeners.push((name, listener.into()));
+        Ok(self)
+    }
+
+    /// Records each acknowledged step in a journal at `path`.
+    pub fn with_journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(Journal::new(path));
+        self
+    }
+
+    /// Overrides the protocol timings (liveness, heartbeats, hello timeout,
+    /// kill grace). The budgets come from each [`SpawnSpec`].
+    pub fn with_config(mut self, config: SupervisorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The control socket path.
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    /// The listeners, in the order the successor receives them.
+    pub fn listeners(&self) -> impl Iterator<Item = PassedListener<'_>> {
+        self.listeners.iter().map(|(name, fd)| PassedListener {
+            name,
+            fd: fd.as_fd(),
+        })
+    }
+
+    /// Runs one handoff to its end. `Ok` holds the outcome whether it
+    /// committed or rolled back; `Err` means it could not start (another is
+    /// in flight) or the wait itself failed.
+    pub fn perform_handoff(&self, spec: SpawnSpec) -> Result<HandoffOutcome, SupervisorError> {
+        if self
+            .in_flight
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(SupervisorError::HandoffInProgress);
+        }
+        struct Slot<'a>(&'a AtomicBool);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _slot = Slot(&self.in_flight);
+        Run::new(self, spec).run()
+    }
+
+    /// After a restart: reads what a crashed handoff left in the journal,
+    /// and clears it. The peers need nothing from us: the incumbent undoes
+    /// the handoff by itself when its session ends, and a successor that
+    /// took the lock serves on. Returns the record, for the operator.
+    pub fn resume_from_journal(&self) -> Result<Option<JournalRecord>, SupervisorError> {
+        let Some(journal) = &self.journal else {
+            return Ok(None);
+        };
+        let record = journal.read().map_err(SupervisorError::Journal)?;
+        if record.is_some() {
+            journal
+                .delete()
+                .map_err(|e| SupervisorError::Journal(JournalError::Io(e)))?;
+        }
+        Ok(record)
+    }
+}
+
+fn random_bytes() -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut buf))
+        .is_err()
+    {
+        // Unique enough for an id if the entropy source is missing: the
+        // time and our pid. It is an identifier, not a secret.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        buf[..16].copy_from_slice(&(t ^ u128::from(std::process::id())).to_le_bytes());
+    }
+    buf
+}
+
+/// The state of one `perform_handoff` call.
+struct Run<'a> {
+    sup: &'a Supervisor,
+    spec: SpawnSpec,
+    machine: SupervisorHandoff<Vec<u8>>,
+    incumbent: Option<UnixStream>,
+    successor: Option<UnixStream>,
+    child: Option<Child>,
+    exit_watch: Option<ExitWatch>,
+    inbox_incumbent: Inbox,
+    inbox_successor: Inbox,
+    detail: Option<String>,
+}
+
+impl<'a> Run<'a> {
+    fn new(sup: &'a Supervisor, spec: SpawnSpec) -> Self {
+        let config = SupervisorConfig {
+            deadline: spec.deadline,
+            drain_grace: spec.drain_grace,
+            startup_budget: spec.startup_budget,
+            ..sup.config
+        };
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Run {
+            sup,
+            spec,
+            machine: SupervisorHandoff::new(clock::now(), config, random_bytes(), unix_ms),
+            incumbent: None,
+            successor: None,
+            child: None,
+            exit_watch: None,
+            inbox_incumbent: Inbox::new(),
+            inbox_successor: Inbox::new(),
+            detail: None,
+        }
+    }
+
+    fn run(mut self) -> Result<HandoffOutcome, SupervisorError> {
+        loop {
+            if let Some(outcome) = self.carry_out() {
+                return Ok(outcome);
+            }
+            // Bytes already read go in first, one frame per call.
+            if !self.inbox_incumbent.is_empty() {
+                let used = self.machine.handle_input(
+                    clock::now(),
+                    Peer::Incumbent,
+                    self.inbox_incumbent.pending(),
+                );
+                self.inbox_incumbent.consume(used);
+                continue;
+            }
+            if !self.inbox_successor.is_empty() {
+                let used = self.machine.handle_input(
+                    clock::now(),
+                    Peer::Successor,
+                    self.inbox_successor.pending(),
+                );
+                self.inbox_successor.consume(used);
+                continue;
+            }
+            self.wait()?;
+        }
+    }
+
+    fn wait(&mut self) -> Result<(), SupervisorError> {
+        let mut deadline = self.machine.poll_timeout();
+        if self.child.is_some() && self.exit_watch.is_none() {
+            // No pidfd on this kernel: look at the child at least this often.
+            let soon = clock::now() + Duration::from_millis(20);
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        }
+        let ready = conn::wait(
+            &[
+                self.incumbent.as_ref().map(|s| s.as_fd()),
+                self.successor.as_ref().map(|s| s.as_fd()),
+                self.exit_watch.as_ref().map(|w| w.as_fd()),
+            ],
+            deadline,
+        )
+        .map_err(SupervisorError::Io)?;
+        let now = clock::now();
+        if ready[0] {
+            self.read(Peer::Incumbent);
+        }
+        if ready[1] {
+            self.read(Peer::Successor);
+        }
+        if ready[2] {
+            self.reap(now);
+        }
+        if self.exit_watch.is_none()
+            && let Some(child) = self.child.as_mut()
+            && matches!(child.try_wait(), Ok(Some(_)))
+        {
+            self.reap(now);
+        }
+        if !ready.iter().any(|r| *r) {
+            self.machine.handle_timeout(clock::now());
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, peer: Peer) {
+        let (stream, inbox) = match peer {
+            Peer::Incumbent => (&mut self.incumbent, &mut self.inbox_incumbent),
+            Peer::Successor => (&mut self.successor, &mut self.inbox_successor),
+        };
+        let Some(s) = stream.as_mut() else { return };
+        match inbox.fill(s) {
+            Ok(0) | Err(_) => {
+                *stream = None;
+                self.machine.handle_closed(clock::now(), peer);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// The successor exited: reap it and say so.
+    fn reap(&mut self, now: handoff_core::Instant) {
+        self.exit_watch = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.machine.handle_successor_exited(now);
+    }
+
+    /// Carries out every queued output; returns the outcome once finished.
+    fn carry_out(&mut self) -> Option<HandoffOutcome> {
+        while let Some(out) = self.machine.poll_output() {
+            let now = clock::now();
+            match out {
+                SupervisorOutput::ConnectIncumbent => {
+                    match UnixStream::connect(&self.sup.control_socket).and_then(|s| {
+                        conn::configure(&s)?;
+                        Ok(s)
+                    }) {
+                        Ok(s) => {
+                            self.incumbent = Some(s);
+                            self.machine.handle_connected(now);
+                        }
+                        Err(e) => {
+                            self.detail = Some(format!(
+                                "connecting to {}: {e}",
+                                self.sup.control_socket.display()
+                            ));
+                            self.machine.handle_connect_failed(now);
+                        }
+                    }
+                }
+                SupervisorOutput::Transmit { to, frame } => {
+                    let stream = match to {
+                        Peer::Incumbent => self.incumbent.as_ref(),
+                        Peer::Successor => self.successor.as_ref(),
+                    };
+                    let sent = stream.is_some_and(|s| send_frame(s, frame).is_ok());
+                    if sent {
+                        crash::frame('s', true, frame);
+                    } else {
+                        self.machine.handle_closed(now, to);
+                    }
+                }
+                SupervisorOutput::SpawnSuccessor => self.spawn(now),
+                SupervisorOutput::Signal(signal) => {
+                    if let Some(child) = &self.child {
+                        let _ = send_signal(child.id(), signal);
+                    }
+                }
+                SupervisorOutput::Disconnect(peer) => match peer {
+                    Peer::Incumbent => self.incumbent = None,
+                    Peer::Successor => self.successor = None,
+                },
+                SupervisorOutput::WriteJournal(record) => {
+                    if let Some(j) = &self.sup.journal
+                        && j.write(&record).is_err()
+                    {
+                        self.machine.handle_journal_failed(now);
+                    }
+                }
+                SupervisorOutput::ClearJournal => {
+                    if let Some(j) = &self.sup.journal
+                        && j.delete().is_err()
+                    {
+                        self.machine.handle_journal_failed(now);
+                    }
+                }
+                SupervisorOutput::Finished(o) => {
+                    let committed = o.result.is_ok();
+                    let outcome = HandoffOutcome {
+                        handoff_id: o.handoff_id,
+                        result: o.result,
+                        detail: self.detail.take(),
+                        child: None,
+                        incumbent_pid: o.incumbent.pid,
+                        successor_pid: o.successor.pid,
+                        drained: o.drained,
+                        sealed_revisions: o
+                            .sealed
+                            .map(|s| s.last_revision_per_shard.iter().collect()),
+                        fingerprint: o.sealed.map(|s| s.data_dir_fingerprint),
+                        seal_error: o.seal_failure.map(|f| f.error.to_owned()),
+                        listening_on: o
+                            .ready
+                            .map(|r| r.listening_on.iter().map(str::to_owned).collect()),
+                        healthz_ok: o.ready.map(|r| r.healthz_ok),
+                        advertised_revisions: o
+                            .ready
+                            .map(|r| r.advertised_revision_per_shard.iter().collect()),
+                        incumbent_fate: o.incumbent_fate,
+                        successor_fate: o.successor_fate,
+                        journal_failed: o.journal_failed,
+                        timings: o.timings,
+                    };
+                    return Some(self.finish(outcome, committed));
+                }
+            }
+        }
+        None
+    }
+
+    fn spawn(&mut self, now: handoff_core::Instant) {
+        let result = control::socketpair()
+            .map_err(SpawnError::Io)
+            .and_then(|(ours, theirs)| {
+                let mut cmd = Command::new(&self.spec.binary);
+                cmd.args(&self.spec.args);
+                for (k, v) in &self.spec.env {
+                    cmd.env(k, v);
+                }
+                let listeners: Vec<PassedListener<'_>> = self.sup.listeners().collect();
+                let child = spawn_successor(cmd, &listeners, theirs.as_fd())?;
+                // Our copy of the child's end closes here, so the child's
+                // exit is an EOF on ours.
+                drop(theirs);
+                Ok((ours, child))
+            });
+        match result {
+            Ok((ours, child)) => {
+                let pid = child.id();
+                if let Err(e) = conn::configure(&ours) {
+                    self.detail = Some(format!("configuring the successor's socket: {e}"));
+                }
+                // Without a pidfd (old kernels) the exit still shows as EOF
+                // on the socketpair, and the final reap below waits for it.
+                self.exit_watch = ExitWatch::new(pid).ok();
+                self.successor = Some(ours);
+                self.child = Some(child);
+                crash::at("s-after-spawn");
+                self.machine.handle_spawned(now, pid);
+            }
+            Err(e) => {
+                self.detail = Some(format!("spawning {}: {e}", self.spec.binary.display()));
+                self.machine.handle_spawn_failed(now);
+            }
+        }
+    }
+
+    fn finish(&mut self, mut outcome: HandoffOutcome, committed: bool) -> HandoffOutcome {
+        self.incumbent = None;
+        self.successor = None;
+        self.exit_watch = None;
+        if let Some(mut child) = self.child.take() {
+            if committed {
+                outcome.child = Some(child);
+            } else {
+                // The machine finishes an abort only once the successor is
+                // gone, or after SIGKILL went unanswered; never leave a
+                // zombie either way.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        outcome
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        // An early return (an I/O error while waiting) must not leave a
+        // successor behind.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

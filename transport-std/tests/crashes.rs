@@ -1,0 +1,261 @@
+//! Kill each process at each protocol step (the `crash-points` feature,
+//! driven by `HANDOFF_CRASH_AT`) and check SPEC invariant 7: the system
+//! recovers to exactly one serving incumbent, the only lock holder. Where
+//! nobody is left (the incumbent died before sealing), recovery is what the
+//! supervisor binary does: start the daemon again, cold, which must find
+//! the lock free.
+
+mod common;
+
+use std::io::BufReader;
+use std::process::{Command, Stdio};
+use std::sync::Once;
+
+use common::*;
+use handoff_std::os::spawn::{PassedListener, spawn_cold};
+
+/// Orphans of a killed supervisor come back to this process, so the test
+/// can reap them and tell a live process from a zombie.
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[allow(unsafe_code)]
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag, no pointer.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0);
+    });
+}
+
+/// Processes (not zombies) whose command line mentions `needle`.
+fn live_processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Reaps the orphans that came back to us (a killed supervisor's
+/// successor) once they exit; our own `Child` handles reap theirs.
+fn reap_orphans(rig: &Rig) {
+    let me = std::process::id().to_string();
+    let ours: Vec<u32> = std::iter::once(rig.incumbent.id())
+        .chain(rig.spawned.iter().map(|c| c.id()))
+        .collect();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next());
+        if state == Some("Z") && ppid == Some(me.as_str()) && !ours.contains(&pid) {
+            #[allow(unsafe_code)]
+            // SAFETY: waitpid on one exited child, null status, no blocking.
+            unsafe {
+                libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG)
+            };
+        }
+    }
+}
+
+/// The crash tests make this process a subreaper and scan `/proc`: one at a
+/// time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until exactly one daemon of this rig runs, and returns its pid.
+fn settle_to_one(rig: &Rig) -> u32 {
+    let needle = rig.ctl.to_string_lossy().into_owned();
+    let t0 = std::time::Instant::now();
+    loop {
+        reap_orphans(rig);
+        let live = live_processes_with(&needle);
+        if live.len() == 1 {
+            return live[0];
+        }
+        assert!(
+            t0.elapsed() < BOUND,
+            "still {} processes after the bound: {live:?}",
+            live.len()
+        );
+        // Each remaining process is waited on, not slept on.
+        for pid in live {
+            if wait_gone(pid, std::time::Duration::from_millis(50)) {
+                break;
+            }
+        }
+    }
+}
+
+fn assert_one_serving_incumbent(rig: &Rig, pid: u32) {
+    assert_eq!(rig.serving_pid(), pid, "the survivor serves the port");
+    assert_eq!(rig.lock_holder(), Some(pid), "and holds the lock");
+    assert!(!rig.lock_is_free());
+    assert!(rig.request("INC").starts_with("OK "), "and writes");
+}
+
+/// Starts a fresh incumbent, as the supervisor binary does when none is
+/// left; it must find the lock free (or free it from a dead holder).
+fn restart_cold(rig: &mut Rig) -> u32 {
+    let listener = rig.supervisor.listeners().next().unwrap();
+    let mut cmd = Command::new(daemon_bin());
+    cmd.arg("--control-socket")
+        .arg(&rig.ctl)
+        .arg("--data-dir")
+        .arg(&rig.data)
+        .stdout(Stdio::piped());
+    let mut child = spawn_cold(
+        cmd,
+        &[PassedListener {
+            name: "main",
+            fd: listener.fd,
+        }],
+    )
+    .unwrap();
+    let line = read_line_bounded(BufReader::new(child.stdout.take().unwrap()))
+        .expect("the restarted daemon serves");
+    assert!(line.starts_with("ready "));
+    let pid = child.id();
+    rig.spawned.push(child);
+    pid
+}
+
+#[test]
+fn supervisor_killed_at_every_step_recovers_to_one_incumbent() {
+    let _serial = serial();
+    become_subreaper();
+    for point in [
+        "s-after-hello-ack-sent",
+        "s-after-spawn",
+        "s-after-prepare-handoff-sent",
+        "s-after-seal-request-sent",
+        "s-after-begin-sent",
+        "s-after-commit-sent",
+    ] {
+        let mut rig = Rig::start("s-crash");
+        let marker = rig.dir.0.join("marker");
+        let listener = rig.supervisor.listeners().next().unwrap();
+        let mut cmd = Command::new(daemon_bin());
+        cmd.arg("supervise")
+            .arg("--control-socket")
+            .arg(&rig.ctl)
+            .arg("--data-dir")
+            .arg(&rig.data)
+            .arg("--binary")
+            .arg(daemon_bin())
+            .arg("--journal")
+            .arg(rig.dir.0.join("journal"))
+            .env("HANDOFF_CRASH_AT", point)
+            .env("HANDOFF_CRASH_MARKER", &marker)
+            .stdout(Stdio::null());
+        let mut supervisor = spawn_cold(
+            cmd,
+            &[PassedListener {
+                name: "main",
+                fd: listener.fd,
+            }],
+        )
+        .unwrap();
+        let status = wait_exit(&mut supervisor, BOUND).expect("the supervisor ends");
+        assert_eq!(status.code(), Some(99), "{point}: it must crash there");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), point);
+
+        let survivor = settle_to_one(&rig);
+        assert_one_serving_incumbent(&rig, survivor);
+        // A restarted supervisor finds where the handoff stood, once.
+        let journaled = point != "s-after-hello-ack-sent" && point != "s-after-spawn";
+        let record = rig.supervisor.resume_from_journal().unwrap();
+        assert_eq!(record.is_some(), journaled, "{point}: {record:?}");
+        assert!(rig.supervisor.resume_from_journal().unwrap().is_none());
+        // The crashed supervisor's successor is the survivor or is gone.
+        if survivor != rig.incumbent_pid() {
+            assert!(wait_exit(&mut rig.incumbent, BOUND).is_some(), "{point}");
+        }
+        // Leave no process behind.
+        #[allow(unsafe_code)]
+        // SAFETY: kill takes integers only.
+        unsafe {
+            libc::kill(survivor as i32, libc::SIGKILL)
+        };
+        assert!(wait_gone(survivor, BOUND));
+        reap_orphans(&rig);
+    }
+}
+
+#[test]
+fn incumbent_killed_at_every_step_recovers_to_one_incumbent() {
+    let _serial = serial();
+    become_subreaper();
+    for point in [
+        "o-after-hello-sent",
+        "o-after-drained-sent",
+        "o-after-lock-released",
+        "o-after-seal-complete-sent",
+        "o-after-commit-received",
+    ] {
+        let mut rig = Rig::start_with("o-crash", &[("HANDOFF_CRASH_AT", point)]);
+        let outcome = rig.supervisor.perform_handoff(rig.spec("")).unwrap();
+        let status = wait_exit(&mut rig.incumbent, BOUND).expect("the incumbent ends");
+        assert_eq!(status.code(), Some(99), "{point}: it must crash there");
+        let committed = outcome.committed();
+        if let Some(child) = outcome.child {
+            rig.spawned.push(child);
+        }
+        if !committed {
+            // Nobody serves; the supervisor binary starts the daemon again.
+            restart_cold(&mut rig);
+        }
+        let survivor = settle_to_one(&rig);
+        assert_one_serving_incumbent(&rig, survivor);
+    }
+}
+
+#[test]
+fn successor_killed_at_every_step_recovers_to_one_incumbent() {
+    let _serial = serial();
+    become_subreaper();
+    for point in [
+        "n-after-hello-sent",
+        "n-after-lock-acquired",
+        "n-after-ready-sent",
+    ] {
+        let mut rig = Rig::start("n-crash");
+        let spec = rig.spec("").env("HANDOFF_CRASH_AT", point);
+        let outcome = rig.supervisor.perform_handoff(spec).unwrap();
+        if let Some(mut child) = outcome.child {
+            let status = wait_exit(&mut child, BOUND).expect("the successor ends");
+            assert_eq!(status.code(), Some(99), "{point}");
+            // It died after `Ready`: the old binary committed and exits;
+            // the supervisor binary starts the daemon again.
+            assert!(wait_exit(&mut rig.incumbent, BOUND).is_some());
+            restart_cold(&mut rig);
+        } else {
+            assert!(!outcome.committed(), "{point}");
+        }
+        let survivor = settle_to_one(&rig);
+        assert_one_serving_incumbent(&rig, survivor);
+    }
+}
