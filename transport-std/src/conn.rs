@@ -1,4 +1,5 @@
-//! The plumbing the three blocking drivers share: reading a control socket
+//! The plumbing the drivers share (the blocking ones here, and the mio and
+//! smol adapters for [`Inbox`]): reading a control socket
 //! into a buffer the machine takes one frame at a time from, and waiting
 //! for readiness or the machine's next deadline.
 
@@ -16,15 +17,23 @@ use crate::os::process::poll_readable;
 /// frames are small, so a healthy peer's socket buffer always has room.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bytes read from a peer and not yet taken by the machine.
-pub(crate) struct Inbox {
+/// Bytes read from a peer and not yet taken by the machine (which takes
+/// at most one frame per call).
+pub struct Inbox {
     buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox::new()
+    }
+}
+
 impl Inbox {
-    pub(crate) fn new() -> Self {
+    /// An empty inbox with a 16 KiB read buffer.
+    pub fn new() -> Self {
         Inbox {
             buf: vec![0; 16 * 1024],
             start: 0,
@@ -32,20 +41,24 @@ impl Inbox {
         }
     }
 
-    pub(crate) fn pending(&self) -> &[u8] {
+    /// The bytes not yet taken.
+    pub fn pending(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
-    pub(crate) fn consume(&mut self, n: usize) {
+    /// `n` bytes were taken.
+    pub fn consume(&mut self, n: usize) {
         self.start = (self.start + n).min(self.end);
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether everything read was taken.
+    pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
-    /// One read from a socket `poll` found readable: `Ok(0)` is EOF.
-    pub(crate) fn fill(&mut self, stream: &mut UnixStream) -> io::Result<usize> {
+    /// One read from a socket `poll` found readable: `Ok(0)` is EOF. Only
+    /// when empty.
+    pub fn fill(&mut self, stream: &mut impl Read) -> io::Result<usize> {
         debug_assert!(self.is_empty());
         self.start = 0;
         self.end = 0;

@@ -163,6 +163,12 @@ impl Incumbent {
         self.lock.is_some()
     }
 
+    /// The parts, for an adapter that drives the sessions itself: the control
+    /// listener, its path, and the lock.
+    pub fn into_parts(self) -> (UnixListener, PathBuf, Option<DataDirLock>) {
+        (self.listener, self.socket_path, self.lock)
+    }
+
     /// How the last control session ended, for logs.
     pub fn last_session_end(&self) -> Option<SessionEnd> {
         self.last_end

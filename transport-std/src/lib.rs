@@ -51,7 +51,7 @@
 pub mod os;
 
 pub mod clock;
-mod conn;
+pub mod conn;
 pub mod crash;
 mod drainable;
 mod incumbent;
@@ -69,4 +69,7 @@ pub use os::lock::DataDirLock;
 pub use successor::{
     BegunSuccessor, HandshookSuccessor, Readiness, Role, Successor, SuccessorError, detect_role,
 };
-pub use supervisor::{HandoffOutcome, SpawnSpec, Supervisor, SupervisorError};
+pub use supervisor::{
+    HandoffOutcome, HandoffSlot, SpawnSpec, Supervisor, SupervisorError, handoff_config,
+    random_id_bytes, spawn_for_handoff, unix_millis,
+};

@@ -121,6 +121,12 @@ impl Successor {
         self.listeners.names()
     }
 
+    /// The control socket and the listeners, for an adapter that drives the
+    /// successor machine itself.
+    pub fn into_parts(self) -> (UnixStream, InheritedListeners) {
+        (self.control, self.listeners)
+    }
+
     /// Overrides the protocol timings.
     pub fn with_config(mut self, config: SuccessorConfig) -> Self {
         self.config = config;

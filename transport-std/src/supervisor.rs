@@ -230,21 +230,28 @@ impl Supervisor {
     /// committed or rolled back; `Err` means it could not start (another is
     /// in flight) or the wait itself failed.
     pub fn perform_handoff(&self, spec: SpawnSpec) -> Result<HandoffOutcome, SupervisorError> {
-        if self
-            .in_flight
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Err(SupervisorError::HandoffInProgress);
-        }
-        struct Slot<'a>(&'a AtomicBool);
-        impl Drop for Slot<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _slot = Slot(&self.in_flight);
+        let _slot = self.claim()?;
         Run::new(self, spec).run()
+    }
+
+    /// Takes this supervisor's one in-flight slot, for an adapter that runs
+    /// the handoff itself; released when the slot is dropped. A second claim
+    /// meanwhile is `HandoffInProgress`.
+    pub fn claim(&self) -> Result<HandoffSlot<'_>, SupervisorError> {
+        self.in_flight
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| HandoffSlot(&self.in_flight))
+            .map_err(|_| SupervisorError::HandoffInProgress)
+    }
+
+    /// The journal, if any.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// The protocol timings (the budgets come from each [`SpawnSpec`]).
+    pub fn config(&self) -> SupervisorConfig {
+        self.config
     }
 
     /// After a restart: reads what a crashed handoff left in the journal,
@@ -282,6 +289,91 @@ fn random_bytes() -> [u8; 16] {
     buf
 }
 
+/// A supervisor's in-flight slot, held while a handoff runs.
+#[derive(Debug)]
+pub struct HandoffSlot<'a>(&'a AtomicBool);
+
+impl Drop for HandoffSlot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The core configuration of one handoff: the supervisor's timings with the
+/// spec's budgets.
+pub fn handoff_config(base: SupervisorConfig, spec: &SpawnSpec) -> SupervisorConfig {
+    SupervisorConfig {
+        deadline: spec.deadline,
+        drain_grace: spec.drain_grace,
+        startup_budget: spec.startup_budget,
+        ..base
+    }
+}
+
+/// 16 random bytes for a handoff id (from `/dev/urandom`; the time and pid
+/// if that is missing: it is an identifier, not a secret).
+pub fn random_id_bytes() -> [u8; 16] {
+    random_bytes()
+}
+
+/// Milliseconds since the Unix epoch, for the journal.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Spawns `spec` as the successor of a handoff: makes the control
+/// socketpair, passes the child its end and `listeners`, and returns our end
+/// with the child. Shared by every adapter.
+pub fn spawn_for_handoff(
+    spec: &SpawnSpec,
+    listeners: &[PassedListener<'_>],
+) -> Result<(UnixStream, Child), SpawnError> {
+    let (ours, theirs) = control::socketpair().map_err(SpawnError::Io)?;
+    let mut cmd = Command::new(&spec.binary);
+    cmd.args(&spec.args);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let child = spawn_successor(cmd, listeners, theirs.as_fd())?;
+    // Our copy of the child's end closes here, so the child's exit is an
+    // EOF on ours.
+    drop(theirs);
+    Ok((ours, child))
+}
+
+impl HandoffOutcome {
+    /// The owned form of the core's outcome; `child` is attached by the
+    /// caller. Shared by every adapter.
+    pub fn from_core(o: &handoff_core::Outcome<'_>, detail: Option<String>) -> HandoffOutcome {
+        HandoffOutcome {
+            handoff_id: o.handoff_id,
+            result: o.result,
+            detail,
+            child: None,
+            incumbent_pid: o.incumbent.pid,
+            successor_pid: o.successor.pid,
+            drained: o.drained,
+            sealed_revisions: o.sealed.map(|s| s.last_revision_per_shard.iter().collect()),
+            fingerprint: o.sealed.map(|s| s.data_dir_fingerprint),
+            seal_error: o.seal_failure.map(|f| f.error.to_owned()),
+            listening_on: o
+                .ready
+                .map(|r| r.listening_on.iter().map(str::to_owned).collect()),
+            healthz_ok: o.ready.map(|r| r.healthz_ok),
+            advertised_revisions: o
+                .ready
+                .map(|r| r.advertised_revision_per_shard.iter().collect()),
+            incumbent_fate: o.incumbent_fate,
+            successor_fate: o.successor_fate,
+            journal_failed: o.journal_failed,
+            timings: o.timings,
+        }
+    }
+}
+
 /// The state of one `perform_handoff` call.
 struct Run<'a> {
     sup: &'a Supervisor,
@@ -298,20 +390,11 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn new(sup: &'a Supervisor, spec: SpawnSpec) -> Self {
-        let config = SupervisorConfig {
-            deadline: spec.deadline,
-            drain_grace: spec.drain_grace,
-            startup_budget: spec.startup_budget,
-            ..sup.config
-        };
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let config = handoff_config(sup.config, &spec);
         Run {
             sup,
             spec,
-            machine: SupervisorHandoff::new(clock::now(), config, random_bytes(), unix_ms),
+            machine: SupervisorHandoff::new(clock::now(), config, random_bytes(), unix_millis()),
             incumbent: None,
             successor: None,
             child: None,
@@ -473,31 +556,7 @@ impl<'a> Run<'a> {
                 }
                 SupervisorOutput::Finished(o) => {
                     let committed = o.result.is_ok();
-                    let outcome = HandoffOutcome {
-                        handoff_id: o.handoff_id,
-                        result: o.result,
-                        detail: self.detail.take(),
-                        child: None,
-                        incumbent_pid: o.incumbent.pid,
-                        successor_pid: o.successor.pid,
-                        drained: o.drained,
-                        sealed_revisions: o
-                            .sealed
-                            .map(|s| s.last_revision_per_shard.iter().collect()),
-                        fingerprint: o.sealed.map(|s| s.data_dir_fingerprint),
-                        seal_error: o.seal_failure.map(|f| f.error.to_owned()),
-                        listening_on: o
-                            .ready
-                            .map(|r| r.listening_on.iter().map(str::to_owned).collect()),
-                        healthz_ok: o.ready.map(|r| r.healthz_ok),
-                        advertised_revisions: o
-                            .ready
-                            .map(|r| r.advertised_revision_per_shard.iter().collect()),
-                        incumbent_fate: o.incumbent_fate,
-                        successor_fate: o.successor_fate,
-                        journal_failed: o.journal_failed,
-                        timings: o.timings,
-                    };
+                    let outcome = HandoffOutcome::from_core(&o, self.detail.take());
                     return Some(self.finish(outcome, committed));
                 }
             }
@@ -506,21 +565,8 @@ impl<'a> Run<'a> {
     }
 
     fn spawn(&mut self, now: handoff_core::Instant) {
-        let result = control::socketpair()
-            .map_err(SpawnError::Io)
-            .and_then(|(ours, theirs)| {
-                let mut cmd = Command::new(&self.spec.binary);
-                cmd.args(&self.spec.args);
-                for (k, v) in &self.spec.env {
-                    cmd.env(k, v);
-                }
-                let listeners: Vec<PassedListener<'_>> = self.sup.listeners().collect();
-                let child = spawn_successor(cmd, &listeners, theirs.as_fd())?;
-                // Our copy of the child's end closes here, so the child's
-                // exit is an EOF on ours.
-                drop(theirs);
-                Ok((ours, child))
-            });
+        let listeners: Vec<PassedListener<'_>> = self.sup.listeners().collect();
+        let result = spawn_for_handoff(&self.spec, &listeners);
         match result {
             Ok((ours, child)) => {
                 let pid = child.id();
