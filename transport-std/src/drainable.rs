@@ -62,6 +62,12 @@ pub struct SealProgress {
 }
 
 impl SealProgress {
+    /// A reporter that sends each report on `tx` and then calls `wake`, for
+    /// adapters that run the seal hook themselves.
+    pub fn new(tx: mpsc::Sender<(u32, u32, u64)>, wake: Box<dyn Fn() + Send + Sync>) -> Self {
+        SealProgress { tx, wake }
+    }
+
     /// `shards_sealed` of `shards_total` are sealed, up to `last_revision`.
     pub fn report(&self, shards_sealed: u32, shards_total: u32, last_revision: u64) {
         if self

@@ -115,11 +115,9 @@ impl Incumbent {
         Ok(Incumbent::from_parts(listener, socket_path, lock))
     }
 
-    pub(crate) fn from_parts(
-        listener: UnixListener,
-        socket_path: &Path,
-        lock: DataDirLock,
-    ) -> Self {
+    /// An incumbent from a control listener already bound at `socket_path`
+    /// and the lock, e.g. after a successor bound the path.
+    pub fn from_parts(listener: UnixListener, socket_path: &Path, lock: DataDirLock) -> Self {
         Incumbent {
             listener,
             socket_path: socket_path.to_path_buf(),

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -109,7 +109,7 @@ pub struct PeerCredentials {
 }
 
 /// The peer's credentials (`SO_PEERCRED`).
-pub fn peer_credentials(sock: &UnixStream) -> io::Result<PeerCredentials> {
+pub fn peer_credentials(sock: &impl AsFd) -> io::Result<PeerCredentials> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -120,7 +120,7 @@ pub fn peer_credentials(sock: &UnixStream) -> io::Result<PeerCredentials> {
     // `cred`, so the kernel writes at most that many bytes into it.
     cvt(unsafe {
         libc::getsockopt(
-            sock.as_raw_fd(),
+            sock.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&raw mut cred).cast::<libc::c_void>(),
@@ -170,17 +170,7 @@ impl PeerPolicy {
 pub fn send_frame(sock: &UnixStream, frame: &[u8]) -> io::Result<()> {
     let mut sent = 0;
     while sent < frame.len() {
-        let rest = &frame[sent..];
-        // SAFETY: `rest` is a live slice and the length passed is its
-        // length, so the kernel reads only bytes we own.
-        let ret = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                rest.as_ptr().cast::<libc::c_void>(),
-                rest.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
+        let ret = send_once(sock.as_fd(), &frame[sent..]);
         if ret < 0 {
             let e = io::Error::last_os_error();
             match e.kind() {
@@ -206,6 +196,35 @@ pub fn send_frame(sock: &UnixStream, frame: &[u8]) -> io::Result<()> {
         sent += ret as usize;
     }
     Ok(())
+}
+
+/// One `send(MSG_NOSIGNAL)` of as much of `buf` as the socket takes now:
+/// for event loops, which keep the rest for the next writable event. A dead
+/// peer is `EPIPE`, never a signal; `EINTR` is retried.
+pub fn send_some(sock: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        let ret = send_once(sock, buf);
+        if ret >= 0 {
+            return Ok(ret as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn send_once(sock: BorrowedFd<'_>, buf: &[u8]) -> isize {
+    // SAFETY: `buf` is a live slice and the length passed is its length, so
+    // the kernel reads only bytes we own; `sock` is borrowed, so open.
+    unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast::<libc::c_void>(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    }
 }
 
 /// A connected pair of Unix stream sockets, both close-on-exec.

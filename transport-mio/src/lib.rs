@@ -1,0 +1,67 @@
+//! # handoff-mio
+//!
+//! [`handoff_core`]'s three machines driven from the caller's `mio::Poll`,
+//! with the operating-system layer of [`handoff_std::os`]. Nothing here
+//! blocks the loop or starts a thread:
+//!
+//! - [`MioIncumbent`]: the control listener and the current session under
+//!   two of the caller's tokens; drain, seal and resume come out as
+//!   [`IncumbentEvent`]s the daemon completes when it is ready.
+//! - [`MioSuccessor`]: `Hello`, `Begin`, the lock, then `Ready` when the
+//!   daemon says so; heartbeats during its start-up come from the loop's
+//!   timeouts.
+//! - [`MioSupervisor`]: handoffs of many services at once in one loop,
+//!   started from the loop or, through a [`Remote`], from other threads.
+//!
+//! The calling pattern is the same for all three: register, then in the
+//! loop pass every event to `handle_event` (it says whether the event was
+//! its own), call `handle_timeout` when `timeout()` has passed (use the
+//! earliest `timeout()` as the `Poll::poll` timeout), and drain
+//! `poll_event`.
+//!
+//! ```no_run
+//! use handoff_mio::{IncumbentEvent, MioIncumbent};
+//! use handoff_std::{DataDirLock, DrainReport, SealOutput};
+//! use mio::{Events, Poll, Token};
+//! use std::path::Path;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let mut poll = Poll::new()?;
+//! let lock = DataDirLock::acquire(Path::new("/var/lib/app")).map_err(std::io::Error::other)?;
+//! let mut control = MioIncumbent::bind_cold_start(Path::new("/run/app/ctl.sock"), lock)?;
+//! control.register(poll.registry(), Token(100), Token(101))?;
+//! let mut events = Events::with_capacity(64);
+//! loop {
+//!     let timeout = control.timeout().map(|t| t.saturating_duration_since(std::time::Instant::now()));
+//!     poll.poll(&mut events, timeout)?;
+//!     for event in &events {
+//!         if control.handle_event(poll.registry(), event) {
+//!             continue;
+//!         }
+//!         // … the daemon's own sockets …
+//!     }
+//!     control.handle_timeout(poll.registry());
+//!     while let Some(ev) = control.poll_event() {
+//!         match ev {
+//!             IncumbentEvent::Drain { .. } => {
+//!                 // stop accepting; when in-flight requests are done:
+//!                 control.drained(poll.registry(), DrainReport::default());
+//!             }
+//!             IncumbentEvent::Seal => control.sealed(poll.registry(), &SealOutput::default()),
+//!             IncumbentEvent::Resume => control.resumed(poll.registry()),
+//!             IncumbentEvent::SessionEnded(end) if !end.keeps_serving() => return Ok(()),
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+
+mod conn;
+mod incumbent;
+mod successor;
+mod supervisor;
+
+pub use incumbent::{IncumbentEvent, MioIncumbent};
+pub use successor::{MioSuccessor, SuccessorEvent};
+pub use supervisor::{MioSupervisor, Remote, ServiceId, SupervisorEvent};

@@ -1,0 +1,237 @@
+//! The successor in the caller's mio loop: it says `Hello`, waits for
+//! `Begin`, takes the data-dir lock, and then tells the daemon to start
+//! ([`SuccessorEvent::Begun`]); the daemon calls [`MioSuccessor::ready`]
+//! once it serves, and turns into a [`MioIncumbent`] with
+//! [`MioSuccessor::into_incumbent`]. Heartbeats during the start-up come
+//! from the loop's own timeouts, so no thread is needed.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use handoff_core::{
+    ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
+    SuccessorOutput, SuccessorSession,
+};
+use handoff_std::os::control::bind_control_socket;
+use handoff_std::os::listeners::InheritedListeners;
+use handoff_std::os::lock::DataDirLock;
+use handoff_std::{Incumbent, Readiness, Successor, clock, crash};
+use mio::event::Event;
+use mio::{Registry, Token};
+
+use crate::conn::{Conn, Read};
+use crate::incumbent::MioIncumbent;
+
+/// What the daemon must do, or learn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SuccessorEvent {
+    /// `Begin` came and the lock is held: take the listeners, open the
+    /// sealed state, start serving, then call [`MioSuccessor::ready`].
+    Begun,
+    /// `Ready` went out (or the supervisor vanished after we took the
+    /// lock): call [`MioSuccessor::into_incumbent`] and serve on.
+    Authoritative {
+        /// Nobody received `Ready`.
+        supervisor_gone: bool,
+    },
+    /// The handoff is off: exit without writing anything.
+    Failed {
+        /// Why.
+        failure: SuccessorFailure,
+        /// The supervisor's reason, if it aborted.
+        abort_reason: String,
+    },
+}
+
+/// A successor driven from a mio loop.
+pub struct MioSuccessor {
+    conn: Option<Conn>,
+    machine: SuccessorSession<Vec<u8>>,
+    token: Token,
+    data_dir: PathBuf,
+    lock: Option<DataDirLock>,
+    listeners: InheritedListeners,
+    events: VecDeque<SuccessorEvent>,
+}
+
+impl std::fmt::Debug for MioSuccessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MioSuccessor")
+            .field("step", &self.machine.step())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MioSuccessor {
+    /// Registers the control socket under `token` and says `Hello`. Do the
+    /// start-up work that needs no lock before this.
+    pub fn start(
+        successor: Successor,
+        registry: &Registry,
+        token: Token,
+        build_id: &[u8],
+        data_dir: &Path,
+        config: SuccessorConfig,
+    ) -> io::Result<MioSuccessor> {
+        let (control, listeners) = successor.into_parts();
+        control.set_nonblocking(true)?;
+        let conn = Conn::register(mio::net::UnixStream::from_std(control), registry, token)?;
+        let mut s = MioSuccessor {
+            conn: Some(conn),
+            machine: SuccessorSession::new(clock::now(), config, std::process::id(), build_id),
+            token,
+            data_dir: data_dir.to_path_buf(),
+            lock: None,
+            listeners,
+            events: VecDeque::new(),
+        };
+        s.pump(registry);
+        Ok(s)
+    }
+
+    /// The listeners that came with the process.
+    pub fn listeners(&mut self) -> &mut InheritedListeners {
+        &mut self.listeners
+    }
+
+    /// The next thing for the daemon to do or know.
+    pub fn poll_event(&mut self) -> Option<SuccessorEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`MioSuccessor::handle_timeout`] must be called next.
+    pub fn timeout(&self) -> Option<std::time::Instant> {
+        self.machine.poll_timeout().map(clock::to_std)
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, registry: &Registry) {
+        self.machine.handle_timeout(clock::now());
+        self.pump(registry);
+    }
+
+    /// Handles `event` if it is ours.
+    pub fn handle_event(&mut self, registry: &Registry, event: &Event) -> bool {
+        if event.token() != self.token {
+            return false;
+        }
+        if event.is_writable()
+            && let Some(c) = self.conn.as_mut()
+            && c.flush(registry).is_err()
+        {
+            self.closed(registry);
+        }
+        while let Some(c) = self.conn.as_mut() {
+            if c.inbox.is_empty() {
+                match c.read() {
+                    Read::Data => {}
+                    Read::WouldBlock => break,
+                    Read::Closed => {
+                        self.closed(registry);
+                        break;
+                    }
+                }
+            }
+            let used = self.machine.handle_input(clock::now(), c.inbox.pending());
+            c.inbox.consume(used);
+            self.pump(registry);
+        }
+        self.pump(registry);
+        true
+    }
+
+    /// The daemon serves: send `Ready`.
+    pub fn ready(&mut self, registry: &Registry, readiness: &Readiness) {
+        let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
+        self.machine.handle_ready(
+            clock::now(),
+            ReadyReport {
+                listening_on: Strings::from_slice(&listening),
+                healthz_ok: readiness.healthz_ok,
+                advertised_revision_per_shard: Revisions::from_slice(
+                    &readiness.advertised_revision_per_shard,
+                ),
+            },
+        );
+        self.pump(registry);
+    }
+
+    /// The daemon could not start: the handoff is off (exit afterwards).
+    pub fn start_failed(&mut self, registry: &Registry) {
+        self.machine.handle_start_failed(clock::now());
+        self.pump(registry);
+    }
+
+    /// After `Authoritative`: takes over the control socket path and becomes
+    /// the incumbent.
+    pub fn into_incumbent(
+        mut self,
+        registry: &Registry,
+        socket_path: &Path,
+    ) -> io::Result<MioIncumbent> {
+        if let Some(c) = self.conn.take() {
+            // `Ready` is a few dozen bytes into an empty socket buffer; what
+            // did not go out now would have nowhere to go later anyway.
+            c.deregister(registry);
+        }
+        let lock = self
+            .lock
+            .take()
+            .ok_or_else(|| io::Error::other("into_incumbent before the lock was taken"))?;
+        let listener = bind_control_socket(socket_path)?;
+        MioIncumbent::from_std(Incumbent::from_parts(listener, socket_path, lock))
+    }
+
+    fn closed(&mut self, registry: &Registry) {
+        if let Some(c) = self.conn.take() {
+            c.deregister(registry);
+        }
+        self.machine.handle_closed(clock::now());
+    }
+
+    fn pump(&mut self, registry: &Registry) {
+        while let Some(out) = self.machine.poll_output() {
+            let now = clock::now();
+            match out {
+                SuccessorOutput::Transmit(frame) => {
+                    let failed = match self.conn.as_mut() {
+                        Some(c) => c.send(registry, frame).is_err(),
+                        None => true,
+                    };
+                    if failed {
+                        if let Some(c) = self.conn.take() {
+                            c.deregister(registry);
+                        }
+                        self.machine.handle_closed(now);
+                    } else {
+                        crash::frame('n', true, frame);
+                    }
+                }
+                SuccessorOutput::AcquireLock => match DataDirLock::acquire(&self.data_dir) {
+                    Ok(lock) => {
+                        self.lock = Some(lock);
+                        crash::at("n-after-lock-acquired");
+                        self.machine.handle_lock_acquired(now);
+                    }
+                    Err(_) => self.machine.handle_lock_busy(now),
+                },
+                SuccessorOutput::Start => self.events.push_back(SuccessorEvent::Begun),
+                SuccessorOutput::Finished(SuccessorEnd::Authoritative { supervisor_gone }) => {
+                    self.events
+                        .push_back(SuccessorEvent::Authoritative { supervisor_gone });
+                }
+                SuccessorOutput::Finished(SuccessorEnd::Failed(failure)) => {
+                    // Exiting releases it anyway; release now so the old
+                    // binary can take it back at once.
+                    self.lock = None;
+                    self.events.push_back(SuccessorEvent::Failed {
+                        failure,
+                        abort_reason: self.machine.abort_reason().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+}

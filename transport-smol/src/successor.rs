@@ -1,0 +1,239 @@
+//! The successor's typestates as async fns: [`handshake`] →
+//! [`Handshook::wait_for_begin`] → (take listeners, open the state inside
+//! [`Begun::start_up`]) → [`Begun::announce_and_bind`]. `start_up` runs the
+//! daemon's start-up future concurrently with the protocol in the same
+//! task, so heartbeats go out and an abort stops the wait.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use futures_lite::future;
+use handoff_core::{
+    HandoffId, ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput,
+    SuccessorSession,
+};
+use handoff_std::os::control::bind_control_socket;
+use handoff_std::os::listeners::InheritedListeners;
+use handoff_std::os::lock::DataDirLock;
+use handoff_std::{Incumbent, Readiness, Successor, SuccessorError, clock, crash};
+
+use crate::conn::{AsyncConn, Read, readable, timer};
+
+/// Says `Hello` for `successor` and waits for the supervisor's answer.
+pub async fn handshake(
+    successor: Successor,
+    build_id: &[u8],
+    config: SuccessorConfig,
+) -> Result<Handshook, SuccessorError> {
+    let (control, listeners) = successor.into_parts();
+    let conn = AsyncConn::new(control).map_err(SuccessorError::Io)?;
+    let mut driver = Driver {
+        conn: Some(conn),
+        machine: SuccessorSession::new(clock::now(), config, std::process::id(), build_id),
+        data_dir: None,
+        lock: None,
+    };
+    driver.run(Goal::Acked).await?;
+    Ok(Handshook { driver, listeners })
+}
+
+/// `Hello` answered; waiting for `Begin`.
+pub struct Handshook {
+    driver: Driver,
+    listeners: InheritedListeners,
+}
+
+impl std::fmt::Debug for Handshook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshook").finish_non_exhaustive()
+    }
+}
+
+impl Handshook {
+    /// The handoff's id.
+    pub fn handoff_id(&self) -> Option<HandoffId> {
+        self.driver.machine.handoff_id()
+    }
+
+    /// Waits for `Begin` and takes the data-dir lock of `data_dir`.
+    pub async fn wait_for_begin(mut self, data_dir: &Path) -> Result<Begun, SuccessorError> {
+        self.driver.data_dir = Some(data_dir.to_path_buf());
+        self.driver.run(Goal::Started).await?;
+        Ok(Begun {
+            driver: self.driver,
+            listeners: self.listeners,
+        })
+    }
+}
+
+/// `Begin` received and the lock held.
+pub struct Begun {
+    driver: Driver,
+    listeners: InheritedListeners,
+}
+
+impl std::fmt::Debug for Begun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Begun").finish_non_exhaustive()
+    }
+}
+
+impl Begun {
+    /// The inherited listeners, to take by name.
+    pub fn listeners(&mut self) -> &mut InheritedListeners {
+        &mut self.listeners
+    }
+
+    /// The data-dir lock this process now holds.
+    pub fn lock(&self) -> Option<&DataDirLock> {
+        self.driver.lock.as_ref()
+    }
+
+    /// Runs the daemon's start-up (open the state, start serving) while the
+    /// protocol goes on: heartbeats to the supervisor, and an `Abort`, which
+    /// ends the wait with an error (drop the half-started state and exit).
+    pub async fn start_up<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+    ) -> Result<T, SuccessorError> {
+        let protocol = async {
+            // Only the machine's end (an abort) finishes this.
+            Err(match self.driver.run(Goal::Authoritative).await {
+                Err(e) => e,
+                Ok(()) => SuccessorError::Io(io::Error::other("the handoff ended during start-up")),
+            })
+        };
+        future::or(async { Ok(work.await) }, protocol).await
+    }
+
+    /// Sends `Ready`, takes over the control socket path, and returns the
+    /// incumbent to serve with.
+    pub async fn announce_and_bind(
+        mut self,
+        readiness: Readiness,
+        socket_path: &Path,
+    ) -> Result<Incumbent, SuccessorError> {
+        let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
+        self.driver.machine.handle_ready(
+            clock::now(),
+            ReadyReport {
+                listening_on: Strings::from_slice(&listening),
+                healthz_ok: readiness.healthz_ok,
+                advertised_revision_per_shard: Revisions::from_slice(
+                    &readiness.advertised_revision_per_shard,
+                ),
+            },
+        );
+        self.driver.run(Goal::Authoritative).await?;
+        let lock = self.driver.lock.take().ok_or_else(|| {
+            SuccessorError::Io(io::Error::other(
+                "the lock was reported held but is missing",
+            ))
+        })?;
+        let listener = bind_control_socket(socket_path).map_err(SuccessorError::Io)?;
+        Ok(Incumbent::from_parts(listener, socket_path, lock))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    Acked,
+    Started,
+    Authoritative,
+}
+
+struct Driver {
+    conn: Option<AsyncConn>,
+    machine: SuccessorSession<Vec<u8>>,
+    data_dir: Option<PathBuf>,
+    lock: Option<DataDirLock>,
+}
+
+impl Driver {
+    fn failed(&self, failure: handoff_core::SuccessorFailure) -> SuccessorError {
+        SuccessorError::Failed {
+            failure,
+            abort_reason: self.machine.abort_reason().to_owned(),
+        }
+    }
+
+    async fn run(&mut self, goal: Goal) -> Result<(), SuccessorError> {
+        loop {
+            while let Some(out) = self.machine.poll_output() {
+                let now = clock::now();
+                match out {
+                    SuccessorOutput::Transmit(frame) => {
+                        let sent = match self.conn.as_ref() {
+                            Some(c) => c.send(frame).await.is_ok(),
+                            None => false,
+                        };
+                        if sent {
+                            crash::frame('n', true, frame);
+                        } else {
+                            self.conn = None;
+                            self.machine.handle_closed(now);
+                        }
+                    }
+                    SuccessorOutput::AcquireLock => {
+                        let lock = self.data_dir.as_deref().map(DataDirLock::acquire);
+                        match lock {
+                            Some(Ok(lock)) => {
+                                self.lock = Some(lock);
+                                crash::at("n-after-lock-acquired");
+                                self.machine.handle_lock_acquired(now);
+                            }
+                            _ => self.machine.handle_lock_busy(now),
+                        }
+                    }
+                    SuccessorOutput::Start => {
+                        if goal == Goal::Started {
+                            return Ok(());
+                        }
+                    }
+                    SuccessorOutput::Finished(SuccessorEnd::Authoritative { .. }) => return Ok(()),
+                    SuccessorOutput::Finished(SuccessorEnd::Failed(failure)) => {
+                        self.lock = None;
+                        return Err(self.failed(failure));
+                    }
+                }
+            }
+            if goal == Goal::Acked && self.machine.version().is_some() {
+                return Ok(());
+            }
+            if let Some(c) = self.conn.as_mut()
+                && !c.inbox.is_empty()
+            {
+                let used = self.machine.handle_input(clock::now(), c.inbox.pending());
+                c.inbox.consume(used);
+                continue;
+            }
+            let deadline = self.machine.poll_timeout();
+            let input = future::or(
+                async {
+                    readable(self.conn.as_ref()).await;
+                    true
+                },
+                async {
+                    timer(deadline).await;
+                    false
+                },
+            )
+            .await;
+            let now = clock::now();
+            if input {
+                if let Some(c) = self.conn.as_mut() {
+                    match c.read() {
+                        Read::Data | Read::WouldBlock => {}
+                        Read::Closed => {
+                            self.conn = None;
+                            self.machine.handle_closed(now);
+                        }
+                    }
+                }
+            } else {
+                self.machine.handle_timeout(now);
+            }
+        }
+    }
+}
