@@ -223,9 +223,8 @@ impl MioSuccessor {
                         .push_back(SuccessorEvent::Authoritative { supervisor_gone });
                 }
                 SuccessorOutput::Finished(SuccessorEnd::Failed(failure)) => {
-                    // Exiting releases it anyway; release now so the old
-                    // binary can take it back at once.
-                    self.lock = None;
+                    // The lock stays held until this successor is dropped:
+                    // the daemon stops whatever may write first (or exits).
                     self.events.push_back(SuccessorEvent::Failed {
                         failure,
                         abort_reason: self.machine.abort_reason().to_owned(),

@@ -16,7 +16,7 @@ use handoff_core::{
 use handoff_std::os::control::bind_control_socket;
 use handoff_std::os::listeners::InheritedListeners;
 use handoff_std::os::lock::DataDirLock;
-use handoff_std::{Incumbent, Readiness, Successor, SuccessorError, clock, crash};
+use handoff_std::{AnnounceError, Incumbent, Readiness, Successor, SuccessorError, clock, crash};
 
 use crate::conn::{AsyncConn, Read, readable, timer};
 
@@ -108,9 +108,24 @@ impl Begun {
     }
 
     /// Sends `Ready`, takes over the control socket path, and returns the
-    /// incumbent to serve with.
+    /// incumbent to serve with. On failure the error still holds the lock:
+    /// stop anything that may write before dropping it.
     pub async fn announce_and_bind(
         mut self,
+        readiness: Readiness,
+        socket_path: &Path,
+    ) -> Result<Incumbent, AnnounceError> {
+        match self.announce(readiness, socket_path).await {
+            Ok(incumbent) => Ok(incumbent),
+            Err(error) => Err(AnnounceError {
+                error,
+                lock: self.driver.lock.take(),
+            }),
+        }
+    }
+
+    async fn announce(
+        &mut self,
         readiness: Readiness,
         socket_path: &Path,
     ) -> Result<Incumbent, SuccessorError> {
@@ -192,8 +207,9 @@ impl Driver {
                         }
                     }
                     SuccessorOutput::Finished(SuccessorEnd::Authoritative { .. }) => return Ok(()),
+                    // The lock stays with the caller's state until it is
+                    // dropped, after whatever may write has stopped.
                     SuccessorOutput::Finished(SuccessorEnd::Failed(failure)) => {
-                        self.lock = None;
                         return Err(self.failed(failure));
                     }
                 }

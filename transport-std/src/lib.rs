@@ -67,7 +67,8 @@ pub use handoff_core::{
 pub use incumbent::{Incumbent, ServeEnd, ServeError};
 pub use os::lock::DataDirLock;
 pub use successor::{
-    BegunSuccessor, HandshookSuccessor, Readiness, Role, Successor, SuccessorError, detect_role,
+    AnnounceError, BegunSuccessor, HandshookSuccessor, Readiness, Role, Successor, SuccessorError,
+    detect_role,
 };
 pub use supervisor::{
     HandoffOutcome, HandoffSlot, SpawnSpec, Supervisor, SupervisorError, handoff_config,

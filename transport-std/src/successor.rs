@@ -239,13 +239,53 @@ impl BegunSuccessor {
     /// Sends `Ready`, then takes over the control socket path (binding a new
     /// socket and renaming it over the old incumbent's), and returns the
     /// [`Incumbent`] to serve with. If the supervisor aborted the handoff
-    /// meanwhile, nothing is sent and the error says why: exit.
+    /// meanwhile, nothing is sent and the error says why. The error still
+    /// holds the data-dir lock: stop anything that may write, then drop it
+    /// (or exit), so the old binary never writes while this one still does.
     pub fn announce_and_bind(
         self,
         readiness: Readiness,
         socket_path: &Path,
-    ) -> Result<Incumbent, SuccessorError> {
-        let mut driver = self.pump.stop()?;
+    ) -> Result<Incumbent, AnnounceError> {
+        let lock = self.lock;
+        match announce(self.pump, readiness, socket_path) {
+            Ok(listener) => Ok(Incumbent::from_parts(listener, socket_path, lock)),
+            Err(error) => Err(AnnounceError {
+                error,
+                lock: Some(lock),
+            }),
+        }
+    }
+}
+
+/// `announce_and_bind` failed; the lock is still held here.
+#[derive(Debug)]
+pub struct AnnounceError {
+    /// What failed.
+    pub error: SuccessorError,
+    /// The data-dir lock, released when this is dropped.
+    pub lock: Option<DataDirLock>,
+}
+
+impl fmt::Display for AnnounceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for AnnounceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+fn announce(
+    pump: Pump,
+    readiness: Readiness,
+    socket_path: &Path,
+) -> Result<std::os::unix::net::UnixListener, SuccessorError> {
+    {
+        let mut driver = pump.stop()?;
         let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
         driver.machine.handle_ready(
             clock::now(),
@@ -261,9 +301,8 @@ impl BegunSuccessor {
             Milestone::Authoritative => {}
             _ => unreachable_milestone(),
         }
-        let listener = control::bind_control_socket(socket_path).map_err(SuccessorError::Io)?;
-        Ok(Incumbent::from_parts(listener, socket_path, self.lock))
     }
+    control::bind_control_socket(socket_path).map_err(SuccessorError::Io)
 }
 
 #[cold]

@@ -184,7 +184,10 @@ fn spawn_with_fds(
     // names are borrowed by the caller for this whole call, so they are
     // open in the parent at fork and hence in the child.
     unsafe {
-        cmd.pre_exec(move || place_fds(&mut fds, scan_limit));
+        cmd.pre_exec(move || {
+            unblock_all_signals()?;
+            place_fds(&mut fds, scan_limit)
+        });
     }
     let child = cmd.spawn().map_err(SpawnError::Io);
     drop(placeholders);
@@ -235,6 +238,25 @@ fn fd_scan_limit() -> RawFd {
         return CAP;
     }
     RawFd::try_from(lim.rlim_cur).map_or(CAP, |n| n.min(CAP))
+}
+
+/// In the child: empties the signal mask. std leaves the forking thread's
+/// mask in place, and a supervisor typically blocks SIGTERM, SIGHUP and
+/// SIGINT to take them with `sigwait`: a child that inherited that mask
+/// would ignore the SIGTERM meant to stop it. Async-signal-safe.
+fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: `set` is a live local initialised by sigemptyset before
+    // sigprocmask reads it; the old-mask pointer is null, which is allowed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        cvt(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+    }
+    Ok(())
 }
 
 /// In the child: moves `fds[i]` to `3 + i` without close-on-exec and marks

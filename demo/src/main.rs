@@ -1,0 +1,281 @@
+//! `handoff-demo`: the whole mission in one command.
+//!
+//! It starts the supervisor (the real `handoff-supervisor` service, in this
+//! process) over a kernel-chosen loopback port and a temporary data
+//! directory, cold-starts `kvd` under it, runs the load generator against
+//! it, and performs handoffs under that load between two builds of `kvd`
+//! (two copies of this binary, which runs as `kvd` when asked to), each
+//! through the supervisor's trigger socket as an operator would. At the end
+//! it reads every acknowledged write back, prints a short report and one
+//! `summary:` line, and exits non-zero if any request failed, any write was
+//! lost or any handoff did not commit.
+//!
+//! ```text
+//! handoff-demo [--handoffs N] [--clients N] [--runtime std]
+//! handoff-demo kvd …      (the daemon; see `kvd --help`)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use handoff_demo::{kvd, loadgen};
+use handoff_supervisor::client::{self, Reply};
+use handoff_supervisor::{Config, ListenerConfig, ListenerKind, Service};
+
+const USAGE: &str = "usage: handoff-demo [--handoffs N] [--clients N] [--runtime std]";
+
+struct Options {
+    handoffs: usize,
+    clients: usize,
+    runtime: String,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        handoffs: 20,
+        clients: 8,
+        runtime: "std".into(),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--handoffs" => {
+                o.handoffs = value()?
+                    .parse()
+                    .map_err(|_| "--handoffs takes a number".to_string())?
+            }
+            "--clients" => {
+                o.clients = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--clients takes a positive number")?
+            }
+            "--runtime" => o.runtime = value()?,
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if !["std"].contains(&o.runtime.as_str()) {
+        return Err(format!(
+            "--runtime {}: this build of the demo runs kvd on std",
+            o.runtime
+        ));
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("kvd") {
+        return ExitCode::from(kvd_from_demo(&args) as u8);
+    }
+    let options = match parse(&args[1..]) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("handoff-demo: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("handoff-demo: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `handoff-demo kvd …` runs the daemon; without `--version`, the build is
+/// named after the binary's file name (`kvd-v1`, `kvd-v2`).
+fn kvd_from_demo(args: &[String]) -> i32 {
+    let mut kvd_args: Vec<String> = args[1..].to_vec();
+    if !kvd_args.iter().any(|a| a == "--version") && !kvd_args.iter().any(|a| a == "supervise") {
+        let name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "kvd".into());
+        kvd_args.push("--version".into());
+        kvd_args.push(name);
+    }
+    kvd::main_with_args(kvd_args)
+}
+
+/// A temporary directory, removed at the end.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn run(o: &Options) -> Result<bool, String> {
+    // Short paths: Unix socket paths must fit in 108 bytes.
+    let dir = Scratch(std::env::temp_dir().join(format!("hdemo-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(dir.0.join("bin")).map_err(|e| format!("temp dir: {e}"))?;
+    let me = std::env::current_exe().map_err(|e| format!("own binary: {e}"))?;
+    // Two builds: the same program under two names, so every handoff swaps
+    // the binary file as a real upgrade does.
+    let builds = [dir.0.join("bin/kvd-v1"), dir.0.join("bin/kvd-v2")];
+    for b in &builds {
+        std::fs::copy(&me, b).map_err(|e| format!("copying {}: {e}", b.display()))?;
+    }
+    let data = dir.0.join("data");
+    let trigger = dir.0.join("trigger.sock");
+    let control = dir.0.join("kvd.sock");
+    let config = Config {
+        control_socket: control.clone(),
+        trigger_socket: trigger.clone(),
+        binary: builds[0].clone(),
+        args: vec![
+            "kvd".into(),
+            "--control-socket".into(),
+            control.display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
+        env: Vec::new(),
+        journal: Some(dir.0.join("journal")),
+        drain_grace_secs: 25,
+        deadline_secs: 60,
+        allowed_uids: Vec::new(),
+        allowed_binaries: vec![builds[1].clone()],
+        listeners: vec![ListenerConfig {
+            name: "kv".into(),
+            addr: "127.0.0.1:0".into(),
+            kind: ListenerKind::Tcp,
+            backlog: 1024,
+        }],
+    };
+    println!(
+        "handoff-demo: {} handoffs under load from {} clients",
+        o.handoffs, o.clients
+    );
+    let service = Service::start(config).map_err(|e| format!("starting the supervisor: {e}"))?;
+    let addr: SocketAddr = service
+        .listener_addrs()
+        .into_iter()
+        .find(|(name, _)| name == "kv")
+        .and_then(|(_, a)| a.parse().ok())
+        .ok_or("the supervisor did not report the kv address")?;
+    println!(
+        "  supervisor up, kvd-v1 serving on {addr} (pid {})",
+        service.status().incumbent_pid.unwrap_or(0)
+    );
+
+    let mut load_cfg = loadgen::LoadConfig::new(addr);
+    load_cfg.clients = o.clients;
+    load_cfg.seed = u64::from(std::process::id());
+    let load = loadgen::start(load_cfg);
+    if !load.wait_for_acks(50, Duration::from_secs(30)) {
+        return Err("the load never got going: no acknowledged writes in 30 s".into());
+    }
+
+    let mut durations = Vec::new();
+    let (mut committed, mut aborted) = (0, 0);
+    for i in 0..o.handoffs {
+        let target = &builds[(i + 1) % 2];
+        let before = load.progress().writes_acked;
+        let reply = client::trigger(&trigger, Some(target))
+            .map_err(|e| format!("trigger: {e}"))
+            .and_then(|line| Reply::parse(&line).map_err(|e| e.to_string()));
+        let label = target.file_name().unwrap_or_default().to_string_lossy();
+        match reply {
+            Ok(Reply::Handoff(h)) if h.committed => {
+                committed += 1;
+                durations.push(h.duration_ms);
+                println!(
+                    "  handoff {:>2}/{}: → {label:<6} committed in {:>7.2} ms (pid {})",
+                    i + 1,
+                    o.handoffs,
+                    h.duration_ms,
+                    service.status().incumbent_pid.unwrap_or(0)
+                );
+            }
+            Ok(Reply::Handoff(h)) => {
+                aborted += 1;
+                println!(
+                    "  handoff {:>2}/{}: → {label:<6} ABORTED: {}",
+                    i + 1,
+                    o.handoffs,
+                    h.abort_reason.unwrap_or_default()
+                );
+            }
+            Ok(other) => {
+                aborted += 1;
+                println!("  handoff {:>2}/{}: refused: {other:?}", i + 1, o.handoffs);
+            }
+            Err(e) => {
+                aborted += 1;
+                println!("  handoff {:>2}/{}: {e}", i + 1, o.handoffs);
+            }
+        }
+        // Keep every handoff under load: wait for fresh acknowledged writes
+        // before the next one (bounded, so a stall shows up as a failure).
+        let _ = load.wait_for_acks(before + 20, Duration::from_secs(10));
+    }
+
+    let report = load.stop();
+    let verified = loadgen::verify(addr, &report.acked);
+    service.shutdown();
+
+    durations.sort_by(f64::total_cmp);
+    let lost = verified.writes_lost + report.get_mismatches;
+    let ok = committed == o.handoffs
+        && report.requests_failed == 0
+        && lost == 0
+        && verified.unanswered == 0;
+    println!();
+    println!("  load:     {report}");
+    println!(
+        "  verified: {} acknowledged writes read back, {} lost, {} unanswered",
+        verified.checked, verified.writes_lost, verified.unanswered
+    );
+    for p in report.problems.iter().chain(&verified.problems).take(5) {
+        println!("  problem:  {p}");
+    }
+    println!(
+        "  result:   {}",
+        if ok {
+            "every handoff committed, no request failed, no acknowledged write lost"
+        } else {
+            "FAILED"
+        }
+    );
+    println!(
+        "summary: handoffs={} committed={committed} aborted={aborted} requests_ok={} \
+         requests_retried={} requests_failed={} writes_acked={} writes_lost={lost} \
+         handoff_p50_ms={:.2} handoff_p99_ms={:.2} max_request_ms={:.2}",
+        o.handoffs,
+        report.requests_ok,
+        report.requests_retried,
+        report.requests_failed,
+        report.writes_acked,
+        percentile(&durations, 50.0),
+        percentile(&durations, 99.0),
+        report.max_request_ms,
+    );
+    Ok(ok)
+}

@@ -1,0 +1,936 @@
+//! The store on its own, then kvd as real processes: a supervisor in this
+//! process holding the listener `kv`, kvd cold-started on it, handoffs
+//! (committed, aborted, and with the supervisor killed mid-way) under load
+//! from the loadgen library, and every acknowledged write read back.
+//!
+//! Every wait is on an event with a bound (a line on a pipe, a pidfd, a
+//! condition variable in the load generator); no test sleeps to let time
+//! pass. Process tests run one at a time: they measure latencies, and the
+//! killed-supervisor test makes this process a subreaper.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, Once, mpsc};
+use std::time::{Duration, Instant};
+
+use handoff_demo::loadgen::{self, LoadConfig, LoadGen, LoadReport, VerifyReport};
+use handoff_demo::store::{Store, StoreError, WAL_FILE};
+use handoff_demo::wal;
+use handoff_std::os::process::{ExitWatch, poll_readable};
+use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
+
+/// Long enough for a loaded machine, short enough to fail fast.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn kvd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kvd")
+}
+
+/// One process test at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A directory removed at the end of the test.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        // Short: a Unix socket path must fit in 108 bytes.
+        let p = PathBuf::from("/tmp").join(format!(
+            "kvd-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- store --
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+#[test]
+fn store_round_trip() {
+    let dir = TempDir::new("st-rt");
+    let fingerprint;
+    {
+        let s = Store::open(&dir.0).unwrap();
+        assert_eq!(s.revision(), 0);
+        assert_eq!(s.set(b"a", b"1").unwrap(), 1);
+        assert_eq!(s.set(b"b", b"two words").unwrap(), 2);
+        assert_eq!(s.set(b"a", b"3").unwrap(), 3);
+        assert_eq!(s.get(b"a").as_deref(), Some(&b"3"[..]));
+        assert_eq!(s.get(b"nope"), None);
+        assert!(matches!(
+            s.set(b"bad key", b"x"),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(s.set(b"k", b"a\nb"), Err(StoreError::Invalid(_))));
+        assert_eq!(s.revision(), 3, "refused writes take no revision");
+        fingerprint = s.fingerprint();
+    }
+    let s = Store::open(&dir.0).unwrap();
+    assert_eq!(s.revision(), 3);
+    assert_eq!(s.open_report().replayed, 3);
+    assert_eq!(s.to_map(), map(&[("a", "3"), ("b", "two words")]));
+    assert_eq!(
+        s.fingerprint(),
+        fingerprint,
+        "replay rebuilds the fingerprint"
+    );
+}
+
+#[test]
+fn store_torn_tail_is_truncated_and_damage_in_the_middle_is_an_error() {
+    let dir = TempDir::new("st-torn");
+    let wal_path = dir.0.join(WAL_FILE);
+    let expected = {
+        let s = Store::open(&dir.0).unwrap();
+        for i in 1..=10 {
+            s.set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+                .unwrap();
+        }
+        s.to_map()
+    };
+    let good_len = std::fs::metadata(&wal_path).unwrap().len();
+
+    // A crash in the middle of the next record's write: half of it landed.
+    let mut record = Vec::new();
+    wal::encode(11, b"k11", b"never acknowledged", &mut record);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&wal_path)
+        .unwrap();
+    f.write_all(&record[..record.len() / 2]).unwrap();
+    drop(f);
+    {
+        let s = Store::open(&dir.0).unwrap();
+        assert_eq!(s.to_map(), expected);
+        assert_eq!(s.revision(), 10);
+        assert_eq!(
+            s.open_report().torn_bytes_dropped,
+            (record.len() / 2) as u64
+        );
+        assert_eq!(std::fs::metadata(&wal_path).unwrap().len(), good_len);
+        // The log goes on from the cut.
+        assert_eq!(s.set(b"k11", b"after").unwrap(), 11);
+    }
+    let s = Store::open(&dir.0).unwrap();
+    assert_eq!(s.revision(), 11);
+    assert_eq!(s.open_report().torn_bytes_dropped, 0);
+    drop(s);
+
+    // The file grew but its blocks were never written: zeros are torn too.
+    let len_before_zeros = std::fs::metadata(&wal_path).unwrap().len();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&wal_path)
+        .unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    drop(f);
+    let s = Store::open(&dir.0).unwrap();
+    assert_eq!(s.revision(), 11);
+    assert_eq!(s.open_report().torn_bytes_dropped, 4096);
+    drop(s);
+    assert_eq!(
+        std::fs::metadata(&wal_path).unwrap().len(),
+        len_before_zeros
+    );
+
+    // A flipped byte in the third record, with good records after it, is
+    // not a crash: opening refuses rather than serve a guess.
+    let mut bytes = std::fs::read(&wal_path).unwrap();
+    let mut offset = wal::MAGIC.len();
+    for _ in 0..2 {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        offset += wal::HEADER_LEN + len;
+    }
+    bytes[offset + wal::HEADER_LEN + 3] ^= 0x20;
+    std::fs::write(&wal_path, &bytes).unwrap();
+    match Store::open(&dir.0) {
+        Err(StoreError::Corrupt { detail, .. }) => {
+            assert!(detail.contains(&format!("byte {offset}")), "{detail}");
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+}
+
+#[test]
+fn store_group_commit_acks_each_writer_its_own_revision() {
+    let dir = TempDir::new("st-group");
+    let s = Store::open(&dir.0).unwrap();
+    // Many writes queued at once: they must share fsyncs.
+    let pending: Vec<_> = (0..300)
+        .map(|i| {
+            let key = format!("q{i}");
+            (key.clone(), s.submit(key.as_bytes(), b"queued").unwrap())
+        })
+        .collect();
+    let mut revisions: BTreeMap<u64, String> = BTreeMap::new();
+    for (key, p) in pending {
+        let rev = p.wait().unwrap();
+        assert!(revisions.insert(rev, key).is_none(), "revision {rev} twice");
+    }
+    // And from many threads at once, each waiting for its own answer.
+    let per_thread: Vec<Vec<(u64, String)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let s = &s;
+                scope.spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let key = format!("t{t}-{i}");
+                            (s.set(key.as_bytes(), key.as_bytes()).unwrap(), key)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for list in per_thread {
+        // One thread's writes are acknowledged in the order it made them.
+        assert!(list.windows(2).all(|w| w[0].0 < w[1].0));
+        for (rev, key) in list {
+            assert!(revisions.insert(rev, key).is_none(), "revision {rev} twice");
+        }
+    }
+    let all: Vec<u64> = revisions.keys().copied().collect();
+    assert_eq!(
+        all,
+        (1..=700).collect::<Vec<u64>>(),
+        "one revision each, no gap"
+    );
+    let stats = s.stats();
+    assert_eq!(stats.records, 700);
+    assert!(
+        stats.batches < stats.records,
+        "group commit batched nothing: {stats:?}"
+    );
+    eprintln!(
+        "group commit: {} records in {} fsyncs",
+        stats.records, stats.batches
+    );
+    let expected = s.to_map();
+    drop(s);
+    let s = Store::open(&dir.0).unwrap();
+    assert_eq!(s.to_map(), expected);
+    for (rev, key) in [(1, "q0"), (300, "q299")] {
+        assert_eq!(revisions[&rev], key);
+    }
+}
+
+#[test]
+fn store_snapshot_plus_wal_replay_equals_the_state() {
+    let dir = TempDir::new("st-snap");
+    let wal_path = dir.0.join(WAL_FILE);
+    let mut expected = BTreeMap::new();
+    let sealed = {
+        let s = Store::open(&dir.0).unwrap();
+        for i in 0..100 {
+            let (k, v) = (format!("k{}", i % 60), format!("v{i}"));
+            s.set(k.as_bytes(), v.as_bytes()).unwrap();
+            expected.insert(k.into_bytes(), v.into_bytes());
+        }
+        let sealed = s.seal().unwrap();
+        assert!(matches!(s.set(b"late", b"x"), Err(StoreError::Closed)));
+        assert_eq!(s.to_map(), expected, "reads still work once sealed");
+        sealed
+    };
+    assert_eq!(sealed.revision, 100);
+    assert_eq!(
+        std::fs::metadata(&wal_path).unwrap().len(),
+        wal::MAGIC.len() as u64,
+        "the seal compacts the log into the snapshot"
+    );
+    let pre_crash_fingerprint;
+    {
+        let s = Store::open(&dir.0).unwrap();
+        assert_eq!(s.open_report().snapshot_revision, 100);
+        assert_eq!(s.open_report().replayed, 0);
+        assert_eq!(s.to_map(), expected);
+        assert_eq!(
+            s.fingerprint(),
+            sealed.fingerprint,
+            "the opener computes the sealer's fingerprint"
+        );
+        for i in 100..150 {
+            let (k, v) = (format!("k{}", i % 80), format!("w{i}"));
+            s.set(k.as_bytes(), v.as_bytes()).unwrap();
+            expected.insert(k.into_bytes(), v.into_bytes());
+        }
+        pre_crash_fingerprint = s.fingerprint();
+        // Dropped without a seal, as a crash would leave it.
+    }
+    let s = Store::open(&dir.0).unwrap();
+    assert_eq!(s.open_report().snapshot_revision, 100);
+    assert_eq!(s.open_report().replayed, 50);
+    assert_eq!(s.revision(), 150);
+    assert_eq!(s.to_map(), expected, "snapshot + log replay is the state");
+    assert_eq!(s.fingerprint(), pre_crash_fingerprint);
+
+    // A crash between the snapshot's rename and the log's cut leaves records
+    // the snapshot already holds: they are skipped, not applied twice.
+    let uncut = std::fs::read(&wal_path).unwrap();
+    let sealed = s.seal().unwrap();
+    drop(s);
+    std::fs::write(&wal_path, &uncut).unwrap();
+    let s = Store::open(&dir.0).unwrap();
+    assert_eq!(s.revision(), 150);
+    assert_eq!(s.open_report().replayed, 0);
+    assert_eq!(s.to_map(), expected);
+    assert_eq!(s.fingerprint(), sealed.fingerprint);
+    assert_eq!(s.set(b"next", b"1").unwrap(), 151);
+}
+
+// ------------------------------------------------------------ processes --
+
+/// Reads one line from a child's stdout within `BOUND`.
+fn read_line_bounded(stdout: std::process::ChildStdout) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(BOUND).ok().filter(|l| !l.is_empty())
+}
+
+/// Waits for a child to exit, within `bound`.
+fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let watch = ExitWatch::new(child.id()).ok()?;
+    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
+    if ready[0] { child.wait().ok() } else { None }
+}
+
+/// Waits for a process that may not be our child to exit.
+fn wait_gone(pid: u32, bound: Duration) -> bool {
+    match ExitWatch::new(pid) {
+        Ok(watch) => poll_readable(&[watch.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
+        Err(_) => true,
+    }
+}
+
+/// `(pid, ppid, zombie)` of every process whose command line contains
+/// `needle`.
+fn processes_with(needle: &str) -> Vec<(u32, u32, bool)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(stat)) = (
+            std::fs::read(e.path().join("cmdline")),
+            std::fs::read_to_string(e.path().join("stat")),
+        ) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
+            continue;
+        }
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let zombie = fields.next() == Some("Z");
+        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        found.push((pid, ppid, zombie));
+    }
+    found
+}
+
+/// Reaps an exited process that is our child only by adoption (we are a
+/// subreaper), so there is no `Child` for it.
+fn reap(pid: u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: waitpid on one pid with a null status pointer and WNOHANG.
+    unsafe {
+        libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG)
+    };
+}
+
+fn kill(pid: u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill takes integers only; the pid is one process (> 0).
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL)
+    };
+}
+
+/// Orphans of a killed supervisor come back to this process, so the test
+/// can reap them and tell a live process from a zombie.
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[allow(unsafe_code)]
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag, no pointer.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0);
+    });
+}
+
+/// A deployment in miniature: the listener held here by a real
+/// `Supervisor`, kvd cold-started on it.
+struct Rig {
+    dir: TempDir,
+    ctl: PathBuf,
+    data: PathBuf,
+    addr: SocketAddr,
+    supervisor: Supervisor,
+    /// The current incumbent, when it is our child.
+    incumbent: Child,
+    /// Incumbents replaced by committed handoffs: each must exit by itself.
+    retired: Vec<Child>,
+}
+
+impl Rig {
+    fn start(tag: &str) -> Rig {
+        let dir = TempDir::new(tag);
+        let ctl = dir.0.join("ctl.sock");
+        let data = dir.0.join("data");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cmd = Command::new(kvd_bin());
+        cmd.arg("--control-socket")
+            .arg(&ctl)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--version")
+            .arg("v1")
+            .stdout(Stdio::piped());
+        let mut incumbent = spawn_cold(
+            cmd,
+            &[PassedListener {
+                name: "kv",
+                fd: listener.as_fd(),
+            }],
+        )
+        .unwrap();
+        let line = read_line_bounded(incumbent.stdout.take().unwrap());
+        let line = line.expect("kvd says it is ready within the bound");
+        assert!(
+            line.starts_with(&format!("ready {} ", incumbent.id())),
+            "{line}"
+        );
+        let supervisor = Supervisor::new(&ctl)
+            .unwrap()
+            .with_listener("kv", listener)
+            .unwrap();
+        Rig {
+            dir,
+            ctl,
+            data,
+            addr,
+            supervisor,
+            incumbent,
+            retired: Vec::new(),
+        }
+    }
+
+    /// kvd as the successor, announcing `version`.
+    fn spec(&self, version: &str) -> SpawnSpec {
+        SpawnSpec::new(kvd_bin())
+            .arg("--control-socket")
+            .arg(&self.ctl)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--version")
+            .arg(version)
+    }
+
+    /// A committed handoff to kvd `version`; the new incumbent becomes ours.
+    fn handoff(&mut self, version: &str) -> HandoffOutcome {
+        let mut outcome = self.supervisor.perform_handoff(self.spec(version)).unwrap();
+        if let Some(child) = outcome.child.take() {
+            let old = std::mem::replace(&mut self.incumbent, child);
+            self.retired.push(old);
+        }
+        outcome
+    }
+
+    fn load(&self, seed: u64) -> LoadGen {
+        let mut cfg = LoadConfig::new(self.addr);
+        cfg.clients = 8;
+        cfg.seed = seed;
+        loadgen::start(cfg)
+    }
+
+    /// One request on a new connection; the answer, within `BOUND`.
+    fn request(&self, line: &str) -> String {
+        let mut s = TcpStream::connect_timeout(&self.addr, BOUND).unwrap();
+        s.set_read_timeout(Some(BOUND)).unwrap();
+        s.set_write_timeout(Some(BOUND)).unwrap();
+        writeln!(s, "{line}").unwrap();
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).unwrap();
+        answer.trim_end().to_owned()
+    }
+
+    /// `(version, pid)` of the process answering on the port.
+    fn version(&self) -> (String, u32) {
+        let answer = self.request("VERSION");
+        let mut parts = answer.split(' ');
+        assert_eq!(parts.next(), Some("VERSION"), "{answer}");
+        let v = parts.next().unwrap().to_owned();
+        (v, parts.next().unwrap().parse().unwrap())
+    }
+
+    fn lock_holder(&self) -> Option<u32> {
+        DataDirLock::recorded_holder(&self.data)
+    }
+
+    /// Every retired incumbent exits by itself, successfully.
+    fn assert_retired_exit_cleanly(&mut self) {
+        for child in &mut self.retired {
+            let status = wait_exit(child, BOUND).expect("a retired incumbent exits");
+            assert!(status.success(), "retired incumbent: {status}");
+        }
+    }
+
+    /// Live kvd processes of this rig (by its control socket path).
+    fn live_daemons(&self) -> Vec<u32> {
+        let needle = self.ctl.to_string_lossy().into_owned();
+        let me = std::process::id();
+        let ours: Vec<u32> = std::iter::once(self.incumbent.id())
+            .chain(self.retired.iter().map(Child::id))
+            .collect();
+        let mut live = Vec::new();
+        for (pid, ppid, zombie) in processes_with(&needle) {
+            if !zombie {
+                live.push(pid);
+            } else if ppid == me && !ours.contains(&pid) {
+                reap(pid);
+            }
+        }
+        live
+    }
+
+    /// Waits until exactly one kvd of this rig is alive; returns its pid.
+    fn settle_to_one(&self) -> u32 {
+        let t0 = Instant::now();
+        loop {
+            let live = self.live_daemons();
+            if live.len() == 1 {
+                return live[0];
+            }
+            assert!(
+                t0.elapsed() < BOUND,
+                "{} daemons still alive after the bound: {live:?}",
+                live.len()
+            );
+            for pid in live {
+                if wait_gone(pid, Duration::from_millis(50)) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for child in self
+            .retired
+            .iter_mut()
+            .chain(std::iter::once(&mut self.incumbent))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Adopted orphans (a killed supervisor's successor) have no `Child`.
+        let needle = self.ctl.to_string_lossy().into_owned();
+        for (pid, _, _) in processes_with(&needle) {
+            kill(pid);
+            wait_gone(pid, BOUND);
+            reap(pid);
+        }
+    }
+}
+
+/// Stops the load, reads every acknowledged write back, prints both
+/// reports, and asserts nothing failed and nothing was lost.
+fn finish_load(rig: &Rig, load: LoadGen, what: &str) -> (LoadReport, VerifyReport) {
+    let report = load.stop();
+    let verified = loadgen::verify(rig.addr, &report.acked);
+    eprintln!("{what}: load {report}");
+    eprintln!("{what}: verify {verified}");
+    assert!(report.writes_acked > 0, "{what}: no write was acknowledged");
+    assert_eq!(
+        report.requests_failed, 0,
+        "{what}: requests without an answer: {:?}",
+        report.problems
+    );
+    assert_eq!(
+        report.get_mismatches, 0,
+        "{what}: reads lost writes: {:?}",
+        report.problems
+    );
+    assert_eq!(verified.checked, report.writes_acked);
+    assert_eq!(
+        (verified.writes_lost, verified.unanswered),
+        (0, 0),
+        "{what}: {:?}",
+        verified.problems
+    );
+    let revisions: HashSet<u64> = report.acked.values().map(|w| w.revision).collect();
+    assert_eq!(
+        revisions.len(),
+        report.acked.len(),
+        "{what}: two acknowledged writes share a revision"
+    );
+    (report, verified)
+}
+
+/// Waits until the load has `more` acknowledged writes than now: the
+/// daemon answering on the port takes writes.
+fn assert_writes_flow(load: &LoadGen, more: u64, what: &str) {
+    let now = load.progress().writes_acked;
+    assert!(
+        load.wait_for_acks(now + more, BOUND),
+        "{what}: writes stopped at {now}: {:?}",
+        load.progress()
+    );
+}
+
+#[test]
+fn kvd_serves_the_line_protocol_and_survives_a_kill() {
+    let _serial = serial();
+    let dir = TempDir::new("proto");
+    let start = || {
+        let mut child = Command::new(kvd_bin())
+            .arg("--control-socket")
+            .arg(dir.0.join("ctl.sock"))
+            .arg("--data-dir")
+            .arg(dir.0.join("data"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = read_line_bounded(child.stdout.take().unwrap()).expect("ready");
+        let addr: SocketAddr = line.split(' ').nth(2).unwrap().trim().parse().unwrap();
+        (child, addr)
+    };
+    let talk = |addr: SocketAddr, lines: &[&str]| -> Vec<String> {
+        let s = TcpStream::connect_timeout(&addr, BOUND).unwrap();
+        s.set_read_timeout(Some(BOUND)).unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut s = s;
+        lines
+            .iter()
+            .map(|l| {
+                s.write_all(format!("{l}\r\n").as_bytes()).unwrap();
+                let mut a = String::new();
+                reader.read_line(&mut a).unwrap();
+                a.trim_end().to_owned()
+            })
+            .collect()
+    };
+    let (mut kvd, addr) = start();
+    let pid = kvd.id();
+    let answers = talk(
+        addr,
+        &[
+            "SET a hello world",
+            "GET a",
+            "GET b",
+            "SET b 2",
+            "VERSION",
+            "SET onlykey",
+            "SET k \u{1}x",
+            "FLY me",
+            "get a",
+        ],
+    );
+    assert_eq!(
+        answers[..5],
+        [
+            "OK 1".to_owned(),
+            "VALUE hello world".into(),
+            "NONE".into(),
+            "OK 2".into(),
+            format!("VERSION kvd-{} {pid}", env!("CARGO_PKG_VERSION")),
+        ]
+    );
+    for a in &answers[5..] {
+        assert!(a.starts_with("ERR "), "{a}");
+    }
+    // kill -9: what was acknowledged is on disk; the next cold start takes
+    // the dead holder's lock.
+    kvd.kill().unwrap();
+    kvd.wait().unwrap();
+    let (mut kvd, addr) = start();
+    assert_eq!(
+        talk(addr, &["GET a", "GET b", "SET c 3"]),
+        ["VALUE hello world", "VALUE 2", "OK 3"]
+    );
+    kvd.kill().unwrap();
+    kvd.wait().unwrap();
+}
+
+#[test]
+fn kvd_refuses_bad_command_lines() {
+    let dir = TempDir::new("cli");
+    let out = Command::new(kvd_bin())
+        .args(["--control-socket", "/tmp/x.sock", "--data-dir"])
+        .arg(&dir.0)
+        .arg("--frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--frobnicate") && err.contains("usage:"),
+        "{err}"
+    );
+
+    // Cold, with neither an inherited listener nor --listen.
+    let out = Command::new(kvd_bin())
+        .arg("--control-socket")
+        .arg(dir.0.join("ctl.sock"))
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--listen"), "{err}");
+}
+
+#[test]
+fn a_drain_answers_retry_unprompted_on_open_connections() {
+    let _serial = serial();
+    let mut rig = Rig::start("retry");
+    let connect = || {
+        let s = TcpStream::connect_timeout(&rig.addr, BOUND).unwrap();
+        s.set_read_timeout(Some(BOUND)).unwrap();
+        (BufReader::new(s.try_clone().unwrap()), s)
+    };
+    let ask = |(r, s): &mut (BufReader<TcpStream>, TcpStream), line: &str| {
+        writeln!(s, "{line}").unwrap();
+        let mut a = String::new();
+        r.read_line(&mut a).unwrap();
+        a.trim_end().to_owned()
+    };
+    let mut busy = connect();
+    assert_eq!(ask(&mut busy, "SET a 1"), "OK 1");
+    // Open, accepted, but silent until after the handoff.
+    let mut idle = connect();
+    assert_eq!(ask(&mut idle, "GET a"), "VALUE 1");
+
+    let old = rig.incumbent.id();
+    let outcome = rig.handoff("v2");
+    assert!(outcome.committed(), "{:?}", outcome.result);
+    assert_eq!(outcome.sealed_revisions, Some(vec![1]));
+    assert_eq!(outcome.advertised_revisions, Some(vec![1]));
+
+    // Each old connection's next request reads the RETRY written at the
+    // drain, then EOF: the request was not executed, and it was answered.
+    assert_eq!(ask(&mut busy, "SET a 2"), "RETRY");
+    assert_eq!(busy.0.read(&mut [0u8; 16]).unwrap(), 0, "then EOF");
+    assert_eq!(ask(&mut idle, "SET b 1"), "RETRY");
+    drop((busy, idle));
+
+    assert_eq!(rig.request("GET a"), "VALUE 1", "the RETRYed SET never ran");
+    assert_eq!(rig.request("GET b"), "NONE");
+    assert_eq!(rig.request("SET b 1"), "OK 2", "revisions go on");
+    let (version, pid) = rig.version();
+    assert_eq!((version.as_str(), pid), ("v2", rig.incumbent.id()));
+    assert_ne!(pid, old);
+    rig.assert_retired_exit_cleanly();
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_across_20_handoffs_under_load() {
+    let _serial = serial();
+    let mut rig = Rig::start("twenty");
+    let load = rig.load(20);
+    assert_writes_flow(&load, 100, "before the first handoff");
+    let mut durations = Vec::new();
+    for i in 0..20 {
+        let version = if i % 2 == 0 { "v2" } else { "v1" };
+        let t0 = Instant::now();
+        let outcome = rig.handoff(version);
+        durations.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert!(
+            outcome.committed(),
+            "handoff {i}: {:?} {:?}",
+            outcome.result,
+            outcome.detail
+        );
+        assert_eq!(
+            outcome.sealed_revisions, outcome.advertised_revisions,
+            "handoff {i}: the successor opened exactly what was sealed"
+        );
+        let (v, pid) = rig.version();
+        assert_eq!(v, version, "handoff {i}");
+        assert_eq!(Some(pid), outcome.successor_pid, "handoff {i}");
+        assert_eq!(rig.lock_holder(), Some(pid), "handoff {i}");
+        assert_writes_flow(&load, 50, &format!("after handoff {i}"));
+    }
+    let (report, _) = finish_load(&rig, load, "20 handoffs");
+    assert!(
+        report.requests_retried > 0,
+        "20 drains under load sent no RETRY at all"
+    );
+    durations.sort_by(f64::total_cmp);
+    eprintln!(
+        "20 handoffs: p50 {:.1} ms, max {:.1} ms",
+        durations[durations.len() / 2],
+        durations[durations.len() - 1]
+    );
+    rig.assert_retired_exit_cleanly();
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_across_aborted_handoffs() {
+    let _serial = serial();
+    let mut rig = Rig::start("abort");
+    let original = rig.incumbent.id();
+    let load = rig.load(21);
+    assert_writes_flow(&load, 100, "before the handoffs");
+
+    // A successor that exits at once (bad flag), before saying Hello.
+    let spec = rig.spec("v2").arg("--no-such-flag");
+    let outcome = rig.supervisor.perform_handoff(spec).unwrap();
+    assert!(!outcome.committed());
+    assert!(
+        outcome.sealed_revisions.is_none(),
+        "it failed before the seal"
+    );
+    assert_eq!(rig.version().1, original);
+    assert_writes_flow(&load, 50, "after the first abort");
+
+    // A successor that dies the moment it holds the lock: the incumbent had
+    // sealed and released it, and must take it back and reopen its state.
+    let marker = rig.dir.0.join("marker");
+    let spec = rig
+        .spec("v2")
+        .env("HANDOFF_CRASH_AT", "n-after-lock-acquired")
+        .env("HANDOFF_CRASH_MARKER", &marker);
+    let outcome = rig.supervisor.perform_handoff(spec).unwrap();
+    assert!(!outcome.committed());
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "n-after-lock-acquired",
+        "the successor crashed where intended (crash points compiled in)"
+    );
+    assert!(
+        outcome.sealed_revisions.is_some(),
+        "the incumbent had sealed"
+    );
+    assert_eq!(rig.version().1, original, "the incumbent serves on");
+    assert_eq!(rig.lock_holder(), Some(original));
+    assert_writes_flow(&load, 50, "after the second abort");
+
+    // And the state it resumed with hands off cleanly afterwards.
+    let outcome = rig.handoff("v2");
+    assert!(outcome.committed(), "{:?}", outcome.result);
+    assert_writes_flow(&load, 50, "after the final handoff");
+    finish_load(&rig, load, "aborted handoffs");
+    rig.assert_retired_exit_cleanly();
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_across_a_killed_supervisor() {
+    let _serial = serial();
+    become_subreaper();
+    for point in ["s-after-seal-request-sent", "s-after-begin-sent"] {
+        let rig = Rig::start("s-kill");
+        let load = rig.load(22);
+        assert_writes_flow(&load, 100, point);
+
+        let marker = rig.dir.0.join("marker");
+        let listener = rig.supervisor.listeners().next().unwrap();
+        let mut cmd = Command::new(kvd_bin());
+        cmd.arg("supervise")
+            .arg("--control-socket")
+            .arg(&rig.ctl)
+            .arg("--data-dir")
+            .arg(&rig.data)
+            .arg("--binary")
+            .arg(kvd_bin())
+            .arg("--version")
+            .arg("v2")
+            .arg("--journal")
+            .arg(rig.dir.0.join("journal"))
+            .env("HANDOFF_CRASH_AT", point)
+            .env("HANDOFF_CRASH_MARKER", &marker)
+            .stdout(Stdio::null());
+        let mut supervisor = spawn_cold(
+            cmd,
+            &[PassedListener {
+                name: "kv",
+                fd: listener.fd,
+            }],
+        )
+        .unwrap();
+        let status = wait_exit(&mut supervisor, BOUND).expect("the supervisor ends");
+        assert_eq!(status.code(), Some(99), "{point}: it must crash there");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), point);
+
+        // Exactly one kvd is left: it answers on the port, holds the lock,
+        // and takes writes.
+        let survivor = rig.settle_to_one();
+        assert_eq!(rig.version().1, survivor, "{point}");
+        assert_eq!(rig.lock_holder(), Some(survivor), "{point}");
+        assert!(
+            DataDirLock::acquire(&rig.data).is_err(),
+            "{point}: lock held"
+        );
+        assert_writes_flow(&load, 50, point);
+        let (report, _) = finish_load(&rig, load, point);
+        eprintln!(
+            "{point}: survivor {} ({}), {} writes acked",
+            survivor,
+            if survivor == rig.incumbent.id() {
+                "the incumbent"
+            } else {
+                "the successor"
+            },
+            report.writes_acked
+        );
+    }
+}
+
+#[test]
+fn the_fingerprint_is_a_hash_of_the_log_the_successor_reopens() {
+    // The sealed fingerprint is a property of the log, not of the process:
+    // two stores fed the same writes agree, and a different write differs.
+    let (a, b) = (TempDir::new("fp-a"), TempDir::new("fp-b"));
+    let fp = |dir: &Path, last: &[u8]| {
+        let s = Store::open(dir).unwrap();
+        s.set(b"x", b"1").unwrap();
+        s.set(b"y", last).unwrap();
+        s.seal().unwrap().fingerprint
+    };
+    let first = fp(&a.0, b"2");
+    assert_eq!(first, fp(&b.0, b"2"));
+    let c = TempDir::new("fp-c");
+    assert_ne!(first, fp(&c.0, b"3"));
+}

@@ -1,0 +1,353 @@
+//! The configuration file: the reference supervisor's TOML schema, read
+//! strictly. Every table refuses keys it does not know, so a misspelt key is
+//! an error that names it instead of a default silently taking its place,
+//! and everything that can be checked before a socket is bound or a process
+//! spawned is checked here, with the file named in the message.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use handoff_std::os::spawn::validate_listener_names;
+use serde::Deserialize;
+
+/// The default of `drain_grace_secs`.
+pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 25;
+/// The default of `deadline_secs`.
+pub const DEFAULT_DEADLINE_SECS: u64 = 60;
+/// The default of a listener's `backlog`.
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
+/// The whole configuration of one supervised daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The daemon's control socket, where it answers handoff sessions.
+    pub control_socket: PathBuf,
+    /// Where the supervisor accepts `handoff` and `status` requests.
+    pub trigger_socket: PathBuf,
+    /// The daemon's binary: cold starts, restarts and default handoffs run it.
+    pub binary: PathBuf,
+    /// Its arguments, on every start (cold, restart, successor).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Variables added to the supervisor's environment for the daemon, as
+    /// `["NAME", "value"]` pairs.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Where the supervisor journals a handoff's progress, so that a
+    /// restarted supervisor can say where a crashed one stopped.
+    #[serde(default)]
+    pub journal: Option<PathBuf>,
+    /// How long the incumbent may take to drain, in seconds.
+    #[serde(default = "default_drain_grace_secs")]
+    pub drain_grace_secs: u64,
+    /// How long a whole handoff may take until the successor is ready, in
+    /// seconds.
+    #[serde(default = "default_deadline_secs")]
+    pub deadline_secs: u64,
+    /// Users besides the supervisor's own and root who may use the trigger
+    /// socket.
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
+    /// Binaries a `handoff BINARY` request may name besides `binary`.
+    #[serde(default)]
+    pub allowed_binaries: Vec<PathBuf>,
+    /// The sockets the supervisor binds once and every daemon inherits.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The name the daemon takes it by (`LISTEN_FDNAMES`).
+    pub name: String,
+    /// `IP:port` for `tcp` and `udp`, a filesystem path for `unix`.
+    pub addr: String,
+    /// What kind of socket to bind.
+    #[serde(default)]
+    pub kind: ListenerKind,
+    /// The listen queue of a stream socket (`listen(2)`'s backlog).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+/// The kind of a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// A listening TCP socket.
+    #[default]
+    Tcp,
+    /// A listening Unix stream socket.
+    Unix,
+    /// A bound UDP socket.
+    Udp,
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Unix => "unix",
+            ListenerKind::Udp => "udp",
+        })
+    }
+}
+
+fn default_drain_grace_secs() -> u64 {
+    DEFAULT_DRAIN_GRACE_SECS
+}
+
+fn default_deadline_secs() -> u64 {
+    DEFAULT_DEADLINE_SECS
+}
+
+fn default_backlog() -> u32 {
+    DEFAULT_BACKLOG
+}
+
+/// Why a configuration was refused.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// The text is not TOML, or does not fit the schema (an unknown key, a
+    /// missing one, a value of the wrong type).
+    Parse {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The values parse but cannot work together.
+    Invalid {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn with_path(self, file: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: Some(file.to_path_buf()),
+                message,
+            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                path: Some(file.to_path_buf()),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (path, what) = match self {
+            ConfigError::Read { path, source } => {
+                return write!(f, "cannot read config file {}: {source}", path.display());
+            }
+            ConfigError::Parse { path, message } => (path, message),
+            ConfigError::Invalid { path, message } => (path, message),
+        };
+        match path {
+            Some(p) => write!(f, "config file {}: ", p.display())?,
+            None => f.write_str("config: ")?,
+        }
+        // toml's messages span several lines (a snippet of the file); the
+        // first carries the position and the problem, which is what a log
+        // line needs, but the rest helps a person at a terminal.
+        f.write_str(what.trim_end())
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: None,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parses and checks a configuration.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and checks the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// The drain grace as a duration.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.drain_grace_secs)
+    }
+
+    /// The handoff deadline as a duration.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs)
+    }
+
+    /// Whether a handoff may run `binary`: the configured binary or one of
+    /// `allowed_binaries`, compared as written (component by component, not
+    /// through the filesystem: resolving links here would check one file and
+    /// then run whatever the link names by the time of the spawn).
+    pub fn binary_allowed(&self, binary: &Path) -> bool {
+        binary == self.binary || self.allowed_binaries.iter().any(|b| b == binary)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.binary.as_os_str().is_empty() {
+            return Err(invalid(
+                "`binary` is empty; set it to the path of the daemon to run",
+            ));
+        }
+        for (key, path) in [
+            ("control_socket", &self.control_socket),
+            ("trigger_socket", &self.trigger_socket),
+        ] {
+            check_socket_path(path).map_err(|problem| invalid(format!("`{key}` {problem}")))?;
+        }
+        if self.control_socket == self.trigger_socket {
+            return Err(invalid(
+                "`control_socket` and `trigger_socket` are the same path; the daemon and the \
+                 supervisor each need their own socket",
+            ));
+        }
+        if self.deadline_secs == 0 {
+            return Err(invalid(
+                "`deadline_secs` is 0; a handoff needs at least a second (default 60)",
+            ));
+        }
+        if self.drain_grace_secs > self.deadline_secs {
+            return Err(invalid(format!(
+                "`drain_grace_secs` ({}) is longer than `deadline_secs` ({}); the deadline \
+                 would cut every slow drain short: raise the deadline or lower the grace",
+                self.drain_grace_secs, self.deadline_secs
+            )));
+        }
+        for (name, _) in &self.env {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(invalid(format!(
+                    "`env` names a variable {name:?}; a name must be non-empty and contain \
+                     neither '=' nor NUL"
+                )));
+            }
+        }
+        if let Some(arg) = self.args.iter().find(|a| a.contains('\0')) {
+            return Err(invalid(format!(
+                "`args` holds {arg:?}, which contains a NUL byte and cannot be passed to a program"
+            )));
+        }
+        if self
+            .allowed_binaries
+            .iter()
+            .any(|b| b.as_os_str().is_empty())
+        {
+            return Err(invalid("`allowed_binaries` holds an empty path"));
+        }
+        validate_listener_names(self.listeners.iter().map(|l| l.name.as_str()))
+            .map_err(|e| invalid(format!("[[listeners]]: {e}")))?;
+        for l in &self.listeners {
+            l.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// The longest path a Unix socket can have: `sun_path` less its NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Whether `path` can name a Unix socket; the problem, worded to follow the
+/// key's name, if not.
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err("is empty; set it to a path such as /run/<app>/<name>.sock".into());
+    }
+    if bytes.contains(&0) {
+        return Err(format!("{} contains a NUL byte", path.display()));
+    }
+    if bytes.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "{} is {} bytes long, but a Unix socket path holds at most {MAX_SOCKET_PATH}; \
+             choose a shorter one, for example under /run",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+impl ListenerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name = &self.name;
+        match self.kind {
+            ListenerKind::Tcp | ListenerKind::Udp => {
+                self.addr.parse::<SocketAddr>().map_err(|_| {
+                    invalid(format!(
+                        "listener {name:?}: addr {:?} is not an IP address and port such as \
+                         \"0.0.0.0:8080\" or \"[::1]:8080\" (host names are not resolved)",
+                        self.addr
+                    ))
+                })?;
+            }
+            ListenerKind::Unix => {
+                let path = Path::new(&self.addr);
+                if path.as_os_str().as_bytes().first() == Some(&b'@') {
+                    return Err(invalid(format!(
+                        "listener {name:?}: addr {:?} names an abstract socket, which is not \
+                         supported; use a filesystem path",
+                        self.addr
+                    )));
+                }
+                check_socket_path(path)
+                    .map_err(|problem| invalid(format!("listener {name:?}: addr {problem}")))?;
+            }
+        }
+        if self.kind != ListenerKind::Udp
+            && (self.backlog == 0 || libc::c_int::try_from(self.backlog).is_err())
+        {
+            return Err(invalid(format!(
+                "listener {name:?}: backlog {} is out of range (1 to {}; default {DEFAULT_BACKLOG})",
+                self.backlog,
+                libc::c_int::MAX
+            )));
+        }
+        Ok(())
+    }
+}

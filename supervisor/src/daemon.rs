@@ -1,0 +1,299 @@
+//! Starting the daemon cold and knowing when it serves; stopping daemons.
+//!
+//! "Serves" means its control socket answers with the incumbent's `Hello`
+//! and that `Hello` carries the pid we spawned: a socket file merely
+//! present could be left over, and one that answers could belong to an
+//! orphaned daemon of an earlier supervisor.
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff_std::Signal;
+use handoff_std::os::process::{ExitWatch, poll_readable, send_signal};
+use handoff_std::os::spawn::{PassedListener, SpawnError, spawn_cold};
+
+use crate::config::Config;
+
+/// How often the control socket is tried while the daemon starts.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long one probe waits for the `Hello`: a daemon binds its control
+/// socket before it starts answering it.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
+
+/// A daemon process of ours.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    /// When it began to serve (its first `Hello`, or its commit).
+    pub(crate) started: Instant,
+}
+
+impl Proc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Why a cold start did not end with a serving daemon.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// It could not be spawned.
+    Spawn(SpawnError),
+    /// It exited before serving.
+    Exited(ExitStatus),
+    /// It did not serve in time (and was stopped).
+    Timeout(Duration),
+    /// The supervisor is stopping (and the daemon was stopped).
+    Stopping,
+    /// Waiting on it failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Spawn(e) => write!(f, "{e}"),
+            StartError::Exited(status) => write!(
+                f,
+                "it exited ({status}) before its control socket answered; see its own log \
+                 for why"
+            ),
+            StartError::Timeout(waited) => write!(
+                f,
+                "its control socket did not answer within {} s (it was stopped); check \
+                 that the daemon binds the configured control_socket",
+                waited.as_secs_f64()
+            ),
+            StartError::Stopping => f.write_str("the supervisor is stopping"),
+            StartError::Io(e) => write!(f, "waiting for it: {e}"),
+        }
+    }
+}
+
+/// Spawns `binary` cold with the listeners and waits until it serves.
+/// Whatever fails, no process is left behind.
+pub(crate) fn start(
+    config: &Config,
+    binary: &Path,
+    listeners: &[PassedListener<'_>],
+    timeout: Duration,
+    stop_grace: Duration,
+    stopping: &AtomicBool,
+) -> Result<Proc, StartError> {
+    let mut cmd = Command::new(binary);
+    cmd.args(&config.args)
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
+        // A daemon has no business reading the supervisor's terminal.
+        .stdin(Stdio::null());
+    let mut child = spawn_cold(cmd, listeners).map_err(StartError::Spawn)?;
+    match wait_until_serving(&config.control_socket, &mut child, timeout, stopping) {
+        Ok(()) => Ok(Proc {
+            child,
+            started: Instant::now(),
+        }),
+        Err(e) => {
+            if !matches!(e, StartError::Exited(_)) {
+                stop_all(std::slice::from_mut(&mut child), stop_grace);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn wait_until_serving(
+    control_socket: &Path,
+    child: &mut Child,
+    timeout: Duration,
+    stopping: &AtomicBool,
+) -> Result<(), StartError> {
+    let pid = child.id();
+    let deadline = Instant::now() + timeout;
+    // Sleeping on the child's exit rather than on nothing: a daemon that
+    // fails at start is reported at once.
+    let watch = ExitWatch::new(pid).ok();
+    loop {
+        if let Some(status) = child.try_wait().map_err(StartError::Io)? {
+            return Err(StartError::Exited(status));
+        }
+        if stopping.load(Ordering::SeqCst) {
+            return Err(StartError::Stopping);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(StartError::Timeout(timeout));
+        }
+        match probe(control_socket, deadline) {
+            Some(p) if p == pid => return Ok(()),
+            Some(other) => tracing::debug!(
+                pid = other,
+                "the control socket is answered by another process; waiting for ours"
+            ),
+            None => {}
+        }
+        let pause = PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
+        match &watch {
+            Some(w) => {
+                poll_readable(&[w.as_fd()], Some(pause)).map_err(StartError::Io)?;
+            }
+            None => std::thread::sleep(pause),
+        }
+    }
+}
+
+/// Connects to the control socket and reads the incumbent's `Hello`;
+/// returns the pid it announces. The session then ends at once (our close),
+/// which the incumbent treats as a supervisor that went away before asking
+/// for anything: it serves on.
+fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
+    let mut stream = UnixStream::connect(control_socket).ok()?;
+    let wait = HELLO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+    if wait.is_zero() {
+        return None;
+    }
+    stream.set_read_timeout(Some(wait)).ok()?;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).ok()?;
+    let len = u32::from_le_bytes(header) as usize;
+    // Version (2), variant (1), role (1), and a pid varint of at most 5.
+    let mut body = [0u8; 9];
+    let want = len.min(body.len());
+    stream.read_exact(&mut body[..want]).ok()?;
+    hello_pid(len, &body[..want])
+}
+
+/// The pid in the body of an incumbent's `Hello` frame (SPEC section 2):
+/// `u16` version, variant 0 (`Hello`), role 0 (`Incumbent`), then the pid
+/// as a LEB128 varint. `frame_len` is the header's length field.
+fn hello_pid(frame_len: usize, body: &[u8]) -> Option<u32> {
+    if !(2..=1 << 20).contains(&frame_len) {
+        return None;
+    }
+    let (&variant, rest) = body.get(2..)?.split_first()?;
+    let (&role, varint) = rest.split_first()?;
+    if variant != 0 || role != 0 {
+        return None;
+    }
+    let mut pid: u64 = 0;
+    for (i, &b) in varint.iter().enumerate().take(5) {
+        pid |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return u32::try_from(pid).ok().filter(|&p| p != 0);
+        }
+    }
+    None
+}
+
+/// Stops every process in `children`: `SIGTERM`, then `SIGKILL` for those
+/// still running after `grace`; reaps them all. Returns how each ended
+/// (`None` if even `SIGKILL` was not reported within a further bound).
+pub(crate) fn stop_all(children: &mut [Child], grace: Duration) -> Vec<Option<ExitStatus>> {
+    for c in children.iter() {
+        let _ = send_signal(c.id(), Signal::Terminate);
+    }
+    let deadline = Instant::now() + grace;
+    let mut statuses: Vec<Option<ExitStatus>> = children
+        .iter_mut()
+        .map(|c| wait_until(c, deadline))
+        .collect();
+    let kill_deadline = Instant::now() + KILL_WAIT;
+    for (c, status) in children.iter_mut().zip(statuses.iter_mut()) {
+        if status.is_none() {
+            tracing::warn!(
+                pid = c.id(),
+                grace_s = grace.as_secs_f64(),
+                "the daemon ignored SIGTERM; sending SIGKILL"
+            );
+            let _ = send_signal(c.id(), Signal::Kill);
+            *status = wait_until(c, kill_deadline);
+        }
+    }
+    statuses
+}
+
+/// How long a `SIGKILL`ed process may take to be reported dead.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits for `child` to exit until `deadline`, and reaps it.
+pub(crate) fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    let watch = ExitWatch::new(child.id()).ok();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match &watch {
+            Some(w) => {
+                if poll_readable(&[w.as_fd()], Some(left)).is_err() {
+                    std::thread::sleep(PROBE_INTERVAL.min(left));
+                }
+            }
+            None => std::thread::sleep(PROBE_INTERVAL.min(left)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pid_is_read_from_an_incumbent_hello() {
+        // Hello { role: Incumbent, pid: 300, … }: 300 is ac 02 as a varint.
+        let body = [1, 0, 0, 0, 0xac, 0x02, 0, 0, 0];
+        assert_eq!(hello_pid(20, &body), Some(300));
+        assert_eq!(hello_pid(20, &[1, 0, 0, 0, 7]), Some(7));
+        // The largest pid fits in five bytes.
+        assert_eq!(
+            hello_pid(20, &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+            Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn anything_else_is_not_a_pid() {
+        // A successor's Hello, another message, a truncated varint, a bad
+        // frame length, pid 0.
+        assert_eq!(hello_pid(20, &[1, 0, 0, 1, 7]), None);
+        assert_eq!(hello_pid(20, &[1, 0, 13, 0, 7]), None);
+        assert_eq!(hello_pid(20, &[1, 0, 0, 0, 0x80]), None);
+        assert_eq!(hello_pid(20, &[1, 0, 0]), None);
+        assert_eq!(hello_pid(1, &[1, 0, 0, 0, 7]), None);
+        assert_eq!(hello_pid((1 << 20) + 1, &[1, 0, 0, 0, 7]), None);
+        assert_eq!(hello_pid(20, &[1, 0, 0, 0, 0]), None);
+        assert_eq!(
+            hello_pid(20, &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x1f]),
+            None
+        );
+    }
+
+    #[test]
+    fn stop_all_escalates_to_sigkill() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut children = vec![
+            Command::new("/bin/sleep").arg("30").spawn().unwrap(),
+            // Ignores SIGTERM.
+            Command::new("/bin/sh")
+                .args(["-c", "trap '' TERM; echo; read x"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ];
+        // Wait until the shell has installed its trap (it printed a line).
+        let mut out = children[1].stdout.take().unwrap();
+        let mut b = [0u8; 1];
+        out.read_exact(&mut b).unwrap();
+        let statuses = stop_all(&mut children, Duration::from_millis(200));
+        assert_eq!(statuses[0].unwrap().signal(), Some(libc::SIGTERM));
+        assert_eq!(statuses[1].unwrap().signal(), Some(libc::SIGKILL));
+    }
+}

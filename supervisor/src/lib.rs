@@ -1,0 +1,57 @@
+//! # handoff-supervisor
+//!
+//! The supervisor operators run in front of a daemon built on
+//! [`handoff_std`]: it binds the daemon's listeners once (or adopts them
+//! from systemd's socket activation), cold-starts the daemon, restarts it
+//! if it dies, and hands it off to a new binary when asked, through its
+//! trigger socket, `SIGHUP`, or [`Service::handoff`].
+//!
+//! The binary `handoff-supervisor` (`run`, `trigger`, `status`) is a thin
+//! shell around this library; a program that wants the same behaviour
+//! embedded starts a [`Service`] itself:
+//!
+//! ```no_run
+//! use handoff_supervisor::{Config, Service};
+//! use std::path::Path;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::load(Path::new("/etc/kv/handoff.toml"))?;
+//! let service = Service::start(config)?; // the daemon serves from here on
+//! let report = service.handoff(None)?; // to the configured binary
+//! println!("{}", report.reply_line());
+//! service.shutdown(); // stops the daemon, removes the trigger socket
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What runs where:
+//! - the caller's thread: [`Service::start`], [`Service::handoff`] (which
+//!   blocks for the whole handoff, bounded by `deadline_secs`),
+//!   [`Service::shutdown`];
+//! - the trigger thread, and one thread per trigger connection (at most 16):
+//!   the line protocol of [`client`];
+//! - the monitor thread: waits on every daemon's exit (pidfds), reaps the
+//!   incumbents handed off from, and restarts a dead incumbent, never
+//!   during a handoff, pausing 100 ms doubling to 10 s while it keeps
+//!   dying within a second.
+//!
+//! Linux only: pidfds, `SO_PEERCRED`, abstract sockets for `NOTIFY_SOCKET`.
+
+pub mod client;
+pub mod config;
+mod daemon;
+mod json;
+mod listeners;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+mod monitor;
+pub mod notify;
+mod service;
+mod trigger;
+
+pub use client::{HandoffReply, Reply};
+pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};
+pub use service::{
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_GRACE, HandoffReport, Service,
+    ServiceBuilder, ServiceError, Status,
+};

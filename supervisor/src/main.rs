@@ -1,0 +1,267 @@
+//! `handoff-supervisor`: `run` supervises a daemon; `trigger` and `status`
+//! talk to a running supervisor through its trigger socket.
+//!
+//! Exit status: `run` exits 0 after a clean stop (SIGTERM, SIGINT) and 1 if
+//! it could not start; `trigger` exits 0 only for a committed handoff, 1 for
+//! an aborted one and 2 for any error; `status` exits 0 or 2.
+#![allow(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing::level_filters::LevelFilter;
+
+use handoff_supervisor::client::{self, Reply};
+use handoff_supervisor::notify::Notifier;
+use handoff_supervisor::{Config, Service};
+
+/// Zero-downtime binary handoffs for a daemon: holds its listeners, keeps
+/// it running, and swaps in a new binary on request.
+#[derive(Debug, Parser)]
+#[command(name = "handoff-supervisor", version)]
+struct Cli {
+    /// Log level of `run` on stderr: off, error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: LevelFilter,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Supervise the daemon the configuration describes, until SIGTERM or
+    /// SIGINT. SIGHUP hands it off to the configured binary.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ask the running supervisor for a handoff and wait for its outcome.
+    /// Exits 0 if it committed, 1 if it was aborted, 2 on any error.
+    Trigger {
+        /// The configuration file of the running supervisor.
+        #[arg(long)]
+        config: PathBuf,
+        /// The successor's binary: the configured `binary` (the default) or
+        /// one of `allowed_binaries`.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Print the outcome as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running supervisor's status.
+    Status {
+        /// The configuration file of the running supervisor.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the status as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config, cli.log_level),
+        Command::Trigger {
+            config,
+            binary,
+            json,
+        } => trigger(&config, binary.as_deref(), json),
+        Command::Status { config, json } => status(&config, json),
+    }
+}
+
+/// The signals `run` handles, blocked in every thread and taken with
+/// `sigwait` by the main thread: no handler runs in an arbitrary thread's
+/// context, and nothing but the main loop reacts to them.
+fn handled_signals() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset_t is a valid value to initialise.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t; these only write into it, and the
+    // signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+    }
+    set
+}
+
+/// Blocks `set` in the calling thread; threads started afterwards inherit
+/// the mask, so the signals stay pending for `sigwait` in the main thread
+/// whichever thread the kernel picks. Children do not inherit it:
+/// handoff-std empties the mask of every process it spawns.
+fn block(set: &libc::sigset_t) -> std::io::Result<()> {
+    // SAFETY: `set` is a live, initialised sigset_t; the old mask is not
+    // asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+fn wait_signal(set: &libc::sigset_t) -> libc::c_int {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a live sigset_t and `sig` a live int for the
+        // result.
+        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}
+
+fn run(config_path: &Path, level: LevelFilter) -> ExitCode {
+    // Both edit the environment, which is safe only while this is the one
+    // thread: before the logger, the signal mask and the service.
+    let startup = handoff_std::os::env::take_startup_env();
+    let notifier = Notifier::take_from_env();
+    let signals = handled_signals();
+    let blocked = block(&signals);
+
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    if let Err(e) = blocked {
+        tracing::error!(error = %e, "cannot set up SIGHUP, SIGTERM and SIGINT");
+        return ExitCode::from(1);
+    }
+    let startup = match startup {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("socket activation: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if startup.control.is_some() {
+        tracing::warn!(
+            "started as a handoff successor (HANDOFF_ROLE is set); a supervisor is not \
+             handed off, ignoring its control socket"
+        );
+    }
+    let mut builder = Service::builder(config).notifier(notifier);
+    if !startup.listeners.is_empty() {
+        builder = builder.inherited_listeners(startup.listeners);
+    }
+    let service = match builder.start() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    // SIGHUP's handoff runs on a thread of its own, so that a SIGTERM
+    // arriving meanwhile is taken at once; the scope then waits for that
+    // handoff (bounded by its deadline) before the daemon is stopped.
+    std::thread::scope(|scope| {
+        loop {
+            let sig = wait_signal(&signals);
+            if sig == libc::SIGHUP {
+                tracing::info!("SIGHUP: handing off to the configured binary");
+                let service = &service;
+                let spawned = std::thread::Builder::new()
+                    .name("handoff-sighup".into())
+                    .spawn_scoped(scope, move || {
+                        if let Err(e) = service.handoff(None) {
+                            tracing::warn!("SIGHUP: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "SIGHUP: cannot start the handoff");
+                }
+            } else {
+                let name = if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                tracing::info!("{name}: shutting down");
+                break;
+            }
+        }
+    });
+    service.shutdown();
+    ExitCode::SUCCESS
+}
+
+/// Prints an error of the tool itself (not a reply) and the exit status
+/// for it.
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("handoff-supervisor: {e}");
+    ExitCode::from(2)
+}
+
+fn trigger(config_path: &Path, binary: Option<&Path>, json: bool) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    // The supervisor compares paths as written, and it does not share our
+    // working directory: a relative path is made absolute here.
+    let binary = match binary.map(std::path::absolute).transpose() {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("--binary: {e}")),
+    };
+    // The whole handoff is bounded by the deadline; an abort adds the
+    // successor's kill grace and the incumbent's resume.
+    let timeout = config.deadline() + Duration::from_secs(30);
+    let line =
+        match client::trigger_with_timeout(&config.trigger_socket, binary.as_deref(), timeout) {
+            Ok(l) => l,
+            Err(e) => return fail(&e),
+        };
+    match Reply::parse(&line) {
+        Ok(reply @ Reply::Handoff(_)) | Ok(reply @ Reply::Error(_)) => {
+            println!("{}", if json { reply.to_json() } else { line });
+            match reply {
+                Reply::Handoff(h) if h.committed => ExitCode::SUCCESS,
+                Reply::Handoff(_) => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            }
+        }
+        Ok(Reply::Status(_)) => fail(&format!("a status reply to a handoff request: {line}")),
+        Err(e) => fail(&e),
+    }
+}
+
+fn status(config_path: &Path, json: bool) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let line = match client::status(&config.trigger_socket) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    match Reply::parse(&line) {
+        Ok(reply @ Reply::Status(_)) | Ok(reply @ Reply::Error(_)) => {
+            println!("{}", if json { reply.to_json() } else { line });
+            if matches!(reply, Reply::Status(_)) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Ok(Reply::Handoff(_)) => fail(&format!("a handoff reply to a status request: {line}")),
+        Err(e) => fail(&e),
+    }
+}

@@ -1,0 +1,248 @@
+//! The monitor thread: waits on the exit of every daemon process we own,
+//! reaps retired incumbents as they finish, and restarts the incumbent when
+//! it dies outside a handoff. It sleeps in `poll(2)` on pidfds and a wake-up
+//! pipe, so it costs nothing while all is well and reacts at once.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use handoff_std::os::process::{ExitWatch, poll_readable};
+
+use crate::daemon::StartError;
+use crate::service::{Inner, drain_wakes, lock};
+
+/// A daemon that dies sooner than this after it began to serve is failing
+/// at start, and restarting it at once would spin.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+/// The first pause after a quick death.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often to look at a process that no pidfd watches (kernels before
+/// 5.3).
+const FALLBACK_POLL: Duration = Duration::from_millis(100);
+
+/// The pause before the next restart, after one of `prev`.
+pub(crate) fn next_backoff(prev: Duration) -> Duration {
+    if prev.is_zero() {
+        FIRST_BACKOFF
+    } else {
+        (prev * 2).min(MAX_BACKOFF)
+    }
+}
+
+/// The thread's body; returns once the service is stopping.
+pub(crate) fn run(inner: &Inner, wake: &UnixStream) {
+    let mut watches: Vec<(u32, Option<ExitWatch>)> = Vec::new();
+    let mut backoff = Duration::ZERO;
+    loop {
+        if inner.stopping() {
+            return;
+        }
+        let (incumbent, mut pids) = {
+            let st = lock(&inner.state);
+            let incumbent = st.incumbent.as_ref().map(|p| p.pid());
+            let retired: Vec<u32> = st.retired.iter().map(|p| p.pid()).collect();
+            (incumbent, retired)
+        };
+        pids.extend(incumbent);
+        // A pid stays ours (unreaped, so not reused) while it is in the
+        // state, and a watch is kept exactly as long.
+        watches.retain(|(pid, _)| pids.contains(pid));
+        for pid in pids {
+            if !watches.iter().any(|(p, _)| *p == pid) {
+                watches.push((pid, ExitWatch::new(pid).ok()));
+            }
+        }
+        let mut fds: Vec<BorrowedFd<'_>> = vec![wake.as_fd()];
+        fds.extend(
+            watches
+                .iter()
+                .filter_map(|(_, w)| w.as_ref().map(AsFd::as_fd)),
+        );
+        let timeout = watches
+            .iter()
+            .any(|(_, w)| w.is_none())
+            .then_some(FALLBACK_POLL);
+        if let Err(e) = poll_readable(&fds, timeout) {
+            tracing::error!(error = %e, "the monitor cannot wait on its daemons; retrying");
+            std::thread::sleep(FALLBACK_POLL);
+        }
+        drain_wakes(wake);
+        if inner.stopping() {
+            return;
+        }
+        reap_retired(inner);
+        if let Some(exit) = incumbent_exit(inner, incumbent) {
+            recover(inner, wake, &mut backoff, &exit);
+        }
+    }
+}
+
+/// How the incumbent ended.
+struct Exit {
+    pid: u32,
+    status: ExitStatus,
+    uptime: Duration,
+}
+
+/// Reaps the incumbents handed off from that have finished.
+fn reap_retired(inner: &Inner) {
+    let mut st = lock(&inner.state);
+    st.retired.retain_mut(|p| match p.child.try_wait() {
+        Ok(Some(status)) => {
+            tracing::info!(pid = p.pid(), %status, "the incumbent handed off from has exited");
+            false
+        }
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!(pid = p.pid(), error = %e, "cannot wait on a retired incumbent");
+            false
+        }
+    });
+}
+
+/// If the incumbent we were watching (`watched`) is still the incumbent and
+/// has exited, reaps it, takes it out of the state and says how it ended.
+fn incumbent_exit(inner: &Inner, watched: Option<u32>) -> Option<Exit> {
+    let mut st = lock(&inner.state);
+    let p = st.incumbent.as_mut()?;
+    if Some(p.pid()) != watched {
+        // A handoff replaced it since; the old one is retired now.
+        return None;
+    }
+    let status = p.child.try_wait().ok()??;
+    let p = st.incumbent.take()?;
+    drop(st);
+    inner.changed.notify_all();
+    Some(Exit {
+        pid: p.pid(),
+        status,
+        uptime: p.started.elapsed(),
+    })
+}
+
+/// After the incumbent exited: waits for a handoff in flight to end (it may
+/// have committed, and then its successor serves and there is nothing to
+/// do), then starts a new incumbent, pausing first while the daemon keeps
+/// dying at start, until one serves or the service stops.
+fn recover(inner: &Inner, wake: &UnixStream, backoff: &mut Duration, exit: &Exit) {
+    {
+        let _turn = lock(&inner.handoff_lock);
+        if inner.stopping() {
+            return;
+        }
+        if let Some(new) = lock(&inner.state).incumbent.as_ref() {
+            tracing::debug!(
+                pid = exit.pid,
+                %exit.status,
+                successor_pid = new.pid(),
+                "the incumbent exited as a handoff committed"
+            );
+            return;
+        }
+    }
+    tracing::warn!(
+        pid = exit.pid,
+        status = %exit.status,
+        uptime_s = exit.uptime.as_secs_f64(),
+        "the daemon exited outside a handoff; restarting it"
+    );
+    inner.notifier.status(&format!(
+        "the daemon (pid {}) exited ({}); restarting it",
+        exit.pid, exit.status
+    ));
+    let mut quick = exit.uptime < QUICK_DEATH;
+    if !quick {
+        *backoff = Duration::ZERO;
+    }
+    loop {
+        if quick {
+            *backoff = next_backoff(*backoff);
+            tracing::info!(
+                pause_ms = backoff.as_millis() as u64,
+                "the daemon keeps dying at start; pausing before the restart"
+            );
+            if !pause(inner, wake, *backoff) {
+                return;
+            }
+        }
+        let _turn = lock(&inner.handoff_lock);
+        let binary = {
+            let mut st = lock(&inner.state);
+            if inner.stopping() || st.incumbent.is_some() {
+                return;
+            }
+            st.restarting = true;
+            st.binary.clone()
+        };
+        let result = inner.start_daemon(&binary);
+        match result {
+            Ok(proc) => {
+                let pid = proc.pid();
+                tracing::info!(pid, binary = %binary.display(), "restarted the daemon");
+                lock(&inner.state).incumbent = Some(proc);
+                // The turn goes before anyone hears of the new daemon, so
+                // that whoever acts on the news finds the turn free.
+                drop(_turn);
+                lock(&inner.state).restarting = false;
+                inner.changed.notify_all();
+                inner.notifier.status(&format!(
+                    "serving: {} pid {pid} (restarted)",
+                    binary.display()
+                ));
+                return;
+            }
+            Err(StartError::Stopping) => {
+                lock(&inner.state).restarting = false;
+                return;
+            }
+            Err(e) => {
+                lock(&inner.state).restarting = false;
+                tracing::error!(binary = %binary.display(), error = %e, "the restart failed");
+                quick = true;
+            }
+        }
+    }
+}
+
+/// Waits `how_long` unless the service stops first; `false` if it did.
+fn pause(inner: &Inner, wake: &UnixStream, how_long: Duration) -> bool {
+    let until = Instant::now() + how_long;
+    loop {
+        if inner.stopping() {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        // Any wake-up is a reason to look at `stopping`; the others (none
+        // are expected while no daemon runs) are harmless to swallow.
+        if poll_readable(&[wake.as_fd()], Some(left)).is_err() {
+            std::thread::sleep(left.min(FALLBACK_POLL));
+        }
+        drain_wakes(wake);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100_ms_to_10_s() {
+        let mut b = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            b = next_backoff(b);
+            seen.push(b.as_millis());
+        }
+        assert_eq!(
+            seen,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+        );
+    }
+}

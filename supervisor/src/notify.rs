@@ -1,0 +1,197 @@
+//! `sd_notify(3)` without libsystemd: state changes sent as datagrams to the
+//! Unix socket that `NOTIFY_SOCKET` names, so that a `Type=notify` unit
+//! knows when the supervisor is ready, reloading (a handoff) or stopping,
+//! and `systemctl status` shows a one-line `STATUS=`.
+//!
+//! Without `NOTIFY_SOCKET` every call does nothing, and a failed send is
+//! only logged: the service manager's bookkeeping must never stop a
+//! handoff.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+/// The variable systemd sets for a `Type=notify` service.
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// A connection to the service manager, or nothing.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    target: Option<(UnixDatagram, SocketAddr)>,
+}
+
+impl Notifier {
+    /// A notifier that never sends anything.
+    pub fn disabled() -> Notifier {
+        Notifier::default()
+    }
+
+    /// A notifier for the socket in `NOTIFY_SOCKET`, if set (read, left in
+    /// the environment).
+    pub fn from_env() -> Notifier {
+        match std::env::var_os(NOTIFY_SOCKET) {
+            Some(value) => Notifier::for_socket(&value),
+            None => Notifier::disabled(),
+        }
+    }
+
+    /// Like [`Notifier::from_env`], and removes the variable so that no
+    /// process started from here on inherits it: the daemons report to the
+    /// supervisor, not to the service manager, and a `READY=1` of theirs
+    /// must not be taken for the supervisor's. Call it first thing in
+    /// `main`, before any thread starts (it edits the environment).
+    pub fn take_from_env() -> Notifier {
+        let notifier = Notifier::from_env();
+        // SAFETY: changing the environment races with threads reading it;
+        // this function is documented to run before any thread starts.
+        unsafe { std::env::remove_var(NOTIFY_SOCKET) };
+        notifier
+    }
+
+    /// A notifier for `socket`: a filesystem path, or an abstract name with
+    /// a leading `@`. An unusable value gives a disabled notifier (logged).
+    pub fn for_socket(socket: &std::ffi::OsStr) -> Notifier {
+        match Notifier::connect(socket) {
+            Ok(target) => Notifier {
+                target: Some(target),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    socket = %socket.to_string_lossy(),
+                    error = %e,
+                    "NOTIFY_SOCKET is unusable; the service manager will not hear from us"
+                );
+                Notifier::disabled()
+            }
+        }
+    }
+
+    fn connect(socket: &std::ffi::OsStr) -> io::Result<(UnixDatagram, SocketAddr)> {
+        let bytes = socket.as_bytes();
+        let addr = match bytes.split_first() {
+            None => return Err(io::Error::new(io::ErrorKind::InvalidInput, "it is empty")),
+            Some((b'@', name)) => SocketAddr::from_abstract_name(name)?,
+            Some((b'/', _)) => SocketAddr::from_pathname(OsString::from(socket))?,
+            Some(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it is neither an absolute path nor an abstract name (@…)",
+                ));
+            }
+        };
+        Ok((UnixDatagram::unbound()?, addr))
+    }
+
+    /// Whether messages go anywhere.
+    pub fn is_enabled(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// Sends `state` (newline-separated `KEY=value` assignments) as one
+    /// datagram.
+    pub fn notify(&self, state: &str) {
+        let Some((sock, addr)) = &self.target else {
+            return;
+        };
+        if let Err(e) = sock.send_to_addr(state.as_bytes(), addr) {
+            tracing::debug!(error = %e, "sd_notify failed");
+        }
+    }
+
+    /// `READY=1` with a status line.
+    pub fn ready(&self, status: &str) {
+        self.notify(&format!("READY=1\nSTATUS={}", one_line(status)));
+    }
+
+    /// `RELOADING=1` with the monotonic timestamp systemd requires of it,
+    /// and a status line. A `READY=1` must follow once the reload is over.
+    pub fn reloading(&self, status: &str) {
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS={}",
+            monotonic_usec(),
+            one_line(status)
+        ));
+    }
+
+    /// A status line alone.
+    pub fn status(&self, status: &str) {
+        self.notify(&format!("STATUS={}", one_line(status)));
+    }
+
+    /// `STOPPING=1` with a status line.
+    pub fn stopping(&self, status: &str) {
+        self.notify(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
+    }
+}
+
+/// A newline would start a new assignment.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, the clock systemd compares
+/// `MONOTONIC_USEC` against (std's `Instant` does not expose its value).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec for the kernel to fill;
+    // CLOCK_MONOTONIC always exists on Linux, so this cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000;
+    secs.saturating_mul(1_000_000).saturating_add(micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::time::Duration;
+
+    fn receive(sock: &UnixDatagram) -> String {
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn messages_reach_an_abstract_socket() {
+        let name = format!("handoff-notify-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = UnixDatagram::bind_addr(&addr).unwrap();
+        let n = Notifier::for_socket(OsStr::new(&format!("@{name}")));
+        assert!(n.is_enabled());
+        n.ready("serving\nnow");
+        assert_eq!(receive(&listener), "READY=1\nSTATUS=serving now");
+        n.reloading("handing off");
+        let msg = receive(&listener);
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines[0], "RELOADING=1");
+        let usec: u64 = lines[1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(usec > 0 && usec <= monotonic_usec());
+        assert_eq!(lines[2], "STATUS=handing off");
+        n.stopping("bye");
+        assert_eq!(receive(&listener), "STOPPING=1\nSTATUS=bye");
+    }
+
+    #[test]
+    fn unusable_values_disable_it() {
+        assert!(!Notifier::for_socket(OsStr::new("")).is_enabled());
+        assert!(!Notifier::for_socket(OsStr::new("relative/path")).is_enabled());
+        let n = Notifier::disabled();
+        assert!(!n.is_enabled());
+        // Nothing to send to, nothing to fail.
+        n.ready("x");
+    }
+}

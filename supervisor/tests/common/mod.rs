@@ -1,0 +1,598 @@
+//! A supervised deployment in miniature: a temporary directory with the
+//! configuration, the test daemon as the supervised binary, and helpers
+//! that wait on events with a bound (never a sleep).
+#![allow(dead_code, unreachable_pub)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff_std::os::process::{ExitWatch, poll_readable};
+use handoff_supervisor::notify::Notifier;
+use handoff_supervisor::{Config, Service};
+
+/// Long enough for a loaded CI machine, short enough to fail fast.
+pub const BOUND: Duration = Duration::from_secs(20);
+
+/// The trigger-request timeout the tests give their services.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
+
+pub fn daemon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_handoff-supervisor-test-daemon")
+}
+
+pub fn supervisor_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_handoff-supervisor")
+}
+
+/// A directory removed at the end of the test, readable by every user (the
+/// tests that run a client as another uid need to reach into it).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        // Short: Unix socket paths must fit in 108 bytes.
+        let p = PathBuf::from("/tmp").join(format!(
+            "hsup-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        kill_strays(&self.0);
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills every process whose command line names `dir`: the daemons of a
+/// supervisor that a failed test left behind (a passing test leaves none,
+/// and checks that it does). The directory's name is unique to the test.
+fn kill_strays(dir: &Path) {
+    // With its slash: `/tmp/x-1` must not match `/tmp/x-12`.
+    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .windows(needle.len())
+            .any(|w| w == needle.as_slice())
+        {
+            eprintln!("killing pid {pid}, left behind by this test");
+            let _ = handoff_std::os::process::send_signal(pid, handoff_std::Signal::Kill);
+        }
+    }
+}
+
+/// One deployment's paths.
+pub struct Layout {
+    pub dir: TempDir,
+    pub ctl: PathBuf,
+    pub trigger: PathBuf,
+    pub data: PathBuf,
+    pub journal: PathBuf,
+    pub config_file: PathBuf,
+}
+
+impl Layout {
+    pub fn new(tag: &str) -> Layout {
+        let dir = TempDir::new(tag);
+        let p = dir.path().to_path_buf();
+        Layout {
+            ctl: p.join("ctl.sock"),
+            trigger: p.join("trigger.sock"),
+            data: p.join("data"),
+            journal: p.join("journal"),
+            config_file: p.join("supervisor.toml"),
+            dir,
+        }
+    }
+
+    /// The configuration: the test daemon on one TCP listener `main` at
+    /// `addr`, then `extra` TOML lines (top-level keys only).
+    pub fn config_text(&self, addr: &str, extra: &str) -> String {
+        format!(
+            r#"control_socket = "{ctl}"
+trigger_socket = "{trigger}"
+binary = "{bin}"
+args = ["--control-socket", "{ctl}", "--data-dir", "{data}"]
+journal = "{journal}"
+deadline_secs = 20
+drain_grace_secs = 10
+{extra}
+
+[[listeners]]
+name = "main"
+addr = "{addr}"
+"#,
+            ctl = self.ctl.display(),
+            trigger = self.trigger.display(),
+            bin = daemon_bin(),
+            data = self.data.display(),
+            journal = self.journal.display(),
+        )
+    }
+
+    /// Writes the configuration file and returns the configuration.
+    pub fn write_config(&self, addr: &str, extra: &str) -> Config {
+        let text = self.config_text(addr, extra);
+        fs::write(&self.config_file, &text).unwrap();
+        Config::from_toml_str(&text).unwrap()
+    }
+
+    /// A successor that exits at once: the test daemon with its
+    /// exit-at-once variable set.
+    pub fn failing_successor(&self) -> PathBuf {
+        self.script(
+            "failing-successor",
+            &format!(
+                "export SUPERVISOR_TEST_DAEMON_EXIT=1\nexec {} \"$@\"\n",
+                daemon_bin()
+            ),
+        )
+    }
+
+    /// A successor that takes `secs` to start (its `Hello` comes late).
+    pub fn slow_successor(&self, secs: u32) -> PathBuf {
+        self.script(
+            "slow-successor",
+            &format!("sleep {secs}\nexec {} \"$@\"\n", daemon_bin()),
+        )
+    }
+
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+}
+
+/// Starts a service in this process on `127.0.0.1:0`, with the short
+/// request timeout and `extra` configuration lines.
+pub fn start_service(layout: &Layout, extra: &str) -> Service {
+    start_service_with(layout, extra, REQUEST_TIMEOUT, Notifier::disabled())
+}
+
+pub fn start_service_with(
+    layout: &Layout,
+    extra: &str,
+    request_timeout: Duration,
+    notifier: Notifier,
+) -> Service {
+    let config = layout.write_config("127.0.0.1:0", extra);
+    Service::builder(config)
+        .request_timeout(request_timeout)
+        .stop_grace(Duration::from_secs(5))
+        .notifier(notifier)
+        .start()
+        .expect("the service starts")
+}
+
+/// The address of the service's listener `main`.
+pub fn main_addr(service: &Service) -> String {
+    service
+        .listener_addrs()
+        .into_iter()
+        .find(|(n, _)| n == "main")
+        .map(|(_, a)| a)
+        .expect("listener main")
+}
+
+/// Sends `PING` on a new connection; the pid that answered.
+pub fn ping(addr: &str) -> u32 {
+    let mut s = TcpStream::connect(addr).expect("the port never refuses");
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    writeln!(s, "PING").unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    reply
+        .trim()
+        .strip_prefix("PONG ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {reply:?}"))
+}
+
+/// Waits for a process that may not be our child to be gone.
+pub fn wait_gone(pid: u32, bound: Duration) -> bool {
+    match ExitWatch::new(pid) {
+        Ok(watch) => poll_readable(&[watch.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
+        Err(_) => true,
+    }
+}
+
+/// Waits for our child to exit, within `bound`.
+pub fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let watch = ExitWatch::new(child.id()).ok()?;
+    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
+    if ready[0] { child.wait().ok() } else { None }
+}
+
+/// The `SigBlk` line of a process's status.
+pub fn sigblk(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:").map(|v| v.trim().to_owned()))
+        .unwrap()
+}
+
+/// Runs the supervisor binary with `args` and returns its output, within
+/// `BOUND` (killed and failed otherwise).
+pub fn run_cli(args: &[&str]) -> Output {
+    run_command(Command::new(supervisor_bin()).args(args))
+}
+
+pub fn run_command(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on threads: a full pipe would otherwise stall the child.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let status = match wait_exit(&mut child, BOUND) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {BOUND:?}");
+        }
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// Whether the tests that run a client as another user can run: root, and
+/// `setpriv` present.
+pub fn can_switch_user() -> Result<PathBuf, String> {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(format!("not running as root (euid {euid})"));
+    }
+    ["/usr/bin/setpriv", "/bin/setpriv", "/usr/sbin/setpriv"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| "setpriv is not installed (util-linux)".to_owned())
+}
+
+/// `setpriv` running `args` of the supervisor binary as nobody (65534).
+/// The binary is copied into `dir` first: the build directory may lie
+/// where nobody cannot reach (a checkout under /root).
+pub fn as_nobody(setpriv: &Path, dir: &Path, args: &[&str]) -> Command {
+    let copy = dir.join("handoff-supervisor");
+    if !copy.exists() {
+        // Copied by another process: a file this one had open for writing
+        // would be inherited by a child that another test thread is forking,
+        // and executing the copy would then fail with ETXTBSY.
+        let status = Command::new("cp")
+            .arg(supervisor_bin())
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cp failed");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new(setpriv);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(args);
+    cmd
+}
+
+/// A datagram socket standing in for systemd's notification socket.
+pub struct NotifySocket {
+    pub sock: UnixDatagram,
+    /// The value of `NOTIFY_SOCKET`.
+    pub env_value: String,
+}
+
+impl NotifySocket {
+    /// On a path inside `dir`.
+    pub fn at_path(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        NotifySocket {
+            sock,
+            env_value: path.display().to_string(),
+        }
+    }
+
+    /// In the abstract namespace (`@name`).
+    pub fn abstract_named(tag: &str) -> NotifySocket {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "hsup-notify-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let sock = UnixDatagram::bind_addr(&addr).unwrap();
+        NotifySocket {
+            sock,
+            env_value: format!("@{name}"),
+        }
+    }
+
+    pub fn notifier(&self) -> Notifier {
+        Notifier::for_socket(std::ffi::OsStr::new(&self.env_value))
+    }
+
+    /// The next message, within `BOUND`.
+    pub fn next(&self) -> String {
+        self.sock.set_read_timeout(Some(BOUND)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self
+            .sock
+            .recv(&mut buf)
+            .expect("a notification within the bound");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Reads messages until one has the line `line`; returns it.
+    pub fn wait_for(&self, line: &str) -> String {
+        let until = Instant::now() + BOUND;
+        loop {
+            assert!(Instant::now() < until, "no {line:?} within {BOUND:?}");
+            let msg = self.next();
+            if msg.lines().any(|l| l == line) {
+                return msg;
+            }
+        }
+    }
+}
+
+/// A `handoff-supervisor run` process, stopped (and its log shown, if the
+/// test failed) at the end.
+pub struct RunningSupervisor {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl RunningSupervisor {
+    /// Starts `run` with `layout`'s configuration file and `NOTIFY_SOCKET`
+    /// set to `notify`; `cmd_setup` may adjust the command, and `spawn`
+    /// starts it (plain, or with listeners passed).
+    pub fn start(
+        layout: &Layout,
+        notify: &NotifySocket,
+        spawn: impl FnOnce(Command) -> Child,
+    ) -> RunningSupervisor {
+        let log = layout.dir.path().join("supervisor.log");
+        let mut cmd = Command::new(supervisor_bin());
+        cmd.args(["run", "--config"])
+            .arg(&layout.config_file)
+            .args(["--log-level", "debug"])
+            .env("NOTIFY_SOCKET", &notify.env_value)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        RunningSupervisor {
+            child: spawn(cmd),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`libc::SIGHUP`, …).
+    pub fn signal(&self, signal: libc::c_int) {
+        send(self.pid(), signal);
+    }
+}
+
+/// `kill(pid, signal)`, which must succeed.
+pub fn send(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    assert!(pid > 0);
+    // SAFETY: kill takes integers only; `pid` is positive, so it names one
+    // process.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+impl Drop for RunningSupervisor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM first, so that the daemons it started go too.
+            send(self.child.id(), libc::SIGTERM);
+            if wait_exit(&mut self.child, BOUND).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- supervisor log ---\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// A flat JSON object's members, parsed strictly enough to tell valid
+/// output from invalid: string, number, boolean and null values.
+pub fn parse_json_object(text: &str) -> Vec<(String, JsonValue)> {
+    let mut p = JsonParser {
+        s: text.trim().as_bytes(),
+        i: 0,
+    };
+    p.expect(b'{');
+    let mut members = Vec::new();
+    if p.peek() == Some(b'}') {
+        p.i += 1;
+    } else {
+        loop {
+            let key = p.string();
+            p.expect(b':');
+            let value = p.value();
+            members.push((key, value));
+            match p.next() {
+                b',' => continue,
+                b'}' => break,
+                c => panic!("expected , or }} at {} in {text}, got {:?}", p.i, c as char),
+            }
+        }
+    }
+    assert_eq!(p.i, p.s.len(), "trailing bytes in {text}");
+    members
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum JsonValue {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+struct JsonParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> u8 {
+        let c = self.peek().expect("unexpected end of JSON");
+        self.i += 1;
+        c
+    }
+
+    fn expect(&mut self, c: u8) {
+        assert_eq!(self.next() as char, c as char, "at {}", self.i);
+    }
+
+    fn string(&mut self) -> String {
+        self.expect(b'"');
+        let mut out = Vec::new();
+        loop {
+            match self.next() {
+                b'"' => break,
+                b'\\' => match self.next() {
+                    b'"' => out.push(b'"'),
+                    b'\\' => out.push(b'\\'),
+                    b'/' => out.push(b'/'),
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'b' => out.push(8),
+                    b'f' => out.push(12),
+                    b'u' => {
+                        let hex = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
+                        self.i += 4;
+                        let c = char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap();
+                        out.extend_from_slice(c.to_string().as_bytes());
+                    }
+                    c => panic!("bad escape \\{}", c as char),
+                },
+                c if c < 0x20 => panic!("unescaped control character in a JSON string"),
+                c => out.push(c),
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn value(&mut self) -> JsonValue {
+        match self.peek().expect("a value") {
+            b'"' => JsonValue::Str(self.string()),
+            b't' => self.word("true", JsonValue::Bool(true)),
+            b'f' => self.word("false", JsonValue::Bool(false)),
+            b'n' => self.word("null", JsonValue::Null),
+            _ => {
+                let start = self.i;
+                while self
+                    .peek()
+                    .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(&c))
+                {
+                    self.i += 1;
+                }
+                let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
+                JsonValue::Num(text.parse().unwrap_or_else(|_| panic!("bad number {text}")))
+            }
+        }
+    }
+
+    fn word(&mut self, w: &str, v: JsonValue) -> JsonValue {
+        assert_eq!(&self.s[self.i..self.i + w.len()], w.as_bytes());
+        self.i += w.len();
+        v
+    }
+}
+
+/// The member `key` of a parsed object.
+pub fn member<'a>(members: &'a [(String, JsonValue)], key: &str) -> &'a JsonValue {
+    &members
+        .iter()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no member {key}"))
+        .1
+}
+
+/// Whether `s` looks like a hyphenated UUID.
+pub fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}

@@ -1,0 +1,261 @@
+//! `handoff-supervisor run` as a process: signals, systemd's socket
+//! activation and readiness notification.
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::process::Command;
+
+use common::*;
+use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_supervisor::Status;
+use handoff_supervisor::client::{self, Reply};
+
+/// The supervisor's status, through its trigger socket.
+fn status(layout: &Layout) -> Status {
+    let line = client::status(&layout.trigger).unwrap();
+    match Reply::parse(&line).unwrap() {
+        Reply::Status(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Starts `run` as systemd would with socket activation: `listener` at FD
+/// 3, `LISTEN_FDS=1`, `LISTEN_FDNAMES=main`.
+fn activated(listener: &TcpListener) -> impl FnOnce(Command) -> std::process::Child + '_ {
+    move |cmd| {
+        spawn_cold(
+            cmd,
+            &[PassedListener {
+                name: "main",
+                fd: listener.as_fd(),
+            }],
+        )
+        .unwrap()
+    }
+}
+
+fn plain(mut cmd: Command) -> std::process::Child {
+    cmd.spawn().unwrap()
+}
+
+#[test]
+fn sigterm_stops_the_supervisor_and_everything_it_started() {
+    // Given a supervisor that has handed off once (so it has started a
+    // cold daemon and a successor), reporting to an abstract socket,
+    let layout = Layout::new("term");
+    layout.write_config("127.0.0.1:0", "");
+    let notify = NotifySocket::abstract_named("term");
+    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
+    notify.wait_for("READY=1");
+    let cold = status(&layout).incumbent_pid.unwrap();
+    // The daemon starts with nothing blocked, though the supervisor blocks
+    // the signals it takes with sigwait.
+    assert_eq!(sigblk(cold), "0000000000000000");
+    let out = run_cli(&["trigger", "--config", layout.config_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let successor = status(&layout).incumbent_pid.unwrap();
+    assert_ne!(successor, cold);
+
+    // when it gets SIGTERM,
+    sup.signal(libc::SIGTERM);
+
+    // then it says it is stopping, exits 0, and leaves no process, no
+    // trigger socket and no journal behind.
+    notify.wait_for("STOPPING=1");
+    let exit = wait_exit(&mut sup.child, BOUND).expect("the supervisor exits");
+    assert_eq!(exit.code(), Some(0), "{exit}");
+    for pid in [cold, successor] {
+        assert!(
+            wait_gone(pid, std::time::Duration::ZERO),
+            "pid {pid} is left"
+        );
+    }
+    assert!(!layout.trigger.exists());
+    assert!(!layout.journal.exists());
+    let log = std::fs::read_to_string(&sup.log).unwrap();
+    assert!(log.contains("SIGTERM: shutting down"), "{log}");
+}
+
+#[test]
+fn sighup_hands_off_to_the_configured_binary() {
+    let layout = Layout::new("hup");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    layout.write_config(&addr, "");
+    let notify = NotifySocket::at_path(layout.dir.path());
+    let mut sup = RunningSupervisor::start(&layout, &notify, activated(&listener));
+    notify.wait_for("READY=1");
+    let old = ping(&addr);
+
+    sup.signal(libc::SIGHUP);
+    notify.wait_for("RELOADING=1");
+    notify.wait_for("READY=1");
+
+    let new = ping(&addr);
+    assert_ne!(new, old);
+    let s = status(&layout);
+    assert_eq!(s.incumbent_pid, Some(new));
+    assert_eq!(s.handoffs, 1);
+    // The successor, forked while the handoff ran, starts with nothing
+    // blocked either.
+    assert_eq!(sigblk(new), "0000000000000000");
+    assert!(wait_gone(old, BOUND));
+    sup.signal(libc::SIGTERM);
+    assert_eq!(wait_exit(&mut sup.child, BOUND).unwrap().code(), Some(0));
+    assert!(wait_gone(new, BOUND));
+}
+
+#[test]
+fn socket_activation_listeners_are_adopted_by_name() {
+    // Given a listener bound by "systemd" and passed as `main`, at the very
+    // address the configuration names (binding it again would fail),
+    let layout = Layout::new("activation");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    layout.write_config(&addr, "");
+    let notify = NotifySocket::at_path(layout.dir.path());
+    let mut sup = RunningSupervisor::start(&layout, &notify, activated(&listener));
+
+    // then the supervisor starts, and its daemon serves on that socket.
+    notify.wait_for("READY=1");
+    let pid = ping(&addr);
+    assert_eq!(status(&layout).incumbent_pid, Some(pid));
+    let log = std::fs::read_to_string(&sup.log).unwrap();
+    assert!(log.contains("adopted the listener"), "{log}");
+
+    // The adopted listener is passed on in a handoff like a bound one.
+    let out = run_cli(&["trigger", "--config", layout.config_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_ne!(ping(&addr), pid);
+    sup.signal(libc::SIGINT);
+    assert_eq!(wait_exit(&mut sup.child, BOUND).unwrap().code(), Some(0));
+}
+
+#[test]
+fn notify_socket_hears_ready_reloading_ready_and_stopping() {
+    let layout = Layout::new("notify");
+    layout.write_config("127.0.0.1:0", "");
+    let notify = NotifySocket::at_path(layout.dir.path());
+    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
+
+    // The first message is READY=1, with a status naming the daemon.
+    let first = notify.next();
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    let pid = status(&layout).incumbent_pid.unwrap();
+    assert!(
+        first.contains(&format!("STATUS=serving: {} pid {pid}", daemon_bin())),
+        "{first:?}"
+    );
+
+    // A SIGHUP handoff is RELOADING=1 with a monotonic timestamp, then
+    // READY=1 again.
+    sup.signal(libc::SIGHUP);
+    let reloading = notify.next();
+    let lines: Vec<&str> = reloading.lines().collect();
+    assert_eq!(lines[0], "RELOADING=1", "{reloading:?}");
+    assert!(lines[1].starts_with("MONOTONIC_USEC="), "{reloading:?}");
+    assert!(
+        lines[2].starts_with("STATUS=handing off to"),
+        "{reloading:?}"
+    );
+    let ready = notify.next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("committed"), "{ready:?}");
+
+    sup.signal(libc::SIGTERM);
+    assert!(notify.next().starts_with("STOPPING=1"));
+    assert_eq!(wait_exit(&mut sup.child, BOUND).unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_bad_configuration_stops_run_with_a_message() {
+    let layout = Layout::new("badcfg");
+    std::fs::write(
+        &layout.config_file,
+        layout.config_text("127.0.0.1:0", "no_such_key = 1"),
+    )
+    .unwrap();
+    let out = run_cli(&["run", "--config", layout.config_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no_such_key"), "{stderr}");
+    assert!(!layout.trigger.exists());
+}
+
+/// The threads of `pid` named `name`, with their blocked signals.
+fn threads_named(pid: u32, name: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|tid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+            let name_line = status.lines().next()?;
+            (name_line == format!("Name:\t{name}")).then(|| {
+                let blocked = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigBlk:\t"))
+                    .unwrap_or_default()
+                    .to_owned();
+                (tid, blocked)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_sigterm_during_a_handoff_lets_it_finish_then_stops_cleanly() {
+    // Given a handoff in flight through the trigger socket,
+    let layout = Layout::new("midterm");
+    let slow = layout.slow_successor(2);
+    layout.write_config(
+        "127.0.0.1:0",
+        &format!("allowed_binaries = [\"{}\"]", slow.display()),
+    );
+    let notify = NotifySocket::at_path(layout.dir.path());
+    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
+    notify.wait_for("READY=1");
+    let cold = status(&layout).incumbent_pid.unwrap();
+    let config = layout.config_file.to_str().unwrap().to_owned();
+    let slow_arg = slow.to_str().unwrap().to_owned();
+    let trigger = std::thread::spawn(move || {
+        run_cli(&["trigger", "--config", &config, "--binary", &slow_arg])
+    });
+    notify.wait_for("RELOADING=1");
+    // whose threads all keep SIGTERM blocked (so the kernel can only leave
+    // it pending for the main thread's sigwait, never kill the process),
+    for (tid, blocked) in threads_named(sup.pid(), "trigger-conn") {
+        let mask = u64::from_str_radix(&blocked, 16).unwrap_or(0);
+        assert_ne!(
+            mask & (1 << (libc::SIGTERM - 1)),
+            0,
+            "thread {tid}: {blocked}"
+        );
+    }
+
+    // when the supervisor gets a SIGTERM,
+    // SAFETY: kill takes integers only.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(sup.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(r, 0);
+
+    // then the supervisor is not killed by it: the handoff finishes
+    // (committed), and the supervisor then stops cleanly.
+    let out = trigger.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {} stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    notify.wait_for("STOPPING=1");
+    let exit = wait_exit(&mut sup.child, BOUND).expect("the supervisor exits");
+    assert_eq!(exit.code(), Some(0), "{exit}");
+    assert!(wait_gone(cold, BOUND));
+    let log = std::fs::read_to_string(&sup.log).unwrap();
+    assert!(log.contains("SIGTERM: shutting down"), "{log}");
+}

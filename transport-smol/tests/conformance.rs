@@ -1,0 +1,273 @@
+//! The conformance suite: the process-level scenarios of handoff-std,
+//! written once and run with every adapter in every role, and across them
+//! (a std incumbent handing off to a smol successor, a mio incumbent to a
+//! std successor under a mio supervisor, …). The daemons are this test
+//! binary re-executed (see `support::daemon`), so every runtime's daemon is
+//! real code driven by real processes, sockets, locks and signals.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+use handoff_core::{HandoffId, Message, encode_frame};
+use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::{AbortReason, IncumbentFate, SuccessorFate};
+use support::{BOUND, Rig, Runtime, daemon_command, run_handoff, wait_exit, wait_gone};
+
+/// The entry point of every daemon process the suite starts.
+#[test]
+#[ignore = "runs only as the daemon the suite starts"]
+fn daemon_entry() {
+    if let Ok(args) = std::env::var("HANDOFF_DAEMON_ARGS") {
+        std::process::exit(support::daemon::main(&args));
+    }
+}
+
+/// Which runtime plays which role.
+#[derive(Clone, Copy, Debug)]
+struct Combo {
+    supervisor: Runtime,
+    incumbent: Runtime,
+    successor: Runtime,
+}
+
+impl Combo {
+    fn tag(&self) -> String {
+        format!(
+            "{}{}{}",
+            &self.supervisor.name()[..2],
+            &self.incumbent.name()[..2],
+            &self.successor.name()[..2]
+        )
+    }
+}
+
+fn happy_path(c: Combo) {
+    let mut rig = Rig::start(&c.tag(), c.incumbent, "");
+    let old = rig.incumbent.id();
+    assert_eq!(rig.serving_pid(), old);
+    assert_eq!(rig.request("INC"), "OK 1");
+    let mut outcome = run_handoff(c.supervisor, &rig.supervisor, rig.spec(c.successor, ""));
+    assert!(
+        outcome.committed(),
+        "{c:?}: {:?} {:?}",
+        outcome.result,
+        outcome.detail
+    );
+    let child = outcome.child.take().unwrap();
+    let new = child.id();
+    rig.spawned.push(child);
+    assert!(
+        wait_exit(&mut rig.incumbent, BOUND).is_some(),
+        "{c:?}: the old one exits"
+    );
+    assert_eq!(rig.serving_pid(), new);
+    assert_eq!(rig.lock_holder(), Some(new));
+    assert_eq!(rig.request("INC"), "OK 2", "{c:?}: state carried over");
+    assert_eq!(outcome.sealed_revisions, Some(vec![1]));
+    assert_eq!(outcome.advertised_revisions, Some(vec![1]));
+}
+
+fn assert_rolled_back(rig: &Rig, c: Combo) {
+    assert_eq!(
+        rig.serving_pid(),
+        rig.incumbent.id(),
+        "{c:?}: the old one serves"
+    );
+    assert_eq!(
+        rig.lock_holder(),
+        Some(rig.incumbent.id()),
+        "{c:?}: with its lock"
+    );
+    assert!(rig.request("INC").starts_with("OK "), "{c:?}: and writes");
+}
+
+fn successor_crashes_before_hello(c: Combo) {
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    let outcome = run_handoff(
+        c.supervisor,
+        &rig.supervisor,
+        rig.spec(c.successor, "crash-before-hello"),
+    );
+    assert!(!outcome.committed(), "{c:?}");
+    assert_eq!(outcome.successor_fate, SuccessorFate::Exited);
+    assert_rolled_back(&rig, c);
+}
+
+fn successor_exits_after_begin(c: Combo) {
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    assert_eq!(rig.request("INC"), "OK 1");
+    let outcome = run_handoff(
+        c.supervisor,
+        &rig.supervisor,
+        rig.spec(c.successor, "exit-after-begin"),
+    );
+    assert!(!outcome.committed(), "{c:?}");
+    assert_eq!(outcome.incumbent_fate, IncumbentFate::ToldToResume);
+    assert_rolled_back(&rig, c);
+    assert_eq!(rig.request("INC"), "OK 3");
+}
+
+fn successor_hangs_past_the_deadline(c: Combo) {
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    let mut spec = rig.spec(c.successor, "hang-after-begin,ignore-term");
+    spec.deadline = Duration::from_secs(2);
+    let outcome = run_handoff(c.supervisor, &rig.supervisor, spec);
+    assert_eq!(outcome.result, Err(AbortReason::ReadyTimeout), "{c:?}");
+    assert!(wait_gone(outcome.successor_pid.unwrap(), BOUND));
+    assert_rolled_back(&rig, c);
+}
+
+fn seal_fails(c: Combo) {
+    let rig = Rig::start(&c.tag(), c.incumbent, "seal-fails");
+    let outcome = run_handoff(c.supervisor, &rig.supervisor, rig.spec(c.successor, ""));
+    assert_eq!(outcome.result, Err(AbortReason::SealFailed), "{c:?}");
+    assert_eq!(outcome.seal_error.as_deref(), Some("disk full (test)"));
+    assert_rolled_back(&rig, c);
+}
+
+fn supervisor_killed(c: Combo) {
+    for point in ["s-after-seal-request-sent", "s-after-begin-sent"] {
+        let rig = Rig::start(&c.tag(), c.incumbent, "");
+        let listener = rig.supervisor.listeners().next().unwrap();
+        let mut cmd = daemon_command(&format!(
+            "supervise --runtime {} --successor-runtime {} --control-socket {} --data-dir {} --journal {}",
+            c.supervisor.name(),
+            c.successor.name(),
+            rig.ctl.display(),
+            rig.data.display(),
+            rig.dir.0.join("journal").display(),
+        ));
+        cmd.env("HANDOFF_CRASH_AT", point).stdout(Stdio::null());
+        let mut sup = spawn_cold(
+            cmd,
+            &[PassedListener {
+                name: "main",
+                fd: listener.fd,
+            }],
+        )
+        .unwrap();
+        let status = wait_exit(&mut sup, BOUND).expect("the supervisor ends");
+        assert_eq!(status.code(), Some(99), "{c:?} {point}: crashed there");
+        // Its journal names the successor; exactly one of the two survives.
+        let record = rig
+            .supervisor
+            .resume_from_journal()
+            .unwrap()
+            .expect("journaled");
+        let successor = record.successor_pid.expect("spawned");
+        let incumbent = rig.incumbent.id();
+        let t0 = std::time::Instant::now();
+        let survivor = loop {
+            let o_gone = wait_gone(incumbent, Duration::from_millis(20));
+            let n_gone = wait_gone(successor, Duration::from_millis(20));
+            match (o_gone, n_gone) {
+                (false, true) => break incumbent,
+                (true, false) => break successor,
+                (true, true) => panic!("{c:?} {point}: nobody survived"),
+                (false, false) => assert!(t0.elapsed() < BOUND, "{c:?} {point}: both alive"),
+            }
+        };
+        assert_eq!(rig.serving_pid(), survivor, "{c:?} {point}");
+        assert_eq!(rig.lock_holder(), Some(survivor), "{c:?} {point}");
+        if survivor == successor {
+            // Not our child: stop it ourselves.
+            #[allow(unsafe_code)]
+            // SAFETY: kill takes integers only.
+            unsafe {
+                libc::kill(successor as i32, libc::SIGKILL)
+            };
+        }
+    }
+}
+
+fn hostile_control_peers(c: Combo) {
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    let id = HandoffId::from_bytes([7; 16]);
+    let mut frame = vec![0u8; 64];
+    let n = encode_frame(
+        1,
+        &Message::HelloAck {
+            proto_version_chosen: 1,
+            handoff_id: id,
+        },
+        &mut frame,
+    )
+    .unwrap();
+    let mut wrong_id = frame[..n].to_vec();
+    let m = encode_frame(1, &Message::SealRequest { handoff_id: id }, &mut frame).unwrap();
+    wrong_id.extend(&frame[..m]);
+    for bytes in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        (2u32 << 20).to_le_bytes().to_vec(),
+        wrong_id,
+    ] {
+        let mut s = UnixStream::connect(&rig.ctl).unwrap();
+        s.set_read_timeout(Some(BOUND)).unwrap();
+        let mut hello = [0u8; 256];
+        assert!(s.read(&mut hello).unwrap() > 6, "{c:?}: Hello first");
+        let _ = s.write_all(&bytes);
+        let mut sink = [0u8; 256];
+        loop {
+            match s.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("{c:?}: the session must close, got {e}"),
+            }
+        }
+        assert_rolled_back(&rig, c);
+    }
+}
+
+macro_rules! suite {
+    ($name:ident, $sup:ident, $inc:ident, $succ:ident) => {
+        mod $name {
+            use super::*;
+            const C: Combo = Combo {
+                supervisor: Runtime::$sup,
+                incumbent: Runtime::$inc,
+                successor: Runtime::$succ,
+            };
+            #[test]
+            fn happy_path() {
+                super::happy_path(C)
+            }
+            #[test]
+            fn successor_crashes_before_hello() {
+                super::successor_crashes_before_hello(C)
+            }
+            #[test]
+            fn successor_exits_after_begin() {
+                super::successor_exits_after_begin(C)
+            }
+            #[test]
+            fn successor_hangs_past_the_deadline() {
+                super::successor_hangs_past_the_deadline(C)
+            }
+            #[test]
+            fn seal_fails() {
+                super::seal_fails(C)
+            }
+            #[test]
+            fn supervisor_killed() {
+                super::supervisor_killed(C)
+            }
+            #[test]
+            fn hostile_control_peers() {
+                super::hostile_control_peers(C)
+            }
+        }
+    };
+}
+
+suite!(all_std, Std, Std, Std);
+suite!(all_mio, Mio, Mio, Mio);
+suite!(all_smol, Smol, Smol, Smol);
+// Across adapters: the wire is the contract, not the runtime.
+suite!(mio_supervises_std_to_smol, Mio, Std, Smol);
+suite!(mio_supervises_mio_to_std, Mio, Mio, Std);
+suite!(smol_supervises_smol_to_mio, Smol, Smol, Mio);

@@ -1,0 +1,410 @@
+//! The conformance daemon: the test binary re-executed with
+//! `HANDOFF_DAEMON_ARGS`, serving the counter [`Service`] with the handoff
+//! plumbing of one runtime (std, mio or smol), or supervising one handoff.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
+use handoff_std::os::listeners::{InheritedListeners, Mode};
+use handoff_std::{
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, Role, SealOutput,
+    SealProgress, SessionEnd, Successor, SuccessorConfig, Supervisor, detect_role,
+};
+use mio::{Events, Poll, Token, Waker};
+
+use super::Runtime;
+use super::service::{Service, flag};
+
+struct Args {
+    mode: String,
+    runtime: Runtime,
+    successor_runtime: Runtime,
+    control: PathBuf,
+    data: PathBuf,
+    journal: Option<PathBuf>,
+}
+
+fn parse(raw: &str) -> Args {
+    let words: Vec<&str> = raw.split_whitespace().collect();
+    let get = |name: &str| {
+        words
+            .iter()
+            .position(|w| *w == name)
+            .and_then(|i| words.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    Args {
+        mode: words.first().map(|s| s.to_string()).unwrap_or_default(),
+        runtime: Runtime::parse(&get("--runtime").unwrap_or_default()),
+        successor_runtime: Runtime::parse(
+            &get("--successor-runtime").unwrap_or_else(|| "std".into()),
+        ),
+        control: PathBuf::from(get("--control-socket").expect("--control-socket")),
+        data: PathBuf::from(get("--data-dir").expect("--data-dir")),
+        journal: get("--journal").map(PathBuf::from),
+    }
+}
+
+/// The daemon's `main`; returns the exit status.
+pub fn main(raw: &str) -> i32 {
+    let args = parse(raw);
+    if args.mode == "supervise" {
+        return supervise(&args);
+    }
+    let role = detect_role().expect("start-up environment");
+    if flag("ignore-term") {
+        #[allow(unsafe_code)]
+        // SAFETY: installs the "ignore" disposition; no handler runs.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN)
+        };
+    }
+    match role {
+        Role::ColdStart { mut listeners } => {
+            let listener = listeners.take_tcp("main", Mode::Blocking).expect("main");
+            let lock = DataDirLock::acquire_or_break_stale(&args.data).expect("lock");
+            let incumbent = Incumbent::bind_cold_start(&args.control, lock).expect("control");
+            let service = Service::open(&args.data);
+            service.start(listener);
+            println!("ready {}", std::process::id());
+            serve(args.runtime, incumbent, service)
+        }
+        Role::Successor(successor) => {
+            if let Some(ms) = super::service::number("startup-ms") {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            if flag("crash-before-hello") {
+                return 3;
+            }
+            match args.runtime {
+                Runtime::Std => successor_std(successor, &args),
+                Runtime::Mio => successor_mio(successor, &args),
+                Runtime::Smol => successor_smol(successor, &args),
+            }
+        }
+    }
+}
+
+fn after_begin() -> Option<i32> {
+    if flag("exit-after-begin") {
+        return Some(4);
+    }
+    if flag("hang-after-begin") {
+        loop {
+            std::thread::park();
+        }
+    }
+    None
+}
+
+fn take_main(listeners: &mut InheritedListeners) -> TcpListener {
+    listeners.take_tcp("main", Mode::Blocking).expect("main")
+}
+
+fn readiness(listener: &TcpListener, service: &Service) -> Readiness {
+    Readiness {
+        listening_on: vec![listener.local_addr().unwrap().to_string()],
+        healthz_ok: true,
+        advertised_revision_per_shard: vec![service.value()],
+    }
+}
+
+fn serve(runtime: Runtime, incumbent: Incumbent, service: Arc<Service>) -> i32 {
+    match runtime {
+        Runtime::Std => match incumbent.serve(&StdHooks(service)) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("std incumbent: {e}");
+                10
+            }
+        },
+        Runtime::Mio => serve_mio(MioIncumbent::from_std(incumbent).unwrap(), service),
+        Runtime::Smol => {
+            match async_io::block_on(handoff_smol::serve(incumbent, &SmolHooks(service))) {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("smol incumbent: {e}");
+                    10
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------- std
+
+struct StdHooks(Arc<Service>);
+
+impl Drainable for StdHooks {
+    fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+        self.0.drain_blocking();
+        Ok(DrainReport {
+            open_conns_remaining: 0,
+            accept_closed: true,
+        })
+    }
+
+    fn seal(&self, _progress: &SealProgress) -> Result<SealOutput, HookError> {
+        self.0.seal().map_err(Into::into)
+    }
+
+    fn resume_after_abort(&self) -> Result<(), HookError> {
+        self.0.resume();
+        Ok(())
+    }
+}
+
+fn successor_std(successor: Successor, args: &Args) -> i32 {
+    let begun = successor
+        .handshake(b"conformance-std")
+        .and_then(|h| h.wait_for_begin(&args.data));
+    let mut begun = match begun {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("std successor: {e}");
+            return 5;
+        }
+    };
+    if let Some(code) = after_begin() {
+        return code;
+    }
+    let listener = take_main(begun.listeners());
+    let service = Service::open(&args.data);
+    let ready = readiness(&listener, &service);
+    service.start(listener);
+    match begun.announce_and_bind(ready, &args.control) {
+        Ok(incumbent) => serve(Runtime::Std, incumbent, service),
+        Err(e) => {
+            eprintln!("std successor: {e}");
+            5
+        }
+    }
+}
+
+// ------------------------------------------------------------------- mio
+
+const CONTROL: Token = Token(1);
+const SESSION: Token = Token(2);
+const WAKE: Token = Token(3);
+const SUCCESSOR: Token = Token(4);
+
+enum Done {
+    Drained,
+    Sealed(Result<SealOutput, String>),
+}
+
+fn wait(poll: &mut Poll, events: &mut Events, timeout: Option<std::time::Instant>) {
+    let t = timeout.map(|t| t.saturating_duration_since(std::time::Instant::now()));
+    poll.poll(events, t).unwrap();
+}
+
+fn serve_mio(mut control: MioIncumbent, service: Arc<Service>) -> i32 {
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(64);
+    control.register(poll.registry(), CONTROL, SESSION).unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
+    let (tx, rx) = mpsc::channel::<Done>();
+    loop {
+        wait(&mut poll, &mut events, control.timeout());
+        for event in &events {
+            control.handle_event(poll.registry(), event);
+        }
+        control.handle_timeout(poll.registry());
+        while let Ok(done) = rx.try_recv() {
+            match done {
+                Done::Drained => control.drained(poll.registry(), DrainReport::default()),
+                Done::Sealed(Ok(out)) => control.sealed(poll.registry(), &out),
+                Done::Sealed(Err(e)) => control.seal_failed(poll.registry(), &e),
+            }
+        }
+        while let Some(event) = control.poll_event() {
+            match event {
+                // The daemon finishes drains and seals off the loop and
+                // reports back through the waker: nothing blocks the loop.
+                IncumbentEvent::Drain { .. } => {
+                    let (s, tx, w) = (service.clone(), tx.clone(), waker.clone());
+                    std::thread::spawn(move || {
+                        s.drain_blocking();
+                        let _ = tx.send(Done::Drained);
+                        let _ = w.wake();
+                    });
+                }
+                IncumbentEvent::Seal => {
+                    let (s, tx, w) = (service.clone(), tx.clone(), waker.clone());
+                    std::thread::spawn(move || {
+                        let _ = tx.send(Done::Sealed(s.seal()));
+                        let _ = w.wake();
+                    });
+                }
+                IncumbentEvent::Resume => {
+                    service.resume();
+                    control.resumed(poll.registry());
+                }
+                IncumbentEvent::SessionEnded(SessionEnd::Serving(_)) => {}
+                IncumbentEvent::SessionEnded(SessionEnd::Committed) => return 0,
+                IncumbentEvent::SessionEnded(other) => {
+                    eprintln!("mio incumbent: {other}");
+                    return 10;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn successor_mio(successor: Successor, args: &Args) -> i32 {
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(64);
+    let mut s = MioSuccessor::start(
+        successor,
+        poll.registry(),
+        SUCCESSOR,
+        b"conformance-mio",
+        &args.data,
+        SuccessorConfig::default(),
+    )
+    .unwrap();
+    let mut service: Option<Arc<Service>> = None;
+    loop {
+        wait(&mut poll, &mut events, s.timeout());
+        for event in &events {
+            s.handle_event(poll.registry(), event);
+        }
+        s.handle_timeout(poll.registry());
+        while let Some(event) = s.poll_event() {
+            match event {
+                SuccessorEvent::Begun => {
+                    if let Some(code) = after_begin() {
+                        return code;
+                    }
+                    let listener = take_main(s.listeners());
+                    let svc = Service::open(&args.data);
+                    let ready = readiness(&listener, &svc);
+                    svc.start(listener);
+                    service = Some(svc);
+                    s.ready(poll.registry(), &ready);
+                }
+                SuccessorEvent::Authoritative { .. } => {
+                    let control = s.into_incumbent(poll.registry(), &args.control).unwrap();
+                    drop(poll);
+                    return serve_mio(control, service.expect("started"));
+                }
+                SuccessorEvent::Failed {
+                    failure,
+                    abort_reason,
+                } => {
+                    eprintln!("mio successor: {failure} {abort_reason}");
+                    return 5;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ smol
+
+struct SmolHooks(Arc<Service>);
+
+impl handoff_smol::AsyncDrainable for SmolHooks {
+    async fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+        self.0.stop_accepting();
+        if let Some(ms) = super::service::number("drain-ms") {
+            async_io::Timer::after(Duration::from_millis(ms)).await;
+        }
+        while !self.0.is_idle() {
+            async_io::Timer::after(Duration::from_millis(1)).await;
+        }
+        Ok(DrainReport {
+            open_conns_remaining: 0,
+            accept_closed: true,
+        })
+    }
+
+    async fn seal(&self) -> Result<SealOutput, HookError> {
+        self.0.seal().map_err(Into::into)
+    }
+
+    async fn resume_after_abort(&self) -> Result<(), HookError> {
+        self.0.resume();
+        Ok(())
+    }
+}
+
+fn successor_smol(successor: Successor, args: &Args) -> i32 {
+    async_io::block_on(async {
+        let handshook = match handoff_smol::handshake(
+            successor,
+            b"conformance-smol",
+            SuccessorConfig::default(),
+        )
+        .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("smol successor: {e}");
+                return 5;
+            }
+        };
+        let mut begun = match handshook.wait_for_begin(&args.data).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("smol successor: {e}");
+                return 5;
+            }
+        };
+        if let Some(code) = after_begin() {
+            return code;
+        }
+        let listener = take_main(begun.listeners());
+        let data = args.data.clone();
+        let service = match begun.start_up(async move { Service::open(&data) }).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smol successor: {e}");
+                return 5;
+            }
+        };
+        let ready = readiness(&listener, &service);
+        service.start(listener);
+        match begun.announce_and_bind(ready, &args.control).await {
+            Ok(incumbent) => match handoff_smol::serve(incumbent, &SmolHooks(service)).await {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("smol incumbent: {e}");
+                    10
+                }
+            },
+            Err(e) => {
+                eprintln!("smol successor: {e}");
+                5
+            }
+        }
+    })
+}
+
+// ------------------------------------------------------------ supervise
+
+/// One handoff in the given runtime, the listener `main` inherited; the
+/// successor is this binary in `--successor-runtime`.
+fn supervise(args: &Args) -> i32 {
+    let mut env = handoff_std::os::env::take_startup_env().expect("env");
+    let listener = env
+        .listeners
+        .take_tcp("main", Mode::Blocking)
+        .expect("main");
+    let mut sup = Supervisor::new(&args.control)
+        .and_then(|s| s.with_listener("main", listener))
+        .expect("supervisor");
+    if let Some(j) = &args.journal {
+        sup = sup.with_journal(j);
+    }
+    let spec = super::successor_spec(args.successor_runtime, &args.control, &args.data, "");
+    let outcome = super::run_handoff(args.runtime, &Arc::new(sup), spec);
+    println!("outcome committed={}", outcome.committed());
+    0
+}

@@ -1,0 +1,267 @@
+//! What the conformance suite needs: the runtimes, a supervisor in each of
+//! them, and a rig of real processes (this test binary, re-executed as the
+//! daemon).
+#![allow(dead_code, unreachable_pub)]
+
+pub mod daemon;
+pub mod service;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use handoff_mio::{MioSupervisor, SupervisorEvent};
+use handoff_std::os::process::{ExitWatch, poll_readable};
+use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
+use mio::{Events, Poll};
+
+pub const BOUND: Duration = Duration::from_secs(20);
+
+/// A runtime an adapter runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Std,
+    Mio,
+    Smol,
+}
+
+impl Runtime {
+    pub fn parse(s: &str) -> Runtime {
+        match s {
+            "mio" => Runtime::Mio,
+            "smol" => Runtime::Smol,
+            _ => Runtime::Std,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Std => "std",
+            Runtime::Mio => "mio",
+            Runtime::Smol => "smol",
+        }
+    }
+}
+
+/// The arguments that make this test binary the daemon: run only the
+/// `daemon_entry` test, which reads `HANDOFF_DAEMON_ARGS`.
+pub fn daemon_command(args: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "daemon_entry",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--quiet",
+        "--test-threads=1",
+    ])
+    .env("HANDOFF_DAEMON_ARGS", args);
+    cmd
+}
+
+fn serve_args(runtime: Runtime, control: &Path, data: &Path) -> String {
+    format!(
+        "serve --runtime {} --control-socket {} --data-dir {}",
+        runtime.name(),
+        control.display(),
+        data.display()
+    )
+}
+
+/// This binary as a successor in `runtime`, with `flags` in `TEST_DAEMON`.
+pub fn successor_spec(runtime: Runtime, control: &Path, data: &Path, flags: &str) -> SpawnSpec {
+    SpawnSpec::new(std::env::current_exe().unwrap())
+        .arg("daemon_entry")
+        .arg("--exact")
+        .arg("--ignored")
+        .arg("--nocapture")
+        .arg("--quiet")
+        .arg("--test-threads=1")
+        .env("HANDOFF_DAEMON_ARGS", serve_args(runtime, control, data))
+        .env("TEST_DAEMON", flags)
+}
+
+/// One handoff with a supervisor of `runtime`.
+pub fn run_handoff(runtime: Runtime, sup: &Arc<Supervisor>, spec: SpawnSpec) -> HandoffOutcome {
+    match runtime {
+        Runtime::Std => sup.perform_handoff(spec).unwrap(),
+        Runtime::Smol => async_io::block_on(handoff_smol::perform_handoff(sup, spec)).unwrap(),
+        Runtime::Mio => {
+            let mut poll = Poll::new().unwrap();
+            let mut events = Events::with_capacity(16);
+            let mut ms = MioSupervisor::new(10, 1);
+            let id = ms.add_service(sup.clone());
+            ms.start_handoff(poll.registry(), id, spec).unwrap();
+            loop {
+                if let Some(SupervisorEvent::Finished(_, outcome)) = ms.poll_event() {
+                    return *outcome;
+                }
+                let t = ms
+                    .timeout()
+                    .map(|t| t.saturating_duration_since(std::time::Instant::now()));
+                poll.poll(&mut events, t).unwrap();
+                for event in &events {
+                    ms.handle_event(poll.registry(), event);
+                }
+                ms.handle_timeout(poll.registry());
+            }
+        }
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let p = PathBuf::from("/tmp").join(format!(
+            "hc-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits for a child to exit, within `bound`.
+pub fn wait_exit(child: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    let watch = ExitWatch::new(child.id()).ok()?;
+    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
+    if ready[0] { child.wait().ok() } else { None }
+}
+
+/// Waits for any process to be gone (or a zombie).
+pub fn wait_gone(pid: u32, bound: Duration) -> bool {
+    match ExitWatch::new(pid) {
+        Ok(w) => poll_readable(&[w.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
+        Err(_) => true,
+    }
+}
+
+/// A cold-started incumbent of one runtime, on a port the supervisor holds.
+pub struct Rig {
+    pub dir: TempDir,
+    pub ctl: PathBuf,
+    pub data: PathBuf,
+    pub addr: SocketAddr,
+    pub supervisor: Arc<Supervisor>,
+    pub incumbent: Child,
+    pub spawned: Vec<Child>,
+}
+
+impl Rig {
+    pub fn start(tag: &str, runtime: Runtime, flags: &str) -> Rig {
+        let dir = TempDir::new(tag);
+        let ctl = dir.0.join("ctl.sock");
+        let data = dir.0.join("data");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cmd = daemon_command(&serve_args(runtime, &ctl, &data));
+        cmd.env("TEST_DAEMON", flags).stdout(Stdio::piped());
+        let mut incumbent = spawn_cold(
+            cmd,
+            &[PassedListener {
+                name: "main",
+                fd: listener.as_fd(),
+            }],
+        )
+        .unwrap();
+        let stdout = BufReader::new(incumbent.stdout.take().unwrap());
+        assert!(
+            ready_line(stdout),
+            "the {} incumbent starts",
+            runtime.name()
+        );
+        let supervisor = Arc::new(
+            Supervisor::new(&ctl)
+                .unwrap()
+                .with_listener("main", listener)
+                .unwrap()
+                .with_journal(dir.0.join("journal")),
+        );
+        Rig {
+            dir,
+            ctl,
+            data,
+            addr,
+            supervisor,
+            incumbent,
+            spawned: Vec::new(),
+        }
+    }
+
+    pub fn spec(&self, runtime: Runtime, flags: &str) -> SpawnSpec {
+        successor_spec(runtime, &self.ctl, &self.data, flags)
+    }
+
+    pub fn request(&self, line: &str) -> String {
+        let mut s = TcpStream::connect(self.addr).expect("the port never refuses");
+        s.set_read_timeout(Some(BOUND)).unwrap();
+        writeln!(s, "{line}").unwrap();
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).unwrap();
+        reply.trim().to_owned()
+    }
+
+    pub fn serving_pid(&self) -> u32 {
+        let reply = self.request("PING");
+        reply
+            .strip_prefix("PONG ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected reply {reply:?}"))
+    }
+
+    pub fn lock_holder(&self) -> Option<u32> {
+        DataDirLock::recorded_holder(&self.data)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for c in self
+            .spawned
+            .iter_mut()
+            .chain(std::iter::once(&mut self.incumbent))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Reads lines (libtest prints its own first) until `ready <pid>`.
+fn ready_line(reader: BufReader<std::process::ChildStdout>) -> bool {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        let mut line = String::new();
+        // Keeps reading to the end, so the daemon never writes to a closed
+        // pipe.
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            // libtest has printed "test daemon_entry ... " on this line.
+            if line.contains("ready ") {
+                let _ = tx.send(());
+            }
+            line.clear();
+        }
+    });
+    rx.recv_timeout(BOUND).is_ok()
+}
