@@ -45,11 +45,13 @@ use std::time::{Duration, Instant};
 use handoff_std::os::listeners::Mode;
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, Role, SealOutput,
-    SealProgress, ServeEnd, SpawnSpec, StateSnapshot, Supervisor, detect_role,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Role, SealOutput, SealProgress,
+    ServeEnd, ServeError, SpawnSpec, StateSnapshot, Supervisor, detect_role,
 };
 
 use crate::store::{Store, StoreError};
+
+mod runtimes;
 
 /// The name of the listener kvd takes from its supervisor.
 pub const LISTENER_NAME: &str = "kv";
@@ -65,12 +67,14 @@ const SEAL_WAIT: Duration = Duration::from_secs(10);
 /// The usage text.
 pub const USAGE: &str = "\
 usage: kvd --control-socket PATH --data-dir PATH [--listen ADDR] [--version V]
+           [--runtime std|mio|smol]
        kvd supervise --control-socket PATH --data-dir PATH --binary PATH
                      [--version V] [--journal PATH]
 
 Serves SET/GET/VERSION over TCP on the listener inherited as `kv` (from a
 supervisor or systemd), or on --listen ADDR when started cold without one.
 --version is the build id announced to the supervisor and answered to VERSION.
+--runtime picks the adapter that drives the handoff (default std).
 `supervise` runs one handoff to --binary as a supervisor process.";
 
 /// The daemon's command line.
@@ -84,6 +88,34 @@ pub struct ServeArgs {
     pub listen: Option<SocketAddr>,
     /// `--version`: the build id.
     pub version: String,
+    /// `--runtime`: which adapter drives the handoff (the data plane is
+    /// the same threads in every runtime).
+    pub runtime: Runtime,
+}
+
+/// The adapter that drives kvd's side of a handoff.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// handoff-std: `Incumbent::serve` and the blocking typestates.
+    #[default]
+    Std,
+    /// handoff-mio: a mio loop; the hooks run on threads that wake it.
+    Mio,
+    /// handoff-smol: async fns on async-io; the hooks run on threads the
+    /// futures await.
+    Smol,
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Runtime, String> {
+        match s {
+            "std" => Ok(Runtime::Std),
+            "mio" => Ok(Runtime::Mio),
+            "smol" => Ok(Runtime::Smol),
+            other => Err(format!("--runtime {other:?}: expected std, mio or smol")),
+        }
+    }
 }
 
 /// The `supervise` subcommand's command line.
@@ -129,6 +161,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut version = None;
     let mut binary = None;
     let mut journal = None;
+    let mut runtime = None;
     let mut it = flags.iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -139,6 +172,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
             ("--data-dir", _) => &mut data_dir,
             ("--version", _) => &mut version,
             ("--listen", false) => &mut listen,
+            ("--runtime", false) => &mut runtime,
             ("--binary", true) => &mut binary,
             ("--journal", true) => &mut journal,
             _ => return Err(format!("unknown argument {flag:?}")),
@@ -172,11 +206,13 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
     if version.is_empty() || version.contains(char::is_whitespace) {
         return Err("--version must be non-empty and without spaces".into());
     }
+    let runtime = runtime.map(|r| r.parse()).transpose()?.unwrap_or_default();
     Ok(Command::Serve(ServeArgs {
         control_socket,
         data_dir,
         listen,
         version,
+        runtime,
     }))
 }
 
@@ -210,9 +246,11 @@ fn serve(args: &ServeArgs) -> i32 {
             return 2;
         }
     };
-    match role {
-        Role::ColdStart { listeners } => cold_start(args, listeners),
-        Role::Successor(successor) => take_over(args, successor),
+    match (role, args.runtime) {
+        (Role::ColdStart { listeners }, _) => cold_start(args, listeners),
+        (Role::Successor(successor), Runtime::Std) => take_over(args, successor),
+        (Role::Successor(successor), Runtime::Mio) => runtimes::take_over_mio(args, successor),
+        (Role::Successor(successor), Runtime::Smol) => runtimes::take_over_smol(args, successor),
     }
 }
 
@@ -283,7 +321,7 @@ fn cold_start(
     let mut out = io::stdout();
     let _ = writeln!(out, "ready {} {addr}", std::process::id());
     let _ = out.flush();
-    run_incumbent(&daemon, incumbent)
+    run_incumbent(args, &daemon, incumbent)
 }
 
 fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
@@ -302,41 +340,18 @@ fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
             return 4;
         }
     };
-    let listener = match begun.listeners().take_tcp(LISTENER_NAME, Mode::Blocking) {
-        Ok(l) => l,
-        Err(e) => {
-            log(format_args!("successor: listener: {e}"));
-            return 4;
-        }
-    };
-    let store = match Store::open(&args.data_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            log(format_args!("successor: opening the sealed state: {e}"));
-            return 4;
-        }
-    };
-    let revision = store.revision();
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let daemon = match Daemon::start(args, store, Phase::Starting, listener) {
-        Ok(d) => d,
-        Err(e) => {
-            log(format_args!("successor: starting: {e}"));
-            return 4;
-        }
-    };
-    let readiness = Readiness {
-        listening_on: vec![addr],
-        healthz_ok: true,
-        advertised_revision_per_shard: vec![revision],
+    let (daemon, readiness) = match runtimes::start_successor(args, begun.listeners()) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     match begun.announce_and_bind(readiness, &args.control_socket) {
         Ok(incumbent) => {
             daemon.set_phase(Phase::Serving);
-            run_incumbent(&daemon, incumbent.with_build_id(args.version.as_bytes()))
+            run_incumbent(
+                args,
+                &daemon,
+                incumbent.with_build_id(args.version.as_bytes()),
+            )
         }
         Err(e) => {
             // The lock went back with `begun`; no write was executed (they
@@ -348,8 +363,18 @@ fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
     }
 }
 
-fn run_incumbent(daemon: &Arc<Daemon>, incumbent: Incumbent) -> i32 {
-    match incumbent.serve(&**daemon) {
+fn run_incumbent(args: &ServeArgs, daemon: &Arc<Daemon>, incumbent: Incumbent) -> i32 {
+    let served = match args.runtime {
+        Runtime::Std => incumbent.serve(&**daemon),
+        Runtime::Mio => runtimes::serve_mio(args, daemon, incumbent),
+        Runtime::Smol => runtimes::serve_smol(args, daemon, incumbent),
+    };
+    finish(daemon, served)
+}
+
+/// After serving: close what is left, and the exit status.
+fn finish(daemon: &Arc<Daemon>, served: Result<ServeEnd, ServeError>) -> i32 {
+    match served {
         Ok(ServeEnd::Committed { .. }) => {
             // The successor serves; our connections were sent RETRY at the
             // drain and only linger now.

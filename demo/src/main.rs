@@ -11,7 +11,7 @@
 //! lost or any handoff did not commit.
 //!
 //! ```text
-//! handoff-demo [--handoffs N] [--clients N] [--runtime std]
+//! handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol]
 //! handoff-demo kvd …      (the daemon; see `kvd --help`)
 //! ```
 
@@ -24,7 +24,7 @@ use handoff_demo::{kvd, loadgen};
 use handoff_supervisor::client::{self, Reply};
 use handoff_supervisor::{Config, ListenerConfig, ListenerKind, Service};
 
-const USAGE: &str = "usage: handoff-demo [--handoffs N] [--clients N] [--runtime std]";
+const USAGE: &str = "usage: handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol]";
 
 struct Options {
     handoffs: usize,
@@ -63,9 +63,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if !["std"].contains(&o.runtime.as_str()) {
+    if !["std", "mio", "smol"].contains(&o.runtime.as_str()) {
         return Err(format!(
-            "--runtime {}: this build of the demo runs kvd on std",
+            "--runtime {}: expected std, mio or smol",
             o.runtime
         ));
     }
@@ -155,6 +155,8 @@ fn run(o: &Options) -> Result<bool, String> {
             control.display().to_string(),
             "--data-dir".into(),
             data.display().to_string(),
+            "--runtime".into(),
+            o.runtime.clone(),
         ],
         env: Vec::new(),
         journal: Some(dir.0.join("journal")),
