@@ -51,9 +51,7 @@ fn happy_path_commits_and_the_successor_serves_with_the_lock() {
         vec![
             JournalPhase::Negotiating,
             JournalPhase::Draining,
-            JournalPhase::Sealing,
             JournalPhase::AwaitingReady,
-            JournalPhase::Committed,
         ]
     );
 }

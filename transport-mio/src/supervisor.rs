@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
+use handoff_std::os::journal::JournalWriter;
 use handoff_std::os::process::{ExitWatch, send_signal};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
@@ -53,6 +54,8 @@ struct Run {
     child: Option<Child>,
     exit: Option<ExitWatch>,
     detail: Option<String>,
+    journal: Option<JournalWriter>,
+    started: std::time::Instant,
 }
 
 /// The loop's end of the [`Remote`] channel.
@@ -196,6 +199,13 @@ impl MioSupervisor {
             child: None,
             exit: None,
             detail: None,
+            // Written off the loop: fsyncs never stall other services.
+            started: std::time::Instant::now(),
+            journal: sup
+                .journal()
+                .cloned()
+                .map(JournalWriter::start)
+                .and_then(Result::ok),
         });
         self.pump(registry, slot);
         Ok(())
@@ -437,18 +447,14 @@ impl MioSupervisor {
                         c.deregister(registry);
                     }
                 }
-                SupervisorOutput::WriteJournal(record) => {
-                    if let Some(j) = sup.journal()
-                        && j.write(&record).is_err()
-                    {
-                        run.machine.handle_journal_failed(now);
-                    }
-                }
+                SupervisorOutput::WriteJournal(record) => match &run.journal {
+                    Some(j) => j.write(record),
+                    None if sup.journal().is_some() => run.machine.handle_journal_failed(now),
+                    None => {}
+                },
                 SupervisorOutput::ClearJournal => {
-                    if let Some(j) = sup.journal()
-                        && j.delete().is_err()
-                    {
-                        run.machine.handle_journal_failed(now);
+                    if let Some(j) = &run.journal {
+                        j.clear();
                     }
                 }
                 SupervisorOutput::Finished(o) => {
@@ -457,6 +463,12 @@ impl MioSupervisor {
                     let Some(mut run) = self.runs[slot].take() else {
                         return;
                     };
+                    outcome.timings = outcome.timings.with_total(run.started.elapsed());
+                    if let Some(j) = run.journal.take()
+                        && !j.finish()
+                    {
+                        outcome.journal_failed = true;
+                    }
                     for conn in [run.incumbent.take(), run.successor.take()]
                         .into_iter()
                         .flatten()

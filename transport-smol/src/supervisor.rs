@@ -8,6 +8,7 @@ use async_io::Async;
 use futures_lite::future;
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
+use handoff_std::os::journal::JournalWriter;
 use handoff_std::os::process::{ExitWatch, send_signal};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
@@ -45,6 +46,13 @@ pub async fn perform_handoff(
         child: None,
         exit: None,
         detail: None,
+        started: std::time::Instant::now(),
+        // Written off the executor: an fsync never blocks other tasks.
+        journal: supervisor
+            .journal()
+            .cloned()
+            .map(JournalWriter::start)
+            .and_then(Result::ok),
     };
     loop {
         if let Some(outcome) = run.carry_out().await {
@@ -107,6 +115,8 @@ struct Run<'a> {
     child: Option<Child>,
     exit: Option<Async<ExitWatch>>,
     detail: Option<String>,
+    journal: Option<JournalWriter>,
+    started: std::time::Instant,
 }
 
 impl Run<'_> {
@@ -221,23 +231,25 @@ impl Run<'_> {
                     }
                 }
                 SupervisorOutput::Disconnect(peer) => *self.conn(peer) = None,
-                SupervisorOutput::WriteJournal(record) => {
-                    if let Some(j) = self.sup.journal()
-                        && j.write(&record).is_err()
-                    {
-                        self.machine.handle_journal_failed(now);
-                    }
-                }
+                SupervisorOutput::WriteJournal(record) => match &self.journal {
+                    Some(j) => j.write(record),
+                    None if self.sup.journal().is_some() => self.machine.handle_journal_failed(now),
+                    None => {}
+                },
                 SupervisorOutput::ClearJournal => {
-                    if let Some(j) = self.sup.journal()
-                        && j.delete().is_err()
-                    {
-                        self.machine.handle_journal_failed(now);
+                    if let Some(j) = &self.journal {
+                        j.clear();
                     }
                 }
                 SupervisorOutput::Finished(o) => {
                     let committed = o.result.is_ok();
                     let mut outcome = HandoffOutcome::from_core(&o, self.detail.take());
+                    outcome.timings = outcome.timings.with_total(self.started.elapsed());
+                    if let Some(j) = self.journal.take()
+                        && !j.finish()
+                    {
+                        outcome.journal_failed = true;
+                    }
                     self.incumbent = None;
                     self.successor = None;
                     self.exit = None;

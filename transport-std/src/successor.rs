@@ -11,7 +11,7 @@
 //! by the supervisor's deadline rather than cut at its liveness limit.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -194,7 +194,7 @@ impl HandshookSuccessor {
             ))
         })?;
         let handoff_id = self.handoff_id();
-        let pump = Pump::start(self.driver);
+        let pump = Pump::start(self.driver)?;
         Ok(BegunSuccessor {
             listeners: self.listeners,
             lock,
@@ -325,8 +325,9 @@ struct Driver {
     inbox: Inbox,
     data_dir: Option<PathBuf>,
     lock: Option<DataDirLock>,
-    /// While pumped in the background: set to stop.
-    stop: Option<Arc<AtomicBool>>,
+    /// While pumped in the background: the stop flag, and the socket that
+    /// wakes the wait when it is set.
+    stop: Option<(Arc<AtomicBool>, UnixStream)>,
 }
 
 impl fmt::Debug for Driver {
@@ -397,7 +398,7 @@ impl Driver {
             if goal == Milestone::Acked && self.machine.version().is_some() {
                 return Ok(Milestone::Acked);
             }
-            if let Some(stop) = &self.stop
+            if let Some((stop, _)) = &self.stop
                 && stop.load(Ordering::Acquire)
             {
                 return Ok(goal);
@@ -414,14 +415,19 @@ impl Driver {
     }
 
     fn wait(&mut self) -> Result<(), SuccessorError> {
-        let mut deadline = self.machine.poll_timeout();
-        if self.stop.is_some() {
-            // In the background: look at the stop flag at least this often.
-            let soon = clock::now() + std::time::Duration::from_millis(5);
-            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        let deadline = self.machine.poll_timeout();
+        let ready = conn::wait(
+            &[
+                self.control.as_ref().map(|s| s.as_fd()),
+                self.stop.as_ref().map(|(_, wake)| wake.as_fd()),
+            ],
+            deadline,
+        )
+        .map_err(SuccessorError::Io)?;
+        if ready[1] {
+            // Stopped: the caller's loop sees the flag.
+            return Ok(());
         }
-        let ready = conn::wait(&[self.control.as_ref().map(|s| s.as_fd())], deadline)
-            .map_err(SuccessorError::Io)?;
         let now = clock::now();
         if ready[0]
             && let Some(s) = self.control.as_mut()
@@ -444,6 +450,8 @@ impl Driver {
 /// starts up, so heartbeats go out and an `Abort` is noticed.
 struct Pump {
     stop: Arc<AtomicBool>,
+    /// Written to when stopping, so the thread's wait ends at once.
+    wake: UnixStream,
     finished: Arc<AtomicBool>,
     thread: Option<JoinHandle<(Driver, Option<SuccessorError>)>>,
 }
@@ -455,10 +463,11 @@ impl fmt::Debug for Pump {
 }
 
 impl Pump {
-    fn start(mut driver: Driver) -> Pump {
+    fn start(mut driver: Driver) -> Result<Pump, SuccessorError> {
         let stop = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
-        driver.stop = Some(stop.clone());
+        let (wake, theirs) = UnixStream::pair().map_err(SuccessorError::Io)?;
+        driver.stop = Some((stop.clone(), theirs));
         let done = finished.clone();
         let thread = std::thread::Builder::new()
             .name("handoff-successor".into())
@@ -472,18 +481,24 @@ impl Pump {
                 }
                 (driver, err)
             })
-            .ok();
-        Pump {
+            .map_err(SuccessorError::Io)?;
+        Ok(Pump {
             stop,
+            wake,
             finished,
-            thread,
-        }
+            thread: Some(thread),
+        })
+    }
+
+    fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = (&self.wake).write(&[1]);
     }
 
     /// Stops the thread and takes the driver back, or the error that ended
     /// the handoff meanwhile.
     fn stop(mut self) -> Result<Driver, SuccessorError> {
-        self.stop.store(true, Ordering::Release);
+        self.signal_stop();
         let thread = self.thread.take();
         let Some(thread) = thread else {
             return Err(SuccessorError::Io(io::Error::other(
@@ -505,7 +520,7 @@ impl Pump {
 
 impl Drop for Pump {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.signal_stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -22,7 +22,7 @@ use crate::clock;
 use crate::conn::{self, Inbox};
 use crate::crash;
 use crate::os::control::{self, send_frame};
-use crate::os::journal::{Journal, JournalError};
+use crate::os::journal::{Journal, JournalError, JournalWriter};
 use crate::os::process::{ExitWatch, send_signal};
 use crate::os::spawn::{PassedListener, SpawnError, spawn_successor, validate_listener_names};
 
@@ -377,6 +377,8 @@ impl HandoffOutcome {
 /// The state of one `perform_handoff` call.
 struct Run<'a> {
     sup: &'a Supervisor,
+    started: std::time::Instant,
+    journal: Option<JournalWriter>,
     spec: SpawnSpec,
     machine: SupervisorHandoff<Vec<u8>>,
     incumbent: Option<UnixStream>,
@@ -393,6 +395,14 @@ impl<'a> Run<'a> {
         let config = handoff_config(sup.config, &spec);
         Run {
             sup,
+            started: std::time::Instant::now(),
+            // Without a writer thread the handoff goes on unjournaled and
+            // says so in its outcome; the journal is for diagnosis only.
+            journal: sup
+                .journal
+                .clone()
+                .map(JournalWriter::start)
+                .and_then(Result::ok),
             spec,
             machine: SupervisorHandoff::new(clock::now(), config, random_bytes(), unix_millis()),
             incumbent: None,
@@ -540,18 +550,14 @@ impl<'a> Run<'a> {
                     Peer::Incumbent => self.incumbent = None,
                     Peer::Successor => self.successor = None,
                 },
-                SupervisorOutput::WriteJournal(record) => {
-                    if let Some(j) = &self.sup.journal
-                        && j.write(&record).is_err()
-                    {
-                        self.machine.handle_journal_failed(now);
-                    }
-                }
+                SupervisorOutput::WriteJournal(record) => match &self.journal {
+                    Some(j) => j.write(record),
+                    None if self.sup.journal.is_some() => self.machine.handle_journal_failed(now),
+                    None => {}
+                },
                 SupervisorOutput::ClearJournal => {
-                    if let Some(j) = &self.sup.journal
-                        && j.delete().is_err()
-                    {
-                        self.machine.handle_journal_failed(now);
+                    if let Some(j) = &self.journal {
+                        j.clear();
                     }
                 }
                 SupervisorOutput::Finished(o) => {
@@ -589,6 +595,14 @@ impl<'a> Run<'a> {
     }
 
     fn finish(&mut self, mut outcome: HandoffOutcome, committed: bool) -> HandoffOutcome {
+        outcome.timings = outcome.timings.with_total(self.started.elapsed());
+        // The journal is settled before the caller hears the outcome (the
+        // wait is only for the last record, written while the handoff ran).
+        if let Some(j) = self.journal.take()
+            && !j.finish()
+        {
+            outcome.journal_failed = true;
+        }
         self.incumbent = None;
         self.successor = None;
         self.exit_watch = None;

@@ -265,3 +265,30 @@ fn ready_line(reader: BufReader<std::process::ChildStdout>) -> bool {
     });
     rx.recv_timeout(BOUND).is_ok()
 }
+
+/// Live processes (not zombies) started for this rig's daemon: their
+/// environment names its control socket.
+pub fn daemons_of(rig: &Rig) -> Vec<u32> {
+    let needle = format!("--control-socket {}", rig.ctl.display());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let env = String::from_utf8_lossy(&env);
+        if !zombie && env.contains("HANDOFF_DAEMON_ARGS=serve") && env.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

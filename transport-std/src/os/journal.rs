@@ -163,6 +163,78 @@ impl Journal {
     }
 }
 
+/// One journal operation for a [`JournalWriter`].
+enum JournalOp {
+    Write(JournalRecord),
+    Clear,
+}
+
+/// Writes a handoff's journal records on a thread of its own, in order, so
+/// that their fsyncs are off the handoff's critical path: the protocol goes
+/// on while the disk catches up. Operations that pile up while one is being
+/// written are coalesced into the last, since only the latest record
+/// matters to whoever reads the journal after a crash.
+#[derive(Debug)]
+pub struct JournalWriter {
+    tx: Option<std::sync::mpsc::Sender<JournalOp>>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl JournalWriter {
+    /// Starts the writer thread for `journal`.
+    pub fn start(journal: Journal) -> io::Result<JournalWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<JournalOp>();
+        let thread = std::thread::Builder::new()
+            .name("handoff-journal".into())
+            .spawn(move || {
+                let mut ok = true;
+                while let Ok(first) = rx.recv() {
+                    let last = rx.try_iter().last().unwrap_or(first);
+                    ok &= match last {
+                        JournalOp::Write(record) => journal.write(&record).is_ok(),
+                        JournalOp::Clear => journal.delete().is_ok(),
+                    };
+                }
+                ok
+            })?;
+        Ok(JournalWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `record` to replace the journal.
+    pub fn write(&self, record: JournalRecord) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(JournalOp::Write(record));
+        }
+    }
+
+    /// Queues the journal's removal.
+    pub fn clear(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(JournalOp::Clear);
+        }
+    }
+
+    /// Waits until everything queued is on disk; `false` if any write or
+    /// removal failed.
+    pub fn finish(mut self) -> bool {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> bool {
+        drop(self.tx.take());
+        self.thread.take().is_none_or(|t| t.join().unwrap_or(false))
+    }
+}
+
+impl Drop for JournalWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
