@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::process::pid_alive;
-use super::sys::{cvt, fsync_dir};
+use super::sys::cvt;
 
 /// The name of the lock file inside the data directory.
 pub const LOCK_FILE: &str = ".handoff.lock";
@@ -197,8 +197,12 @@ impl Drop for DataDirLock {
     }
 }
 
-/// Writes `pid` to the pidfile atomically: temp file, fsync, rename, fsync
-/// the directory, so a crash leaves either the old pidfile or the new one.
+/// Writes `pid` to the pidfile atomically: a temp file renamed over it,
+/// so a reader sees either the old pidfile or the new one, never a torn one.
+/// Not fsynced: the kernel's flock is the truth, and a crash makes any
+/// pidfile stale whether it reached the disk or not (the flock is gone with
+/// the process), so durability would buy nothing and cost two fsyncs on
+/// the successor's way to `Ready`.
 fn write_pidfile(data_dir: &Path, pid: u32) -> io::Result<()> {
     let tmp = data_dir.join(PID_TEMP_FILE);
     let result = (|| {
@@ -209,14 +213,13 @@ fn write_pidfile(data_dir: &Path, pid: u32) -> io::Result<()> {
             .mode(0o644)
             .open(&tmp)?;
         writeln!(file, "{pid}")?;
-        file.sync_all()?;
         fs::rename(&tmp, data_dir.join(PID_FILE))
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fsync_dir(data_dir)
+    Ok(())
 }
 
 #[cfg(test)]
