@@ -18,6 +18,7 @@ use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
 use crate::machine::{
     Beat, DrainReport, Outbox, Popped, SealFailure, SealReport, ShortText, Violation, defaults,
+    outbox_with_hello,
 };
 use crate::message::Message;
 use crate::time::{Instant, earliest};
@@ -281,20 +282,7 @@ impl<B: Buffer> IncumbentSession<B> {
     /// Starts a session on a freshly accepted connection: the first output
     /// is this incumbent's `Hello`.
     pub fn new(now: Instant, config: IncumbentConfig, pid: u32, build_id: &[u8]) -> Self {
-        let mut out = Outbox::new();
-        let hello = |build_id| Message::Hello {
-            role: Side::Incumbent,
-            pid,
-            build_id,
-            proto_min: PROTO_MIN,
-            proto_max: PROTO_MAX,
-            capabilities: config.capabilities,
-        };
-        if !out.send((), PROTO_MAX, &hello(build_id)) {
-            // A build id too long for the frame buffer: announce without it
-            // rather than not at all.
-            let _ = out.send((), PROTO_MAX, &hello(&[]));
-        }
+        let out = outbox_with_hello(Side::Incumbent, pid, build_id, config.capabilities);
         IncumbentSession {
             rx: FrameDecoder::new(),
             core: Core {

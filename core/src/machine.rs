@@ -365,6 +365,31 @@ impl<P: Copy + PartialEq, A: Copy, B: Buffer> Outbox<P, A, B> {
     }
 }
 
+/// A new outbox holding this side's `Hello`, the first frame an incumbent
+/// or a successor sends.
+pub(crate) fn outbox_with_hello<A: Copy, B: Buffer>(
+    role: Side,
+    pid: u32,
+    build_id: &[u8],
+    capabilities: crate::wire::Capabilities,
+) -> Outbox<(), A, B> {
+    let mut out = Outbox::new();
+    let hello = |build_id| Message::Hello {
+        role,
+        pid,
+        build_id,
+        proto_min: crate::wire::PROTO_MIN,
+        proto_max: crate::wire::PROTO_MAX,
+        capabilities,
+    };
+    if !out.send((), crate::wire::PROTO_MAX, &hello(build_id)) {
+        // A build id too long for the frame buffer: announce without it
+        // rather than not at all.
+        let _ = out.send((), crate::wire::PROTO_MAX, &hello(&[]));
+    }
+    out
+}
+
 /// The periodic heartbeat timer of one peer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Beat {

@@ -20,7 +20,9 @@ use core::time::Duration;
 use crate::buffer::{Buffer, DefaultBuffer};
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
-use crate::machine::{Beat, Outbox, Popped, ReadyReport, ShortText, Violation, defaults};
+use crate::machine::{
+    Beat, Outbox, Popped, ReadyReport, ShortText, Violation, defaults, outbox_with_hello,
+};
 use crate::message::{Message, Revisions, Strings};
 use crate::time::{Instant, earliest};
 use crate::wire::{
@@ -199,20 +201,7 @@ impl<B: Buffer> SuccessorSession<B> {
     /// Announces this successor: the first output is its `Hello`. Create it
     /// once the start-up work that needs no lock is done.
     pub fn new(now: Instant, config: SuccessorConfig, pid: u32, build_id: &[u8]) -> Self {
-        let mut out = Outbox::new();
-        let hello = |build_id| Message::Hello {
-            role: Side::Successor,
-            pid,
-            build_id,
-            proto_min: PROTO_MIN,
-            proto_max: PROTO_MAX,
-            capabilities: config.capabilities,
-        };
-        if !out.send((), PROTO_MAX, &hello(build_id)) {
-            // A build id too long for the frame buffer: announce without it
-            // rather than not at all.
-            let _ = out.send((), PROTO_MAX, &hello(&[]));
-        }
+        let out = outbox_with_hello(Side::Successor, pid, build_id, config.capabilities);
         SuccessorSession {
             rx: FrameDecoder::new(),
             core: Core {
