@@ -197,11 +197,17 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+// `arbitrary`'s derive names `::std`; the fuzzing surface only builds for hosts.
+#[cfg(feature = "fuzzing")]
+extern crate std;
 
 mod buffer;
 mod codec;
 mod error;
 mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod incumbent;
 mod journal;
 mod machine;

@@ -1,0 +1,691 @@
+//! The incumbent target: a script of inputs against one session, with every
+//! output checked against what the session was asked, what it received and
+//! the step it was in. The rules come from SPEC sections 3 and 4 and the
+//! session's own docs: the lock is released only right after a successful
+//! seal and only once, `SealComplete` follows the release, every hook is
+//! asked for once and in order, nothing is sent after the connection
+//! closes, the daemon is resumed only with the lock, and the session ends
+//! once, never while a hook it asked for still runs.
+
+use alloc::string::String;
+use core::time::Duration;
+
+use super::shadow::{Received, Shadow, sent};
+use super::{
+    Chunk, FuzzBuffer, FuzzClock, INCUMBENT_BUILD_ID, INCUMBENT_PID, IncumbentInput, MACHINE,
+    PLACEHOLDER_ID, SHADOW, TIMEOUT_ROUNDS, advance, held, time_moves,
+};
+use crate::incumbent::{
+    IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd,
+};
+use crate::machine::{DrainReport, SealFailure, SealReport};
+use crate::message::{Message, MessageKind, Revisions};
+use crate::time::Instant;
+use crate::wire::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
+
+/// Runs `script` against a fresh session with buffers `B`.
+pub(super) fn run<B: FuzzBuffer>(script: &[IncumbentInput]) {
+    let cfg = IncumbentConfig::default();
+    let now = Instant::ZERO;
+    let mut d = Driver {
+        m: IncumbentSession::<B>::new(now, cfg, INCUMBENT_PID, INCUMBENT_BUILD_ID),
+        check: Check::<B>::new(cfg, now),
+    };
+    d.settle(Call::New, None, IncumbentStep::AwaitingHelloAck, None);
+    for input in script {
+        d.apply(input);
+    }
+    drop(d);
+    if B::GROWS {
+        assert_eq!(held(MACHINE), 0, "a dropped session still books bytes");
+    }
+}
+
+/// The kind of input a step was, as far as the rules care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    New,
+    Input,
+    Closed,
+    Drained,
+    DrainFailed,
+    Sealed,
+    SealFailed,
+    SealProgress,
+    LockAcquired,
+    LockBusy,
+    Resumed,
+    ResumeFailed,
+    Timeout,
+}
+
+/// One step as the rules see it.
+struct Ctx<'a> {
+    call: Call,
+    input: Option<&'a IncumbentInput>,
+    before: IncumbentStep,
+    now: Instant,
+    received: Received,
+    /// The input answered a request the session had made.
+    answered: bool,
+    /// The handoff id the session knows after the step.
+    id: Option<HandoffId>,
+}
+
+struct Driver<B: FuzzBuffer> {
+    m: IncumbentSession<B>,
+    check: Check<B>,
+}
+
+impl<B: FuzzBuffer> Driver<B> {
+    fn apply(&mut self, input: &IncumbentInput) {
+        let now = self.check.now;
+        let i = Some(input);
+        match input {
+            IncumbentInput::Bytes(Chunk(bytes)) => self.feed(bytes, i),
+            IncumbentInput::Frame(msg) => {
+                let id = self.m.handoff_id().unwrap_or(PLACEHOLDER_ID);
+                self.feed(&msg.to_frame(PROTO_MAX, id, INCUMBENT_PID), i);
+            }
+            IncumbentInput::FrameWithVersion(v, msg) => {
+                let id = self.m.handoff_id().unwrap_or(PLACEHOLDER_ID);
+                self.feed(&msg.to_frame(*v, id, INCUMBENT_PID), i);
+            }
+            IncumbentInput::Closed => self.call(Call::Closed, i, |m| m.handle_closed(now)),
+            IncumbentInput::Drained {
+                open_conns_remaining,
+                accept_closed,
+            } => self.call(Call::Drained, i, |m| {
+                m.handle_drained(
+                    now,
+                    DrainReport {
+                        open_conns_remaining: *open_conns_remaining,
+                        accept_closed: *accept_closed,
+                    },
+                )
+            }),
+            IncumbentInput::DrainFailed => {
+                self.call(Call::DrainFailed, i, |m| m.handle_drain_failed(now))
+            }
+            IncumbentInput::Sealed {
+                revisions,
+                fingerprint,
+            } => self.call(Call::Sealed, i, |m| {
+                m.handle_sealed(
+                    now,
+                    SealReport {
+                        last_revision_per_shard: Revisions::from_slice(revisions),
+                        data_dir_fingerprint: [*fingerprint; 32],
+                    },
+                )
+            }),
+            IncumbentInput::SealFailed {
+                error,
+                partial_state,
+            } => {
+                let (error, partial_state) = (error.text(), partial_state.text());
+                self.call(Call::SealFailed, i, |m| {
+                    m.handle_seal_failed(
+                        now,
+                        SealFailure {
+                            error: &error,
+                            partial_state: &partial_state,
+                        },
+                    )
+                })
+            }
+            IncumbentInput::SealProgress {
+                shards_sealed,
+                shards_total,
+                last_revision,
+            } => self.call(Call::SealProgress, i, |m| {
+                m.handle_seal_progress(now, *shards_sealed, *shards_total, *last_revision)
+            }),
+            IncumbentInput::LockAcquired => {
+                self.call(Call::LockAcquired, i, |m| m.handle_lock_acquired(now))
+            }
+            IncumbentInput::LockBusy => self.call(Call::LockBusy, i, |m| m.handle_lock_busy(now)),
+            IncumbentInput::Resumed => self.call(Call::Resumed, i, |m| m.handle_resumed(now)),
+            IncumbentInput::ResumeFailed => {
+                self.call(Call::ResumeFailed, i, |m| m.handle_resume_failed(now))
+            }
+            IncumbentInput::Clock(c) => self.clock(*c),
+        }
+    }
+
+    fn clock(&mut self, c: FuzzClock) {
+        self.check.now = advance(self.check.now, c);
+        match c {
+            FuzzClock::Timeout => self.timeout(),
+            FuzzClock::TimeoutAtDeadline => {
+                if let Some(t) = self.m.poll_timeout() {
+                    self.check.now = self.check.now.max(t);
+                }
+                self.timeout();
+            }
+            _ => {}
+        }
+    }
+
+    /// `handle_timeout` as a driver loop calls it: again while a deadline is
+    /// still due, which must stop after a few rounds.
+    fn timeout(&mut self) {
+        let now = self.check.now;
+        for round in 0.. {
+            self.call(Call::Timeout, None, |m| m.handle_timeout(now));
+            match self.m.poll_timeout() {
+                Some(t) if t <= now && time_moves(now) => assert!(
+                    round < TIMEOUT_ROUNDS,
+                    "handle_timeout({now:?}) leaves a deadline at {t:?} due round after round"
+                ),
+                _ => return,
+            }
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8], input: Option<&IncumbentInput>) {
+        let now = self.check.now;
+        if bytes.is_empty() {
+            let before = self.m.step();
+            let timeout = self.m.poll_timeout();
+            assert_eq!(self.m.handle_input(now, &[]), 0);
+            self.settle(Call::Input, input, before, timeout);
+            return;
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let before = self.m.step();
+            let timeout = self.m.poll_timeout();
+            let used = self.m.handle_input(now, rest);
+            assert!(
+                (1..=rest.len()).contains(&used),
+                "handle_input consumed {used} of {} bytes",
+                rest.len()
+            );
+            if self.check.listening() {
+                let (expected, received) = self.check.shadow.feed(rest);
+                assert_eq!(
+                    used, expected,
+                    "the session framed differently from its decoder"
+                );
+                self.check.received = received;
+            } else {
+                assert_eq!(
+                    used,
+                    rest.len(),
+                    "a closed session must swallow input whole"
+                );
+            }
+            self.settle(Call::Input, input, before, timeout);
+            rest = &rest[used..];
+        }
+    }
+
+    fn call(
+        &mut self,
+        call: Call,
+        input: Option<&IncumbentInput>,
+        f: impl FnOnce(&mut IncumbentSession<B>),
+    ) {
+        let before = self.m.step();
+        let timeout = self.m.poll_timeout();
+        f(&mut self.m);
+        self.settle(call, input, before, timeout);
+    }
+
+    /// Drains the outputs of the step just taken and checks them and the
+    /// session's state after it.
+    fn settle(
+        &mut self,
+        call: Call,
+        input: Option<&IncumbentInput>,
+        before: IncumbentStep,
+        timeout_before: Option<Instant>,
+    ) {
+        let after = self.m.step();
+        let received = core::mem::replace(&mut self.check.received, Received::Nothing);
+        let answered = self.check.answer(call);
+        let c = Ctx {
+            call,
+            input,
+            before,
+            now: self.check.now,
+            received,
+            answered,
+            id: self.m.handoff_id(),
+        };
+        self.check.step_start();
+        let mut outputs = 0;
+        while let Some(out) = self.m.poll_output() {
+            outputs += 1;
+            self.check.output(&c, out);
+        }
+        self.check.step_end(&c);
+
+        assert!(
+            legal_transition(before, after),
+            "{before:?} -> {after:?} on {call:?}"
+        );
+        let spurious = matches!(
+            call,
+            Call::Drained
+                | Call::DrainFailed
+                | Call::Sealed
+                | Call::SealFailed
+                | Call::LockAcquired
+                | Call::LockBusy
+                | Call::Resumed
+                | Call::ResumeFailed
+        ) && !answered;
+        if spurious || (call == Call::SealProgress && !self.check.seal_out) {
+            assert_eq!(
+                outputs, 0,
+                "{call:?} answered nothing the session asked, yet it acted"
+            );
+            assert_eq!(before, after);
+        }
+        if call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now) {
+            assert_eq!(outputs, 0, "an early handle_timeout acted");
+            assert_eq!(before, after, "an early handle_timeout moved the session");
+            assert_eq!(self.m.poll_timeout(), timeout_before);
+        }
+        assert_eq!(self.m.is_finished(), self.check.finished);
+        assert_eq!(after == IncumbentStep::Done, self.check.finished);
+        if self.check.finished {
+            assert_eq!(
+                self.m.poll_timeout(),
+                None,
+                "a finished session wants a timer"
+            );
+        }
+        if B::GROWS {
+            // The receive buffer holds what the shadow holds; the frame
+            // queue at most one step's frames.
+            let bound = held(SHADOW) + self.check.outbox_peak;
+            assert!(
+                held(MACHINE) <= bound,
+                "the session holds {} bytes, more than the {bound} its frames account for",
+                held(MACHINE)
+            );
+        }
+    }
+}
+
+fn legal_transition(before: IncumbentStep, after: IncumbentStep) -> bool {
+    use IncumbentStep::*;
+    before == after
+        || matches!(
+            (before, after),
+            (AwaitingHelloAck, Idle | Done)
+                | (Idle, Draining | Done)
+                | (Draining, Drained | Recovering)
+                | (Drained, Sealing | Recovering)
+                | (Sealing, Sealed | Recovering)
+                | (Sealed, Done | Recovering)
+                | (Recovering, Done)
+        )
+}
+
+/// What the checker knows of the session: what it asked for and was not yet
+/// answered, what it sent, and whether it still reads from the supervisor.
+struct Check<B: FuzzBuffer> {
+    cfg: IncumbentConfig,
+    now: Instant,
+    shadow: Shadow<B::Shadow>,
+    received: Received,
+    drain_out: bool,
+    seal_out: bool,
+    acquire_out: bool,
+    resume_out: bool,
+    drain_asked: bool,
+    seal_asked: bool,
+    resume_asked: bool,
+    drained_sent: bool,
+    seal_complete_sent: bool,
+    seal_failed_sent: bool,
+    lock_held: bool,
+    lock_released: u32,
+    /// When the session first asked to re-take a released lock.
+    lock_retry_from: Option<Instant>,
+    closed: bool,
+    finished: bool,
+    /// The earliest a heartbeat may go out is one interval after this.
+    beat_from: Option<Instant>,
+    /// `ReleaseLock` came out; `SealComplete` must be next.
+    expect_seal_complete: bool,
+    step_bytes: usize,
+    outbox_peak: usize,
+}
+
+impl<B: FuzzBuffer> Check<B> {
+    fn new(cfg: IncumbentConfig, now: Instant) -> Self {
+        Check {
+            cfg,
+            now,
+            shadow: Shadow::new(),
+            received: Received::Nothing,
+            drain_out: false,
+            seal_out: false,
+            acquire_out: false,
+            resume_out: false,
+            drain_asked: false,
+            seal_asked: false,
+            resume_asked: false,
+            drained_sent: false,
+            seal_complete_sent: false,
+            seal_failed_sent: false,
+            lock_held: true,
+            lock_released: 0,
+            lock_retry_from: None,
+            closed: false,
+            finished: false,
+            beat_from: None,
+            expect_seal_complete: false,
+            step_bytes: 0,
+            outbox_peak: 0,
+        }
+    }
+
+    /// Whether the session still decodes what the supervisor sends.
+    fn listening(&self) -> bool {
+        !self.closed && !self.finished
+    }
+
+    /// Marks the request `call` answers as answered; whether there was one.
+    fn answer(&mut self, call: Call) -> bool {
+        let take = |flag: &mut bool| core::mem::replace(flag, false);
+        match call {
+            Call::Drained | Call::DrainFailed => take(&mut self.drain_out),
+            Call::Sealed | Call::SealFailed => take(&mut self.seal_out),
+            Call::LockAcquired => {
+                let answered = take(&mut self.acquire_out);
+                if answered {
+                    self.lock_held = true;
+                }
+                answered
+            }
+            Call::LockBusy => take(&mut self.acquire_out),
+            Call::Resumed | Call::ResumeFailed => take(&mut self.resume_out),
+            _ => false,
+        }
+    }
+
+    fn step_start(&mut self) {
+        self.step_bytes = 0;
+    }
+
+    fn step_end(&mut self, c: &Ctx<'_>) {
+        assert!(
+            !self.expect_seal_complete,
+            "ReleaseLock without SealComplete after it"
+        );
+        self.outbox_peak = self.outbox_peak.max(self.step_bytes);
+        if c.call == Call::New {
+            assert!(self.step_bytes > 0, "a new session must send Hello");
+        }
+    }
+
+    fn output(&mut self, c: &Ctx<'_>, out: IncumbentOutput<'_>) {
+        assert!(!self.finished, "{out:?} after Finished");
+        if self.expect_seal_complete {
+            assert!(
+                matches!(&out, IncumbentOutput::Transmit(f) if sent(f).kind() == MessageKind::SealComplete),
+                "{out:?} between ReleaseLock and SealComplete"
+            );
+        }
+        match out {
+            IncumbentOutput::Transmit(frame) => self.transmit(c, frame),
+            IncumbentOutput::Drain { deadline } => {
+                assert_eq!(c.before, IncumbentStep::Idle, "Drain outside Idle");
+                let Some(Message::PrepareHandoff {
+                    deadline_ms,
+                    drain_grace_ms,
+                    ..
+                }) = c.received.valid(MessageKind::PrepareHandoff, c.id)
+                else {
+                    panic!("Drain without PrepareHandoff: {:?}", c.received)
+                };
+                assert!(!self.drain_asked, "a second Drain in one session");
+                let grace = Duration::from_millis(drain_grace_ms.min(deadline_ms));
+                assert!(
+                    deadline >= c.now && deadline <= c.now + grace,
+                    "drain deadline {deadline:?} outside the grace {grace:?} from {:?}",
+                    c.now
+                );
+                self.drain_asked = true;
+                self.drain_out = true;
+                self.beat_from = Some(c.now);
+            }
+            IncumbentOutput::Seal => {
+                assert_eq!(c.before, IncumbentStep::Drained, "Seal outside Drained");
+                assert!(
+                    c.received.valid(MessageKind::SealRequest, c.id).is_some(),
+                    "Seal without SealRequest"
+                );
+                assert!(self.drained_sent && !self.seal_asked);
+                self.seal_asked = true;
+                self.seal_out = true;
+                self.beat_from = Some(c.now);
+            }
+            IncumbentOutput::ReleaseLock => {
+                assert!(
+                    c.call == Call::Sealed && c.answered,
+                    "ReleaseLock other than right after a successful seal ({:?})",
+                    c.call
+                );
+                assert_eq!(c.before, IncumbentStep::Sealing);
+                assert!(
+                    self.lock_held,
+                    "ReleaseLock twice without AcquireLock between"
+                );
+                self.lock_held = false;
+                self.lock_released += 1;
+                assert_eq!(
+                    self.lock_released, 1,
+                    "the lock released twice in one session"
+                );
+                self.expect_seal_complete = true;
+            }
+            IncumbentOutput::AcquireLock => {
+                assert!(!self.lock_held, "AcquireLock while holding the lock");
+                assert!(!self.acquire_out, "AcquireLock while one is unanswered");
+                assert!(
+                    matches!(c.before, IncumbentStep::Sealed | IncumbentStep::Recovering),
+                    "AcquireLock in {:?}",
+                    c.before
+                );
+                assert!(self.closed, "recovering with the connection still open");
+                self.acquire_out = true;
+                self.lock_retry_from.get_or_insert(c.now);
+            }
+            IncumbentOutput::Resume => {
+                assert!(self.lock_held, "Resume without the lock");
+                assert!(self.drain_asked, "Resume of a daemon never drained");
+                assert!(!self.resume_asked, "a second Resume");
+                assert!(
+                    !self.drain_out && !self.seal_out,
+                    "Resume while a hook runs"
+                );
+                assert!(self.closed, "recovering with the connection still open");
+                self.resume_asked = true;
+                self.resume_out = true;
+            }
+            IncumbentOutput::Close => {
+                assert!(!self.closed, "Close twice");
+                self.closed = true;
+            }
+            IncumbentOutput::Finished(end) => self.finish(c, end),
+        }
+    }
+
+    fn transmit(&mut self, c: &Ctx<'_>, frame: &[u8]) {
+        assert!(self.listening(), "a frame after Close");
+        self.step_bytes += frame.len();
+        let msg = sent(frame);
+        match msg {
+            Message::Hello {
+                role,
+                pid,
+                build_id,
+                proto_min,
+                proto_max,
+                capabilities,
+            } => {
+                assert_eq!(c.call, Call::New, "Hello after the start");
+                assert_eq!(role, Side::Incumbent);
+                assert_eq!(pid, INCUMBENT_PID);
+                assert_eq!(build_id, INCUMBENT_BUILD_ID);
+                assert_eq!((proto_min, proto_max), (PROTO_MIN, PROTO_MAX));
+                assert_eq!(capabilities, Capabilities::NONE);
+            }
+            Message::Drained {
+                open_conns_remaining,
+                accept_closed,
+            } => {
+                assert!(c.call == Call::Drained && c.answered, "Drained unasked");
+                assert_eq!(
+                    c.input,
+                    Some(&IncumbentInput::Drained {
+                        open_conns_remaining,
+                        accept_closed
+                    }),
+                    "Drained reports other than the hook's figures"
+                );
+                assert!(!self.drained_sent, "Drained twice");
+                self.drained_sent = true;
+            }
+            Message::SealProgress {
+                shards_sealed,
+                shards_total,
+                last_revision,
+            } => {
+                assert!(self.seal_out, "SealProgress while not sealing");
+                assert_eq!(
+                    c.input,
+                    Some(&IncumbentInput::SealProgress {
+                        shards_sealed,
+                        shards_total,
+                        last_revision
+                    })
+                );
+                self.beat_from = Some(c.now);
+            }
+            Message::SealComplete {
+                handoff_id,
+                last_revision_per_shard,
+                data_dir_fingerprint,
+            } => {
+                assert!(
+                    self.expect_seal_complete,
+                    "SealComplete without ReleaseLock first"
+                );
+                self.expect_seal_complete = false;
+                assert!(!self.seal_complete_sent);
+                self.seal_complete_sent = true;
+                assert_eq!(Some(handoff_id), c.id, "SealComplete for another handoff");
+                let Some(IncumbentInput::Sealed {
+                    revisions,
+                    fingerprint,
+                }) = c.input
+                else {
+                    panic!("SealComplete outside a seal report")
+                };
+                assert!(
+                    last_revision_per_shard.iter().eq(revisions.iter().copied()),
+                    "SealComplete revisions differ from the hook's"
+                );
+                assert_eq!(data_dir_fingerprint, [*fingerprint; 32]);
+            }
+            Message::SealFailed {
+                handoff_id,
+                error,
+                partial_state,
+            } => {
+                assert_eq!(Some(handoff_id), c.id, "SealFailed for another handoff");
+                assert!(
+                    matches!(c.call, Call::Sealed | Call::SealFailed) && c.answered,
+                    "SealFailed outside a seal's end"
+                );
+                assert!(!self.seal_failed_sent, "SealFailed twice");
+                self.seal_failed_sent = true;
+                if let Some(IncumbentInput::SealFailed {
+                    error: e,
+                    partial_state: p,
+                }) = c.input
+                {
+                    let (e, p): (String, String) = (e.text(), p.text());
+                    // Reports too large for a frame are cut, never changed.
+                    assert!(e.starts_with(error), "SealFailed error is not the hook's");
+                    assert!(p.starts_with(partial_state));
+                } else {
+                    assert!(!error.is_empty(), "a seal failure without a reason");
+                }
+            }
+            Message::Heartbeat { ts_ms } => {
+                assert_eq!(c.call, Call::Timeout, "a heartbeat outside a timeout");
+                assert!(
+                    self.drain_out || self.seal_out,
+                    "a heartbeat while no hook runs"
+                );
+                let from = self.beat_from.expect("a hook started the heartbeat");
+                assert!(
+                    c.now >= from + self.cfg.heartbeat_interval,
+                    "heartbeat at {:?}, less than an interval after {from:?}",
+                    c.now
+                );
+                assert_eq!(ts_ms, c.now.as_millis());
+                self.beat_from = Some(c.now);
+            }
+            other => panic!("the incumbent sent {:?}", other.kind()),
+        }
+    }
+
+    fn finish(&mut self, c: &Ctx<'_>, end: SessionEnd) {
+        assert!(
+            !self.drain_out && !self.seal_out,
+            "Finished while a hook runs"
+        );
+        assert!(
+            !self.acquire_out && !self.resume_out,
+            "Finished with a request unanswered"
+        );
+        match end {
+            SessionEnd::Committed => {
+                assert_eq!(c.before, IncumbentStep::Sealed);
+                assert!(
+                    c.received.valid(MessageKind::Commit, c.id).is_some(),
+                    "Committed without Commit"
+                );
+                assert!(!self.lock_held && self.seal_complete_sent);
+            }
+            SessionEnd::Serving(_) => {
+                assert!(self.lock_held, "serving without the lock");
+                if self.drain_asked {
+                    assert!(
+                        c.call == Call::Resumed && c.answered,
+                        "serving again without a resume"
+                    );
+                } else {
+                    assert!(matches!(
+                        c.before,
+                        IncumbentStep::AwaitingHelloAck | IncumbentStep::Idle
+                    ));
+                }
+            }
+            SessionEnd::Superseded(_) => {
+                assert!(!self.lock_held);
+                assert!(c.call == Call::LockBusy && c.answered, "superseded unasked");
+                let from = self.lock_retry_from.expect("the lock was asked for");
+                assert!(
+                    c.now >= from + self.cfg.lock_retry_window,
+                    "gave up the lock before the retry window"
+                );
+            }
+            SessionEnd::ResumeFailed(_) => {
+                assert!(self.lock_held);
+                assert!(c.call == Call::ResumeFailed && c.answered);
+            }
+        }
+        self.finished = true;
+    }
+}

@@ -1,0 +1,820 @@
+//! The supervisor target: a script of inputs from both peers and the
+//! adapter against one handoff, with every output checked. The rules are
+//! SPEC sections 3 and 4 and invariants 1, 2 and 6 as far as the supervisor
+//! decides them: only supervisor messages, each to the peer it is for and
+//! only while connected; the successor is spawned only after the
+//! incumbent's `Hello` and the incumbent drained only after the successor's;
+//! `Begin` only on `SealComplete`, `Commit` only on `Ready`;
+//! `ResumeAfterAbort` only once the successor can no longer hold the lock;
+//! `SIGKILL` only a grace after `SIGTERM`; the journal in phase order and
+//! cleared before the end; and an outcome that matches what happened, with
+//! no connection or spawn left behind.
+
+use alloc::vec::Vec;
+
+use super::shadow::{Received, Shadow, millis, sent};
+use super::{
+    Chunk, FuzzBuffer, FuzzClock, FuzzPeer, MACHINE, SHADOW, SUPERVISOR_RANDOM,
+    SUPERVISOR_STARTED_UNIX_MS, SupervisorInput, TIMEOUT_ROUNDS, advance, held, time_moves,
+};
+use crate::journal::{JournalPhase, JournalRecord};
+use crate::message::{Message, MessageKind};
+use crate::supervisor::{
+    IncumbentFate, Outcome, Peer, Signal, SuccessorFate, SupervisorConfig, SupervisorHandoff,
+    SupervisorOutput, SupervisorStep,
+};
+use crate::time::Instant;
+use crate::wire::{HandoffId, PROTO_MAX, Side};
+
+/// Runs `script` against a fresh handoff with buffers `B`.
+pub(super) fn run<B: FuzzBuffer>(script: &[SupervisorInput]) {
+    let cfg = SupervisorConfig::default();
+    let now = Instant::ZERO;
+    let m = SupervisorHandoff::<B>::new(now, cfg, SUPERVISOR_RANDOM, SUPERVISOR_STARTED_UNIX_MS);
+    let id = m.handoff_id();
+    let mut d = Driver {
+        m,
+        check: Check::<B>::new(cfg, now, id),
+    };
+    d.settle(Call::New, SupervisorStep::ConnectingIncumbent, None);
+    for input in script {
+        d.apply(input);
+    }
+    drop(d);
+    if B::GROWS {
+        assert_eq!(held(MACHINE), 0, "a dropped handoff still books bytes");
+    }
+}
+
+fn peer(p: FuzzPeer) -> Peer {
+    match p {
+        FuzzPeer::Incumbent => Peer::Incumbent,
+        FuzzPeer::Successor => Peer::Successor,
+    }
+}
+
+fn slot(p: Peer) -> usize {
+    match p {
+        Peer::Incumbent => 0,
+        Peer::Successor => 1,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    New,
+    Input(Peer),
+    Closed(Peer),
+    Connected,
+    ConnectFailed,
+    Spawned(u32),
+    SpawnFailed,
+    SuccessorExited,
+    JournalFailed,
+    Timeout,
+}
+
+/// One step as the rules see it, with what it delivered already judged
+/// against the step it arrived in.
+struct Ctx {
+    call: Call,
+    after: SupervisorStep,
+    now: Instant,
+    incumbent_pid: Option<u32>,
+    /// The incumbent's acceptable `Hello` arrived.
+    incumbent_hello: bool,
+    /// The successor's acceptable `Hello` arrived.
+    successor_hello: bool,
+    drained: bool,
+    seal_complete: bool,
+    seal_failed: bool,
+    ready: bool,
+}
+
+struct Driver<B: FuzzBuffer> {
+    m: SupervisorHandoff<B>,
+    check: Check<B>,
+}
+
+impl<B: FuzzBuffer> Driver<B> {
+    fn apply(&mut self, input: &SupervisorInput) {
+        let now = self.check.now;
+        match input {
+            SupervisorInput::Bytes(p, Chunk(bytes)) => self.feed(peer(*p), bytes),
+            SupervisorInput::Frame(p, msg) => {
+                let pid = self.m.successor_pid().unwrap_or(0);
+                self.feed(peer(*p), &msg.to_frame(PROTO_MAX, self.check.id, pid));
+            }
+            SupervisorInput::FrameWithVersion(p, v, msg) => {
+                let pid = self.m.successor_pid().unwrap_or(0);
+                self.feed(peer(*p), &msg.to_frame(*v, self.check.id, pid));
+            }
+            SupervisorInput::Closed(p) => {
+                let p = peer(*p);
+                self.call(Call::Closed(p), |m| m.handle_closed(now, p))
+            }
+            SupervisorInput::Connected => self.call(Call::Connected, |m| m.handle_connected(now)),
+            SupervisorInput::ConnectFailed => {
+                self.call(Call::ConnectFailed, |m| m.handle_connect_failed(now))
+            }
+            SupervisorInput::Spawned(pid) => {
+                self.call(Call::Spawned(*pid), |m| m.handle_spawned(now, *pid))
+            }
+            SupervisorInput::SpawnFailed => {
+                self.call(Call::SpawnFailed, |m| m.handle_spawn_failed(now))
+            }
+            SupervisorInput::SuccessorExited => {
+                self.call(Call::SuccessorExited, |m| m.handle_successor_exited(now))
+            }
+            SupervisorInput::JournalFailed => {
+                self.call(Call::JournalFailed, |m| m.handle_journal_failed(now))
+            }
+            SupervisorInput::Clock(c) => self.clock(*c),
+        }
+    }
+
+    fn clock(&mut self, c: FuzzClock) {
+        self.check.now = advance(self.check.now, c);
+        match c {
+            FuzzClock::Timeout => self.timeout(),
+            FuzzClock::TimeoutAtDeadline => {
+                if let Some(t) = self.m.poll_timeout() {
+                    self.check.now = self.check.now.max(t);
+                }
+                self.timeout();
+            }
+            _ => {}
+        }
+    }
+
+    fn timeout(&mut self) {
+        let now = self.check.now;
+        for round in 0.. {
+            self.call(Call::Timeout, |m| m.handle_timeout(now));
+            match self.m.poll_timeout() {
+                Some(t) if t <= now && time_moves(now) => assert!(
+                    round < TIMEOUT_ROUNDS,
+                    "handle_timeout({now:?}) leaves a deadline at {t:?} due round after round"
+                ),
+                _ => return,
+            }
+        }
+    }
+
+    fn feed(&mut self, from: Peer, bytes: &[u8]) {
+        let now = self.check.now;
+        if bytes.is_empty() {
+            let (before, timeout) = (self.m.step(), self.m.poll_timeout());
+            assert_eq!(self.m.handle_input(now, from, &[]), 0);
+            self.settle(Call::Input(from), before, timeout);
+            return;
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let before = self.m.step();
+            let timeout = self.m.poll_timeout();
+            let used = self.m.handle_input(now, from, rest);
+            assert!(
+                (1..=rest.len()).contains(&used),
+                "handle_input consumed {used} of {} bytes",
+                rest.len()
+            );
+            if self.check.listening(from) {
+                let shadow = match from {
+                    Peer::Incumbent => &mut self.check.shadow_o,
+                    Peer::Successor => &mut self.check.shadow_n,
+                };
+                let (expected, received) = shadow.feed(rest);
+                assert_eq!(
+                    used, expected,
+                    "the handoff framed differently from its decoder"
+                );
+                self.check.received = received;
+            } else {
+                assert_eq!(
+                    used,
+                    rest.len(),
+                    "input from a closed peer must be swallowed whole"
+                );
+            }
+            self.settle(Call::Input(from), before, timeout);
+            rest = &rest[used..];
+        }
+    }
+
+    fn call(&mut self, call: Call, f: impl FnOnce(&mut SupervisorHandoff<B>)) {
+        let before = self.m.step();
+        let timeout = self.m.poll_timeout();
+        f(&mut self.m);
+        self.settle(call, before, timeout);
+    }
+
+    fn settle(&mut self, call: Call, before: SupervisorStep, timeout_before: Option<Instant>) {
+        let after = self.m.step();
+        let received = core::mem::replace(&mut self.check.received, Received::Nothing);
+        let answered = self.check.answer(call);
+        let c = self
+            .check
+            .judge(call, before, after, &received, self.m.incumbent_pid());
+        self.check.step_bytes = 0;
+        self.check.helloack_successor_now = false;
+        self.check.helloack_incumbent_now = false;
+        let mut outputs = 0;
+        while let Some(out) = self.m.poll_output() {
+            outputs += 1;
+            self.check.output(&c, out);
+        }
+        assert!(
+            !self.check.expect_finished,
+            "ClearJournal not followed by Finished"
+        );
+        assert!(
+            !self.check.expect_resume,
+            "journal says resuming, but no ResumeAfterAbort followed"
+        );
+        self.check.outbox_peak = self.check.outbox_peak.max(self.check.step_bytes);
+        if call == Call::New {
+            assert_eq!(outputs, 1, "a new handoff asks to connect, and only that");
+        }
+
+        assert!(
+            legal_transition(before, after),
+            "{before:?} -> {after:?} on {call:?}"
+        );
+        let spurious = matches!(
+            call,
+            Call::Connected
+                | Call::ConnectFailed
+                | Call::Spawned(_)
+                | Call::SpawnFailed
+                | Call::SuccessorExited
+                | Call::Closed(_)
+        ) && !answered;
+        if spurious || call == Call::JournalFailed {
+            assert_eq!(
+                outputs, 0,
+                "{call:?} answered nothing the handoff asked, yet it acted"
+            );
+            assert_eq!(before, after);
+        }
+        if call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now) {
+            assert_eq!(outputs, 0, "an early handle_timeout acted");
+            assert_eq!(before, after, "an early handle_timeout moved the handoff");
+            assert_eq!(self.m.poll_timeout(), timeout_before);
+        }
+        assert_eq!(self.m.is_finished(), self.check.finished);
+        assert_eq!(after == SupervisorStep::Done, self.check.finished);
+        if self.check.finished {
+            assert_eq!(
+                self.m.poll_timeout(),
+                None,
+                "a finished handoff wants a timer"
+            );
+        }
+        if B::GROWS {
+            // Receive buffers as large as the shadows', one step's frames,
+            // and copies of what the peers sent for the outcome.
+            let bound = held(SHADOW)
+                + self.check.outbox_peak
+                + self.check.shadow_o.consumed
+                + self.check.shadow_n.consumed;
+            assert!(
+                held(MACHINE) <= bound,
+                "the handoff holds {} bytes, more than the {bound} its frames account for",
+                held(MACHINE)
+            );
+        }
+    }
+}
+
+fn rank(step: SupervisorStep) -> u8 {
+    use SupervisorStep::*;
+    match step {
+        ConnectingIncumbent => 0,
+        AwaitingIncumbentHello => 1,
+        SpawningSuccessor => 2,
+        AwaitingSuccessorHello => 3,
+        Draining => 4,
+        Sealing => 5,
+        AwaitingReady => 6,
+        Aborting => 7,
+        Done => 8,
+    }
+}
+
+/// Forward one step at a time, or into the abort, or to the end.
+fn legal_transition(before: SupervisorStep, after: SupervisorStep) -> bool {
+    use SupervisorStep::*;
+    before == after
+        || (before != Done && after == Done)
+        || (!matches!(before, Aborting | Done) && after == Aborting)
+        || (rank(after) == rank(before) + 1 && rank(after) <= rank(AwaitingReady))
+}
+
+fn phase_rank(p: JournalPhase) -> u8 {
+    match p {
+        JournalPhase::Negotiating => 0,
+        JournalPhase::Draining => 1,
+        JournalPhase::Sealing => 2,
+        JournalPhase::AwaitingReady => 3,
+        JournalPhase::Committed | JournalPhase::ResumingAfterAbort => 4,
+    }
+}
+
+struct Check<B: FuzzBuffer> {
+    cfg: SupervisorConfig,
+    now: Instant,
+    started: Instant,
+    id: HandoffId,
+    shadow_o: Shadow<B::Shadow>,
+    shadow_n: Shadow<B::Shadow>,
+    received: Received,
+    finished: bool,
+    connect_out: bool,
+    open: [bool; 2],
+    spawn_out: bool,
+    spawn_asked: bool,
+    successor_pid: Option<u32>,
+    successor_exited: bool,
+    helloack: [bool; 2],
+    helloack_incumbent_now: bool,
+    helloack_successor_now: bool,
+    prepare_sent: bool,
+    seal_request_sent: bool,
+    sealed: bool,
+    seal_failed: bool,
+    begin_sent: bool,
+    commit_sent: bool,
+    abort_sent: [bool; 2],
+    resume_sent: bool,
+    terminate_at: Option<Instant>,
+    kill_at: Option<Instant>,
+    journal: Vec<JournalPhase>,
+    cleared: bool,
+    journal_failed: bool,
+    expect_finished: bool,
+    expect_resume: bool,
+    beat_from: [Option<Instant>; 2],
+    step_bytes: usize,
+    outbox_peak: usize,
+}
+
+impl<B: FuzzBuffer> Check<B> {
+    fn new(cfg: SupervisorConfig, now: Instant, id: HandoffId) -> Self {
+        Check {
+            cfg,
+            now,
+            started: now,
+            id,
+            shadow_o: Shadow::new(),
+            shadow_n: Shadow::new(),
+            received: Received::Nothing,
+            finished: false,
+            connect_out: false,
+            open: [false; 2],
+            spawn_out: false,
+            spawn_asked: false,
+            successor_pid: None,
+            successor_exited: false,
+            helloack: [false; 2],
+            helloack_incumbent_now: false,
+            helloack_successor_now: false,
+            prepare_sent: false,
+            seal_request_sent: false,
+            sealed: false,
+            seal_failed: false,
+            begin_sent: false,
+            commit_sent: false,
+            abort_sent: [false; 2],
+            resume_sent: false,
+            terminate_at: None,
+            kill_at: None,
+            journal: Vec::new(),
+            cleared: false,
+            journal_failed: false,
+            expect_finished: false,
+            expect_resume: false,
+            beat_from: [None; 2],
+            step_bytes: 0,
+            outbox_peak: 0,
+        }
+    }
+
+    fn listening(&self, p: Peer) -> bool {
+        self.open[slot(p)] && !self.finished
+    }
+
+    /// Whether the successor may be running (and so may hold, or soon
+    /// take, the data-dir lock).
+    fn successor_may_live(&self, now: Instant) -> bool {
+        self.spawn_out
+            || (self.successor_pid.is_some()
+                && !self.successor_exited
+                && self.kill_at.is_none_or(|k| now < k + self.cfg.kill_grace))
+    }
+
+    fn answer(&mut self, call: Call) -> bool {
+        match call {
+            Call::Connected | Call::ConnectFailed => {
+                let answered = self.connect_out && !self.finished;
+                self.connect_out = false;
+                if answered && call == Call::Connected {
+                    self.open[0] = true;
+                }
+                answered
+            }
+            Call::Spawned(pid) => {
+                let answered = core::mem::replace(&mut self.spawn_out, false);
+                if answered {
+                    self.successor_pid = Some(pid);
+                    self.open[1] = true;
+                }
+                answered
+            }
+            Call::SpawnFailed => core::mem::replace(&mut self.spawn_out, false),
+            Call::SuccessorExited => {
+                let answered = self.successor_pid.is_some() && !self.successor_exited;
+                self.successor_exited |= answered;
+                answered
+            }
+            Call::Closed(p) => self.open[slot(p)] && !self.finished,
+            Call::JournalFailed => {
+                if !self.finished {
+                    self.journal_failed = true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Decides which of the messages the handoff acts on this step carried.
+    fn judge(
+        &mut self,
+        call: Call,
+        before: SupervisorStep,
+        after: SupervisorStep,
+        received: &Received,
+        incumbent_pid: Option<u32>,
+    ) -> Ctx {
+        let from = match call {
+            Call::Input(p) => Some(p),
+            _ => None,
+        };
+        let id = Some(self.id);
+        // A peer's first frame may carry any version field: nothing is
+        // negotiated yet.
+        let hello = |side: Side, pid: Option<u32>| match received.message() {
+            Some((
+                _,
+                Message::Hello {
+                    role,
+                    pid: announced,
+                    proto_min,
+                    proto_max,
+                    ..
+                },
+            )) => {
+                role == side
+                    && pid.is_none_or(|p| p == announced)
+                    && proto_min <= PROTO_MAX
+                    && proto_max >= PROTO_MAX
+            }
+            _ => false,
+        };
+        let o = from == Some(Peer::Incumbent);
+        let n = from == Some(Peer::Successor);
+        let from_o = |step: SupervisorStep, kind: MessageKind| {
+            o && before == step && received.valid(kind, id).is_some()
+        };
+        let ctx = Ctx {
+            call,
+            after,
+            now: self.now,
+            incumbent_pid,
+            incumbent_hello: o
+                && before == SupervisorStep::AwaitingIncumbentHello
+                && hello(Side::Incumbent, None),
+            successor_hello: n
+                && before == SupervisorStep::AwaitingSuccessorHello
+                && hello(Side::Successor, self.successor_pid),
+            drained: from_o(SupervisorStep::Draining, MessageKind::Drained),
+            seal_complete: from_o(SupervisorStep::Sealing, MessageKind::SealComplete),
+            seal_failed: from_o(SupervisorStep::Sealing, MessageKind::SealFailed),
+            ready: n
+                && before == SupervisorStep::AwaitingReady
+                && received.valid(MessageKind::Ready, id).is_some(),
+        };
+        self.sealed |= ctx.seal_complete;
+        self.seal_failed |= ctx.seal_failed;
+        ctx
+    }
+
+    fn output(&mut self, c: &Ctx, out: SupervisorOutput<'_>) {
+        assert!(!self.finished, "{out:?} after Finished");
+        if self.expect_finished {
+            assert!(
+                matches!(out, SupervisorOutput::Finished(_)),
+                "{out:?} between ClearJournal and Finished"
+            );
+        }
+        if self.expect_resume {
+            assert!(
+                matches!(&out, SupervisorOutput::Transmit { frame, .. } if sent(frame).kind() == MessageKind::ResumeAfterAbort),
+                "{out:?} after the resuming journal entry"
+            );
+        }
+        match out {
+            SupervisorOutput::ConnectIncumbent => {
+                assert_eq!(c.call, Call::New, "ConnectIncumbent after the start");
+                self.connect_out = true;
+            }
+            SupervisorOutput::Transmit { to, frame } => self.transmit(c, to, frame),
+            SupervisorOutput::SpawnSuccessor => {
+                assert!(
+                    self.helloack_incumbent_now,
+                    "SpawnSuccessor other than on the incumbent's Hello"
+                );
+                assert!(!self.spawn_asked, "a second SpawnSuccessor");
+                self.spawn_asked = true;
+                self.spawn_out = true;
+            }
+            SupervisorOutput::Signal(Signal::Terminate) => {
+                assert!(
+                    self.successor_pid.is_some() && !self.successor_exited,
+                    "SIGTERM to no live successor"
+                );
+                assert!(self.terminate_at.is_none(), "SIGTERM twice");
+                assert!(!c.ready, "SIGTERM to a successor that is Ready");
+                assert!(matches!(
+                    c.after,
+                    SupervisorStep::Aborting | SupervisorStep::Done
+                ));
+                self.terminate_at = Some(c.now);
+            }
+            SupervisorOutput::Signal(Signal::Kill) => {
+                let term = self.terminate_at.expect("SIGKILL without SIGTERM first");
+                assert!(
+                    c.now >= term + self.cfg.kill_grace,
+                    "SIGKILL within the grace after SIGTERM"
+                );
+                assert!(self.kill_at.is_none(), "SIGKILL twice");
+                assert!(!self.successor_exited, "SIGKILL to a reaped pid");
+                assert_eq!(c.call, Call::Timeout);
+                self.kill_at = Some(c.now);
+            }
+            SupervisorOutput::Disconnect(p) => {
+                assert!(
+                    self.open[slot(p)],
+                    "Disconnect({p:?}) of a closed connection"
+                );
+                self.open[slot(p)] = false;
+            }
+            SupervisorOutput::WriteJournal(record) => self.journal_entry(c, record),
+            SupervisorOutput::ClearJournal => {
+                assert!(
+                    !self.journal.is_empty(),
+                    "ClearJournal with nothing written"
+                );
+                assert!(!self.cleared, "ClearJournal twice");
+                self.cleared = true;
+                self.expect_finished = true;
+            }
+            SupervisorOutput::Finished(outcome) => self.finish(c, &outcome),
+        }
+    }
+
+    fn transmit(&mut self, c: &Ctx, to: Peer, frame: &[u8]) {
+        assert!(
+            self.open[slot(to)],
+            "a frame to the {to} while not connected"
+        );
+        self.step_bytes += frame.len();
+        let msg = sent(frame);
+        if let Some(got) = msg.handoff_id() {
+            assert_eq!(got, self.id, "{:?} for another handoff", msg.kind());
+        }
+        match (to, msg) {
+            (
+                Peer::Incumbent,
+                Message::HelloAck {
+                    proto_version_chosen,
+                    ..
+                },
+            ) => {
+                assert!(
+                    c.incumbent_hello,
+                    "HelloAck to the incumbent without its Hello"
+                );
+                assert_eq!(proto_version_chosen, PROTO_MAX);
+                assert!(!self.helloack[0], "HelloAck to the incumbent twice");
+                self.helloack[0] = true;
+                self.helloack_incumbent_now = true;
+                self.beat_from[0] = Some(c.now);
+            }
+            (
+                Peer::Successor,
+                Message::HelloAck {
+                    proto_version_chosen,
+                    ..
+                },
+            ) => {
+                assert!(
+                    c.successor_hello,
+                    "HelloAck to the successor without its Hello"
+                );
+                assert_eq!(proto_version_chosen, PROTO_MAX);
+                assert!(!self.helloack[1], "HelloAck to the successor twice");
+                self.helloack[1] = true;
+                self.helloack_successor_now = true;
+                self.beat_from[1] = Some(c.now);
+            }
+            (
+                Peer::Incumbent,
+                Message::PrepareHandoff {
+                    successor_pid,
+                    deadline_ms,
+                    drain_grace_ms,
+                    ..
+                },
+            ) => {
+                assert!(
+                    self.helloack_successor_now,
+                    "PrepareHandoff before the successor said Hello"
+                );
+                assert!(!self.prepare_sent, "PrepareHandoff twice");
+                self.prepare_sent = true;
+                assert_eq!(Some(successor_pid), self.successor_pid);
+                assert_eq!(drain_grace_ms, millis(self.cfg.drain_grace));
+                let left = (self.started + self.cfg.deadline).saturating_duration_since(c.now);
+                assert_eq!(
+                    deadline_ms,
+                    millis(left),
+                    "PrepareHandoff misstates the time left"
+                );
+            }
+            (Peer::Incumbent, Message::SealRequest { .. }) => {
+                assert!(c.drained, "SealRequest without Drained");
+                assert!(self.prepare_sent && !self.seal_request_sent);
+                self.seal_request_sent = true;
+            }
+            (Peer::Successor, Message::Begin { .. }) => {
+                assert!(c.seal_complete, "Begin before SealComplete");
+                assert!(self.seal_request_sent && !self.begin_sent);
+                self.begin_sent = true;
+            }
+            (Peer::Incumbent, Message::Commit { .. }) => {
+                assert!(c.ready, "Commit without Ready");
+                assert!(self.begin_sent && !self.commit_sent);
+                self.commit_sent = true;
+            }
+            (Peer::Incumbent, Message::Abort { .. }) => {
+                assert!(self.prepare_sent, "Abort to an incumbent never prepared");
+                assert!(
+                    !self.sealed && !self.seal_failed,
+                    "Abort to an incumbent that sealed or failed to"
+                );
+                assert!(!self.commit_sent && !self.abort_sent[0]);
+                self.abort_sent[0] = true;
+            }
+            (Peer::Successor, Message::Abort { .. }) => {
+                assert!(self.helloack[1], "Abort to a successor before its HelloAck");
+                assert!(!c.ready && !self.abort_sent[1]);
+                self.abort_sent[1] = true;
+            }
+            (Peer::Incumbent, Message::ResumeAfterAbort { .. }) => {
+                self.expect_resume = false;
+                assert!(
+                    self.sealed,
+                    "ResumeAfterAbort to an incumbent that did not seal"
+                );
+                assert!(
+                    !self.successor_may_live(c.now),
+                    "ResumeAfterAbort while the successor may still be alive"
+                );
+                assert!(!self.resume_sent && !self.commit_sent);
+                self.resume_sent = true;
+            }
+            (_, Message::Heartbeat { ts_ms }) => {
+                assert_eq!(c.call, Call::Timeout, "a heartbeat outside a timeout");
+                assert!(self.helloack[slot(to)], "a heartbeat before HelloAck");
+                let from = self.beat_from[slot(to)].expect("set with HelloAck");
+                assert!(
+                    c.now >= from + self.cfg.heartbeat_interval,
+                    "heartbeat to the {to} at {:?}, less than an interval after {from:?}",
+                    c.now
+                );
+                assert_eq!(ts_ms, c.now.as_millis());
+                self.beat_from[slot(to)] = Some(c.now);
+            }
+            (to, other) => panic!("the supervisor sent {:?} to the {to}", other.kind()),
+        }
+    }
+
+    fn journal_entry(&mut self, c: &Ctx, r: JournalRecord) {
+        assert!(!self.cleared, "a journal entry after ClearJournal");
+        assert_eq!(r.handoff_id, self.id);
+        assert_eq!(r.incumbent_pid, c.incumbent_pid.unwrap_or(0));
+        assert_eq!(r.successor_pid, self.successor_pid);
+        assert_eq!(r.started_at_unix_ms, SUPERVISOR_STARTED_UNIX_MS);
+        if let Some(last) = self.journal.last() {
+            assert!(
+                phase_rank(r.phase) > phase_rank(*last),
+                "journal phase {:?} after {last:?}",
+                r.phase
+            );
+        }
+        match r.phase {
+            JournalPhase::Negotiating => assert!(self.helloack_successor_now),
+            JournalPhase::Draining => assert!(c.drained),
+            // The supervisor records neither `Sealing` (superseded at once by
+            // `AwaitingReady`, in the same step) nor `Committed` (cleared at
+            // once): both would be fsyncs for nothing.
+            JournalPhase::Sealing | JournalPhase::Committed => {
+                panic!("a {:?} record, which the supervisor never writes", r.phase)
+            }
+            JournalPhase::AwaitingReady => assert!(self.begin_sent && c.seal_complete),
+            JournalPhase::ResumingAfterAbort => {
+                assert!(self.journal.contains(&JournalPhase::AwaitingReady));
+                self.expect_resume = true;
+            }
+        }
+        self.journal.push(r.phase);
+    }
+
+    fn finish(&mut self, c: &Ctx, o: &Outcome<'_>) {
+        self.expect_finished = false;
+        assert!(!self.spawn_out, "Finished with a spawn in flight");
+        assert!(
+            !self.open[0] && !self.open[1],
+            "Finished with a connection open"
+        );
+        assert_eq!(o.handoff_id, self.id);
+        assert_eq!(o.committed(), c.ready, "committed other than on Ready");
+        assert_eq!(o.journal_failed, self.journal_failed);
+        assert_eq!(
+            self.cleared,
+            !self.journal.is_empty(),
+            "a journal left behind"
+        );
+        assert_eq!(o.successor.pid, self.successor_pid);
+        assert_eq!(o.incumbent.pid, c.incumbent_pid);
+        assert_eq!(o.sealed.is_some(), self.sealed);
+        assert_eq!(
+            o.timings.total,
+            c.now.saturating_duration_since(self.started),
+            "the outcome's total time"
+        );
+        if o.committed() {
+            assert!(self.begin_sent);
+            assert_eq!(o.successor_fate, SuccessorFate::Serving);
+            assert!(
+                self.terminate_at.is_none(),
+                "a committed successor was signalled"
+            );
+            assert_eq!(self.journal.last(), Some(&JournalPhase::AwaitingReady));
+            let fate = if self.commit_sent {
+                IncumbentFate::Committed
+            } else {
+                IncumbentFate::Gone
+            };
+            assert_eq!(o.incumbent_fate, fate);
+            return self.finished = true;
+        }
+        assert!(!self.commit_sent);
+        let successor_fate = match self.successor_pid {
+            None => SuccessorFate::NotSpawned,
+            Some(_) if self.successor_exited => SuccessorFate::Exited,
+            Some(_) => {
+                assert!(
+                    !self.successor_may_live(c.now),
+                    "an aborted handoff ended with its successor maybe alive"
+                );
+                SuccessorFate::Unconfirmed
+            }
+        };
+        assert_eq!(o.successor_fate, successor_fate);
+        match o.incumbent_fate {
+            IncumbentFate::Untouched => assert!(!self.prepare_sent),
+            IncumbentFate::ToldToResume => {
+                if self.sealed {
+                    assert!(self.resume_sent, "a sealed incumbent not told to resume");
+                } else {
+                    assert!(self.abort_sent[0], "told to resume without Abort");
+                }
+            }
+            IncumbentFate::ResumedAfterSealFailure => assert!(self.seal_failed),
+            IncumbentFate::Gone => assert!(self.prepare_sent),
+            IncumbentFate::Committed => panic!("an aborted handoff says Committed"),
+        }
+        if self.prepare_sent && !self.seal_failed {
+            // SPEC section 4: every abort leaves the incumbent serving,
+            // unless it vanished on its own.
+            assert!(matches!(
+                o.incumbent_fate,
+                IncumbentFate::ToldToResume | IncumbentFate::Gone
+            ));
+        }
+        self.finished = true;
+    }
+}
