@@ -900,6 +900,16 @@ impl<B: Buffer> Core<B> {
                         handoff_id: self.id,
                     },
                 );
+                // A heartbeat at once tells the incumbent that this
+                // supervisor heartbeats, so it holds us to the liveness limit
+                // from the start instead of only to the deadline (as it must
+                // a reference supervisor, which never heartbeats).
+                self.send(
+                    Peer::Incumbent,
+                    &Message::Heartbeat {
+                        ts_ms: now.as_millis(),
+                    },
+                );
                 self.step = SupervisorStep::SpawningSuccessor;
                 self.n.spawn_pending = true;
                 self.out.act(Action::Spawn);
@@ -1075,6 +1085,15 @@ impl<B: Buffer> Core<B> {
                     &Message::HelloAck {
                         proto_version_chosen: version,
                         handoff_id: self.id,
+                    },
+                );
+                // Likewise for the successor: one that never heard a
+                // heartbeat waits for `Begin` without a limit, and a
+                // supervisor frozen before its first beat would strand it.
+                self.send(
+                    Peer::Successor,
+                    &Message::Heartbeat {
+                        ts_ms: now.as_millis(),
                     },
                 );
                 self.journal(JournalPhase::Negotiating);

@@ -397,6 +397,44 @@ fn incumbent_enforces_the_deadline_against_a_supervisor_that_heartbeats_but_neve
 }
 
 #[test]
+fn a_sealed_incumbent_resumes_at_the_deadline_when_a_silent_supervisor_never_heartbeat() {
+    // A reference supervisor never heartbeats, so silence after the seal
+    // can be it waiting on a slow successor: the incumbent waits out the
+    // deadline it was given (plus slack), no longer, then takes its lock
+    // back.
+    let mut s = drained_incumbent();
+    feed_incumbent(
+        &mut s,
+        t(4),
+        &frame(Message::SealRequest { handoff_id: ID }),
+    );
+    s.handle_sealed(
+        t(5),
+        SealReport {
+            last_revision_per_shard: Revisions::EMPTY,
+            data_dir_fingerprint: [0; 32],
+        },
+    );
+    drain_incumbent(&mut s);
+    let deadline = s.poll_timeout().expect("the deadline is armed");
+    assert!(deadline > t(60_000) && deadline <= t(2 + 60_000 + 6_000));
+    s.handle_timeout(deadline);
+    assert_eq!(
+        drain_incumbent(&mut s),
+        vec![IOut::Close, IOut::AcquireLock]
+    );
+    s.handle_lock_acquired(deadline);
+    assert_eq!(drain_incumbent(&mut s), vec![IOut::Resume]);
+    s.handle_resumed(deadline);
+    assert_eq!(
+        drain_incumbent(&mut s),
+        vec![IOut::Finished(SessionEnd::Serving(
+            EndCause::DeadlineExceeded
+        ))]
+    );
+}
+
+#[test]
 fn incumbent_heartbeats_while_a_hook_runs_and_never_queues_them_up() {
     let mut s = idle_incumbent();
     feed_incumbent(&mut s, t(2), &prepare(60_000, 25_000));
@@ -584,6 +622,7 @@ fn draining_supervisor() -> SupervisorHandoff {
         outs,
         vec![
             SOut::Frame(Peer::Successor, MessageKind::HelloAck),
+            SOut::Frame(Peer::Successor, MessageKind::Heartbeat),
             SOut::Journal,
             SOut::Frame(Peer::Incumbent, MessageKind::PrepareHandoff),
         ]
@@ -647,6 +686,8 @@ fn supervisor_accepts_heartbeats_at_any_point_even_before_hello() {
         outs,
         vec![
             SOut::Frame(Peer::Incumbent, MessageKind::HelloAck),
+            // At once: the incumbent learns this supervisor heartbeats.
+            SOut::Frame(Peer::Incumbent, MessageKind::Heartbeat),
             SOut::Spawn
         ]
     );

@@ -1316,6 +1316,8 @@ pub mod supervisor {
                     }
                     self.o.negotiated = true;
                     out.push(Out::Transmit(Peer::Incumbent, MessageKind::HelloAck));
+                    // Announces that this supervisor heartbeats.
+                    out.push(Out::Transmit(Peer::Incumbent, MessageKind::Heartbeat));
                     self.step = SpawningSuccessor;
                     self.n.spawn_pending = true;
                     out.push(Out::Spawn);
@@ -1379,6 +1381,7 @@ pub mod supervisor {
                     self.n.negotiated = true;
                     self.successor_hello_at = Some(now);
                     out.push(Out::Transmit(Peer::Successor, MessageKind::HelloAck));
+                    out.push(Out::Transmit(Peer::Successor, MessageKind::Heartbeat));
                     self.journal(out, JournalPhase::Negotiating);
                     out.push(Out::Transmit(Peer::Incumbent, MessageKind::PrepareHandoff));
                     self.o.prepared = true;

@@ -355,6 +355,9 @@ struct Check<B: FuzzBuffer> {
     expect_finished: bool,
     expect_resume: bool,
     beat_from: [Option<Instant>; 2],
+    /// The heartbeat that must follow a `HelloAck` at once, to tell the
+    /// peer this supervisor heartbeats.
+    announce_beat: [bool; 2],
     step_bytes: usize,
     outbox_peak: usize,
 }
@@ -395,6 +398,7 @@ impl<B: FuzzBuffer> Check<B> {
             expect_finished: false,
             expect_resume: false,
             beat_from: [None; 2],
+            announce_beat: [false; 2],
             step_bytes: 0,
             outbox_peak: 0,
         }
@@ -591,6 +595,12 @@ impl<B: FuzzBuffer> Check<B> {
         );
         self.step_bytes += frame.len();
         let msg = sent(frame);
+        let announce = std::mem::take(&mut self.announce_beat[slot(to)]);
+        assert!(
+            !announce || matches!(msg, Message::Heartbeat { .. }),
+            "{:?} to the {to} right after its HelloAck, not a heartbeat",
+            msg.kind()
+        );
         if let Some(got) = msg.handoff_id() {
             assert_eq!(got, self.id, "{:?} for another handoff", msg.kind());
         }
@@ -611,6 +621,7 @@ impl<B: FuzzBuffer> Check<B> {
                 self.helloack[0] = true;
                 self.helloack_incumbent_now = true;
                 self.beat_from[0] = Some(c.now);
+                self.announce_beat[0] = true;
             }
             (
                 Peer::Successor,
@@ -628,6 +639,7 @@ impl<B: FuzzBuffer> Check<B> {
                 self.helloack[1] = true;
                 self.helloack_successor_now = true;
                 self.beat_from[1] = Some(c.now);
+                self.announce_beat[1] = true;
             }
             (
                 Peer::Incumbent,
@@ -694,6 +706,9 @@ impl<B: FuzzBuffer> Check<B> {
                 );
                 assert!(!self.resume_sent && !self.commit_sent);
                 self.resume_sent = true;
+            }
+            (_, Message::Heartbeat { ts_ms }) if announce => {
+                assert_eq!(ts_ms, c.now.as_millis());
             }
             (_, Message::Heartbeat { ts_ms }) => {
                 assert_eq!(c.call, Call::Timeout, "a heartbeat outside a timeout");
