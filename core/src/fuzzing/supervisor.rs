@@ -595,7 +595,7 @@ impl<B: FuzzBuffer> Check<B> {
         );
         self.step_bytes += frame.len();
         let msg = sent(frame);
-        let announce = std::mem::take(&mut self.announce_beat[slot(to)]);
+        let announce = core::mem::take(&mut self.announce_beat[slot(to)]);
         assert!(
             !announce || matches!(msg, Message::Heartbeat { .. }),
             "{:?} to the {to} right after its HelloAck, not a heartbeat",
