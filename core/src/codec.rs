@@ -46,7 +46,11 @@ impl<'a> Writer<'a> {
         self.pos = end;
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self, mut v: u64) {
+        if v < 0x80 {
+            return self.byte(v as u8);
+        }
         loop {
             let low = (v & 0x7f) as u8;
             v >>= 7;
@@ -92,7 +96,10 @@ impl<'a> Reader<'a> {
         self
     }
 
-    pub(crate) fn err(&self, kind: DecodeErrorKind) -> DecodeError {
+    /// The full error for `kind`, found while reading the current field.
+    /// Reads report only the kind, which fits in registers; the field name
+    /// is attached once, by the top-level decoder.
+    pub(crate) fn error(&self, kind: DecodeErrorKind) -> DecodeError {
         DecodeError {
             message: None,
             field: self.field,
@@ -100,21 +107,22 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn byte(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn byte(&mut self) -> Result<u8, DecodeErrorKind> {
         let b = *self
             .buf
             .get(self.pos)
-            .ok_or_else(|| self.err(DecodeErrorKind::UnexpectedEnd))?;
+            .ok_or(DecodeErrorKind::UnexpectedEnd)?;
         self.pos += 1;
         Ok(b)
     }
 
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    #[inline]
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeErrorKind> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|&end| end <= self.buf.len())
-            .ok_or_else(|| self.err(DecodeErrorKind::UnexpectedEnd))?;
+            .ok_or(DecodeErrorKind::UnexpectedEnd)?;
         let bytes = &self.buf[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -122,67 +130,138 @@ impl<'a> Reader<'a> {
 
     /// A varint of at most `max_bytes` bytes whose final byte is at most
     /// `max_last` (postcard's overflow rule).
-    fn varint(&mut self, max_bytes: u32, max_last: u8) -> Result<u64, DecodeError> {
+    #[inline]
+    fn varint(&mut self, max_bytes: usize, max_last: u8) -> Result<u64, DecodeErrorKind> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        // Most varints here (indexes, lengths, small counts) are one byte.
+        if let Some(&b) = rest.first()
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let mut out: u64 = 0;
         for i in 0..max_bytes {
-            let b = self.byte()?;
+            let &b = rest.get(i).ok_or(DecodeErrorKind::UnexpectedEnd)?;
             out |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 if i == max_bytes - 1 && b > max_last {
-                    return Err(self.err(DecodeErrorKind::BadVarint));
+                    return Err(DecodeErrorKind::BadVarint);
                 }
+                self.pos += i + 1;
                 return Ok(out);
             }
         }
-        Err(self.err(DecodeErrorKind::BadVarint))
+        Err(DecodeErrorKind::BadVarint)
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+    #[inline]
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeErrorKind> {
         // 3 bytes carry 21 bits; the last may hold only 16 - 14 = 2 bits.
         self.varint(3, 0b11).map(|v| v as u16)
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+    #[inline]
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeErrorKind> {
         // 5 bytes carry 35 bits; the last may hold only 32 - 28 = 4 bits.
         self.varint(5, 0b1111).map(|v| v as u32)
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+    #[inline]
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeErrorKind> {
         // 10 bytes carry 70 bits; the last may hold only 64 - 63 = 1 bit.
         self.varint(10, 0b1)
     }
 
-    pub(crate) fn bool(&mut self) -> Result<bool, DecodeError> {
+    /// Skips `n` varints, each checked exactly as [`Reader::u64`] would
+    /// check it. Lists of revisions are validated this way when a frame
+    /// arrives and read again only if the caller iterates them, so this
+    /// loop, not the decoding of values, is what a receiver pays.
+    pub(crate) fn skip_u64s(&mut self, n: usize) -> Result<(), DecodeErrorKind> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let (mut at, mut left, mut run) = (0, n, 0u32);
+        // Eight bytes at a time while the list certainly goes on past them:
+        // a byte whose top bit is clear ends a varint, so counting those
+        // counts varints without a branch per byte.
+        while let Some(chunk) = rest.get(at..at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            let ends = !word & 0x8080_8080_8080_8080;
+            let count = ends.count_ones() as usize;
+            // Bytes before the first end continue the varint carried in; a
+            // byte at position 9 or later of a varint needs the exact check
+            // below, as does the chunk where the list ends.
+            let lead = if ends == 0 {
+                7
+            } else {
+                ends.trailing_zeros() / 8
+            };
+            if count >= left || run + lead > 8 {
+                break;
+            }
+            run = if ends == 0 {
+                run + 8
+            } else {
+                ends.leading_zeros() / 8
+            };
+            left -= count;
+            at += 8;
+        }
+        while left > 0 {
+            let &b = rest.get(at).ok_or(DecodeErrorKind::UnexpectedEnd)?;
+            at += 1;
+            if b < 0x80 {
+                // The tenth byte of a u64 may carry only its top bit.
+                if run == 9 && b > 1 {
+                    return Err(DecodeErrorKind::BadVarint);
+                }
+                run = 0;
+                left -= 1;
+            } else {
+                run += 1;
+                if run == 10 {
+                    return Err(DecodeErrorKind::BadVarint);
+                }
+            }
+        }
+        self.pos += at;
+        Ok(())
+    }
+
+    pub(crate) fn bool(&mut self) -> Result<bool, DecodeErrorKind> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(self.err(DecodeErrorKind::BadBool(other))),
+            other => Err(DecodeErrorKind::BadBool(other)),
         }
     }
 
     /// A sequence length; it must not promise more elements than there are
     /// bytes left (every element takes at least one byte), which also keeps
     /// a hostile length from driving any loop beyond the frame.
-    pub(crate) fn seq_len(&mut self) -> Result<usize, DecodeError> {
+    #[inline]
+    pub(crate) fn seq_len(&mut self) -> Result<usize, DecodeErrorKind> {
         let len = self.u64()?;
         let left = (self.buf.len() - self.pos) as u64;
         if len > left {
-            return Err(self.err(DecodeErrorKind::UnexpectedEnd));
+            return Err(DecodeErrorKind::UnexpectedEnd);
         }
         Ok(len as usize)
     }
 
-    pub(crate) fn len_prefixed(&mut self) -> Result<&'a [u8], DecodeError> {
+    #[inline]
+    pub(crate) fn len_prefixed(&mut self) -> Result<&'a [u8], DecodeErrorKind> {
         let len = self.seq_len()?;
         self.take(len)
     }
 
-    pub(crate) fn str(&mut self) -> Result<&'a str, DecodeError> {
+    #[inline]
+    pub(crate) fn str(&mut self) -> Result<&'a str, DecodeErrorKind> {
         let bytes = self.len_prefixed()?;
-        core::str::from_utf8(bytes).map_err(|_| self.err(DecodeErrorKind::InvalidUtf8))
+        core::str::from_utf8(bytes).map_err(|_| DecodeErrorKind::InvalidUtf8)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    #[inline]
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeErrorKind> {
         let bytes = self.take(N)?;
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
@@ -199,11 +278,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Succeeds only if every byte was consumed.
-    pub(crate) fn finish(&mut self) -> Result<(), DecodeError> {
+    pub(crate) fn finish(&mut self) -> Result<(), DecodeErrorKind> {
         let extra = self.buf.len() - self.pos;
         if extra != 0 {
             self.field = "end of message";
-            return Err(self.err(DecodeErrorKind::TrailingBytes(extra)));
+            return Err(DecodeErrorKind::TrailingBytes(extra));
         }
         Ok(())
     }
@@ -264,9 +343,42 @@ mod tests {
     #[test]
     fn sequence_lengths_larger_than_the_rest_are_rejected_before_looping() {
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2]);
-        assert_eq!(
-            r.seq_len().unwrap_err().kind,
-            DecodeErrorKind::UnexpectedEnd
-        );
+        assert_eq!(r.seq_len().unwrap_err(), DecodeErrorKind::UnexpectedEnd);
+    }
+
+    #[test]
+    fn skipping_varints_agrees_with_reading_them_one_by_one() {
+        // Byte strings rich in continuation bytes, long runs and tenth
+        // bytes of every value, so both the word-at-a-time path and the
+        // exact tail see valid, overlong and truncated lists.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50_000 {
+            let len = (next() % 48) as usize;
+            let mut bytes = [0u8; 48];
+            for b in &mut bytes[..len] {
+                let r = next();
+                *b = match r % 8 {
+                    0..=4 => 0x80 | (r >> 8) as u8,
+                    5 => (r >> 8) as u8 & 0x01,
+                    _ => (r >> 8) as u8 & 0x7f,
+                };
+            }
+            let bytes = &bytes[..len];
+            let n = (next() % 12) as usize;
+            let mut one = Reader::new(bytes);
+            let expected = (0..n).try_for_each(|_| one.u64().map(|_| ()));
+            let mut all = Reader::new(bytes);
+            let got = all.skip_u64s(n);
+            assert_eq!(got, expected, "{bytes:02x?}, n = {n}");
+            if got.is_ok() {
+                assert_eq!(all.position(), one.position(), "{bytes:02x?}, n = {n}");
+            }
+        }
     }
 }

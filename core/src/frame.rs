@@ -34,20 +34,38 @@ pub fn encode_frame(
     msg: &Message<'_>,
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
-    let inner = VERSION_FIELD + msg.encoded_len();
+    const HEAD: usize = LEN_PREFIX + VERSION_FIELD;
+    // One pass: the payload is written after the header's room, then the
+    // header, now that the length is known. A writer past the end of `out`
+    // only counts, so an overflow still yields the size needed.
+    let payload_len = match out.get_mut(HEAD..) {
+        Some(rest) => {
+            let mut w = Writer::new(rest);
+            msg.write(&mut w);
+            w.position()
+        }
+        None => msg.encoded_len(),
+    };
+    let inner = VERSION_FIELD + payload_len;
     if inner > MAX_FRAME_LEN as usize {
         return Err(EncodeError::FrameTooLarge { len: inner });
     }
     let total = LEN_PREFIX + inner;
-    let out = out
-        .get_mut(..total)
-        .ok_or(EncodeError::BufferTooSmall { needed: total })?;
-    let mut w = Writer::new(out);
-    w.raw(&(inner as u32).to_le_bytes());
-    w.raw(&version.to_le_bytes());
-    msg.write(&mut w);
-    debug_assert_eq!(w.position(), total);
+    if total > out.len() {
+        return Err(EncodeError::BufferTooSmall { needed: total });
+    }
+    out[..LEN_PREFIX].copy_from_slice(&(inner as u32).to_le_bytes());
+    out[LEN_PREFIX..HEAD].copy_from_slice(&version.to_le_bytes());
     Ok(total)
+}
+
+/// Where a complete frame's body (version field and payload) lies.
+#[derive(Clone, Copy)]
+enum Body {
+    /// In the caller's input, after the length prefix; this many bytes.
+    InInput(usize),
+    /// At the start of the decoder's buffer; this many bytes.
+    Buffered(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,15 +135,48 @@ impl<B: Buffer> FrameDecoder<B> {
 
     /// Consumes bytes from `input` up to the end of the next frame. Returns
     /// how many bytes were consumed and either the frame (valid until the
-    /// next call), `None` if all of `input` was consumed without completing
-    /// one, or the error that ended the stream. Call again with the rest of
-    /// the input.
-    pub fn decode<'s>(
-        &'s mut self,
-        input: &[u8],
-    ) -> (usize, Result<Option<Frame<'s>>, FrameError>) {
+    /// next call; it borrows `input` or this decoder's buffer), `None` if
+    /// all of `input` was consumed without completing one, or the error that
+    /// ended the stream. Call again with the rest of the input.
+    pub fn decode<'a>(
+        &'a mut self,
+        input: &'a [u8],
+    ) -> (usize, Result<Option<Frame<'a>>, FrameError>) {
+        // Finding the frame and decoding it are kept apart so the message
+        // is decoded in one place, straight into the caller's result.
+        let (used, found) = self.find(input);
+        let body = match found {
+            Ok(Some(Body::InInput(len))) => &input[LEN_PREFIX..LEN_PREFIX + len],
+            Ok(Some(Body::Buffered(len))) => &self.buf.bytes()[..len],
+            Ok(None) => return (used, Ok(None)),
+            Err(e) => return (used, Err(e)),
+        };
+        (used, frame_of(body))
+    }
+
+    /// Consumes input up to the end of the next frame and says where its
+    /// body is.
+    fn find(&mut self, input: &[u8]) -> (usize, Result<Option<Body>, FrameError>) {
         if self.state == State::Delivered {
             self.state = State::Header(0);
+        }
+        // The common case, a whole frame in the input and nothing buffered,
+        // is decoded where it lies: no copy into the buffer. Anything else
+        // (a partial frame, a bad length) takes the general path below,
+        // which reports errors the same way.
+        if self.state == State::Header(0)
+            && let Some(prefix) = input.first_chunk::<LEN_PREFIX>()
+        {
+            let len = u32::from_le_bytes(*prefix);
+            if (MIN_FRAME_LEN..=self.limit).contains(&len)
+                && input.len() - LEN_PREFIX >= len as usize
+            {
+                self.state = State::Delivered;
+                return (
+                    LEN_PREFIX + len as usize,
+                    Ok(Some(Body::InInput(len as usize))),
+                );
+            }
         }
         let mut used = 0;
         loop {
@@ -166,12 +217,7 @@ impl<B: Buffer> FrameDecoder<B> {
                     // The length was valid, so the stream stays in sync even if
                     // this payload is malformed: the next call starts a new frame.
                     self.state = State::Delivered;
-                    let body = &self.buf.bytes()[..len];
-                    let version = u16::from_le_bytes([body[0], body[1]]);
-                    return match Message::decode(&body[VERSION_FIELD..]) {
-                        Ok(message) => (used, Ok(Some(Frame { version, message }))),
-                        Err(e) => (used, Err(FrameError::Malformed(e))),
-                    };
+                    return (used, Ok(Some(Body::Buffered(len))));
                 }
             }
         }
@@ -193,6 +239,16 @@ impl<B: Buffer> FrameDecoder<B> {
             return Err(FrameError::TooLarge { len, limit });
         }
         Ok(())
+    }
+}
+
+/// Decodes a frame body (version field and payload).
+#[inline]
+fn frame_of(body: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
+    let version = u16::from_le_bytes([body[0], body[1]]);
+    match Message::decode(&body[VERSION_FIELD..]) {
+        Ok(message) => Ok(Some(Frame { version, message })),
+        Err(e) => Err(FrameError::Malformed(e)),
     }
 }
 
@@ -250,7 +306,8 @@ mod tests {
     #[test]
     fn the_limit_is_the_smaller_of_the_protocol_and_the_buffer() {
         let mut dec: FrameDecoder<[u8; 16]> = FrameDecoder::new();
-        let (_, res) = dec.decode(&17u32.to_le_bytes());
+        let prefix = 17u32.to_le_bytes();
+        let (_, res) = dec.decode(&prefix);
         assert_eq!(res, Err(FrameError::TooLarge { len: 17, limit: 16 }));
         assert_eq!(dec.limit(), 16);
         let dec: FrameDecoder<[u8; 16]> = FrameDecoder::with_limit(8);
@@ -262,7 +319,8 @@ mod tests {
     #[test]
     fn a_length_below_the_version_field_is_refused() {
         let mut dec: FrameDecoder<[u8; 16]> = FrameDecoder::new();
-        let (_, res) = dec.decode(&1u32.to_le_bytes());
+        let prefix = 1u32.to_le_bytes();
+        let (_, res) = dec.decode(&prefix);
         assert_eq!(res, Err(FrameError::TooShort { len: 1 }));
     }
 }

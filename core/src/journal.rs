@@ -104,20 +104,24 @@ impl JournalRecord {
     /// Decodes a whole journal file; trailing bytes are an error.
     pub fn decode(bytes: &[u8]) -> Result<JournalRecord, DecodeError> {
         let mut r = Reader::new(bytes);
+        Self::read(&mut r).map_err(|e| r.error(e))
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<JournalRecord, DecodeErrorKind> {
         let len = r.field("handoff_id").u64()?;
         if len != 16 {
-            return Err(r.err(DecodeErrorKind::BadHandoffIdLength(len)));
+            return Err(DecodeErrorKind::BadHandoffIdLength(len));
         }
         let handoff_id = HandoffId::from_bytes(r.array::<16>()?);
         let index = r.field("phase").u32()?;
         let phase = *JournalPhase::ALL
             .get(index as usize)
-            .ok_or_else(|| r.err(DecodeErrorKind::UnknownPhase(index)))?;
+            .ok_or(DecodeErrorKind::UnknownPhase(index))?;
         let incumbent_pid = r.field("incumbent_pid").u32()?;
         let successor_pid = match r.field("successor_pid").byte()? {
             0 => None,
             1 => Some(r.u32()?),
-            tag => return Err(r.err(DecodeErrorKind::BadOption(tag))),
+            tag => return Err(DecodeErrorKind::BadOption(tag)),
         };
         let started_at_unix_ms = r.field("started_at_unix_ms").u64()?;
         r.finish()?;

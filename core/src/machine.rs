@@ -3,7 +3,7 @@
 //! peers exchange, and the default timings.
 
 use crate::buffer::Buffer;
-use crate::error::FrameError;
+use crate::error::{EncodeError, FrameError};
 use crate::frame::{encode_frame, encoded_frame_len};
 use crate::message::{Message, MessageKind, Revisions, Strings};
 use crate::time::Instant;
@@ -305,12 +305,22 @@ impl<P: Copy + PartialEq, A: Copy, B: Buffer> Outbox<P, A, B> {
     /// Encodes and queues one frame; `false` if the frame buffer cannot hold
     /// it (only possible with a fixed buffer and a caller-sized message).
     pub(crate) fn send(&mut self, to: P, version: ProtoVersion, msg: &Message<'_>) -> bool {
-        if !self.fits(msg) {
-            return false;
-        }
         let start = self.frames_end;
-        let Ok(n) = encode_frame(version, msg, &mut self.frames.bytes_mut()[start..]) else {
-            return false;
+        // Encode straight into the spare room; only a frame that does not
+        // fit there costs a second pass, after the buffer has grown.
+        let spare = self.frames.bytes_mut().get_mut(start..).unwrap_or_default();
+        let n = match encode_frame(version, msg, spare) {
+            Ok(n) => n,
+            Err(EncodeError::BufferTooSmall { needed }) => {
+                if !self.frames.grow(start + needed) {
+                    return false;
+                }
+                match encode_frame(version, msg, &mut self.frames.bytes_mut()[start..]) {
+                    Ok(n) => n,
+                    Err(_) => return false,
+                }
+            }
+            Err(_) => return false,
         };
         self.frames_end += n;
         self.frames_queued += 1;

@@ -271,12 +271,10 @@ impl<'a> Revisions<'a> {
         }
     }
 
-    fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeErrorKind> {
         let len = r.seq_len()?;
         let start = r.position();
-        for _ in 0..len {
-            r.u64()?;
-        }
+        r.skip_u64s(len)?;
         Ok(Revisions::from_wire(r.since(start), len))
     }
 }
@@ -386,7 +384,7 @@ impl<'a> Strings<'a> {
         }
     }
 
-    fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeErrorKind> {
         let len = r.seq_len()?;
         let start = r.position();
         for _ in 0..len {
@@ -434,12 +432,13 @@ fn put_id(w: &mut Writer<'_>, id: &HandoffId) {
     w.len_prefixed(id.as_bytes());
 }
 
-fn take_id(r: &mut Reader<'_>) -> Result<HandoffId, DecodeError> {
+#[inline]
+fn take_id(r: &mut Reader<'_>) -> Result<HandoffId, DecodeErrorKind> {
     r.field("handoff_id");
     // serde's Uuid is a byte string in postcard: a length, which must be 16.
     let len = r.u64()?;
     if len != 16 {
-        return Err(r.err(DecodeErrorKind::BadHandoffIdLength(len)));
+        return Err(DecodeErrorKind::BadHandoffIdLength(len));
     }
     Ok(HandoffId::from_bytes(r.array::<16>()?))
 }
@@ -598,27 +597,38 @@ impl<'a> Message<'a> {
     }
 
     /// Decodes one payload, which must hold exactly one message.
+    #[inline]
     pub fn decode(payload: &'a [u8]) -> Result<Message<'a>, DecodeError> {
         let mut r = Reader::new(payload);
-        r.field("variant");
-        let index = r.u32()?;
-        let kind = MessageKind::from_index(index)
-            .ok_or_else(|| r.err(DecodeErrorKind::UnknownMessage(index)))?;
-        let tag = |mut e: DecodeError| {
-            e.message = Some(kind);
-            e
-        };
-        let msg = Self::read_body(kind, &mut r).map_err(tag)?;
-        r.finish().map_err(tag)?;
+        let mut kind = None;
+        Self::read(&mut r, &mut kind).map_err(|e| DecodeError {
+            message: kind,
+            ..r.error(e)
+        })
+    }
+
+    /// Reads the variant index (recording it in `kind`), the body and the
+    /// end of the payload.
+    #[inline]
+    fn read(
+        r: &mut Reader<'a>,
+        kind: &mut Option<MessageKind>,
+    ) -> Result<Message<'a>, DecodeErrorKind> {
+        let index = r.field("variant").u32()?;
+        let k = MessageKind::from_index(index).ok_or(DecodeErrorKind::UnknownMessage(index))?;
+        *kind = Some(k);
+        let msg = Self::read_body(k, r)?;
+        r.finish()?;
         Ok(msg)
     }
 
-    fn read_body(kind: MessageKind, r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
+    #[inline]
+    fn read_body(kind: MessageKind, r: &mut Reader<'a>) -> Result<Message<'a>, DecodeErrorKind> {
         Ok(match kind {
             MessageKind::Hello => {
                 let role_index = r.field("role").u32()?;
-                let role = Side::from_index(role_index)
-                    .ok_or_else(|| r.err(DecodeErrorKind::UnknownSide(role_index)))?;
+                let role =
+                    Side::from_index(role_index).ok_or(DecodeErrorKind::UnknownSide(role_index))?;
                 Message::Hello {
                     role,
                     pid: r.field("pid").u32()?,

@@ -349,7 +349,8 @@ fn given_a_fixed_buffer_decoder_then_limit_reports_the_largest_length_it_accepts
     // less" than 1 MiB.
     let mut dec = FrameDecoder::<[u8; 64]>::new();
     let limit = dec.limit();
-    let (_, res) = dec.decode(&65u32.to_le_bytes());
+    let prefix = 65u32.to_le_bytes();
+    let (_, res) = dec.decode(&prefix);
     assert_eq!(
         res.map(|f| f.is_some()),
         Err(FrameError::TooLarge { len: 65, limit: 64 })
@@ -737,7 +738,8 @@ fn given_a_length_error_then_the_decoder_is_poisoned_and_consumes_all_further_in
     let valid = frame_of(&Message::Heartbeat { ts_ms: 1 });
     for bad_prefix in [0u32, 1, MAX_FRAME_LEN + 1, u32::MAX] {
         let mut dec = FrameDecoder::<[u8; 4096]>::new();
-        let (used, res) = dec.decode(&bad_prefix.to_le_bytes());
+        let prefix = bad_prefix.to_le_bytes();
+        let (used, res) = dec.decode(&prefix);
         assert_eq!(used, LEN_PREFIX);
         assert!(res.is_err());
         assert!(dec.is_failed());
