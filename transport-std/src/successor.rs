@@ -11,12 +11,12 @@
 //! by the supervisor's deadline rather than cut at its liveness limit.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use handoff_core::{
@@ -146,7 +146,7 @@ impl Successor {
             inbox: Inbox::new(),
             data_dir: None,
             lock: None,
-            stop: None,
+            wake: None,
         };
         match driver.run_until(Milestone::Acked)? {
             Milestone::Acked => Ok(HandshookSuccessor {
@@ -184,17 +184,16 @@ impl HandshookSuccessor {
     /// the process may open the state and serve.
     pub fn wait_for_begin(mut self, data_dir: &Path) -> Result<BegunSuccessor, SuccessorError> {
         self.driver.data_dir = Some(data_dir.to_path_buf());
-        match self.driver.run_until(Milestone::Started)? {
-            Milestone::Started => {}
-            _ => unreachable_milestone(),
-        }
-        let lock = self.driver.lock.take().ok_or_else(|| {
-            SuccessorError::Io(io::Error::other(
-                "the lock was reported held but is missing",
-            ))
-        })?;
         let handoff_id = self.handoff_id();
-        let pump = Pump::start(self.driver)?;
+        // The thread that drives the machine during start-up is started
+        // now, while the incumbent drains and seals, so starting it costs
+        // nothing between `Begin` and `Ready`.
+        let (pump, started) = Pump::start(self.driver)?;
+        let lock = match started.recv() {
+            Ok(Ok(lock)) => lock,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(pump_died()),
+        };
         Ok(BegunSuccessor {
             listeners: self.listeners,
             lock,
@@ -284,25 +283,14 @@ fn announce(
     readiness: Readiness,
     socket_path: &Path,
 ) -> Result<std::os::unix::net::UnixListener, SuccessorError> {
-    {
-        let mut driver = pump.stop()?;
-        let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
-        driver.machine.handle_ready(
-            clock::now(),
-            ReadyReport {
-                listening_on: Strings::from_slice(&listening),
-                healthz_ok: readiness.healthz_ok,
-                advertised_revision_per_shard: Revisions::from_slice(
-                    &readiness.advertised_revision_per_shard,
-                ),
-            },
-        );
-        match driver.run_until(Milestone::Authoritative)? {
-            Milestone::Authoritative => {}
-            _ => unreachable_milestone(),
-        }
-    }
+    pump.finish(readiness)?;
     control::bind_control_socket(socket_path).map_err(SuccessorError::Io)
+}
+
+fn pump_died() -> SuccessorError {
+    SuccessorError::Io(io::Error::other(
+        "the thread driving the handoff during start-up panicked",
+    ))
 }
 
 #[cold]
@@ -315,6 +303,8 @@ enum Milestone {
     Acked,
     Started,
     Authoritative,
+    /// The owner of the wake socket asked for attention; see [`Pump`].
+    Woken,
 }
 
 /// The successor machine and its socket, driven on whichever thread owns
@@ -325,9 +315,9 @@ struct Driver {
     inbox: Inbox,
     data_dir: Option<PathBuf>,
     lock: Option<DataDirLock>,
-    /// While pumped in the background: the stop flag, and the socket that
-    /// wakes the wait when it is set.
-    stop: Option<(Arc<AtomicBool>, UnixStream)>,
+    /// While pumped in the background: the socket the daemon's thread
+    /// writes to when it has something for the pump (readiness, or stop).
+    wake: Option<UnixStream>,
 }
 
 impl fmt::Debug for Driver {
@@ -346,8 +336,8 @@ impl Driver {
         }
     }
 
-    /// Turns the machine until `goal` (or its end). With `stop` set, also
-    /// returns `Ok(None)`-like early: see [`Pump`].
+    /// Turns the machine until `goal` (or its end). With a wake socket, also
+    /// returns [`Milestone::Woken`] when it is written to: see [`Pump`].
     fn run_until(&mut self, goal: Milestone) -> Result<Milestone, SuccessorError> {
         loop {
             while let Some(out) = self.machine.poll_output() {
@@ -398,11 +388,6 @@ impl Driver {
             if goal == Milestone::Acked && self.machine.version().is_some() {
                 return Ok(Milestone::Acked);
             }
-            if let Some((stop, _)) = &self.stop
-                && stop.load(Ordering::Acquire)
-            {
-                return Ok(goal);
-            }
             if !self.inbox.is_empty() {
                 let used = self
                     .machine
@@ -410,23 +395,31 @@ impl Driver {
                 self.inbox.consume(used);
                 continue;
             }
-            self.wait()?;
+            if self.wait()? {
+                return Ok(Milestone::Woken);
+            }
         }
     }
 
-    fn wait(&mut self) -> Result<(), SuccessorError> {
+    /// Waits for input, the machine's next deadline or the wake socket;
+    /// `true` if woken (the byte is consumed).
+    fn wait(&mut self) -> Result<bool, SuccessorError> {
         let deadline = self.machine.poll_timeout();
         let ready = conn::wait(
             &[
                 self.control.as_ref().map(|s| s.as_fd()),
-                self.stop.as_ref().map(|(_, wake)| wake.as_fd()),
+                self.wake.as_ref().map(|wake| wake.as_fd()),
             ],
             deadline,
         )
         .map_err(SuccessorError::Io)?;
-        if ready[1] {
-            // Stopped: the caller's loop sees the flag.
-            return Ok(());
+        if ready[1]
+            && let Some(wake) = self.wake.as_mut()
+        {
+            // Readable: a byte, or the other end closed. Either way the
+            // pump looks at its commands next.
+            let _ = wake.read(&mut [0u8; 8]);
+            return Ok(true);
         }
         let now = clock::now();
         if ready[0]
@@ -442,18 +435,33 @@ impl Driver {
         } else {
             self.machine.handle_timeout(now);
         }
-        Ok(())
+        Ok(false)
     }
 }
 
-/// Drives the successor machine on a background thread while the daemon
-/// starts up, so heartbeats go out and an `Abort` is noticed.
+/// Drives the successor machine on a background thread from
+/// `wait_for_begin` until the end of the handoff, so heartbeats go out and an
+/// `Abort` is noticed however long the daemon takes to start.
+///
+/// The daemon's thread never joins it on the way to `Ready`: it learns of
+/// `Begin` (and gets the lock) over a channel, and hands the readiness over
+/// the same way. Spawning and joining a thread there would lengthen the
+/// window in which no process accepts writes.
 struct Pump {
-    stop: Arc<AtomicBool>,
-    /// Written to when stopping, so the thread's wait ends at once.
+    /// Written to after queueing a command, so the thread's wait ends.
     wake: UnixStream,
+    commands: mpsc::Sender<Command>,
+    /// The thread's result once it has ended.
+    ended: mpsc::Receiver<Result<(), SuccessorError>>,
+    /// Set when the handoff failed while the daemon was starting up.
     finished: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(Driver, Option<SuccessorError>)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the daemon's thread asks of the pump.
+enum Command {
+    /// Send `Ready` with this, then drive the machine to its end.
+    Ready(Readiness),
 }
 
 impl fmt::Debug for Pump {
@@ -462,66 +470,139 @@ impl fmt::Debug for Pump {
     }
 }
 
+/// The lock once `Begin` was received and the lock taken, or why not.
+type Started = mpsc::Receiver<Result<DataDirLock, SuccessorError>>;
+
 impl Pump {
-    fn start(mut driver: Driver) -> Result<Pump, SuccessorError> {
-        let stop = Arc::new(AtomicBool::new(false));
+    fn start(mut driver: Driver) -> Result<(Pump, Started), SuccessorError> {
         let finished = Arc::new(AtomicBool::new(false));
         let (wake, theirs) = UnixStream::pair().map_err(SuccessorError::Io)?;
-        driver.stop = Some((stop.clone(), theirs));
+        theirs.set_nonblocking(true).map_err(SuccessorError::Io)?;
+        driver.wake = Some(theirs);
+        let (started_tx, started) = mpsc::channel();
+        let (commands, inbox) = mpsc::channel();
+        let (ended_tx, ended) = mpsc::channel();
         let done = finished.clone();
         let thread = std::thread::Builder::new()
             .name("handoff-successor".into())
             .spawn(move || {
-                // The goal is never reached while starting up: only the stop
-                // flag or the machine's end returns.
-                let result = driver.run_until(Milestone::Authoritative);
-                let err = result.err();
-                if err.is_some() {
+                let Some(lock) = pump_until_started(&mut driver, &inbox) else {
+                    return;
+                };
+                let lock = lock.and_then(|()| {
+                    driver.lock.take().ok_or_else(|| {
+                        SuccessorError::Io(io::Error::other(
+                            "the lock was reported held but is missing",
+                        ))
+                    })
+                });
+                let failed = lock.is_err();
+                if started_tx.send(lock).is_err() || failed {
+                    return;
+                }
+                let result = pump_to_the_end(&mut driver, &inbox);
+                if result.is_err() {
                     done.store(true, Ordering::Release);
                 }
-                (driver, err)
+                // The daemon may be gone (it dropped its state); then
+                // nobody needs the result.
+                let _ = ended_tx.send(result);
             })
             .map_err(SuccessorError::Io)?;
-        Ok(Pump {
-            stop,
-            wake,
-            finished,
-            thread: Some(thread),
-        })
+        Ok((
+            Pump {
+                wake,
+                commands,
+                ended,
+                finished,
+                thread: Some(thread),
+            },
+            started,
+        ))
     }
 
-    fn signal_stop(&self) {
-        self.stop.store(true, Ordering::Release);
+    /// Hands the readiness to the thread, which sends `Ready`, and waits
+    /// until the supervisor commits (or the handoff fails).
+    fn finish(mut self, readiness: Readiness) -> Result<(), SuccessorError> {
+        // If the handoff already failed, the thread has ended and its error
+        // is waiting below; `Ready` is then never sent.
+        let _ = self.commands.send(Command::Ready(readiness));
         let _ = (&self.wake).write(&[1]);
+        let result = self.ended.recv().unwrap_or_else(|_| Err(pump_died()));
+        // The thread has nothing left to do; it is not waited for.
+        self.thread = None;
+        result
     }
+}
 
-    /// Stops the thread and takes the driver back, or the error that ended
-    /// the handoff meanwhile.
-    fn stop(mut self) -> Result<Driver, SuccessorError> {
-        self.signal_stop();
-        let thread = self.thread.take();
-        let Some(thread) = thread else {
-            return Err(SuccessorError::Io(io::Error::other(
-                "could not start the thread that drives the handoff during start-up",
-            )));
-        };
-        match thread.join() {
-            Ok((mut driver, None)) => {
-                driver.stop = None;
-                Ok(driver)
+/// Runs the machine until `Begin` has been received and the lock taken.
+/// `None` if the daemon gave up meanwhile (its side of the channel is gone).
+fn pump_until_started(
+    driver: &mut Driver,
+    inbox: &mpsc::Receiver<Command>,
+) -> Option<Result<(), SuccessorError>> {
+    loop {
+        match driver.run_until(Milestone::Started) {
+            Ok(Milestone::Started) => return Some(Ok(())),
+            Ok(_) => {
+                // Woken before `Begin`: only a daemon that gave up does that.
+                if let Err(mpsc::TryRecvError::Disconnected) = inbox.try_recv() {
+                    return None;
+                }
             }
-            Ok((_, Some(err))) => Err(err),
-            Err(_) => Err(SuccessorError::Io(io::Error::other(
-                "the thread driving the handoff panicked",
-            ))),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+/// Keeps the machine alive during the daemon's start-up, sends `Ready` when
+/// told to, and runs to the end of the handoff.
+fn pump_to_the_end(
+    driver: &mut Driver,
+    inbox: &mpsc::Receiver<Command>,
+) -> Result<(), SuccessorError> {
+    loop {
+        match driver.run_until(Milestone::Authoritative)? {
+            Milestone::Authoritative => return Ok(()),
+            _ => match inbox.try_recv() {
+                Ok(Command::Ready(readiness)) => {
+                    let listening: Vec<&str> =
+                        readiness.listening_on.iter().map(String::as_str).collect();
+                    driver.machine.handle_ready(
+                        clock::now(),
+                        ReadyReport {
+                            listening_on: Strings::from_slice(&listening),
+                            healthz_ok: readiness.healthz_ok,
+                            advertised_revision_per_shard: Revisions::from_slice(
+                                &readiness.advertised_revision_per_shard,
+                            ),
+                        },
+                    );
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                // The daemon dropped its state without announcing: close the
+                // control socket (dropping the driver) so the supervisor
+                // sees the successor give up.
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(SuccessorError::Io(io::Error::other(
+                        "the daemon gave up before announcing",
+                    )));
+                }
+            },
         }
     }
 }
 
 impl Drop for Pump {
     fn drop(&mut self) {
-        self.signal_stop();
+        // Only reached with the thread still set when the daemon gives up
+        // before announcing: close the command channel, wake the thread so
+        // it notices, and wait, so the control socket is closed by the time
+        // this returns.
         if let Some(t) = self.thread.take() {
+            let (tx, _) = mpsc::channel();
+            drop(std::mem::replace(&mut self.commands, tx));
+            let _ = (&self.wake).write(&[1]);
             let _ = t.join();
         }
     }

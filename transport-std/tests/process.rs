@@ -110,6 +110,26 @@ fn successor_hanging_past_the_deadline_is_killed_and_the_incumbent_serves_on() {
 }
 
 #[test]
+fn a_successor_still_starting_up_learns_of_the_abort() {
+    let rig = Rig::start("abort-seen");
+    let mut spec = rig.spec("open-until-aborted,ignore-term");
+    spec.deadline = Duration::from_secs(1);
+    let outcome = rig.supervisor.perform_handoff(spec).unwrap();
+    assert_eq!(outcome.result, Err(AbortReason::ReadyTimeout));
+    // The handoff returns once the successor is reaped. It ignores TERM
+    // and was busy opening its state, never reading the control socket
+    // itself: it exited before the KILL only if the library's thread
+    // received the `Abort` and told it.
+    assert_eq!(outcome.successor_fate, SuccessorFate::Exited);
+    assert!(
+        rig.dir.0.join("aborted-seen").exists(),
+        "the successor never saw the abort"
+    );
+    assert_eq!(rig.serving_pid(), rig.incumbent_pid());
+    assert_eq!(rig.request("INC"), "OK 1");
+}
+
+#[test]
 fn a_failed_seal_keeps_the_lock_with_the_incumbent() {
     let rig = Rig::start_with("seal", &[("TEST_DAEMON", "seal-fails")]);
     let outcome = rig.supervisor.perform_handoff(rig.spec("")).unwrap();

@@ -8,7 +8,9 @@
 //!
 //! `TEST_DAEMON` is a comma list: `startup-ms=N`, `crash-before-hello`,
 //! `exit-after-begin`, `hang-after-begin`, `ignore-term`, `seal-fails`,
-//! `drain-ms=N`, `seal-ms=N`, `resume-fails`.
+//! `drain-ms=N`, `seal-ms=N`, `resume-fails`, `open-until-aborted` (after
+//! `Begin`, poll `aborted()` for up to 20 s, then write `aborted-seen` in the
+//! data dir's parent and exit 6).
 //!
 //! `handoff-test-daemon supervise …` runs one handoff as a supervisor
 //! process instead (for the tests that kill the supervisor).
@@ -308,6 +310,19 @@ fn serve(args: &[String]) -> i32 {
             };
             if flag("exit-after-begin") {
                 return 4;
+            }
+            if flag("open-until-aborted") {
+                // A start-up that outlasts the supervisor's deadline: the
+                // library's thread must notice the `Abort` meanwhile.
+                let until = std::time::Instant::now() + Duration::from_secs(20);
+                while !begun.aborted() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if begun.aborted() {
+                    let marker = data.parent().unwrap_or(&data).join("aborted-seen");
+                    let _ = std::fs::write(marker, b"");
+                }
+                return 6;
             }
             if flag("hang-after-begin") {
                 loop {
