@@ -445,7 +445,10 @@ impl Inner {
                 }
             }
         };
-        if outcome.journal_failed {
+        // The library finishes removing the journal record in the
+        // background; the trigger's answer waits for it, so that an operator
+        // who hears the outcome finds nothing pending on disk.
+        if outcome.journal_failed || !self.supervisor.flush_journal() {
             tracing::warn!("a journal write failed during this handoff");
         }
         self.handoffs.fetch_add(1, Ordering::SeqCst);

@@ -201,11 +201,7 @@ impl MioSupervisor {
             detail: None,
             // Written off the loop: fsyncs never stall other services.
             started: std::time::Instant::now(),
-            journal: sup
-                .journal()
-                .cloned()
-                .map(JournalWriter::start)
-                .and_then(Result::ok),
+            journal: sup.start_journal(),
         });
         self.pump(registry, slot);
         Ok(())
@@ -465,7 +461,7 @@ impl MioSupervisor {
                     };
                     outcome.timings = outcome.timings.with_total(run.started.elapsed());
                     if let Some(j) = run.journal.take()
-                        && !j.finish()
+                        && sup.defer_journal(j)
                     {
                         outcome.journal_failed = true;
                     }

@@ -48,11 +48,7 @@ pub async fn perform_handoff(
         detail: None,
         started: std::time::Instant::now(),
         // Written off the executor: an fsync never blocks other tasks.
-        journal: supervisor
-            .journal()
-            .cloned()
-            .map(JournalWriter::start)
-            .and_then(Result::ok),
+        journal: supervisor.start_journal(),
     };
     loop {
         if let Some(outcome) = run.carry_out().await {
@@ -246,7 +242,7 @@ impl Run<'_> {
                     let mut outcome = HandoffOutcome::from_core(&o, self.detail.take());
                     outcome.timings = outcome.timings.with_total(self.started.elapsed());
                     if let Some(j) = self.journal.take()
-                        && !j.finish()
+                        && self.sup.defer_journal(j)
                     {
                         outcome.journal_failed = true;
                     }

@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -158,6 +159,12 @@ pub struct Supervisor {
     journal: Option<Journal>,
     config: SupervisorConfig,
     in_flight: AtomicBool,
+    /// The writer of the last handoff's journal, still removing the record
+    /// in the background; see [`Supervisor::defer_journal`].
+    journal_tail: Mutex<Option<JournalWriter>>,
+    /// A deferred journal operation failed since the last
+    /// [`Supervisor::flush_journal`].
+    journal_lost: AtomicBool,
 }
 
 impl fmt::Debug for Supervisor {
@@ -181,6 +188,8 @@ impl Supervisor {
             journal: None,
             config: SupervisorConfig::default(),
             in_flight: AtomicBool::new(false),
+            journal_tail: Mutex::new(None),
+            journal_lost: AtomicBool::new(false),
         })
     }
 
@@ -254,6 +263,47 @@ impl Supervisor {
         self.config
     }
 
+    /// Starts the journal writer for a new handoff (for an adapter that runs
+    /// the handoff itself), once the previous handoff's journal operations
+    /// are on disk, so records of two handoffs never interleave. `None`
+    /// without a journal, or if the writer's thread could not start.
+    pub fn start_journal(&self) -> Option<JournalWriter> {
+        let journal = self.journal.clone()?;
+        self.wait_for_journal_tail();
+        JournalWriter::start(journal).ok()
+    }
+
+    /// Takes a finished handoff's journal writer, whose last operation (the
+    /// record's removal) is then completed in the background: the outcome
+    /// is final before the journal is, and nobody waits for an fsync to
+    /// learn it. The next handoff, [`Supervisor::flush_journal`],
+    /// [`Supervisor::resume_from_journal`] and dropping the supervisor wait
+    /// for it. Returns whether a journal operation is already known to have
+    /// failed.
+    pub fn defer_journal(&self, writer: JournalWriter) -> bool {
+        let failed = writer.failed();
+        self.wait_for_journal_tail();
+        *lock_ignoring_poison(&self.journal_tail) = Some(writer);
+        failed
+    }
+
+    /// Waits until the journal operations of past handoffs are on disk;
+    /// `false` if any of them failed since the last call (the outcome of a
+    /// handoff reports only the failures known when it returned).
+    pub fn flush_journal(&self) -> bool {
+        self.wait_for_journal_tail();
+        !self.journal_lost.swap(false, Ordering::AcqRel)
+    }
+
+    fn wait_for_journal_tail(&self) {
+        let tail = lock_ignoring_poison(&self.journal_tail).take();
+        if let Some(writer) = tail
+            && !writer.finish()
+        {
+            self.journal_lost.store(true, Ordering::Release);
+        }
+    }
+
     /// After a restart: reads what a crashed handoff left in the journal,
     /// and clears it. The peers need nothing from us: the incumbent undoes
     /// the handoff by itself when its session ends, and a successor that
@@ -262,6 +312,7 @@ impl Supervisor {
         let Some(journal) = &self.journal else {
             return Ok(None);
         };
+        self.wait_for_journal_tail();
         let record = journal.read().map_err(SupervisorError::Journal)?;
         if record.is_some() {
             journal
@@ -270,6 +321,19 @@ impl Supervisor {
         }
         Ok(record)
     }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // A record left behind would be reported as an interrupted handoff
+        // by the next supervisor.
+        self.wait_for_journal_tail();
+    }
+}
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The data is an `Option` that is only ever taken or replaced whole.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn random_bytes() -> [u8; 16] {
@@ -398,11 +462,7 @@ impl<'a> Run<'a> {
             started: std::time::Instant::now(),
             // Without a writer thread the handoff goes on unjournaled and
             // says so in its outcome; the journal is for diagnosis only.
-            journal: sup
-                .journal
-                .clone()
-                .map(JournalWriter::start)
-                .and_then(Result::ok),
+            journal: sup.start_journal(),
             spec,
             machine: SupervisorHandoff::new(clock::now(), config, random_bytes(), unix_millis()),
             incumbent: None,
@@ -596,10 +656,8 @@ impl<'a> Run<'a> {
 
     fn finish(&mut self, mut outcome: HandoffOutcome, committed: bool) -> HandoffOutcome {
         outcome.timings = outcome.timings.with_total(self.started.elapsed());
-        // The journal is settled before the caller hears the outcome (the
-        // wait is only for the last record, written while the handoff ran).
         if let Some(j) = self.journal.take()
-            && !j.finish()
+            && self.sup.defer_journal(j)
         {
             outcome.journal_failed = true;
         }

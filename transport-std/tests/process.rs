@@ -52,6 +52,9 @@ fn happy_path_the_successor_takes_over_and_the_old_binary_exits() {
     assert_eq!(outcome.healthz_ok, Some(true));
     assert_eq!(outcome.listening_on, Some(vec![rig.addr.to_string()]));
     assert!(outcome.timings.drain.is_some() && outcome.timings.begin_to_ready.is_some());
+    // The record's removal finishes in the background; once waited for,
+    // nothing is left.
+    assert!(rig.supervisor.flush_journal(), "the journal never failed");
     assert!(
         !rig.dir.0.join("journal").exists(),
         "the journal is cleared"

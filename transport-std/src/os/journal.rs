@@ -178,12 +178,15 @@ enum JournalOp {
 pub struct JournalWriter {
     tx: Option<std::sync::mpsc::Sender<JournalOp>>,
     thread: Option<std::thread::JoinHandle<bool>>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JournalWriter {
     /// Starts the writer thread for `journal`.
     pub fn start(journal: Journal) -> io::Result<JournalWriter> {
         let (tx, rx) = std::sync::mpsc::channel::<JournalOp>();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = failed.clone();
         let thread = std::thread::Builder::new()
             .name("handoff-journal".into())
             .spawn(move || {
@@ -194,12 +197,16 @@ impl JournalWriter {
                         JournalOp::Write(record) => journal.write(&record).is_ok(),
                         JournalOp::Clear => journal.delete().is_ok(),
                     };
+                    if !ok {
+                        seen.store(true, std::sync::atomic::Ordering::Release);
+                    }
                 }
                 ok
             })?;
         Ok(JournalWriter {
             tx: Some(tx),
             thread: Some(thread),
+            failed,
         })
     }
 
@@ -215,6 +222,12 @@ impl JournalWriter {
         if let Some(tx) = &self.tx {
             let _ = tx.send(JournalOp::Clear);
         }
+    }
+
+    /// Whether a write or removal has failed so far (without waiting for
+    /// those still queued).
+    pub fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits until everything queued is on disk; `false` if any write or
