@@ -251,7 +251,90 @@ impl Waker {
     }
 }
 
+/// A hook for the session's worker thread to run.
+enum Job {
+    Drain(std::time::Instant),
+    Seal,
+    Resume,
+}
+
+/// What the worker thread needs to run hooks and report back.
+struct HookContext<'d, D> {
+    daemon: &'d D,
+    done: mpsc::Sender<HookDone>,
+    progress: mpsc::Sender<(u32, u32, u64)>,
+    waker: Waker,
+}
+
+/// Starts the thread that runs this session's hooks one after another (the
+/// machine never asks for two at once); `None` if it could not start.
+fn start_worker<'scope, D: Drainable>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    hooks: &HookContext<'scope, D>,
+) -> Option<mpsc::Sender<Job>> {
+    let (jobs, inbox) = mpsc::channel::<Job>();
+    let daemon = hooks.daemon;
+    let (tx, w, progress_tx) = (
+        hooks.done.clone(),
+        hooks.waker.clone(),
+        hooks.progress.clone(),
+    );
+    std::thread::Builder::new()
+        .name("handoff-hooks".into())
+        .spawn_scoped(scope, move || {
+            // Ends when the session drops its sender.
+            for job in inbox {
+                let done = match job {
+                    Job::Drain(deadline) => HookDone::Drained(run_hook(|| daemon.drain(deadline))),
+                    Job::Seal => {
+                        let progress = SealProgress {
+                            tx: progress_tx.clone(),
+                            wake: Box::new({
+                                let w = w.clone();
+                                move || w.wake()
+                            }),
+                        };
+                        HookDone::Sealed(run_hook(|| daemon.seal(&progress)))
+                    }
+                    Job::Resume => HookDone::Resumed(run_hook(|| daemon.resume_after_abort())),
+                };
+                let _ = tx.send(done);
+                w.wake();
+            }
+        })
+        .ok()
+        .map(|_| jobs)
+}
+
 impl Incumbent {
+    /// Hands `job` to the session's worker, starting it if need be; a
+    /// worker that cannot start fails the hook, so the machine recovers as
+    /// from any failed hook.
+    fn give<'scope, D: Drainable>(
+        &mut self,
+        worker: &mut Option<Option<mpsc::Sender<Job>>>,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        machine: &mut IncumbentSession<Vec<u8>>,
+        job: Job,
+        hooks: &HookContext<'scope, D>,
+    ) {
+        let jobs = worker.get_or_insert_with(|| start_worker(scope, hooks));
+        let job = match jobs {
+            Some(j) => match j.send(job) {
+                Ok(()) => return,
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let error = "could not start the thread that runs the daemon's hooks".to_owned();
+        let done = match job {
+            Job::Drain(_) => HookDone::Drained(Err(error)),
+            Job::Seal => HookDone::Sealed(Err(error)),
+            Job::Resume => HookDone::Resumed(Err(error)),
+        };
+        self.on_hook_done(machine, done);
+    }
+
     fn session<D: Drainable>(&mut self, stream: UnixStream, daemon: &D) -> SessionEnd {
         let (wake_rx, wake_tx) = match UnixStream::pair() {
             Ok(pair) => pair,
@@ -275,6 +358,15 @@ impl Incumbent {
             let mut stream = Some(stream);
             let mut inbox = Inbox::new();
             let mut wake_rx = wake_rx;
+            let hooks = HookContext {
+                daemon,
+                done: done_tx,
+                progress: progress_tx,
+                waker,
+            };
+            // The thread that runs the daemon's hooks; `Some(None)` once
+            // starting it failed.
+            let mut worker: Option<Option<mpsc::Sender<Job>>> = None;
             loop {
                 while let Some(out) = machine.poll_output() {
                     let now = clock::now();
@@ -291,28 +383,11 @@ impl Incumbent {
                             }
                         }
                         IncumbentOutput::Drain { deadline } => {
-                            let (tx, w) = (done_tx.clone(), waker.clone());
-                            let deadline = clock::to_std(deadline);
-                            scope.spawn(move || {
-                                let r = run_hook(|| daemon.drain(deadline));
-                                let _ = tx.send(HookDone::Drained(r));
-                                w.wake();
-                            });
+                            let job = Job::Drain(clock::to_std(deadline));
+                            self.give(&mut worker, scope, &mut machine, job, &hooks);
                         }
                         IncumbentOutput::Seal => {
-                            let (tx, w) = (done_tx.clone(), waker.clone());
-                            let progress = SealProgress {
-                                tx: progress_tx.clone(),
-                                wake: Box::new({
-                                    let w = waker.clone();
-                                    move || w.wake()
-                                }),
-                            };
-                            scope.spawn(move || {
-                                let r = run_hook(|| daemon.seal(&progress));
-                                let _ = tx.send(HookDone::Sealed(r));
-                                w.wake();
-                            });
+                            self.give(&mut worker, scope, &mut machine, Job::Seal, &hooks);
                         }
                         IncumbentOutput::ReleaseLock => {
                             self.lock = None;
@@ -334,12 +409,7 @@ impl Incumbent {
                             }
                         }
                         IncumbentOutput::Resume => {
-                            let (tx, w) = (done_tx.clone(), waker.clone());
-                            scope.spawn(move || {
-                                let r = run_hook(|| daemon.resume_after_abort());
-                                let _ = tx.send(HookDone::Resumed(r));
-                                w.wake();
-                            });
+                            self.give(&mut worker, scope, &mut machine, Job::Resume, &hooks);
                         }
                         IncumbentOutput::Close => {
                             if let Some(s) = stream.take() {
@@ -358,6 +428,12 @@ impl Incumbent {
                     let used = machine.handle_input(clock::now(), inbox.pending());
                     inbox.consume(used);
                     continue;
+                }
+                if worker.is_none() {
+                    // Started once our `Hello` is out, while the supervisor
+                    // spawns the successor, so that no thread is started
+                    // between `PrepareHandoff` and `Begin`.
+                    worker = Some(start_worker(scope, &hooks));
                 }
                 let ready = match conn::wait(
                     &[stream.as_ref().map(|s| s.as_fd()), Some(wake_rx.as_fd())],

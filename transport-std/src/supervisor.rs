@@ -237,7 +237,9 @@ impl Supervisor {
 
     /// Runs one handoff to its end. `Ok` holds the outcome whether it
     /// committed or rolled back; `Err` means it could not start (another is
-    /// in flight) or the wait itself failed.
+    /// in flight) or the wait itself failed. With a journal, the record's
+    /// final removal may still be reaching the disk when this returns; see
+    /// [`Supervisor::flush_journal`].
     pub fn perform_handoff(&self, spec: SpawnSpec) -> Result<HandoffOutcome, SupervisorError> {
         let _slot = self.claim()?;
         Run::new(self, spec).run()
