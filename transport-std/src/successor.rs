@@ -148,10 +148,17 @@ impl Successor {
             lock: None,
             wake: None,
         };
+        // `Hello` goes out first; the thread that will drive the machine
+        // during start-up is created while the supervisor answers and the
+        // incumbent drains, off the path to `Ready`.
+        driver.run_until(Milestone::Flushed)?;
+        let (pump, started) = Pump::spawn()?;
         match driver.run_until(Milestone::Acked)? {
             Milestone::Acked => Ok(HandshookSuccessor {
                 driver,
                 listeners: self.listeners,
+                pump,
+                started,
             }),
             _ => unreachable_milestone(),
         }
@@ -163,6 +170,8 @@ impl Successor {
 pub struct HandshookSuccessor {
     driver: Driver,
     listeners: InheritedListeners,
+    pump: Pump,
+    started: Started,
 }
 
 impl HandshookSuccessor {
@@ -185,11 +194,9 @@ impl HandshookSuccessor {
     pub fn wait_for_begin(mut self, data_dir: &Path) -> Result<BegunSuccessor, SuccessorError> {
         self.driver.data_dir = Some(data_dir.to_path_buf());
         let handoff_id = self.handoff_id();
-        // The thread that drives the machine during start-up is started
-        // now, while the incumbent drains and seals, so starting it costs
-        // nothing between `Begin` and `Ready`.
-        let (pump, started) = Pump::start(self.driver)?;
-        let lock = match started.recv() {
+        let mut pump = self.pump;
+        pump.hand_over(self.driver)?;
+        let lock = match self.started.recv() {
             Ok(Ok(lock)) => lock,
             Ok(Err(error)) => return Err(error),
             Err(_) => return Err(pump_died()),
@@ -300,6 +307,8 @@ fn unreachable_milestone() -> ! {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Milestone {
+    /// Every queued frame is on the wire.
+    Flushed,
     Acked,
     Started,
     Authoritative,
@@ -385,6 +394,9 @@ impl Driver {
                     }
                 }
             }
+            if goal == Milestone::Flushed {
+                return Ok(Milestone::Flushed);
+            }
             if goal == Milestone::Acked && self.machine.version().is_some() {
                 return Ok(Milestone::Acked);
             }
@@ -439,8 +451,8 @@ impl Driver {
     }
 }
 
-/// Drives the successor machine on a background thread from
-/// `wait_for_begin` until the end of the handoff, so heartbeats go out and an
+/// Drives the successor machine on a background thread (started during the
+/// handshake) from `wait_for_begin` until the end of the handoff, so heartbeats go out and an
 /// `Abort` is noticed however long the daemon takes to start.
 ///
 /// The daemon's thread never joins it on the way to `Ready`: it learns of
@@ -448,6 +460,8 @@ impl Driver {
 /// the same way. Spawning and joining a thread there would lengthen the
 /// window in which no process accepts writes.
 struct Pump {
+    /// Takes the driver to the thread, once.
+    hand: Option<mpsc::Sender<Driver>>,
     /// Written to after queueing a command, so the thread's wait ends.
     wake: UnixStream,
     commands: mpsc::Sender<Command>,
@@ -474,11 +488,13 @@ impl fmt::Debug for Pump {
 type Started = mpsc::Receiver<Result<DataDirLock, SuccessorError>>;
 
 impl Pump {
-    fn start(mut driver: Driver) -> Result<(Pump, Started), SuccessorError> {
+    /// Starts the thread, which waits for the driver (see
+    /// [`Pump::hand_over`]).
+    fn spawn() -> Result<(Pump, Started), SuccessorError> {
         let finished = Arc::new(AtomicBool::new(false));
         let (wake, theirs) = UnixStream::pair().map_err(SuccessorError::Io)?;
         theirs.set_nonblocking(true).map_err(SuccessorError::Io)?;
-        driver.wake = Some(theirs);
+        let (hand, handed) = mpsc::channel::<Driver>();
         let (started_tx, started) = mpsc::channel();
         let (commands, inbox) = mpsc::channel();
         let (ended_tx, ended) = mpsc::channel();
@@ -486,6 +502,11 @@ impl Pump {
         let thread = std::thread::Builder::new()
             .name("handoff-successor".into())
             .spawn(move || {
+                // No driver: the daemon gave up before waiting for `Begin`.
+                let Ok(mut driver) = handed.recv() else {
+                    return;
+                };
+                driver.wake = Some(theirs);
                 let Some(lock) = pump_until_started(&mut driver, &inbox) else {
                     return;
                 };
@@ -511,6 +532,7 @@ impl Pump {
             .map_err(SuccessorError::Io)?;
         Ok((
             Pump {
+                hand: Some(hand),
                 wake,
                 commands,
                 ended,
@@ -519,6 +541,14 @@ impl Pump {
             },
             started,
         ))
+    }
+
+    /// Gives the thread the machine to drive, from waiting for `Begin` on.
+    fn hand_over(&mut self, driver: Driver) -> Result<(), SuccessorError> {
+        match self.hand.take() {
+            Some(hand) if hand.send(driver).is_ok() => Ok(()),
+            _ => Err(pump_died()),
+        }
     }
 
     /// Hands the readiness to the thread, which sends `Ready`, and waits
@@ -596,10 +626,12 @@ fn pump_to_the_end(
 impl Drop for Pump {
     fn drop(&mut self) {
         // Only reached with the thread still set when the daemon gives up
-        // before announcing: close the command channel, wake the thread so
-        // it notices, and wait, so the control socket is closed by the time
-        // this returns.
+        // before announcing (or before waiting for `Begin`): close the
+        // channels, wake the thread so it notices, and wait, so the control
+        // socket is closed by the time this returns.
         if let Some(t) = self.thread.take() {
+            // A thread still waiting for the driver ends when this goes.
+            self.hand = None;
             let (tx, _) = mpsc::channel();
             drop(std::mem::replace(&mut self.commands, tx));
             let _ = (&self.wake).write(&[1]);
