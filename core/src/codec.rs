@@ -130,16 +130,22 @@ impl<'a> Reader<'a> {
 
     /// A varint of at most `max_bytes` bytes whose final byte is at most
     /// `max_last` (postcard's overflow rule).
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self, max_bytes: usize, max_last: u8) -> Result<u64, DecodeErrorKind> {
-        let rest = self.buf.get(self.pos..).unwrap_or_default();
-        // Most varints here (indexes, lengths, small counts) are one byte.
-        if let Some(&b) = rest.first()
+        // Most varints here (indexes, lengths, small counts) are one byte:
+        // read where they are used, without a call.
+        if let Some(&b) = self.buf.get(self.pos)
             && b < 0x80
         {
             self.pos += 1;
             return Ok(u64::from(b));
         }
+        self.long_varint(max_bytes, max_last)
+    }
+
+    /// [`Reader::varint`] for two bytes or more.
+    fn long_varint(&mut self, max_bytes: usize, max_last: u8) -> Result<u64, DecodeErrorKind> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
         let mut out: u64 = 0;
         for i in 0..max_bytes {
             let &b = rest.get(i).ok_or(DecodeErrorKind::UnexpectedEnd)?;

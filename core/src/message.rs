@@ -432,7 +432,9 @@ fn put_id(w: &mut Writer<'_>, id: &HandoffId) {
     w.len_prefixed(id.as_bytes());
 }
 
-#[inline]
+// Always inlined: returned through memory, the 16 id bytes are stored
+// whole and read back in pieces, which stalls store forwarding.
+#[inline(always)]
 fn take_id(r: &mut Reader<'_>) -> Result<HandoffId, DecodeErrorKind> {
     r.field("handoff_id");
     // serde's Uuid is a byte string in postcard: a length, which must be 16.
