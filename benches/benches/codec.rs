@@ -243,9 +243,13 @@ fn report(samples: &BTreeMap<(Dir, usize, Side), Vec<f64>>, wire: &[Vec<u8>]) {
     if let Some((w, which)) = &worst {
         println!("  worst single ratio: {} ({which})", Ratio(*w));
     }
-    let met = both.0 <= TARGET && worst.as_ref().is_none_or(|(w, _)| *w <= TARGET);
+    // The target reads per frame; it is reported both over all the
+    // frames and for the worst single one, which is the stricter reading.
     println!(
-        "  target: codec ≤ {TARGET} × the reference's time per frame (overall and each frame): {}",
-        verdict(met)
+        "  target: codec ≤ {TARGET} × the reference's time per frame: overall {} — {}; every frame and direction: worst {} — {}",
+        both,
+        verdict(both.0 <= TARGET),
+        worst.as_ref().map_or(Ratio(f64::NAN), |(w, _)| Ratio(*w)),
+        verdict(worst.as_ref().is_none_or(|(w, _)| *w <= TARGET)),
     );
 }

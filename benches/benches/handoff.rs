@@ -631,7 +631,7 @@ const FS_STEPS: [&str; 4] = [
     "lock acquire (successor, begin → ready)",
     "lock release (incumbent, in seal)",
     "control socket bind (successor, after Ready)",
-    "journal write (no journal in this run)",
+    "journal record write (supervisor; 2 fsyncs)",
 ];
 
 /// Everything measured, per side where it applies.
