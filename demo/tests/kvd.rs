@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, mpsc};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen, LoadReport, VerifyReport};
 use handoff_demo::store::{Store, StoreError, WAL_FILE};
 use handoff_demo::wal;
-use handoff_std::os::process::{ExitWatch, poll_readable};
+use handoff_std::os::process::{wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
 
@@ -316,24 +316,6 @@ fn read_line_bounded(stdout: std::process::ChildStdout) -> Option<String> {
         let _ = tx.send(line);
     });
     rx.recv_timeout(BOUND).ok().filter(|l| !l.is_empty())
-}
-
-/// Waits for a child to exit, within `bound`.
-fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let watch = ExitWatch::new(child.id()).ok()?;
-    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
-    if ready[0] { child.wait().ok() } else { None }
-}
-
-/// Waits for a process that may not be our child to exit.
-fn wait_gone(pid: u32, bound: Duration) -> bool {
-    match ExitWatch::new(pid) {
-        Ok(watch) => poll_readable(&[watch.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
-        Err(_) => true,
-    }
 }
 
 /// `(pid, ppid, zombie)` of every process whose command line contains

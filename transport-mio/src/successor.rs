@@ -10,8 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use handoff_core::{
-    ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
-    SuccessorOutput, SuccessorSession,
+    SuccessorConfig, SuccessorEnd, SuccessorFailure, SuccessorOutput, SuccessorSession,
 };
 use handoff_std::os::control::bind_control_socket;
 use handoff_std::os::listeners::InheritedListeners;
@@ -144,17 +143,7 @@ impl MioSuccessor {
 
     /// The daemon serves: send `Ready`.
     pub fn ready(&mut self, registry: &Registry, readiness: &Readiness) {
-        let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
-        self.machine.handle_ready(
-            clock::now(),
-            ReadyReport {
-                listening_on: Strings::from_slice(&listening),
-                healthz_ok: readiness.healthz_ok,
-                advertised_revision_per_shard: Revisions::from_slice(
-                    &readiness.advertised_revision_per_shard,
-                ),
-            },
-        );
+        readiness.report_to(&mut self.machine, clock::now());
         self.pump(registry);
     }
 

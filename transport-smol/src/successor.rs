@@ -9,10 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use futures_lite::future;
-use handoff_core::{
-    HandoffId, ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput,
-    SuccessorSession,
-};
+use handoff_core::{HandoffId, SuccessorConfig, SuccessorEnd, SuccessorOutput, SuccessorSession};
 use handoff_std::os::control::bind_control_socket;
 use handoff_std::os::listeners::InheritedListeners;
 use handoff_std::os::lock::DataDirLock;
@@ -129,17 +126,7 @@ impl Begun {
         readiness: Readiness,
         socket_path: &Path,
     ) -> Result<Incumbent, SuccessorError> {
-        let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
-        self.driver.machine.handle_ready(
-            clock::now(),
-            ReadyReport {
-                listening_on: Strings::from_slice(&listening),
-                healthz_ok: readiness.healthz_ok,
-                advertised_revision_per_shard: Revisions::from_slice(
-                    &readiness.advertised_revision_per_shard,
-                ),
-            },
-        );
+        readiness.report_to(&mut self.driver.machine, clock::now());
         self.driver.run(Goal::Authoritative).await?;
         let lock = self.driver.lock.take().ok_or_else(|| {
             SuccessorError::Io(io::Error::other(

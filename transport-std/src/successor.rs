@@ -20,8 +20,8 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use handoff_core::{
-    HandoffId, ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
-    SuccessorOutput, SuccessorSession,
+    Buffer, HandoffId, Instant, ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd,
+    SuccessorFailure, SuccessorOutput, SuccessorSession,
 };
 
 use crate::clock;
@@ -105,6 +105,24 @@ pub struct Readiness {
     pub healthz_ok: bool,
     /// The revision of each shard it opened.
     pub advertised_revision_per_shard: Vec<u64>,
+}
+
+impl Readiness {
+    /// Reports this to a successor machine, which then queues `Ready` (for
+    /// adapters that drive the machine themselves).
+    pub fn report_to<B: Buffer>(&self, machine: &mut SuccessorSession<B>, now: Instant) {
+        let listening: Vec<&str> = self.listening_on.iter().map(String::as_str).collect();
+        machine.handle_ready(
+            now,
+            ReadyReport {
+                listening_on: Strings::from_slice(&listening),
+                healthz_ok: self.healthz_ok,
+                advertised_revision_per_shard: Revisions::from_slice(
+                    &self.advertised_revision_per_shard,
+                ),
+            },
+        );
+    }
 }
 
 /// Started by a supervisor; not yet announced.
@@ -596,18 +614,7 @@ fn pump_to_the_end(
             Milestone::Authoritative => return Ok(()),
             _ => match inbox.try_recv() {
                 Ok(Command::Ready(readiness)) => {
-                    let listening: Vec<&str> =
-                        readiness.listening_on.iter().map(String::as_str).collect();
-                    driver.machine.handle_ready(
-                        clock::now(),
-                        ReadyReport {
-                            listening_on: Strings::from_slice(&listening),
-                            healthz_ok: readiness.healthz_ok,
-                            advertised_revision_per_shard: Revisions::from_slice(
-                                &readiness.advertised_revision_per_shard,
-                            ),
-                        },
-                    );
+                    readiness.report_to(&mut driver.machine, clock::now());
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
                 // The daemon dropped its state without announcing: close the

@@ -6,16 +6,17 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use handoff_std::os::process::{ExitWatch, poll_readable};
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use handoff_std::os::process::{wait_exit, wait_gone};
 use handoff_supervisor::notify::Notifier;
 use handoff_supervisor::{Config, Service};
 
@@ -218,24 +219,6 @@ pub fn ping(addr: &str) -> u32 {
         .strip_prefix("PONG ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected reply {reply:?}"))
-}
-
-/// Waits for a process that may not be our child to be gone.
-pub fn wait_gone(pid: u32, bound: Duration) -> bool {
-    match ExitWatch::new(pid) {
-        Ok(watch) => poll_readable(&[watch.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
-        Err(_) => true,
-    }
-}
-
-/// Waits for our child to exit, within `bound`.
-pub fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let watch = ExitWatch::new(child.id()).ok()?;
-    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
-    if ready[0] { child.wait().ok() } else { None }
 }
 
 /// The `SigBlk` line of a process's status.

@@ -17,7 +17,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use handoff_mio::{MioSupervisor, SupervisorEvent};
-use handoff_std::os::process::{ExitWatch, poll_readable};
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use handoff_std::os::process::{wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
 use mio::{Events, Poll};
@@ -135,24 +137,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Waits for a child to exit, within `bound`.
-pub fn wait_exit(child: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
-    if let Ok(Some(s)) = child.try_wait() {
-        return Some(s);
-    }
-    let watch = ExitWatch::new(child.id()).ok()?;
-    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
-    if ready[0] { child.wait().ok() } else { None }
-}
-
-/// Waits for any process to be gone (or a zombie).
-pub fn wait_gone(pid: u32, bound: Duration) -> bool {
-    match ExitWatch::new(pid) {
-        Ok(w) => poll_readable(&[w.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
-        Err(_) => true,
     }
 }
 

@@ -87,6 +87,30 @@ impl AsFd for ExitWatch {
     }
 }
 
+/// Waits up to `bound` for process `pid` (our child or not) to exit; `true`
+/// once it has (a zombie counts: it no longer runs), or if it cannot be
+/// watched because it is already gone.
+pub fn wait_gone(pid: u32, bound: Duration) -> bool {
+    match ExitWatch::new(pid) {
+        Ok(watch) => poll_readable(&[watch.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
+        Err(_) => true,
+    }
+}
+
+/// Waits up to `bound` for our child to exit and reaps it; `None` if it is
+/// still running at the bound (or cannot be watched).
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    bound: Duration,
+) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let watch = ExitWatch::new(child.id()).ok()?;
+    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
+    if ready[0] { child.wait().ok() } else { None }
+}
+
 /// `poll(2)`'s timeout for `left`: rounded up to whole milliseconds, since
 /// rounding down would turn a short wait into a busy loop of zero-timeout
 /// polls (and return before the caller's deadline).

@@ -7,12 +7,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use handoff_std::os::process::{ExitWatch, poll_readable};
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use handoff_std::os::process::{wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_std::{DataDirLock, SpawnSpec, Supervisor};
 
@@ -57,25 +59,6 @@ pub fn read_line_bounded(reader: BufReader<std::process::ChildStdout>) -> Option
         let _ = tx.send(line);
     });
     rx.recv_timeout(BOUND).ok().filter(|l| !l.is_empty())
-}
-
-/// Waits for a child to exit, within `bound`; `None` if it did not.
-pub fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let watch = ExitWatch::new(child.id()).ok()?;
-    let ready = poll_readable(&[watch.as_fd()], Some(bound)).ok()?;
-    if ready[0] { child.wait().ok() } else { None }
-}
-
-/// Waits for a process that is not our child to disappear.
-pub fn wait_gone(pid: u32, bound: Duration) -> bool {
-    match ExitWatch::new(pid) {
-        Ok(watch) => poll_readable(&[watch.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
-        // Already gone.
-        Err(_) => true,
-    }
 }
 
 /// The system under test.
