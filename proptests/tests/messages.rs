@@ -13,6 +13,7 @@ use handoff_core::{FrameDecoder, Message, MessageKind, Side};
 use handoff_proptests::owned::OwnedMessage;
 use proptest::collection::vec;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------- strategies
@@ -411,7 +412,13 @@ fn payload(m: &OwnedMessage) -> Vec<u8> {
 // ------------------------------------------------------------------- tests
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2_000))]
+    // Regressions are kept next to this file: the default looks for a lib.rs
+    // beside an integration test, finds none and warns on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 2_000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_message_decodes_to_itself_and_reencodes_to_the_same_bytes(m in message()) {

@@ -21,6 +21,7 @@ use handoff_proptests::model::{Frame, VERSION, incumbent, successor, supervisor}
 use handoff_proptests::owned::OwnedMessage;
 use proptest::collection::vec;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 /// The id the supervisor side assigns in these tests.
 const ID: [u8; 16] = [0x42; 16];
@@ -847,7 +848,13 @@ fn run_supervisor(
 // ===================================================================== tests
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3_000))]
+    // Regressions are kept next to this file: the default looks for a lib.rs
+    // beside an integration test, finds none and warns on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 3_000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_successor_follows_its_transition_table_on_any_input_sequence(
