@@ -970,3 +970,120 @@ pub(crate) fn advance(now: Instant, c: FuzzClock) -> Instant {
 /// How many times `handle_timeout` may be needed at one instant before no
 /// timer is due any more. More means a driver loop would spin.
 pub(crate) const TIMEOUT_ROUNDS: usize = 16;
+
+/// What the clock handling shared by the three drivers needs of each.
+pub(crate) trait Clocked {
+    /// The driver's clock.
+    fn now_mut(&mut self) -> &mut Instant;
+    /// The machine's `poll_timeout`.
+    fn deadline(&self) -> Option<Instant>;
+    /// Calls the machine's `handle_timeout(now)` and checks the step as
+    /// any other.
+    fn timeout_step(&mut self, now: Instant);
+}
+
+/// Applies a clock input: time moves on, and for the two timeout kinds the
+/// driver calls `handle_timeout` as a driver loop would.
+pub(crate) fn clock<D: Clocked>(d: &mut D, c: FuzzClock) {
+    let now = d.now_mut();
+    *now = advance(*now, c);
+    match c {
+        FuzzClock::Timeout => timeout(d),
+        FuzzClock::TimeoutAtDeadline => {
+            if let Some(t) = d.deadline() {
+                let now = d.now_mut();
+                *now = (*now).max(t);
+            }
+            timeout(d);
+        }
+        _ => {}
+    }
+}
+
+/// `handle_timeout` as a driver loop calls it: again while a deadline is
+/// still due, which must stop after a few rounds.
+fn timeout<D: Clocked>(d: &mut D) {
+    let now = *d.now_mut();
+    for round in 0.. {
+        d.timeout_step(now);
+        match d.deadline() {
+            Some(t) if t <= now && time_moves(now) => assert!(
+                round < TIMEOUT_ROUNDS,
+                "handle_timeout({now:?}) leaves a deadline at {t:?} due round after round"
+            ),
+            _ => return,
+        }
+    }
+}
+
+/// One step of a machine, as the checks every machine shares see it.
+pub(crate) struct StepEnd<'a, S> {
+    /// "session" or "handoff", for the messages.
+    pub machine: &'static str,
+    /// The call the step was, for the messages.
+    pub call: &'a dyn core::fmt::Debug,
+    /// The role's transition table allows `before -> after`.
+    pub legal: bool,
+    /// The call answered nothing the machine asked for (or is one the
+    /// machine must ignore in this state): it may neither act nor move.
+    pub inert: bool,
+    /// The call was `handle_timeout` before any deadline was due.
+    pub early_timeout: bool,
+    /// How many outputs the step produced.
+    pub outputs: usize,
+    /// The machine's step before and after.
+    pub before: S,
+    /// See `before`.
+    pub after: S,
+    /// `poll_timeout` before and after the step.
+    pub timeout_before: Option<Instant>,
+    /// See `timeout_before`.
+    pub timeout_after: Option<Instant>,
+    /// The machine's `is_finished`.
+    pub finished: bool,
+    /// Its step after is `Done`.
+    pub done: bool,
+    /// The checker saw `Finished` come out.
+    pub saw_finished: bool,
+    /// With growing buffers, the most bytes the machine may hold.
+    pub bound: Option<usize>,
+}
+
+/// The checks after a step that hold for every machine: a legal
+/// transition; an inert call or an early `handle_timeout` does nothing;
+/// `Done` exactly once `Finished` came out, and then no timer; no more
+/// bytes held than the frames account for.
+pub(crate) fn check_step_end<S: PartialEq + core::fmt::Debug>(s: StepEnd<'_, S>) {
+    let StepEnd {
+        machine,
+        call,
+        before,
+        after,
+        ..
+    } = &s;
+    assert!(s.legal, "{before:?} -> {after:?} on {call:?}");
+    if s.inert {
+        assert_eq!(
+            s.outputs, 0,
+            "{call:?} answered nothing the {machine} asked, yet it acted"
+        );
+        assert_eq!(before, after);
+    }
+    if s.early_timeout {
+        assert_eq!(s.outputs, 0, "an early handle_timeout acted");
+        assert_eq!(before, after, "an early handle_timeout moved the {machine}");
+        assert_eq!(s.timeout_after, s.timeout_before);
+    }
+    assert_eq!(s.finished, s.saw_finished);
+    assert_eq!(s.done, s.saw_finished);
+    if s.saw_finished {
+        assert_eq!(s.timeout_after, None, "a finished {machine} wants a timer");
+    }
+    if let Some(bound) = s.bound {
+        let holds = held(MACHINE);
+        assert!(
+            holds <= bound,
+            "the {machine} holds {holds} bytes, more than the {bound} its frames account for"
+        );
+    }
+}

@@ -12,8 +12,8 @@ use core::time::Duration;
 
 use super::shadow::{Received, Shadow, sent};
 use super::{
-    Chunk, FuzzBuffer, FuzzClock, INCUMBENT_BUILD_ID, INCUMBENT_PID, IncumbentInput, MACHINE,
-    PLACEHOLDER_ID, SHADOW, TIMEOUT_ROUNDS, advance, held, time_moves,
+    Chunk, Clocked, FuzzBuffer, INCUMBENT_BUILD_ID, INCUMBENT_PID, IncumbentInput, MACHINE,
+    PLACEHOLDER_ID, SHADOW, StepEnd, check_step_end, clock, held,
 };
 use crate::incumbent::{
     IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd,
@@ -149,37 +149,7 @@ impl<B: FuzzBuffer> Driver<B> {
             IncumbentInput::ResumeFailed => {
                 self.call(Call::ResumeFailed, i, |m| m.handle_resume_failed(now))
             }
-            IncumbentInput::Clock(c) => self.clock(*c),
-        }
-    }
-
-    fn clock(&mut self, c: FuzzClock) {
-        self.check.now = advance(self.check.now, c);
-        match c {
-            FuzzClock::Timeout => self.timeout(),
-            FuzzClock::TimeoutAtDeadline => {
-                if let Some(t) = self.m.poll_timeout() {
-                    self.check.now = self.check.now.max(t);
-                }
-                self.timeout();
-            }
-            _ => {}
-        }
-    }
-
-    /// `handle_timeout` as a driver loop calls it: again while a deadline is
-    /// still due, which must stop after a few rounds.
-    fn timeout(&mut self) {
-        let now = self.check.now;
-        for round in 0.. {
-            self.call(Call::Timeout, None, |m| m.handle_timeout(now));
-            match self.m.poll_timeout() {
-                Some(t) if t <= now && time_moves(now) => assert!(
-                    round < TIMEOUT_ROUNDS,
-                    "handle_timeout({now:?}) leaves a deadline at {t:?} due round after round"
-                ),
-                _ => return,
-            }
+            IncumbentInput::Clock(c) => clock(self, *c),
         }
     }
 
@@ -262,10 +232,6 @@ impl<B: FuzzBuffer> Driver<B> {
         }
         self.check.step_end(&c);
 
-        assert!(
-            legal_transition(before, after),
-            "{before:?} -> {after:?} on {call:?}"
-        );
         let spurious = matches!(
             call,
             Call::Drained
@@ -277,37 +243,39 @@ impl<B: FuzzBuffer> Driver<B> {
                 | Call::Resumed
                 | Call::ResumeFailed
         ) && !answered;
-        if spurious || (call == Call::SealProgress && !self.check.seal_out) {
-            assert_eq!(
-                outputs, 0,
-                "{call:?} answered nothing the session asked, yet it acted"
-            );
-            assert_eq!(before, after);
-        }
-        if call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now) {
-            assert_eq!(outputs, 0, "an early handle_timeout acted");
-            assert_eq!(before, after, "an early handle_timeout moved the session");
-            assert_eq!(self.m.poll_timeout(), timeout_before);
-        }
-        assert_eq!(self.m.is_finished(), self.check.finished);
-        assert_eq!(after == IncumbentStep::Done, self.check.finished);
-        if self.check.finished {
-            assert_eq!(
-                self.m.poll_timeout(),
-                None,
-                "a finished session wants a timer"
-            );
-        }
-        if B::GROWS {
-            // The receive buffer holds what the shadow holds; the frame
-            // queue at most one step's frames.
-            let bound = held(SHADOW) + self.check.outbox_peak;
-            assert!(
-                held(MACHINE) <= bound,
-                "the session holds {} bytes, more than the {bound} its frames account for",
-                held(MACHINE)
-            );
-        }
+        // With growing buffers: the receive buffer holds what the shadow
+        // holds, the frame queue at most one step's frames.
+        let timeout_after = self.m.poll_timeout();
+        check_step_end(StepEnd {
+            machine: "session",
+            call: &call,
+            legal: legal_transition(before, after),
+            inert: spurious || (call == Call::SealProgress && !self.check.seal_out),
+            early_timeout: call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now),
+            outputs,
+            before,
+            after,
+            timeout_before,
+            timeout_after,
+            finished: self.m.is_finished(),
+            done: after == IncumbentStep::Done,
+            saw_finished: self.check.finished,
+            bound: B::GROWS.then(|| held(SHADOW) + self.check.outbox_peak),
+        });
+    }
+}
+
+impl<B: FuzzBuffer> Clocked for Driver<B> {
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.check.now
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.m.poll_timeout()
+    }
+
+    fn timeout_step(&mut self, now: Instant) {
+        self.call(Call::Timeout, None, |m| m.handle_timeout(now));
     }
 }
 

@@ -10,8 +10,8 @@ use alloc::vec::Vec;
 
 use super::shadow::{Received, Shadow, sent};
 use super::{
-    Chunk, FuzzBuffer, FuzzClock, MACHINE, PLACEHOLDER_ID, SHADOW, SUCCESSOR_BUILD_ID,
-    SUCCESSOR_PID, SuccessorInput, TIMEOUT_ROUNDS, advance, held, time_moves,
+    Chunk, Clocked, FuzzBuffer, MACHINE, PLACEHOLDER_ID, SHADOW, SUCCESSOR_BUILD_ID, SUCCESSOR_PID,
+    StepEnd, SuccessorInput, check_step_end, clock, held,
 };
 use crate::machine::ReadyReport;
 use crate::message::{Message, MessageKind, Revisions, Strings};
@@ -110,35 +110,7 @@ impl<B: FuzzBuffer> Driver<B> {
             SuccessorInput::StartFailed => {
                 self.call(Call::StartFailed, i, |m| m.handle_start_failed(now))
             }
-            SuccessorInput::Clock(c) => self.clock(*c),
-        }
-    }
-
-    fn clock(&mut self, c: FuzzClock) {
-        self.check.now = advance(self.check.now, c);
-        match c {
-            FuzzClock::Timeout => self.timeout(),
-            FuzzClock::TimeoutAtDeadline => {
-                if let Some(t) = self.m.poll_timeout() {
-                    self.check.now = self.check.now.max(t);
-                }
-                self.timeout();
-            }
-            _ => {}
-        }
-    }
-
-    fn timeout(&mut self) {
-        let now = self.check.now;
-        for round in 0.. {
-            self.call(Call::Timeout, None, |m| m.handle_timeout(now));
-            match self.m.poll_timeout() {
-                Some(t) if t <= now && time_moves(now) => assert!(
-                    round < TIMEOUT_ROUNDS,
-                    "handle_timeout({now:?}) leaves a deadline at {t:?} due round after round"
-                ),
-                _ => return,
-            }
+            SuccessorInput::Clock(c) => clock(self, *c),
         }
     }
 
@@ -222,43 +194,41 @@ impl<B: FuzzBuffer> Driver<B> {
         }
         self.check.step_end(&c, outputs);
 
-        assert!(
-            legal_transition(before, after),
-            "{before:?} -> {after:?} on {call:?}"
-        );
         let spurious = matches!(
             call,
             Call::LockAcquired | Call::LockBusy | Call::Ready | Call::StartFailed
         ) && !answered;
-        if spurious {
-            assert_eq!(
-                outputs, 0,
-                "{call:?} answered nothing the session asked, yet it acted"
-            );
-            assert_eq!(before, after);
-        }
-        if call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now) {
-            assert_eq!(outputs, 0, "an early handle_timeout acted");
-            assert_eq!(before, after, "an early handle_timeout moved the session");
-            assert_eq!(self.m.poll_timeout(), timeout_before);
-        }
-        assert_eq!(self.m.is_finished(), self.check.finished);
-        assert_eq!(after == SuccessorStep::Done, self.check.finished);
-        if self.check.finished {
-            assert_eq!(
-                self.m.poll_timeout(),
-                None,
-                "a finished session wants a timer"
-            );
-        }
-        if B::GROWS {
-            let bound = held(SHADOW) + self.check.outbox_peak;
-            assert!(
-                held(MACHINE) <= bound,
-                "the session holds {} bytes, more than the {bound} its frames account for",
-                held(MACHINE)
-            );
-        }
+        let timeout_after = self.m.poll_timeout();
+        check_step_end(StepEnd {
+            machine: "session",
+            call: &call,
+            legal: legal_transition(before, after),
+            inert: spurious,
+            early_timeout: call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now),
+            outputs,
+            before,
+            after,
+            timeout_before,
+            timeout_after,
+            finished: self.m.is_finished(),
+            done: after == SuccessorStep::Done,
+            saw_finished: self.check.finished,
+            bound: B::GROWS.then(|| held(SHADOW) + self.check.outbox_peak),
+        });
+    }
+}
+
+impl<B: FuzzBuffer> Clocked for Driver<B> {
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.check.now
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.m.poll_timeout()
+    }
+
+    fn timeout_step(&mut self, now: Instant) {
+        self.call(Call::Timeout, None, |m| m.handle_timeout(now));
     }
 }
 

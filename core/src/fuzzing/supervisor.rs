@@ -14,8 +14,8 @@ use alloc::vec::Vec;
 
 use super::shadow::{Received, Shadow, millis, sent};
 use super::{
-    Chunk, FuzzBuffer, FuzzClock, FuzzPeer, MACHINE, SHADOW, SUPERVISOR_RANDOM,
-    SUPERVISOR_STARTED_UNIX_MS, SupervisorInput, TIMEOUT_ROUNDS, advance, held, time_moves,
+    Chunk, Clocked, FuzzBuffer, FuzzPeer, MACHINE, SHADOW, SUPERVISOR_RANDOM,
+    SUPERVISOR_STARTED_UNIX_MS, StepEnd, SupervisorInput, check_step_end, clock, held,
 };
 use crate::journal::{JournalPhase, JournalRecord};
 use crate::message::{Message, MessageKind};
@@ -129,35 +129,7 @@ impl<B: FuzzBuffer> Driver<B> {
             SupervisorInput::JournalFailed => {
                 self.call(Call::JournalFailed, |m| m.handle_journal_failed(now))
             }
-            SupervisorInput::Clock(c) => self.clock(*c),
-        }
-    }
-
-    fn clock(&mut self, c: FuzzClock) {
-        self.check.now = advance(self.check.now, c);
-        match c {
-            FuzzClock::Timeout => self.timeout(),
-            FuzzClock::TimeoutAtDeadline => {
-                if let Some(t) = self.m.poll_timeout() {
-                    self.check.now = self.check.now.max(t);
-                }
-                self.timeout();
-            }
-            _ => {}
-        }
-    }
-
-    fn timeout(&mut self) {
-        let now = self.check.now;
-        for round in 0.. {
-            self.call(Call::Timeout, |m| m.handle_timeout(now));
-            match self.m.poll_timeout() {
-                Some(t) if t <= now && time_moves(now) => assert!(
-                    round < TIMEOUT_ROUNDS,
-                    "handle_timeout({now:?}) leaves a deadline at {t:?} due round after round"
-                ),
-                _ => return,
-            }
+            SupervisorInput::Clock(c) => clock(self, *c),
         }
     }
 
@@ -237,10 +209,6 @@ impl<B: FuzzBuffer> Driver<B> {
             assert_eq!(outputs, 1, "a new handoff asks to connect, and only that");
         }
 
-        assert!(
-            legal_transition(before, after),
-            "{before:?} -> {after:?} on {call:?}"
-        );
         let spurious = matches!(
             call,
             Call::Connected
@@ -250,40 +218,31 @@ impl<B: FuzzBuffer> Driver<B> {
                 | Call::SuccessorExited
                 | Call::Closed(_)
         ) && !answered;
-        if spurious || call == Call::JournalFailed {
-            assert_eq!(
-                outputs, 0,
-                "{call:?} answered nothing the handoff asked, yet it acted"
-            );
-            assert_eq!(before, after);
-        }
-        if call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now) {
-            assert_eq!(outputs, 0, "an early handle_timeout acted");
-            assert_eq!(before, after, "an early handle_timeout moved the handoff");
-            assert_eq!(self.m.poll_timeout(), timeout_before);
-        }
-        assert_eq!(self.m.is_finished(), self.check.finished);
-        assert_eq!(after == SupervisorStep::Done, self.check.finished);
-        if self.check.finished {
-            assert_eq!(
-                self.m.poll_timeout(),
-                None,
-                "a finished handoff wants a timer"
-            );
-        }
-        if B::GROWS {
-            // Receive buffers as large as the shadows', one step's frames,
-            // and copies of what the peers sent for the outcome.
-            let bound = held(SHADOW)
-                + self.check.outbox_peak
-                + self.check.shadow_o.consumed
-                + self.check.shadow_n.consumed;
-            assert!(
-                held(MACHINE) <= bound,
-                "the handoff holds {} bytes, more than the {bound} its frames account for",
-                held(MACHINE)
-            );
-        }
+        // With growing buffers: receive buffers as large as the shadows',
+        // one step's frames, and copies of what the peers sent for the
+        // outcome.
+        let timeout_after = self.m.poll_timeout();
+        check_step_end(StepEnd {
+            machine: "handoff",
+            call: &call,
+            legal: legal_transition(before, after),
+            inert: spurious || call == Call::JournalFailed,
+            early_timeout: call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now),
+            outputs,
+            before,
+            after,
+            timeout_before,
+            timeout_after,
+            finished: self.m.is_finished(),
+            done: after == SupervisorStep::Done,
+            saw_finished: self.check.finished,
+            bound: B::GROWS.then(|| {
+                held(SHADOW)
+                    + self.check.outbox_peak
+                    + self.check.shadow_o.consumed
+                    + self.check.shadow_n.consumed
+            }),
+        });
     }
 }
 
@@ -303,6 +262,20 @@ fn rank(step: SupervisorStep) -> u8 {
 }
 
 /// Forward one step at a time, or into the abort, or to the end.
+impl<B: FuzzBuffer> Clocked for Driver<B> {
+    fn now_mut(&mut self) -> &mut Instant {
+        &mut self.check.now
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.m.poll_timeout()
+    }
+
+    fn timeout_step(&mut self, now: Instant) {
+        self.call(Call::Timeout, |m| m.handle_timeout(now));
+    }
+}
+
 fn legal_transition(before: SupervisorStep, after: SupervisorStep) -> bool {
     use SupervisorStep::*;
     before == after
