@@ -266,12 +266,16 @@ impl<'a> Reader<'a> {
         core::str::from_utf8(bytes).map_err(|_| DecodeErrorKind::InvalidUtf8)
     }
 
+    /// The next `N` bytes, borrowed: the caller copies them where they go,
+    /// rather than through a temporary.
     #[inline]
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeErrorKind> {
-        let bytes = self.take(N)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
-        Ok(out)
+    pub(crate) fn array_ref<const N: usize>(&mut self) -> Result<&'a [u8; N], DecodeErrorKind> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let (bytes, _) = rest
+            .split_first_chunk::<N>()
+            .ok_or(DecodeErrorKind::UnexpectedEnd)?;
+        self.pos += N;
+        Ok(bytes)
     }
 
     /// The bytes from `start` to the current position.

@@ -112,7 +112,7 @@ impl JournalRecord {
         if len != 16 {
             return Err(DecodeErrorKind::BadHandoffIdLength(len));
         }
-        let handoff_id = HandoffId::from_bytes(r.array::<16>()?);
+        let handoff_id = HandoffId::from_bytes(*r.array_ref::<16>()?);
         let index = r.field("phase").u32()?;
         let phase = *JournalPhase::ALL
             .get(index as usize)

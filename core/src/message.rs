@@ -432,17 +432,19 @@ fn put_id(w: &mut Writer<'_>, id: &HandoffId) {
     w.len_prefixed(id.as_bytes());
 }
 
-// Always inlined: returned through memory, the 16 id bytes are stored
-// whole and read back in pieces, which stalls store forwarding.
+/// The handoff id's 16 bytes, borrowed from the input. Callers copy them
+/// into the message after its other fields: an id held by value across the
+/// other reads went through a byte-wise copy on the stack, read back whole,
+/// which stalled store forwarding (a third of a `PrepareHandoff` decode).
 #[inline(always)]
-fn take_id(r: &mut Reader<'_>) -> Result<HandoffId, DecodeErrorKind> {
+fn take_id<'a>(r: &mut Reader<'a>) -> Result<&'a [u8; 16], DecodeErrorKind> {
     r.field("handoff_id");
     // serde's Uuid is a byte string in postcard: a length, which must be 16.
     let len = r.u64()?;
     if len != 16 {
         return Err(DecodeErrorKind::BadHandoffIdLength(len));
     }
-    Ok(HandoffId::from_bytes(r.array::<16>()?))
+    r.array_ref::<16>()
 }
 
 impl<'a> Message<'a> {
@@ -642,56 +644,71 @@ impl<'a> Message<'a> {
             }
             MessageKind::HelloAck => Message::HelloAck {
                 proto_version_chosen: r.field("proto_version_chosen").u16()?,
-                handoff_id: take_id(r)?,
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
             },
-            MessageKind::PrepareHandoff => Message::PrepareHandoff {
-                handoff_id: take_id(r)?,
-                successor_pid: r.field("successor_pid").u32()?,
-                deadline_ms: r.field("deadline_ms").u64()?,
-                drain_grace_ms: r.field("drain_grace_ms").u64()?,
-            },
+            MessageKind::PrepareHandoff => {
+                let id = take_id(r)?;
+                Message::PrepareHandoff {
+                    successor_pid: r.field("successor_pid").u32()?,
+                    deadline_ms: r.field("deadline_ms").u64()?,
+                    drain_grace_ms: r.field("drain_grace_ms").u64()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
             MessageKind::Drained => Message::Drained {
                 open_conns_remaining: r.field("open_conns_remaining").u32()?,
                 accept_closed: r.field("accept_closed").bool()?,
             },
             MessageKind::SealRequest => Message::SealRequest {
-                handoff_id: take_id(r)?,
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
             },
             MessageKind::SealProgress => Message::SealProgress {
                 shards_sealed: r.field("shards_sealed").u32()?,
                 shards_total: r.field("shards_total").u32()?,
                 last_revision: r.field("last_revision").u64()?,
             },
-            MessageKind::SealComplete => Message::SealComplete {
-                handoff_id: take_id(r)?,
-                last_revision_per_shard: Revisions::decode(r.field("last_revision_per_shard"))?,
-                data_dir_fingerprint: r.field("data_dir_fingerprint").array::<32>()?,
-            },
-            MessageKind::SealFailed => Message::SealFailed {
-                handoff_id: take_id(r)?,
-                error: r.field("error").str()?,
-                partial_state: r.field("partial_state").str()?,
-            },
+            MessageKind::SealComplete => {
+                let id = take_id(r)?;
+                Message::SealComplete {
+                    last_revision_per_shard: Revisions::decode(r.field("last_revision_per_shard"))?,
+                    data_dir_fingerprint: *r.field("data_dir_fingerprint").array_ref::<32>()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
+            MessageKind::SealFailed => {
+                let id = take_id(r)?;
+                Message::SealFailed {
+                    error: r.field("error").str()?,
+                    partial_state: r.field("partial_state").str()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
             MessageKind::Begin => Message::Begin {
-                handoff_id: take_id(r)?,
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
             },
-            MessageKind::Ready => Message::Ready {
-                handoff_id: take_id(r)?,
-                listening_on: Strings::decode(r.field("listening_on"))?,
-                healthz_ok: r.field("healthz_ok").bool()?,
-                advertised_revision_per_shard: Revisions::decode(
-                    r.field("advertised_revision_per_shard"),
-                )?,
-            },
+            MessageKind::Ready => {
+                let id = take_id(r)?;
+                Message::Ready {
+                    listening_on: Strings::decode(r.field("listening_on"))?,
+                    healthz_ok: r.field("healthz_ok").bool()?,
+                    advertised_revision_per_shard: Revisions::decode(
+                        r.field("advertised_revision_per_shard"),
+                    )?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
             MessageKind::Commit => Message::Commit {
-                handoff_id: take_id(r)?,
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
             },
-            MessageKind::Abort => Message::Abort {
-                handoff_id: take_id(r)?,
-                reason: r.field("reason").str()?,
-            },
+            MessageKind::Abort => {
+                let id = take_id(r)?;
+                Message::Abort {
+                    reason: r.field("reason").str()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
             MessageKind::ResumeAfterAbort => Message::ResumeAfterAbort {
-                handoff_id: take_id(r)?,
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
             },
             MessageKind::Heartbeat => Message::Heartbeat {
                 ts_ms: r.field("ts_ms").u64()?,
