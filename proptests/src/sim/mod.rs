@@ -1,8 +1,8 @@
 //! The deterministic simulation of whole handoffs.
 //!
-//! A case is a world (see [`world`]) with a serving incumbent under a
+//! A case is a world (`world.rs`) with a serving incumbent under a
 //! supervisor, and one to four handoffs in a row, each with its own randomly
-//! drawn [plan](plan): budgets, daemon behaviour, network delays, and at most
+//! drawn plan (`plan.rs`): budgets, daemon behaviour, network delays, and at most
 //! one injected fault (a crash of any role at any step, a frozen
 //! supervisor). Everything random comes from one SplitMix64 stream seeded by
 //! the case's number, so a seed replays exactly.

@@ -4,7 +4,7 @@
 //!
 //! - [`spawn`]: start the successor with the listeners at FDs 3.. and its end
 //!   of the control socketpair after them, systemd-style;
-//! - [`env`]: read (once) and remove the variables that tell a process which
+//! - [`env`](mod@env): read (once) and remove the variables that tell a process which
 //!   role it was started in;
 //! - [`listeners`]: adopt inherited listeners by name and type;
 //! - [`lock`]: the data-dir lock (`flock` plus a diagnostic pidfile);
