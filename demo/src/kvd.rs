@@ -366,8 +366,8 @@ fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
 fn run_incumbent(args: &ServeArgs, daemon: &Arc<Daemon>, incumbent: Incumbent) -> i32 {
     let served = match args.runtime {
         Runtime::Std => incumbent.serve(&**daemon),
-        Runtime::Mio => runtimes::serve_mio(args, daemon, incumbent),
-        Runtime::Smol => runtimes::serve_smol(args, daemon, incumbent),
+        Runtime::Mio => runtimes::serve_mio(daemon, incumbent),
+        Runtime::Smol => runtimes::serve_smol(daemon, incumbent),
     };
     finish(daemon, served)
 }

@@ -85,8 +85,11 @@ impl MioIncumbent {
     }
 
     /// Takes over a blocking-adapter incumbent (for example the one a
-    /// successor's `announce_and_bind` returned).
+    /// successor's `announce_and_bind` returned), with the timings, build
+    /// id and allowed uids set on it.
     pub fn from_std(incumbent: Incumbent) -> io::Result<MioIncumbent> {
+        let (config, policy) = (incumbent.config(), incumbent.peer_policy().clone());
+        let build_id = incumbent.build_id().to_vec();
         let (listener, socket_path, lock) = incumbent.into_parts();
         listener.set_nonblocking(true)?;
         let data_dir = lock
@@ -98,9 +101,9 @@ impl MioIncumbent {
             socket_path,
             data_dir,
             lock,
-            build_id: Vec::new(),
-            policy: PeerPolicy::same_user(),
-            config: IncumbentConfig::default(),
+            build_id,
+            policy,
+            config,
             tokens: None,
             session: None,
             events: VecDeque::new(),

@@ -61,22 +61,19 @@ enum Wake {
 /// Answers supervisors until a handoff commits, as
 /// [`handoff_std::Incumbent::serve`] does, on async-io. Take the
 /// `Incumbent` from `bind_cold_start` or from a successor's
-/// `announce_and_bind`.
+/// `announce_and_bind`; the timings, build id and allowed uids set on it
+/// hold here too.
 pub async fn serve<D: AsyncDrainable>(
     incumbent: Incumbent,
     daemon: &D,
 ) -> Result<ServeEnd, ServeError> {
-    serve_with(
-        incumbent,
-        daemon,
-        IncumbentConfig::default(),
-        PeerPolicy::same_user(),
-        b"",
-    )
-    .await
+    let (config, policy) = (incumbent.config(), incumbent.peer_policy().clone());
+    let build_id = incumbent.build_id().to_vec();
+    serve_with(incumbent, daemon, config, policy, &build_id).await
 }
 
-/// [`serve`] with explicit timings, peer policy and build id.
+/// [`serve`] with explicit timings, peer policy and build id, in place of
+/// those set on `incumbent`.
 pub async fn serve_with<D: AsyncDrainable>(
     incumbent: Incumbent,
     daemon: &D,

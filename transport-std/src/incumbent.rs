@@ -161,8 +161,28 @@ impl Incumbent {
         self.lock.is_some()
     }
 
+    /// The session timings: those given to [`Incumbent::with_config`], or
+    /// the defaults.
+    pub fn config(&self) -> IncumbentConfig {
+        self.config
+    }
+
+    /// The build id announced in `Hello` (empty unless set with
+    /// [`Incumbent::with_build_id`]).
+    pub fn build_id(&self) -> &[u8] {
+        &self.build_id
+    }
+
+    /// Which supervisors may connect (see [`Incumbent::with_allowed_uids`]).
+    pub fn peer_policy(&self) -> &PeerPolicy {
+        &self.policy
+    }
+
     /// The parts, for an adapter that drives the sessions itself: the control
-    /// listener, its path, and the lock.
+    /// listener, its path, and the lock. The settings are not among them:
+    /// an adapter reads [`Incumbent::config`], [`Incumbent::build_id`] and
+    /// [`Incumbent::peer_policy`] first, so that what the daemon set on this
+    /// incumbent still holds under the adapter.
     pub fn into_parts(self) -> (UnixListener, PathBuf, Option<DataDirLock>) {
         (self.listener, self.socket_path, self.lock)
     }

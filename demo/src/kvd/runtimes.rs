@@ -11,11 +11,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
-use handoff_std::os::control::PeerPolicy;
 use handoff_std::os::listeners::Mode;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, Readiness,
-    SealOutput, SealProgress, ServeEnd, ServeError, SessionEnd, StateSnapshot, SuccessorConfig,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, SealOutput, SealProgress,
+    ServeEnd, ServeError, SessionEnd, StateSnapshot, SuccessorConfig,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -43,15 +42,13 @@ fn wait(poll: &mut Poll, events: &mut Events, deadline: Option<std::time::Instan
     }
 }
 
-/// Serves the control socket from a mio loop.
+/// Serves the control socket from a mio loop, with the build id set on
+/// `incumbent`.
 pub(super) fn serve_mio(
-    args: &ServeArgs,
     daemon: &Arc<Daemon>,
     incumbent: Incumbent,
 ) -> Result<ServeEnd, ServeError> {
-    let control = MioIncumbent::from_std(incumbent)
-        .map_err(ServeError::Io)?
-        .with_build_id(args.version.as_bytes());
+    let control = MioIncumbent::from_std(incumbent).map_err(ServeError::Io)?;
     serve_mio_control(daemon, control)
 }
 
@@ -304,19 +301,13 @@ impl handoff_smol::AsyncDrainable for Threaded {
     }
 }
 
-/// Serves the control socket as an async fn on async-io.
+/// Serves the control socket as an async fn on async-io, with the build id
+/// set on `incumbent`.
 pub(super) fn serve_smol(
-    args: &ServeArgs,
     daemon: &Arc<Daemon>,
     incumbent: Incumbent,
 ) -> Result<ServeEnd, ServeError> {
-    async_io::block_on(handoff_smol::serve_with(
-        incumbent,
-        &Threaded(daemon.clone()),
-        IncumbentConfig::default(),
-        PeerPolicy::same_user(),
-        args.version.as_bytes(),
-    ))
+    async_io::block_on(handoff_smol::serve(incumbent, &Threaded(daemon.clone())))
 }
 
 /// The successor's side as async fns.
@@ -363,14 +354,8 @@ pub(super) fn take_over_smol(args: &ServeArgs, successor: handoff_std::Successor
         {
             Ok(incumbent) => {
                 daemon.set_phase(Phase::Serving);
-                let served = handoff_smol::serve_with(
-                    incumbent,
-                    &Threaded(daemon.clone()),
-                    IncumbentConfig::default(),
-                    PeerPolicy::same_user(),
-                    args.version.as_bytes(),
-                )
-                .await;
+                let incumbent = incumbent.with_build_id(args.version.as_bytes());
+                let served = handoff_smol::serve(incumbent, &Threaded(daemon.clone())).await;
                 finish(&daemon, served)
             }
             Err(e) => {
