@@ -65,7 +65,8 @@ impl std::fmt::Debug for MioSuccessor {
 
 impl MioSuccessor {
     /// Registers the control socket under `token` and says `Hello`. Do the
-    /// start-up work that needs no lock before this.
+    /// start-up work that needs no lock before this. `config` is the one
+    /// used, in place of any given to `Successor::with_config`.
     pub fn start(
         successor: Successor,
         registry: &Registry,

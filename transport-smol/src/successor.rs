@@ -18,6 +18,8 @@ use handoff_std::{AnnounceError, Incumbent, Readiness, Successor, SuccessorError
 use crate::conn::{AsyncConn, Read, readable, timer};
 
 /// Says `Hello` for `successor` and waits for the supervisor's answer.
+/// `config` is the one used, in place of any given to
+/// `Successor::with_config`.
 pub async fn handshake(
     successor: Successor,
     build_id: &[u8],
