@@ -13,7 +13,9 @@ use handoff_core::{
     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Revisions, SealFailure,
     SealReport, SessionEnd,
 };
-use handoff_std::os::control::{PeerPolicy, bind_control_socket, peer_credentials};
+use handoff_std::os::control::{
+    AcceptRetry, PeerPolicy, accept_retry, bind_control_socket, peer_credentials,
+};
 use handoff_std::os::lock::DataDirLock;
 use handoff_std::{Incumbent, SealOutput};
 use handoff_std::{clock, crash};
@@ -44,6 +46,11 @@ pub enum IncumbentEvent {
     /// successor serves: finish the open connections and exit. After
     /// `Superseded` or `ResumeFailed`, exit. After `Serving`, go on.
     SessionEnded(SessionEnd),
+    /// `accept` on the control socket failed in a way that does not pass
+    /// (the text says how): no supervisor can reach this incumbent any more.
+    /// The lock is still held, so serving on is safe, but no handoff can
+    /// happen until the daemon is restarted.
+    ControlSocketFailed(String),
 }
 
 struct Session {
@@ -64,6 +71,10 @@ pub struct MioIncumbent {
     session: Option<Session>,
     events: VecDeque<IncumbentEvent>,
     done: bool,
+    /// When to try `accept` again after a shortage of descriptors: mio
+    /// reports readiness once, so a connection left in the backlog would
+    /// otherwise wait for the next one.
+    accept_retry_at: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for MioIncumbent {
@@ -108,6 +119,7 @@ impl MioIncumbent {
             session: None,
             events: VecDeque::new(),
             done: false,
+            accept_retry_at: None,
         })
     }
 
@@ -149,8 +161,8 @@ impl MioIncumbent {
         self.lock.is_some()
     }
 
-    /// Whether the incumbent is over (committed, superseded, or unable to
-    /// resume): it accepts no more sessions.
+    /// Whether the incumbent is over (committed, superseded, unable to
+    /// resume, or its control socket failed): it accepts no more sessions.
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -185,16 +197,28 @@ impl MioIncumbent {
     /// The next instant at which [`MioIncumbent::handle_timeout`] must be
     /// called (use it for the `Poll::poll` timeout).
     pub fn timeout(&self) -> Option<std::time::Instant> {
-        self.session
+        let session = self
+            .session
             .as_ref()
             .and_then(|s| s.machine.poll_timeout())
-            .map(clock::to_std)
+            .map(clock::to_std);
+        match (session, self.accept_retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Time passed; early or repeated calls do nothing.
     pub fn handle_timeout(&mut self, registry: &Registry) {
         if let Some(s) = self.session.as_mut() {
             s.machine.handle_timeout(clock::now());
+        }
+        if self
+            .accept_retry_at
+            .is_some_and(|t| t <= std::time::Instant::now())
+        {
+            self.accept_retry_at = None;
+            self.accept(registry);
         }
         self.pump(registry);
     }
@@ -279,10 +303,22 @@ impl MioIncumbent {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A connection that died before we took it, or a moment of
-                // descriptor shortage: the next readiness event retries.
-                Err(_) => return,
+                Err(e) => match accept_retry(&e) {
+                    AcceptRetry::Now => continue,
+                    AcceptRetry::After(pause) => {
+                        self.accept_retry_at = Some(std::time::Instant::now() + pause);
+                        return;
+                    }
+                    AcceptRetry::Fatal => {
+                        self.events
+                            .push_back(IncumbentEvent::ControlSocketFailed(format!(
+                                "accept on the control socket {}: {e}",
+                                self.socket_path.display()
+                            )));
+                        self.done = true;
+                        return;
+                    }
+                },
             };
             let permitted =
                 peer_credentials_of(&stream).is_some_and(|uid| self.policy.permits(uid));

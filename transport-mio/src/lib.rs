@@ -2,7 +2,10 @@
 //!
 //! [`handoff_core`]'s three machines driven from the caller's `mio::Poll`,
 //! with the operating-system layer of [`handoff_std::os`]. Nothing here
-//! blocks the loop or starts a thread:
+//! waits on the network or on a peer in the loop; the exceptions are a
+//! supervisor with a journal, which writes it on a thread of its own (and,
+//! when a handoff starts or ends, waits for the previous handoff's last
+//! record to be on disk), and reaping a successor that was sent `SIGKILL`:
 //!
 //! - [`MioIncumbent`]: the control listener and the current session under
 //!   two of the caller's tokens; drain, seal and resume come out as

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
 use handoff_std::os::journal::JournalWriter;
-use handoff_std::os::process::{ExitWatch, send_signal};
+use handoff_std::os::process::{ExitWatch, kill_and_reap, send_signal};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
-    HandoffOutcome, SpawnSpec, Supervisor, SupervisorError, clock, handoff_config, random_id_bytes,
-    spawn_for_handoff, unix_millis,
+    HandoffOutcome, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, clock,
+    handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
 };
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -56,6 +56,8 @@ struct Run {
     detail: Option<String>,
     journal: Option<JournalWriter>,
     started: std::time::Instant,
+    /// The supervisor's in-flight slot, given back when the run ends.
+    _claim: SharedHandoffSlot,
 }
 
 /// The loop's end of the [`Remote`] channel.
@@ -177,6 +179,9 @@ impl MioSupervisor {
         if self.busy[service.0] {
             return Err(SupervisorError::HandoffInProgress);
         }
+        // The supervisor's own slot too: another adapter (a trigger served on
+        // a thread, say) may share this supervisor.
+        let claim = sup.claim_shared()?;
         let Some(slot) = self.runs.iter().position(|r| r.is_none()) else {
             return Err(SupervisorError::Io(io::Error::other(format!(
                 "all {} handoff slots are in use; raise max_handoffs",
@@ -202,6 +207,7 @@ impl MioSupervisor {
             // Written off the loop: fsyncs never stall other services.
             started: std::time::Instant::now(),
             journal: sup.start_journal(),
+            _claim: claim,
         });
         self.pump(registry, slot);
         Ok(())
@@ -400,14 +406,24 @@ impl MioSupervisor {
                     let spawned = spawn_for_handoff(&run.spec, &listeners)
                         .map_err(|e| e.to_string())
                         .and_then(|(stream, child)| {
-                            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-                            let conn = Conn::register(
-                                mio::net::UnixStream::from_std(stream),
-                                registry,
-                                tokens.1,
-                            )
-                            .map_err(|e| e.to_string())?;
-                            Ok((conn, child))
+                            let conn = stream
+                                .set_nonblocking(true)
+                                .and_then(|()| {
+                                    Conn::register(
+                                        mio::net::UnixStream::from_std(stream),
+                                        registry,
+                                        tokens.1,
+                                    )
+                                })
+                                .map_err(|e| e.to_string());
+                            match conn {
+                                Ok(conn) => Ok((conn, child)),
+                                // Spawned but unreachable: it must not run on.
+                                Err(e) => {
+                                    kill_and_reap(child);
+                                    Err(e)
+                                }
+                            }
                         });
                     match spawned {
                         Ok((conn, child)) => {
@@ -474,14 +490,13 @@ impl MioSupervisor {
                     if let Some(watch) = run.exit.take() {
                         let _ = registry.deregister(&mut SourceFd(&watch.as_fd().as_raw_fd()));
                     }
-                    if let Some(mut child) = run.child.take() {
+                    if let Some(child) = run.child.take() {
                         if committed {
                             outcome.child = Some(child);
                         } else {
                             // The machine ends an abort once the successor is
                             // gone or SIGKILL went unanswered: never a zombie.
-                            let _ = child.kill();
-                            let _ = child.wait();
+                            kill_and_reap(child);
                         }
                     }
                     self.busy[run.service.0] = false;

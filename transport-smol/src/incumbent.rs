@@ -6,15 +6,16 @@
 use std::future::Future;
 use std::io;
 use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
 use async_io::Async;
-use futures_lite::future;
+use futures_lite::{FutureExt, future};
 use handoff_core::{
     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Revisions, SealFailure,
     SealReport, SessionEnd,
 };
-use handoff_std::os::control::{PeerPolicy, peer_credentials};
+use handoff_std::os::control::{AcceptRetry, PeerPolicy, accept_retry, peer_credentials};
 use handoff_std::os::lock::DataDirLock;
 use handoff_std::{
     HookError, Incumbent, SealOutput, ServeEnd, ServeError, StateSnapshot, clock, crash,
@@ -97,17 +98,14 @@ pub async fn serve_with<D: AsyncDrainable>(
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
-            // A connection gone before we took it is no reason to stop
-            // being reachable for handoffs.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(ServeError::Io(e)),
+            Err(e) => match accept_retry(&e) {
+                AcceptRetry::Now => continue,
+                AcceptRetry::After(pause) => {
+                    async_io::Timer::after(pause).await;
+                    continue;
+                }
+                AcceptRetry::Fatal => return Err(ServeError::Io(e)),
+            },
         };
         let stream: UnixStream = match stream.into_inner() {
             Ok(s) => s,
@@ -148,8 +146,15 @@ struct State {
     resume_error: Option<String>,
 }
 
+/// Runs a hook, turning a panic into an error as the blocking adapter does:
+/// a panicking hook must not unwind out of `serve` and drop the lock with
+/// the daemon drained; the machine resumes it as after any failed hook.
 async fn run_hook<T>(f: impl Future<Output = Result<T, HookError>>) -> Result<T, String> {
-    f.await.map_err(|e| e.to_string())
+    match AssertUnwindSafe(f).catch_unwind().await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the hook panicked".to_owned()),
+    }
 }
 
 async fn session<D: AsyncDrainable>(

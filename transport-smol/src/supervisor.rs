@@ -9,7 +9,7 @@ use futures_lite::future;
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
 use handoff_std::os::journal::JournalWriter;
-use handoff_std::os::process::{ExitWatch, send_signal};
+use handoff_std::os::process::{ExitWatch, kill_and_reap, send_signal};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
     HandoffOutcome, SpawnSpec, Supervisor, SupervisorError, clock, handoff_config, random_id_bytes,
@@ -202,8 +202,13 @@ impl Run<'_> {
                     let listeners: Vec<PassedListener<'_>> = self.sup.listeners().collect();
                     let spawned = spawn_for_handoff(&self.spec, &listeners)
                         .map_err(|e| e.to_string())
-                        .and_then(|(s, child)| {
-                            Ok((AsyncConn::new(s).map_err(|e| e.to_string())?, child))
+                        .and_then(|(s, child)| match AsyncConn::new(s) {
+                            Ok(conn) => Ok((conn, child)),
+                            // Spawned but unreachable: it must not run on.
+                            Err(e) => {
+                                kill_and_reap(child);
+                                Err(e.to_string())
+                            }
                         });
                     match spawned {
                         Ok((conn, child)) => {
@@ -249,12 +254,11 @@ impl Run<'_> {
                     self.incumbent = None;
                     self.successor = None;
                     self.exit = None;
-                    if let Some(mut child) = self.child.take() {
+                    if let Some(child) = self.child.take() {
                         if committed {
                             outcome.child = Some(child);
                         } else {
-                            let _ = child.kill();
-                            let _ = child.wait();
+                            kill_and_reap(child);
                         }
                     }
                     return Some(outcome);
@@ -268,9 +272,8 @@ impl Run<'_> {
 impl Drop for Run<'_> {
     fn drop(&mut self) {
         // A dropped future (cancelled handoff) must not leave a successor.
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            kill_and_reap(child);
         }
     }
 }

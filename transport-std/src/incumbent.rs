@@ -21,7 +21,7 @@ use crate::clock;
 use crate::conn::{self, Inbox};
 use crate::crash;
 use crate::drainable::{Drainable, HookError, SealOutput, SealProgress, StateSnapshot};
-use crate::os::control::{self, PeerPolicy, peer_credentials, send_frame};
+use crate::os::control::{self, AcceptRetry, PeerPolicy, peer_credentials, send_frame};
 use crate::os::lock::{DataDirLock, LockError};
 
 /// How `serve` ended without an error: the handoff committed.
@@ -56,7 +56,11 @@ pub enum ServeError {
         /// The hook's error.
         error: String,
     },
-    /// The control socket failed for good.
+    /// The control socket failed for good: no supervisor can reach this
+    /// daemon. `serve` has consumed the incumbent, and the data-dir lock
+    /// with it: stop writing and exit (the supervisor starts the daemon
+    /// again), or a cold start elsewhere could take the lock while this
+    /// process still writes.
     Io(io::Error),
 }
 
@@ -200,16 +204,13 @@ impl Incumbent {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
-                Err(e) => match e.raw_os_error() {
-                    // The connection went away before we took it, or the
-                    // system is short of descriptors for a moment: neither
-                    // is a reason to stop being reachable for handoffs.
-                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => continue,
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        std::thread::sleep(std::time::Duration::from_millis(50));
+                Err(e) => match control::accept_retry(&e) {
+                    AcceptRetry::Now => continue,
+                    AcceptRetry::After(pause) => {
+                        std::thread::sleep(pause);
                         continue;
                     }
-                    _ => return Err(ServeError::Io(e)),
+                    AcceptRetry::Fatal => return Err(ServeError::Io(e)),
                 },
             };
             let permitted = peer_credentials(&stream).is_ok_and(|c| self.policy.permits(c.uid));

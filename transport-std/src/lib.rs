@@ -71,6 +71,6 @@ pub use successor::{
     detect_role,
 };
 pub use supervisor::{
-    HandoffOutcome, HandoffSlot, SpawnSpec, Supervisor, SupervisorError, handoff_config,
-    random_id_bytes, spawn_for_handoff, unix_millis,
+    HandoffOutcome, HandoffSlot, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError,
+    handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
 };

@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use handoff_core::{
@@ -24,7 +24,7 @@ use crate::conn::{self, Inbox};
 use crate::crash;
 use crate::os::control::{self, send_frame};
 use crate::os::journal::{Journal, JournalError, JournalWriter};
-use crate::os::process::{ExitWatch, send_signal};
+use crate::os::process::{ExitWatch, kill_and_reap, send_signal};
 use crate::os::spawn::{PassedListener, SpawnError, spawn_successor, validate_listener_names};
 
 /// What to run as the successor, and the budgets of its handoff.
@@ -255,6 +255,15 @@ impl Supervisor {
             .map_err(|_| SupervisorError::HandoffInProgress)
     }
 
+    /// [`Supervisor::claim`] for an adapter that keeps the supervisor in an
+    /// `Arc` and the slot beside it (an event loop's handoff state).
+    pub fn claim_shared(self: &Arc<Self>) -> Result<SharedHandoffSlot, SupervisorError> {
+        self.in_flight
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| SharedHandoffSlot(self.clone()))
+            .map_err(|_| SupervisorError::HandoffInProgress)
+    }
+
     /// The journal, if any.
     pub fn journal(&self) -> Option<&Journal> {
         self.journal.as_ref()
@@ -362,6 +371,17 @@ pub struct HandoffSlot<'a>(&'a AtomicBool);
 impl Drop for HandoffSlot<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+/// A supervisor's in-flight slot that owns a handle on it; see
+/// [`Supervisor::claim_shared`].
+#[derive(Debug)]
+pub struct SharedHandoffSlot(Arc<Supervisor>);
+
+impl Drop for SharedHandoffSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.store(false, Ordering::Release);
     }
 }
 
@@ -666,15 +686,14 @@ impl<'a> Run<'a> {
         self.incumbent = None;
         self.successor = None;
         self.exit_watch = None;
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             if committed {
                 outcome.child = Some(child);
             } else {
                 // The machine finishes an abort only once the successor is
                 // gone, or after SIGKILL went unanswered; never leave a
                 // zombie either way.
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(child);
             }
         }
         outcome
@@ -685,9 +704,8 @@ impl Drop for Run<'_> {
     fn drop(&mut self) {
         // An early return (an I/O error while waiting) must not leave a
         // successor behind.
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            kill_and_reap(child);
         }
     }
 }

@@ -137,6 +137,10 @@ fn serve_mio_control(
                         error: "the resume hook failed".into(),
                     });
                 }
+                // As the blocking adapter's `serve` would end.
+                IncumbentEvent::ControlSocketFailed(error) => {
+                    return Err(ServeError::Io(std::io::Error::other(error)));
+                }
                 _ => {}
             }
         }

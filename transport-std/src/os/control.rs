@@ -135,6 +135,34 @@ pub fn peer_credentials(sock: &impl AsFd) -> io::Result<PeerCredentials> {
     })
 }
 
+/// What an incumbent does after `accept` on its control socket failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptRetry {
+    /// The connection went away before it was taken, or a signal came:
+    /// accept the next one now.
+    Now,
+    /// The process or the system is short of descriptors or memory for a
+    /// moment: try again after this pause, which lets it pass without
+    /// spinning.
+    After(std::time::Duration),
+    /// The listener itself failed: report it.
+    Fatal,
+}
+
+/// How to go on after `accept` on a control socket failed with `e`. Every
+/// adapter follows it, so that none stops being reachable for handoffs
+/// over a passing shortage.
+pub fn accept_retry(e: &io::Error) -> AcceptRetry {
+    match e.raw_os_error() {
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => AcceptRetry::Now,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+            AcceptRetry::After(std::time::Duration::from_millis(50))
+        }
+        _ if e.kind() == io::ErrorKind::Interrupted => AcceptRetry::Now,
+        _ => AcceptRetry::Fatal,
+    }
+}
+
 /// Which peers may speak on a control socket: our own uid, root, and an
 /// allow-list.
 #[derive(Clone, Debug, Default)]
@@ -253,6 +281,23 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    fn a_passing_accept_failure_is_retried_and_a_broken_listener_reported() {
+        let err = io::Error::from_raw_os_error;
+        for e in [libc::ECONNABORTED, libc::EINTR, libc::EPROTO] {
+            assert_eq!(accept_retry(&err(e)), AcceptRetry::Now, "errno {e}");
+        }
+        for e in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(
+                matches!(accept_retry(&err(e)), AcceptRetry::After(p) if !p.is_zero()),
+                "errno {e}"
+            );
+        }
+        for e in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK] {
+            assert_eq!(accept_retry(&err(e)), AcceptRetry::Fatal, "errno {e}");
+        }
+    }
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)

@@ -24,6 +24,33 @@ fn checked_pid(pid: u32) -> io::Result<libc::pid_t> {
     }
 }
 
+/// Kills `child` and reaps it without waiting on it: a process that does
+/// not die at once (`SIGKILL` is held off while it is stuck in the kernel,
+/// in uninterruptible I/O) is reaped by a thread of its own, so that no
+/// caller's loop hangs on it and no zombie is left when it does die.
+pub fn kill_and_reap(mut child: std::process::Child) {
+    let _ = child.kill();
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(child)));
+    let theirs = slot.clone();
+    let reaper = std::thread::Builder::new()
+        .name("handoff-reaper".into())
+        .spawn(move || {
+            if let Some(mut c) = theirs.lock().ok().and_then(|mut c| c.take()) {
+                let _ = c.wait();
+            }
+        });
+    if reaper.is_err() {
+        // No thread to be had: waiting here is the one way left not to
+        // leave a zombie.
+        if let Some(mut c) = slot.lock().ok().and_then(|mut c| c.take()) {
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Sends `signal` to `pid`. A process already gone is not an error.
 pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
     let pid = checked_pid(pid)?;
