@@ -284,6 +284,20 @@ impl Config {
             .map_err(|e| invalid(format!("[[listeners]]: {e}")))?;
         for l in &self.listeners {
             l.validate()?;
+            if l.kind == ListenerKind::Unix {
+                for (key, path) in [
+                    ("control_socket", &self.control_socket),
+                    ("trigger_socket", &self.trigger_socket),
+                ] {
+                    if Path::new(&l.addr) == path.as_path() {
+                        return Err(invalid(format!(
+                            "listener {:?} and `{key}` are the same path {}; each socket \
+                             needs its own",
+                            l.name, l.addr
+                        )));
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -182,7 +182,7 @@ pub(crate) fn remove_if_same(path: &Path, identity: (u64, u64)) {
 /// `EADDRINUSE`. It is removed only if it is a socket nobody listens on:
 /// a live one belongs to a running process (perhaps an orphaned daemon of
 /// ours), and anything else is not ours to delete.
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -180,10 +180,13 @@ fn run(config_path: &Path, level: LevelFilter) -> ExitCode {
                 let service = &service;
                 let spawned = std::thread::Builder::new()
                     .name("handoff-sighup".into())
-                    .spawn_scoped(scope, move || {
-                        if let Err(e) = service.handoff(None) {
+                    .spawn_scoped(scope, move || match service.handoff(None) {
+                        Ok(_) => {}
+                        Err(e) if e.is_refusal() => {
                             tracing::warn!("SIGHUP: {e}");
+                            service.reload_refused(&e.to_string());
                         }
+                        Err(e) => tracing::warn!("SIGHUP: {e}"),
                     });
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "SIGHUP: cannot start the handoff");

@@ -180,7 +180,9 @@ impl fmt::Display for ServiceError {
             ServiceError::BinaryNotAllowed { binary } => write!(
                 f,
                 "binary {} is not allowed: a handoff may run only the configured `binary` \
-                 or one listed in `allowed_binaries` (paths compared as written)",
+                 or one listed in `allowed_binaries` (paths compared as written), as the \
+                 configuration read when this supervisor started says; restart it to apply \
+                 an edited file",
                 binary.display()
             ),
             ServiceError::HandoffInProgress => {
@@ -194,6 +196,22 @@ impl fmt::Display for ServiceError {
             ),
             ServiceError::ShuttingDown => f.write_str("the supervisor is shutting down"),
         }
+    }
+}
+
+impl ServiceError {
+    /// Whether the handoff was refused before it started (another one or a
+    /// restart runs, the service stops, no daemon runs, the binary is not
+    /// allowed): nothing was spawned and systemd was told nothing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::HandoffInProgress
+                | ServiceError::Restarting
+                | ServiceError::NotRunning
+                | ServiceError::ShuttingDown
+                | ServiceError::BinaryNotAllowed { .. }
+        )
     }
 }
 
@@ -794,6 +812,21 @@ impl Service {
     /// The serving pid, the handoff count and whether one runs.
     pub fn status(&self) -> Status {
         self.inner.status()
+    }
+
+    /// Tells systemd that a reload (`SIGHUP`) was refused, with `why`:
+    /// `RELOADING=1` at once followed by `READY=1`. Under
+    /// `Type=notify-reload` systemd waits for a `RELOADING=1` after each
+    /// `SIGHUP` it sends, and would otherwise wait out its timeout.
+    pub fn reload_refused(&self, why: &str) {
+        let notifier = &self.inner.notifier;
+        notifier.reloading(&format!("reload refused: {why}"));
+        let status = self.status();
+        let serving = match status.incumbent_pid {
+            Some(pid) => format!("serving: pid {pid}"),
+            None => "no daemon running".to_owned(),
+        };
+        notifier.ready(&format!("{serving}; reload refused: {why}"));
     }
 
     /// Each listener's name and the address it is bound to, as the kernel

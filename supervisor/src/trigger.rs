@@ -42,7 +42,24 @@ impl TriggerSocket {
     /// `allowed_uids`, the mode becomes 0666: those users could never
     /// connect through 0600, and the peer check below the socket still
     /// admits only them, root and our own uid.
+    /// Refuses a path that holds anything but a stale socket: a file is
+    /// not ours to replace, and a live socket is most likely another
+    /// supervisor's trigger socket, whose `trigger`s would then come here.
     pub(crate) fn bind(path: &Path, allowed_uids: &[u32]) -> io::Result<TriggerSocket> {
+        crate::listeners::remove_stale_socket(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "a running process (another handoff-supervisor?) listens on {}; \
+                         give each service its own `trigger_socket`, or stop that process",
+                        path.display()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
         let listener = bind_control_socket(path)?;
         if !allowed_uids.is_empty() {
             fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;

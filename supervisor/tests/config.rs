@@ -216,6 +216,17 @@ fn values_that_cannot_work_are_refused() {
     assert!(e.contains("env"), "{e}");
     let e = refused(&format!("{MINIMAL}\nallowed_uids = [-1]\n"));
     assert!(e.contains("allowed_uids"), "{e}");
+    for key in ["trigger_socket", "control_socket"] {
+        let path = if key == "trigger_socket" {
+            "/run/kv/trigger.sock"
+        } else {
+            "/run/kv/ctl.sock"
+        };
+        let e = refused(&with_listener(&format!(
+            "name = \"api\"\nkind = \"unix\"\naddr = \"{path}\""
+        )));
+        assert!(e.contains(key) && e.contains("\"api\""), "{e}");
+    }
 }
 
 #[test]

@@ -170,6 +170,43 @@ fn notify_socket_hears_ready_reloading_ready_and_stopping() {
 }
 
 #[test]
+fn a_refused_sighup_still_answers_systemd() {
+    let layout = Layout::new("notifyrefused");
+    let slow = layout.slow_successor(2);
+    layout.write_config(
+        "127.0.0.1:0",
+        &format!("allowed_binaries = [\"{}\"]", slow.display()),
+    );
+    let notify = NotifySocket::at_path(layout.dir.path());
+    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
+    assert!(notify.next().lines().any(|l| l == "READY=1"));
+
+    // A triggered handoff to a slow successor is in flight …
+    let config = layout.config_file.to_str().unwrap().to_owned();
+    let slow_arg = slow.to_str().unwrap().to_owned();
+    let trigger = std::thread::spawn(move || {
+        run_cli(&["trigger", "--config", &config, "--binary", &slow_arg])
+    });
+    let started = notify.next();
+    assert!(started.starts_with("RELOADING=1"), "{started:?}");
+
+    // … so a SIGHUP is refused, and says so to systemd rather than leave
+    // a notify-reload unit waiting for RELOADING=1.
+    sup.signal(libc::SIGHUP);
+    let refused = notify.next();
+    assert!(refused.starts_with("RELOADING=1"), "{refused:?}");
+    assert!(refused.contains("STATUS=reload refused"), "{refused:?}");
+    let ready = notify.next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("reload refused"), "{ready:?}");
+
+    let out = trigger.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    sup.signal(libc::SIGTERM);
+    assert_eq!(wait_exit(&mut sup.child, BOUND).unwrap().code(), Some(0));
+}
+
+#[test]
 fn a_bad_configuration_stops_run_with_a_message() {
     let layout = Layout::new("badcfg");
     std::fs::write(
@@ -182,6 +219,36 @@ fn a_bad_configuration_stops_run_with_a_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no_such_key"), "{stderr}");
     assert!(!layout.trigger.exists());
+}
+
+#[test]
+fn run_refuses_a_trigger_socket_path_that_holds_a_file_or_a_live_socket() {
+    let layout = Layout::new("trigbusy");
+    std::fs::write(&layout.config_file, layout.config_text("127.0.0.1:0", "")).unwrap();
+    let run = || run_cli(&["run", "--config", layout.config_file.to_str().unwrap()]);
+
+    // Someone's file: left as it was.
+    std::fs::write(&layout.trigger, "not ours").unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&layout.trigger).unwrap(),
+        "not ours"
+    );
+    std::fs::remove_file(&layout.trigger).unwrap();
+
+    // Another process's live socket (another supervisor's trigger socket,
+    // say): still its own afterwards.
+    let other = std::os::unix::net::UnixListener::bind(&layout.trigger).unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trigger_socket"), "{stderr}");
+    std::os::unix::net::UnixStream::connect(&layout.trigger)
+        .expect("the other process still owns its socket");
+    drop(other);
 }
 
 /// The threads of `pid` named `name`, with their blocked signals.

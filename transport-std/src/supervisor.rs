@@ -412,14 +412,16 @@ pub fn unix_millis() -> u64 {
 
 /// Spawns `spec` as the successor of a handoff: makes the control
 /// socketpair, passes the child its end and `listeners`, and returns our end
-/// with the child. Shared by every adapter.
+/// with the child. Shared by every adapter. The child's standard input is
+/// `/dev/null` (a daemon reads none, and must not share the supervisor's
+/// terminal); its output and error go where the supervisor's go.
 pub fn spawn_for_handoff(
     spec: &SpawnSpec,
     listeners: &[PassedListener<'_>],
 ) -> Result<(UnixStream, Child), SpawnError> {
     let (ours, theirs) = control::socketpair().map_err(SpawnError::Io)?;
     let mut cmd = Command::new(&spec.binary);
-    cmd.args(&spec.args);
+    cmd.args(&spec.args).stdin(std::process::Stdio::null());
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }

@@ -248,3 +248,33 @@ fn hostile_control_peers_get_the_session_closed_and_the_incumbent_serves_on() {
         .unwrap();
     assert!(outcome.incumbent_pid.is_some());
 }
+
+#[test]
+fn a_successor_reads_its_standard_input_from_dev_null() {
+    // With no listeners the control socket is FD 3: the child reports there
+    // what its FD 0 is.
+    let spec = handoff_std::SpawnSpec::new("/bin/sh")
+        .arg("-c")
+        .arg("readlink /proc/self/fd/0 >&3");
+    // Our own FD 0 is a pipe while the successor is spawned, so that one
+    // inherited would show (the test runner's may well be /dev/null).
+    let (pipe_in, _pipe_out) = UnixStream::pair().unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: plain descriptor calls on descriptors this test owns; FD 0 is
+    // put back before any other use.
+    let spawned = unsafe {
+        let saved = libc::dup(0);
+        assert!(saved >= 0);
+        assert_eq!(libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&pipe_in), 0), 0);
+        let spawned = handoff_std::spawn_for_handoff(&spec, &[]);
+        assert_eq!(libc::dup2(saved, 0), 0);
+        libc::close(saved);
+        spawned
+    };
+    let (mut ours, mut child) = spawned.unwrap();
+    ours.set_read_timeout(Some(BOUND)).unwrap();
+    let mut said = String::new();
+    ours.read_to_string(&mut said).unwrap();
+    assert_eq!(said.trim(), "/dev/null");
+    assert!(child.wait().unwrap().success());
+}
