@@ -324,7 +324,9 @@ fn check_socket_path(path: &Path) -> Result<(), String> {
             bytes.len()
         ));
     }
-    Ok(())
+    // The daemon's and the supervisor's sockets are bound under a temporary
+    // name beside the path first; the library says how long it may be.
+    handoff_std::os::control::validate_socket_path(path).map_err(|e| e.to_string())
 }
 
 impl ListenerConfig {

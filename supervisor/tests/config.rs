@@ -216,6 +216,16 @@ fn values_that_cannot_work_are_refused() {
     assert!(e.contains("env"), "{e}");
     let e = refused(&format!("{MINIMAL}\nallowed_uids = [-1]\n"));
     assert!(e.contains("allowed_uids"), "{e}");
+    // Short enough itself, but its directory leaves no room for the
+    // temporary name the socket is bound under first.
+    let deep = format!("/{}/t.sock", "d".repeat(96));
+    let e = refused(&format!(
+        "control_socket = \"/a\"\ntrigger_socket = \"{deep}\"\nbinary = \"/b\"\n"
+    ));
+    assert!(
+        e.contains("`trigger_socket`") && e.contains("temporary name"),
+        "{e}"
+    );
     for key in ["trigger_socket", "control_socket"] {
         let path = if key == "trigger_socket" {
             "/run/kv/trigger.sock"

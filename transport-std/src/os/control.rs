@@ -50,8 +50,28 @@ pub fn validate_socket_path(path: &Path) -> io::Result<()> {
             ),
         ));
     }
+    // `bind_control_socket` binds under a temporary name in a directory
+    // beside `path` first; it must fit too, whatever the pid.
+    let dir_len = parent_dir(path).as_os_str().as_bytes().len();
+    if dir_len + STAGING_NAME_MAX > MAX_PATH_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the directory of socket path {} is {dir_len} bytes long; a socket \
+                 is bound there under a temporary name first, which leaves at most {} bytes \
+                 for the directory: choose a shorter one, for example under /run",
+                path.display(),
+                MAX_PATH_LEN - STAGING_NAME_MAX
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// The longest the temporary name can add to the directory's path:
+/// `/.hb-<pid>-<n>/s`, with a pid of up to 7 digits (Linux's `pid_max` is
+/// at most 2^22) and a per-process counter of up to 6.
+const STAGING_NAME_MAX: usize = "/.hb-".len() + 7 + 1 + 6 + "/s".len();
 
 /// A fresh private directory beside `path` for binding under a temporary
 /// name: unique per process (pid) and per call (counter), and short, since
