@@ -53,6 +53,8 @@ pub struct MioSuccessor {
     lock: Option<DataDirLock>,
     listeners: InheritedListeners,
     events: VecDeque<SuccessorEvent>,
+    /// The machine ended with this process authoritative.
+    authoritative: bool,
 }
 
 impl std::fmt::Debug for MioSuccessor {
@@ -86,6 +88,7 @@ impl MioSuccessor {
             lock: None,
             listeners,
             events: VecDeque::new(),
+            authoritative: false,
         };
         s.pump(registry);
         Ok(s)
@@ -155,12 +158,19 @@ impl MioSuccessor {
     }
 
     /// After `Authoritative`: takes over the control socket path and becomes
-    /// the incumbent.
+    /// the incumbent. Refused before it (after `Failed`, the old incumbent
+    /// serves on and keeps its control socket).
     pub fn into_incumbent(
         mut self,
         registry: &Registry,
         socket_path: &Path,
     ) -> io::Result<MioIncumbent> {
+        if !self.authoritative {
+            return Err(io::Error::other(
+                "into_incumbent before SuccessorEvent::Authoritative: this process did not \
+                 take over (after Failed, stop whatever may write and exit)",
+            ));
+        }
         if let Some(c) = self.conn.take() {
             // `Ready` is a few dozen bytes into an empty socket buffer; what
             // did not go out now would have nowhere to go later anyway.
@@ -209,6 +219,7 @@ impl MioSuccessor {
                 },
                 SuccessorOutput::Start => self.events.push_back(SuccessorEvent::Begun),
                 SuccessorOutput::Finished(SuccessorEnd::Authoritative { supervisor_gone }) => {
+                    self.authoritative = true;
                     self.events
                         .push_back(SuccessorEvent::Authoritative { supervisor_gone });
                 }

@@ -32,6 +32,7 @@ pub async fn handshake(
         machine: SuccessorSession::new(clock::now(), config, std::process::id(), build_id),
         data_dir: None,
         lock: None,
+        ended: None,
     };
     driver.run(Goal::Acked).await?;
     Ok(Handshook { driver, listeners })
@@ -152,6 +153,9 @@ struct Driver {
     machine: SuccessorSession<Vec<u8>>,
     data_dir: Option<PathBuf>,
     lock: Option<DataDirLock>,
+    /// How the machine ended, once it has: a later `run` reports it again
+    /// instead of waiting on a session that is over.
+    ended: Option<SuccessorEnd>,
 }
 
 impl Driver {
@@ -163,7 +167,12 @@ impl Driver {
     }
 
     async fn run(&mut self, goal: Goal) -> Result<(), SuccessorError> {
-        loop {
+        'run: loop {
+            match self.ended {
+                Some(SuccessorEnd::Authoritative { .. }) => return Ok(()),
+                Some(SuccessorEnd::Failed(failure)) => return Err(self.failed(failure)),
+                None => {}
+            }
             while let Some(out) = self.machine.poll_output() {
                 let now = clock::now();
                 match out {
@@ -195,11 +204,11 @@ impl Driver {
                             return Ok(());
                         }
                     }
-                    SuccessorOutput::Finished(SuccessorEnd::Authoritative { .. }) => return Ok(()),
                     // The lock stays with the caller's state until it is
                     // dropped, after whatever may write has stopped.
-                    SuccessorOutput::Finished(SuccessorEnd::Failed(failure)) => {
-                        return Err(self.failed(failure));
+                    SuccessorOutput::Finished(end) => {
+                        self.ended = Some(end);
+                        continue 'run;
                     }
                 }
             }
