@@ -467,7 +467,13 @@ impl Inner {
         // background; the trigger's answer waits for it, so that an operator
         // who hears the outcome finds nothing pending on disk.
         if outcome.journal_failed || !self.supervisor.flush_journal() {
-            tracing::warn!("a journal write failed during this handoff");
+            let journal = self.config.journal.as_deref().unwrap_or(Path::new(""));
+            tracing::warn!(
+                journal = %journal.display(),
+                "a journal write failed during this handoff: a supervisor restarted after a \
+                 crash would not know where a handoff stood; check that the journal's \
+                 directory exists and is writable"
+            );
         }
         self.handoffs.fetch_add(1, Ordering::SeqCst);
         drop(in_flight);
@@ -725,7 +731,9 @@ impl Service {
                 ),
                 Err(e) => tracing::warn!(
                     error = %e,
-                    "the journal is unreadable; it was left in place"
+                    journal = %journal.display(),
+                    "cannot read the journal (if it holds a record, it was left in place); \
+                     handoffs go on, but a journal that cannot be written is not kept"
                 ),
             }
         }
