@@ -162,20 +162,42 @@ impl fmt::Display for ServiceError {
                 addr,
                 kind,
                 source,
-            } => write!(f, "cannot bind listener {name:?} ({kind} {addr}): {source}"),
+            } => {
+                write!(f, "cannot bind listener {name:?} ({kind} {addr}): {source}")?;
+                if source.kind() == io::ErrorKind::AddrInUse {
+                    f.write_str(
+                        "; another process holds it: a daemon left running by a supervisor \
+                         that was killed, or a second supervisor for this service; stop it \
+                         first",
+                    )?;
+                }
+                Ok(())
+            }
             ServiceError::Inherited { name, source } => {
                 write!(f, "listener {name:?} from the service manager: {source}")
             }
             ServiceError::Env(e) => write!(f, "socket activation: {e}"),
             ServiceError::Supervisor(e) => write!(f, "{e}"),
-            ServiceError::TriggerSocket { path, source } => write!(
-                f,
-                "cannot bind the trigger socket {}: {source}",
-                path.display()
-            ),
-            ServiceError::DaemonStart { binary, reason } => {
-                write!(f, "the daemon {} did not start: {reason}", binary.display())
+            ServiceError::TriggerSocket { path, source } => {
+                write!(
+                    f,
+                    "cannot bind the trigger socket {}: {source}",
+                    path.display()
+                )?;
+                if source.kind() == io::ErrorKind::NotFound {
+                    write!(
+                        f,
+                        "; create its directory {} first (under systemd: RuntimeDirectory=)",
+                        path.parent().unwrap_or(Path::new("/")).display()
+                    )?;
+                }
+                Ok(())
             }
+            ServiceError::DaemonStart { binary, reason } => write!(
+                f,
+                "the daemon {} did not start: {reason} (the configuration's `binary`)",
+                binary.display()
+            ),
             ServiceError::Io(e) => write!(f, "{e}"),
             ServiceError::BinaryNotAllowed { binary } => write!(
                 f,

@@ -277,3 +277,23 @@ fn a_second_handoff_while_one_runs_is_refused_at_once() {
     assert!(!service.status().in_flight);
     assert_eq!(service.status().handoffs, 1);
 }
+
+#[test]
+fn start_errors_say_what_to_do() {
+    // A port another process holds.
+    let layout = Layout::new("portbusy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = layout.write_config(&addr, "");
+    let e = handoff_supervisor::Service::start(config).unwrap_err();
+    assert!(matches!(e, ServiceError::Listener { .. }), "{e:?}");
+    assert!(e.to_string().contains("stop it first"), "{e}");
+
+    // A trigger socket whose directory does not exist.
+    let layout = Layout::new("nodir");
+    let mut config = layout.write_config("127.0.0.1:0", "");
+    config.trigger_socket = layout.dir.path().join("missing").join("trigger.sock");
+    let e = handoff_supervisor::Service::start(config).unwrap_err();
+    assert!(matches!(e, ServiceError::TriggerSocket { .. }), "{e:?}");
+    assert!(e.to_string().contains("create its directory"), "{e}");
+}

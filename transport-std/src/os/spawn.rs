@@ -72,7 +72,7 @@ impl fmt::Display for SpawnError {
                 "two listeners are named {name:?}; give each a unique name so the successor \
                  can take each one by name"
             ),
-            SpawnError::Io(e) => write!(f, "could not spawn the successor: {e}"),
+            SpawnError::Io(e) => write!(f, "could not spawn the process: {e}"),
         }
     }
 }
