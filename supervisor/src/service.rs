@@ -173,9 +173,13 @@ impl fmt::Display for ServiceError {
                 }
                 Ok(())
             }
-            ServiceError::Inherited { name, source } => {
-                write!(f, "listener {name:?} from the service manager: {source}")
-            }
+            ServiceError::Inherited { name, source } => write!(
+                f,
+                "listener {name:?} from the service manager: {source}; check that its `kind` \
+                 in the configuration matches the socket passed as {name:?} (systemd: \
+                 ListenStream= for tcp and unix, ListenDatagram= for udp, with \
+                 FileDescriptorName={name})"
+            ),
             ServiceError::Env(e) => write!(f, "socket activation: {e}"),
             ServiceError::Supervisor(e) => write!(f, "{e}"),
             ServiceError::TriggerSocket { path, source } => {
@@ -214,7 +218,9 @@ impl fmt::Display for ServiceError {
                 f.write_str("the daemon is being restarted after it died; try again shortly")
             }
             ServiceError::NotRunning => f.write_str(
-                "no daemon is running (it died; the restart is pending); try again shortly",
+                "no daemon is running (it died; the restart is pending); try again shortly. A \
+                 daemon that keeps dying cannot be handed off: install a fixed build at the \
+                 configured `binary`, and the next restart runs it",
             ),
             ServiceError::ShuttingDown => f.write_str("the supervisor is shutting down"),
         }
