@@ -1,5 +1,6 @@
 //! `handoff-supervisor`: `run` supervises a daemon; `trigger` and `status`
-//! talk to a running supervisor through its trigger socket.
+//! talk to a running supervisor through its trigger socket, found in the
+//! configuration (`--config`) or named (`--socket`).
 //!
 //! Exit status: `run` exits 0 after a clean stop (SIGTERM, SIGINT) and 1 if
 //! it could not start; `trigger` exits 0 only for a committed handoff, 1 for
@@ -42,9 +43,18 @@ enum Command {
     /// Ask the running supervisor for a handoff and wait for its outcome.
     /// Exits 0 if it committed, 1 if it was aborted, 2 on any error.
     Trigger {
-        /// The configuration file of the running supervisor.
+        /// The configuration file of the running supervisor (read for its
+        /// `trigger_socket` and `deadline_secs`).
+        #[arg(long, required_unless_present = "socket", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The running supervisor's trigger socket, instead of `--config`
+        /// (for a user who may not read the configuration).
         #[arg(long)]
-        config: PathBuf,
+        socket: Option<PathBuf>,
+        /// How long to wait for the outcome [default: the configuration's
+        /// `deadline_secs` + 30, or 90 with `--socket`].
+        #[arg(long)]
+        timeout_secs: Option<u64>,
         /// The successor's binary: the configured `binary` (the default) or
         /// one of `allowed_binaries`.
         #[arg(long)]
@@ -55,9 +65,13 @@ enum Command {
     },
     /// Show the running supervisor's status.
     Status {
-        /// The configuration file of the running supervisor.
+        /// The configuration file of the running supervisor (read for its
+        /// `trigger_socket`).
+        #[arg(long, required_unless_present = "socket", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The running supervisor's trigger socket, instead of `--config`.
         #[arg(long)]
-        config: PathBuf,
+        socket: Option<PathBuf>,
         /// Print the status as a JSON object.
         #[arg(long)]
         json: bool,
@@ -70,10 +84,29 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config, cli.log_level),
         Command::Trigger {
             config,
+            socket,
+            timeout_secs,
             binary,
             json,
-        } => trigger(&config, binary.as_deref(), json),
-        Command::Status { config, json } => status(&config, json),
+        } => match target(config.as_deref(), socket) {
+            Ok((socket, deadline)) => {
+                // The whole handoff is bounded by the deadline; an abort adds
+                // the successor's kill grace and the incumbent's resume.
+                let timeout = timeout_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(deadline + Duration::from_secs(30));
+                trigger(&socket, timeout, binary.as_deref(), json)
+            }
+            Err(code) => code,
+        },
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => match target(config.as_deref(), socket) {
+            Ok((socket, _)) => status(&socket, json),
+            Err(code) => code,
+        },
     }
 }
 
@@ -213,25 +246,36 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn trigger(config_path: &Path, binary: Option<&Path>, json: bool) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
+/// The trigger socket to talk to and the handoff deadline: from the
+/// configuration file, or `socket` as given with the default deadline.
+fn target(config: Option<&Path>, socket: Option<PathBuf>) -> Result<(PathBuf, Duration), ExitCode> {
+    match (config, socket) {
+        (_, Some(socket)) => Ok((
+            socket,
+            Duration::from_secs(handoff_supervisor::config::DEFAULT_DEADLINE_SECS),
+        )),
+        (Some(path), None) => match Config::load(path) {
+            Ok(c) => Ok((c.trigger_socket.clone(), c.deadline())),
+            Err(e) => Err(fail(&format!(
+                "{e} (a user who may not read it can pass --socket instead)"
+            ))),
+        },
+        // clap requires one of the two.
+        (None, None) => Err(fail(&"--config or --socket is required")),
+    }
+}
+
+fn trigger(socket: &Path, timeout: Duration, binary: Option<&Path>, json: bool) -> ExitCode {
     // The supervisor compares paths as written, and it does not share our
     // working directory: a relative path is made absolute here.
     let binary = match binary.map(std::path::absolute).transpose() {
         Ok(b) => b,
         Err(e) => return fail(&format!("--binary: {e}")),
     };
-    // The whole handoff is bounded by the deadline; an abort adds the
-    // successor's kill grace and the incumbent's resume.
-    let timeout = config.deadline() + Duration::from_secs(30);
-    let line =
-        match client::trigger_with_timeout(&config.trigger_socket, binary.as_deref(), timeout) {
-            Ok(l) => l,
-            Err(e) => return fail(&e),
-        };
+    let line = match client::trigger_with_timeout(socket, binary.as_deref(), timeout) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
     match Reply::parse(&line) {
         Ok(reply @ Reply::Handoff(_)) | Ok(reply @ Reply::Error(_)) => {
             println!("{}", if json { reply.to_json() } else { line });
@@ -246,12 +290,8 @@ fn trigger(config_path: &Path, binary: Option<&Path>, json: bool) -> ExitCode {
     }
 }
 
-fn status(config_path: &Path, json: bool) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let line = match client::status(&config.trigger_socket) {
+fn status(socket: &Path, json: bool) -> ExitCode {
+    let line = match client::status(socket) {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };

@@ -297,3 +297,29 @@ fn start_errors_say_what_to_do() {
     assert!(matches!(e, ServiceError::TriggerSocket { .. }), "{e:?}");
     assert!(e.to_string().contains("create its directory"), "{e}");
 }
+
+#[test]
+fn status_and_trigger_can_name_the_socket_instead_of_the_configuration() {
+    let layout = Layout::new("bysocket");
+    let service = start_service(&layout, "");
+    let socket = layout.trigger.to_str().unwrap();
+
+    let out = run_cli(&["status", "--socket", socket, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = service.status().incumbent_pid.unwrap();
+    assert!(
+        stdout.contains(&format!("\"incumbent_pid\":{pid}")),
+        "{stdout}"
+    );
+
+    let out = run_cli(&["trigger", "--socket", socket, "--timeout-secs", "60"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("committed=true"));
+
+    // One of the two, not both.
+    let config = layout.config_file.to_str().unwrap();
+    let out = run_cli(&["status", "--socket", socket, "--config", config]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    service.shutdown();
+}
