@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
 use handoff_std::os::journal::JournalWriter;
-use handoff_std::os::process::{ExitWatch, kill_and_reap, send_signal};
+use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_signal};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
     HandoffOutcome, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, clock,
@@ -220,12 +220,23 @@ impl MioSupervisor {
 
     /// The earliest deadline of all handoffs in flight.
     pub fn timeout(&self) -> Option<std::time::Instant> {
+        // A successor whose exit cannot be watched (no pidfd) is looked at
+        // this often, as the blocking adapter does.
+        let poll_child = self
+            .runs
+            .iter()
+            .flatten()
+            .any(|r| r.child.is_some() && r.exit.is_none())
+            .then(|| std::time::Instant::now() + EXIT_POLL_INTERVAL);
         self.runs
             .iter()
             .flatten()
             .filter_map(|r| r.machine.poll_timeout())
             .min()
             .map(clock::to_std)
+            .into_iter()
+            .chain(poll_child)
+            .min()
     }
 
     /// Time passed.

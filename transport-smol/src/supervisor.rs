@@ -9,7 +9,7 @@ use futures_lite::future;
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
 use handoff_std::os::journal::JournalWriter;
-use handoff_std::os::process::{ExitWatch, kill_and_reap, send_signal};
+use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_signal};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
     HandoffOutcome, SpawnSpec, Supervisor, SupervisorError, clock, handoff_config, random_id_bytes,
@@ -79,7 +79,14 @@ pub async fn perform_handoff(
                     Wake::Exit
                 },
                 async {
-                    timer(run.machine.poll_timeout()).await;
+                    let mut deadline = run.machine.poll_timeout();
+                    if run.child.is_some() && run.exit.is_none() {
+                        // No pidfd: look at the child this often, as the
+                        // blocking adapter does.
+                        let soon = clock::now() + EXIT_POLL_INTERVAL;
+                        deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+                    }
+                    timer(deadline).await;
                     Wake::Timer
                 },
             ),

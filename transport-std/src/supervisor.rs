@@ -24,7 +24,7 @@ use crate::conn::{self, Inbox};
 use crate::crash;
 use crate::os::control::{self, send_frame};
 use crate::os::journal::{Journal, JournalError, JournalWriter};
-use crate::os::process::{ExitWatch, kill_and_reap, send_signal};
+use crate::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_signal};
 use crate::os::spawn::{PassedListener, SpawnError, spawn_successor, validate_listener_names};
 
 /// What to run as the successor, and the budgets of its handoff.
@@ -531,7 +531,7 @@ impl<'a> Run<'a> {
         let mut deadline = self.machine.poll_timeout();
         if self.child.is_some() && self.exit_watch.is_none() {
             // No pidfd on this kernel: look at the child at least this often.
-            let soon = clock::now() + Duration::from_millis(20);
+            let soon = clock::now() + EXIT_POLL_INTERVAL;
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
         }
         let ready = conn::wait(

@@ -24,6 +24,10 @@ fn checked_pid(pid: u32) -> io::Result<libc::pid_t> {
     }
 }
 
+/// How often an adapter looks at a child whose exit it cannot watch (no
+/// pidfd on this kernel): a dead successor is noticed within this.
+pub const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Kills `child` and reaps it without waiting on it: a process that does
 /// not die at once (`SIGKILL` is held off while it is stuck in the kernel,
 /// in uninterruptible I/O) is reaped by a thread of its own, so that no
