@@ -149,6 +149,10 @@ fn text<'a>(var: &'static str, value: Option<&'a OsString>) -> Result<Option<&'a
         .transpose()
 }
 
+/// The most listeners `LISTEN_FDS` may count: far more than any service
+/// has, far fewer than would make naming them a danger.
+const MAX_LISTEN_FDS: RawFd = 65_536;
+
 /// A plain decimal number: digits only, no sign, no spaces.
 fn number(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -184,7 +188,6 @@ fn parse(vars: &Vars, our_pid: u32) -> Result<Layout, EnvError> {
         (Some(count_text), names) => {
             let count = number(count_text)
                 .and_then(|n| RawFd::try_from(n).ok())
-                .filter(|&n| n < RawFd::MAX - FIRST_FD)
                 .ok_or_else(|| {
                     bad(
                         LISTEN_FDS,
@@ -192,6 +195,15 @@ fn parse(vars: &Vars, our_pid: u32) -> Result<Layout, EnvError> {
                         "is not a count of descriptors (a decimal number)",
                     )
                 })?;
+            // Checked before a name is made for each: a hostile count must
+            // be an error, not an allocation that aborts the process.
+            if count > MAX_LISTEN_FDS {
+                return Err(bad(
+                    LISTEN_FDS,
+                    count_text,
+                    "counts more descriptors than a process is passed (at most 65536)",
+                ));
+            }
             let names: Vec<String> = match names {
                 None => (0..count).map(|i| i.to_string()).collect(),
                 Some("") if count == 0 => Vec::new(),
@@ -415,6 +427,16 @@ mod tests {
         // systemd gives every socket of one unit the same name.
         let l = layout(&[(LISTEN_FDS, "2"), (LISTEN_FDNAMES, "app.socket:app.socket")]).unwrap();
         assert_eq!(l.listeners, listeners(&["app.socket", "app.socket"]));
+    }
+
+    #[test]
+    fn a_hostile_listener_count_is_an_error_not_an_abort() {
+        assert_bad(
+            layout(&[(LISTEN_FDS, "2000000000")]),
+            LISTEN_FDS,
+            "2000000000",
+        );
+        assert_bad(layout(&[(LISTEN_FDS, "65537")]), LISTEN_FDS, "65537");
     }
 
     #[test]

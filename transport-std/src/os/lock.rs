@@ -97,11 +97,18 @@ pub struct DataDirLock {
     data_dir: PathBuf,
     /// The open lock file carrying the flock; std opens it close-on-exec.
     file: File,
+    /// Why the pidfile could not be written, if it could not.
+    pidfile_error: Option<io::Error>,
 }
 
 impl DataDirLock {
     /// Takes the lock without waiting; creates the directory and lock file
-    /// if missing, then writes the pidfile atomically.
+    /// if missing, then writes the pidfile atomically. The pidfile is only
+    /// a diagnostic: if it cannot be written (a full disk) the lock is held
+    /// all the same, the stale pidfile is removed so that it names nobody,
+    /// and [`DataDirLock::pidfile_error`] says why. A lock refused over a
+    /// pidfile would leave nobody serving after a failed handoff on a full
+    /// disk: the successor could not take it, nor the old binary take it back.
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock, LockError> {
         fs::create_dir_all(data_dir)?;
         // Never truncated: the file's contents mean nothing, and it may be
@@ -129,12 +136,21 @@ impl DataDirLock {
                 Err(e) => return Err(LockError::Io(e)),
             }
         }
-        // On failure `file` drops here and the half-taken lock goes with it.
-        write_pidfile(data_dir, std::process::id())?;
+        let pidfile_error = write_pidfile(data_dir, std::process::id()).err();
+        if pidfile_error.is_some() {
+            let _ = fs::remove_file(data_dir.join(PID_FILE));
+        }
         Ok(DataDirLock {
             data_dir: data_dir.to_path_buf(),
             file,
+            pidfile_error,
         })
+    }
+
+    /// Why the pidfile naming this process could not be written, if it
+    /// could not (the lock is held regardless; log it).
+    pub fn pidfile_error(&self) -> Option<&io::Error> {
+        self.pidfile_error.as_ref()
     }
 
     /// Like [`DataDirLock::acquire`], but if the lock is busy and the
@@ -277,6 +293,28 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         pid
+    }
+
+    #[test]
+    fn a_pidfile_that_cannot_be_written_does_not_cost_the_lock() {
+        let dir = TempDir::new("lock-full");
+        let data = dir.path().join("data");
+        fs::create_dir_all(&data).unwrap();
+        // An earlier holder's pidfile, and a disk with no room for ours.
+        fs::write(data.join(PID_FILE), "12345\n").unwrap();
+        std::os::unix::fs::symlink("/dev/full", data.join(PID_TEMP_FILE)).unwrap();
+        let lock = DataDirLock::acquire(&data).expect("the flock is free");
+        assert_eq!(
+            lock.pidfile_error().and_then(io::Error::raw_os_error),
+            Some(libc::ENOSPC)
+        );
+        // Held all the same, and no pidfile names someone else.
+        assert!(matches!(
+            DataDirLock::acquire(&data),
+            Err(LockError::Busy { holder_pid: None })
+        ));
+        assert!(!data.join(PID_FILE).exists());
+        assert!(!data.join(PID_TEMP_FILE).exists());
     }
 
     #[test]

@@ -308,8 +308,13 @@ fn mark_cloexec_from(first: RawFd, scan_limit: RawFd) -> io::Result<()> {
         return Ok(());
     }
     let e = io::Error::last_os_error();
-    // ENOSYS: kernel before 5.9; EINVAL: before 5.11, which lacks the flag.
-    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+    // ENOSYS: kernel before 5.9; EINVAL: before 5.11, which lacks the flag;
+    // EPERM: a seccomp filter (older container runtimes) that refuses
+    // syscalls it does not know.
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
+    ) {
         return Err(e);
     }
     set_cloexec_by_scan(first, scan_limit)
