@@ -169,6 +169,20 @@ fn spawn_with_fds(
         .map(|l| l.fd.as_raw_fd())
         .chain(control.map(|c| c.as_raw_fd()))
         .collect();
+    // A source at 0, 1 or 2 (a process started with its standard streams
+    // closed binds its first socket there) would be replaced by std's own
+    // stdio setup in the child, which runs before `place_fds`: move it up.
+    let mut lifted = Vec::new();
+    for fd in fds.iter_mut().filter(|fd| **fd < FIRST_FD) {
+        // SAFETY: `*fd` is borrowed by the caller for this whole call, so
+        // open; F_DUPFD_CLOEXEC only makes a new descriptor.
+        let copy = cvt(unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, FIRST_FD) })
+            .map_err(SpawnError::Io)?;
+        // SAFETY: `copy` was just made and is owned by nobody else.
+        let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+        *fd = copy.as_raw_fd();
+        lifted.push(copy);
+    }
     let scan_limit = fd_scan_limit();
     let placeholders = match listeners.first().map(|l| l.fd).or(control) {
         Some(any) => {
@@ -191,6 +205,7 @@ fn spawn_with_fds(
     }
     let child = cmd.spawn().map_err(SpawnError::Io);
     drop(placeholders);
+    drop(lifted);
     child
 }
 
