@@ -41,10 +41,14 @@ impl JournalPhase {
 
     /// Whether the incumbent may have released the data-dir lock by now, so
     /// a restarted supervisor must not assume the old binary still writes.
+    /// `Draining` counts: it is the last record before `SealRequest` goes
+    /// out (no `Sealing` record is written), and records are written behind
+    /// the protocol, so a journal left at `Draining` may follow a seal.
     pub fn after_seal(self) -> bool {
         matches!(
             self,
-            JournalPhase::Sealing
+            JournalPhase::Draining
+                | JournalPhase::Sealing
                 | JournalPhase::AwaitingReady
                 | JournalPhase::Committed
                 | JournalPhase::ResumingAfterAbort

@@ -10,6 +10,14 @@ use std::os::unix::net::UnixListener;
 use super::sys::{cvt, getsockopt_int, set_cloexec, set_nonblocking};
 
 /// Whether an adopted socket blocks.
+///
+/// The flag belongs to the socket, not to one process's descriptor: the
+/// supervisor, the incumbent and the successor share each listener, so a
+/// successor that takes a listener in another mode than the incumbent's
+/// switches the incumbent's too. After an aborted handoff the incumbent
+/// serves on with whatever the successor set; a daemon whose versions may
+/// differ here (a threaded build upgraded to an event-loop one) sets its
+/// listeners' mode again when it resumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Calls block (for threads).
@@ -304,8 +312,8 @@ impl InheritedListeners {
             }
         }
         // O_NONBLOCK is shared with every other descriptor of this open file
-        // description, the supervisor's copy included; the supervisor only
-        // holds its listeners, so switching it here disturbs nobody.
+        // description: the supervisor's copy, which only holds it, but also
+        // the incumbent's while a handoff runs. See `take_tcp`.
         set_nonblocking(fd, mode == Mode::NonBlocking).map_err(ListenerError::Io)?;
         set_cloexec(fd).map_err(ListenerError::Io)?;
         Ok(self.entries.remove(index).1)
