@@ -705,9 +705,15 @@ impl<'a> Run<'a> {
 impl Drop for Run<'_> {
     fn drop(&mut self) {
         // An early return (an I/O error while waiting) must not leave a
-        // successor behind.
+        // successor behind, nor a journal record of a handoff that is over:
+        // with the successor gone and our end of the session closed, the
+        // incumbent resumes by itself.
         if let Some(child) = self.child.take() {
             kill_and_reap(child);
+        }
+        if let Some(journal) = self.journal.take() {
+            journal.clear();
+            self.sup.defer_journal(journal);
         }
     }
 }
