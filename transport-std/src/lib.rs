@@ -74,3 +74,9 @@ pub use supervisor::{
     HandoffOutcome, HandoffSlot, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError,
     handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
 };
+
+/// The project README's integrator example, compiled as a doctest so that
+/// it cannot drift from this crate's API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;
