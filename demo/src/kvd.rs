@@ -288,6 +288,12 @@ fn cold_start(
             return 3;
         }
     };
+    if let Some(e) = lock.pidfile_error() {
+        log(format_args!(
+            "data dir {}: holding the lock, but the pidfile naming us could not be written: {e}",
+            args.data_dir.display()
+        ));
+    }
     let store = match Store::open(&args.data_dir) {
         Ok(s) => s,
         Err(e) => {
