@@ -14,7 +14,8 @@ use handoff_core::{
     SealReport, SessionEnd,
 };
 use handoff_std::os::control::{
-    AcceptRetry, PeerPolicy, accept_retry, bind_control_socket, peer_credentials,
+    AcceptRetry, PeerPolicy, accept_retry, bind_control_socket, path_identity, peer_credentials,
+    reclaim_control_path,
 };
 use handoff_std::os::lock::DataDirLock;
 use handoff_std::{Incumbent, SealOutput};
@@ -75,6 +76,10 @@ pub struct MioIncumbent {
     /// reports readiness once, so a connection left in the backlog would
     /// otherwise wait for the next one.
     accept_retry_at: Option<std::time::Instant>,
+    /// The lock was released during the current session (a seal).
+    released: bool,
+    /// The identity of the control socket file this incumbent listens on.
+    bound: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for MioIncumbent {
@@ -107,6 +112,7 @@ impl MioIncumbent {
             .as_ref()
             .map(|l| l.data_dir().to_path_buf())
             .ok_or_else(|| io::Error::other("an incumbent must hold the data-dir lock"))?;
+        let bound = path_identity(&socket_path);
         Ok(MioIncumbent {
             listener: UnixListener::from_std(listener),
             socket_path,
@@ -120,6 +126,8 @@ impl MioIncumbent {
             events: VecDeque::new(),
             done: false,
             accept_retry_at: None,
+            released: false,
+            bound,
         })
     }
 
@@ -403,11 +411,23 @@ impl MioIncumbent {
                 IncumbentOutput::Resume => self.events.push_back(IncumbentEvent::Resume),
                 IncumbentOutput::ReleaseLock => {
                     self.lock = None;
+                    self.released = true;
                     crash::at("o-after-lock-released");
                 }
                 IncumbentOutput::AcquireLock => match DataDirLock::acquire(&self.data_dir) {
                     Ok(lock) => {
                         self.lock = Some(lock);
+                        // Taken back after a seal: the successor is gone, and
+                        // may have taken the path over first.
+                        if std::mem::take(&mut self.released) {
+                            reclaim_path(
+                                &mut self.listener,
+                                &self.socket_path,
+                                &mut self.bound,
+                                self.tokens.map(|(listener, _)| listener),
+                                registry,
+                            );
+                        }
                         s.machine.handle_lock_acquired(clock::now());
                     }
                     Err(_) => s.machine.handle_lock_busy(clock::now()),
@@ -433,6 +453,36 @@ impl MioIncumbent {
             }
         }
     }
+}
+
+/// After the lock was taken back following a seal: takes the control
+/// socket path back if a successor took it before it was stopped (see
+/// [`reclaim_control_path`]), registering the new listener under `token`.
+/// Should that fail, the old listener still serves whoever has it.
+fn reclaim_path(
+    current: &mut UnixListener,
+    path: &Path,
+    bound: &mut Option<(u64, u64)>,
+    token: Option<Token>,
+    registry: &Registry,
+) {
+    let Some(Ok(listener)) = reclaim_control_path(path, bound) else {
+        return;
+    };
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut listener = UnixListener::from_std(listener);
+    if let Some(token) = token {
+        if registry
+            .register(&mut listener, token, Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        let _ = registry.deregister(current);
+    }
+    *current = listener;
 }
 
 fn peer_credentials_of(stream: &mio::net::UnixStream) -> Option<u32> {

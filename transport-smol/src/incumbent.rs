@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
@@ -15,7 +15,9 @@ use handoff_core::{
     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Revisions, SealFailure,
     SealReport, SessionEnd,
 };
-use handoff_std::os::control::{AcceptRetry, PeerPolicy, accept_retry, peer_credentials};
+use handoff_std::os::control::{
+    AcceptRetry, PeerPolicy, accept_retry, path_identity, peer_credentials, reclaim_control_path,
+};
 use handoff_std::os::lock::DataDirLock;
 use handoff_std::{
     HookError, Incumbent, SealOutput, ServeEnd, ServeError, StateSnapshot, clock, crash,
@@ -82,7 +84,8 @@ pub async fn serve_with<D: AsyncDrainable>(
     policy: PeerPolicy,
     build_id: &[u8],
 ) -> Result<ServeEnd, ServeError> {
-    let (listener, _path, lock) = incumbent.into_parts();
+    let (listener, path, lock) = incumbent.into_parts();
+    let bound = path_identity(&path);
     let Some(lock) = lock else {
         return Err(ServeError::Io(io::Error::other(
             "an incumbent must hold the data-dir lock",
@@ -90,11 +93,15 @@ pub async fn serve_with<D: AsyncDrainable>(
     };
     let data_dir = lock.data_dir().to_path_buf();
     let mut state = State {
+        released: false,
+        path,
+        bound,
+        reclaimed: None,
         lock: Some(lock),
         data_dir,
         resume_error: None,
     };
-    let listener = Async::new(listener).map_err(ServeError::Io)?;
+    let mut listener = Async::new(listener).map_err(ServeError::Io)?;
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
@@ -118,7 +125,14 @@ pub async fn serve_with<D: AsyncDrainable>(
             continue;
         };
         match session(&mut state, conn, daemon, config, build_id).await {
-            SessionEnd::Serving(_) => {}
+            SessionEnd::Serving(_) => {
+                // Bound when the lock was taken back (see `session`).
+                if let Some(new) = state.reclaimed.take()
+                    && let Ok(new) = Async::new(new)
+                {
+                    listener = new;
+                }
+            }
             SessionEnd::Committed => {
                 return Ok(ServeEnd::Committed {
                     snapshot: daemon.snapshot_state(),
@@ -141,6 +155,15 @@ pub async fn serve_with<D: AsyncDrainable>(
 }
 
 struct State {
+    /// The lock was released during the current session (a seal).
+    released: bool,
+    /// The control socket path, and the identity of the socket file we
+    /// listen on there.
+    path: std::path::PathBuf,
+    bound: Option<(u64, u64)>,
+    /// A new control listener bound at the path when the lock was taken
+    /// back after a seal, for `serve` to accept on from then on.
+    reclaimed: Option<UnixListener>,
     lock: Option<DataDirLock>,
     data_dir: std::path::PathBuf,
     resume_error: Option<String>,
@@ -202,11 +225,22 @@ async fn session<D: AsyncDrainable>(
                 }
                 IncumbentOutput::ReleaseLock => {
                     state.lock = None;
+                    state.released = true;
                     crash::at("o-after-lock-released");
                 }
                 IncumbentOutput::AcquireLock => match DataDirLock::acquire(&state.data_dir) {
                     Ok(lock) => {
                         state.lock = Some(lock);
+                        // Taken back after a seal: the successor is gone, and
+                        // may have taken the path over first (its `Ready`
+                        // crossed the abort). Should the rebind fail, the old
+                        // listener still serves whoever has it.
+                        if std::mem::take(&mut state.released)
+                            && let Some(Ok(new)) =
+                                reclaim_control_path(&state.path, &mut state.bound)
+                        {
+                            state.reclaimed = Some(new);
+                        }
                         machine.handle_lock_acquired(now);
                     }
                     Err(_) => machine.handle_lock_busy(now),
@@ -288,7 +322,14 @@ async fn session<D: AsyncDrainable>(
                     }
                 }
             }
-            Wake::Timer => machine.handle_timeout(now),
+            Wake::Timer => {}
+        }
+        // After every wake-up, not only the timer's: a peer that never stops
+        // sending must not hold off the deadlines (the machine ignores an
+        // early call).
+        let now = clock::now();
+        if machine.poll_timeout().is_some_and(|t| t <= now) {
+            machine.handle_timeout(now);
         }
     }
 }

@@ -5,7 +5,11 @@
 //!   adapter takes it over (`MioIncumbent::from_std`, `handoff_smol::serve`):
 //!   the build id and the capabilities of the config are in the `Hello`;
 //! - a hook that panics is a failed hook in the std and smol adapters: the
-//!   daemon resumes, keeps its lock and stays reachable for handoffs.
+//!   daemon resumes, keeps its lock and stays reachable for handoffs;
+//! - an incumbent that resumes after a seal takes its control socket path
+//!   back from a successor that took it over before it was stopped;
+//! - a supervisor that never stops sending heartbeats cannot hold off the
+//!   incumbent's own deadline.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -288,5 +292,206 @@ fn smol_a_panicking_hook_is_a_failed_hook() {
     a_panicking_drain_is_a_failed_drain("smol-panic", |incumbent, daemon| {
         let end = async_io::block_on(handoff_smol::serve(incumbent, daemon));
         panic!("serve returned: {end:?}");
+    });
+}
+
+/// A daemon whose hooks all succeed at once; it says when it resumed.
+struct Prompt(std::sync::Mutex<mpsc::Sender<()>>);
+
+impl Prompt {
+    fn resumed(&self) -> Result<(), HookError> {
+        let _ = self.0.lock().unwrap().send(());
+        Ok(())
+    }
+}
+
+impl Drainable for Prompt {
+    fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
+        Ok(DrainReport::default())
+    }
+    fn seal(&self, _progress: &SealProgress) -> Result<SealOutput, HookError> {
+        Ok(SealOutput::default())
+    }
+    fn resume_after_abort(&self) -> Result<(), HookError> {
+        self.resumed()
+    }
+}
+
+impl AsyncDrainable for Prompt {
+    async fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
+        Ok(DrainReport::default())
+    }
+    async fn seal(&self) -> Result<SealOutput, HookError> {
+        Ok(SealOutput::default())
+    }
+    async fn resume_after_abort(&self) -> Result<(), HookError> {
+        self.resumed()
+    }
+}
+
+/// Reads frames from the incumbent until one of `kind` arrives.
+fn expect(s: &mut UnixStream, decoder: &mut FrameDecoder, kind: handoff_core::MessageKind) {
+    let mut buf = [0u8; 512];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        while !pending.is_empty() {
+            let (used, frame) = decoder.decode(&pending);
+            let got = frame
+                .expect("a well-formed frame")
+                .map(|f| f.message.kind());
+            pending.drain(..used);
+            if got == Some(kind) {
+                return;
+            }
+        }
+        let n = s.read(&mut buf).expect("the incumbent answers");
+        assert!(n > 0, "the session closed before {kind:?}");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn send(s: &mut UnixStream, msg: Message<'_>) {
+    let mut out = [0u8; 256];
+    let n = encode_frame(1, &msg, &mut out).unwrap();
+    s.write_all(&out[..n]).unwrap();
+}
+
+fn the_path_is_taken_back_after_an_aborted_seal(tag: &str, serve: fn(Incumbent, &Prompt)) {
+    use handoff_core::MessageKind;
+    let dir = TempDir::new(tag);
+    let incumbent = dir.incumbent();
+    let (resumed_tx, resumed) = mpsc::channel();
+    std::thread::spawn(move || serve(incumbent, &Prompt(std::sync::Mutex::new(resumed_tx))));
+
+    // A supervisor takes the handoff as far as the seal.
+    let mut s = UnixStream::connect(dir.control()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    let mut decoder: FrameDecoder = FrameDecoder::new();
+    expect(&mut s, &mut decoder, MessageKind::Hello);
+    let id = HandoffId::from_bytes([9; 16]);
+    send(
+        &mut s,
+        Message::HelloAck {
+            proto_version_chosen: 1,
+            handoff_id: id,
+        },
+    );
+    send(
+        &mut s,
+        Message::PrepareHandoff {
+            handoff_id: id,
+            successor_pid: 1,
+            deadline_ms: 60_000,
+            drain_grace_ms: 30_000,
+        },
+    );
+    expect(&mut s, &mut decoder, MessageKind::Drained);
+    send(&mut s, Message::SealRequest { handoff_id: id });
+    expect(&mut s, &mut decoder, MessageKind::SealComplete);
+
+    // The successor's Ready crossed the abort: it took the lock, bound the
+    // path, and was stopped.
+    let successor_lock = DataDirLock::acquire(&dir.0.join("data")).unwrap();
+    drop(handoff_std::os::control::bind_control_socket(&dir.control()).unwrap());
+    drop(successor_lock);
+
+    // The supervisor tells the incumbent to resume; it takes the lock back
+    // first, then resumes the daemon.
+    send(&mut s, Message::ResumeAfterAbort { handoff_id: id });
+    resumed.recv_timeout(BOUND).expect("the daemon resumes");
+
+    // The next supervisor reaches the incumbent at the path again.
+    let mut next = UnixStream::connect(dir.control()).expect("the path names a live socket");
+    next.set_read_timeout(Some(BOUND)).unwrap();
+    let mut decoder: FrameDecoder = FrameDecoder::new();
+    expect(&mut next, &mut decoder, MessageKind::Hello);
+    assert!(
+        DataDirLock::acquire(&dir.0.join("data")).is_err(),
+        "the incumbent holds the lock again"
+    );
+}
+
+#[test]
+fn std_takes_its_control_path_back_after_an_aborted_seal() {
+    the_path_is_taken_back_after_an_aborted_seal("std-reclaim", |incumbent, daemon| {
+        let _ = incumbent.serve(daemon);
+    });
+}
+
+#[test]
+fn smol_takes_its_control_path_back_after_an_aborted_seal() {
+    the_path_is_taken_back_after_an_aborted_seal("smol-reclaim", |incumbent, daemon| {
+        let _ = async_io::block_on(handoff_smol::serve(incumbent, daemon));
+    });
+}
+
+fn a_heartbeat_flood_does_not_hold_off_the_deadline(tag: &str, serve: fn(Incumbent, &Prompt)) {
+    use handoff_core::MessageKind;
+    let dir = TempDir::new(tag);
+    let incumbent = dir.incumbent().with_config(IncumbentConfig {
+        deadline_slack: Duration::from_millis(100),
+        ..IncumbentConfig::default()
+    });
+    let (resumed_tx, resumed) = mpsc::channel();
+    std::thread::spawn(move || serve(incumbent, &Prompt(std::sync::Mutex::new(resumed_tx))));
+
+    let mut s = UnixStream::connect(dir.control()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    let mut decoder: FrameDecoder = FrameDecoder::new();
+    expect(&mut s, &mut decoder, MessageKind::Hello);
+    let id = HandoffId::from_bytes([5; 16]);
+    send(
+        &mut s,
+        Message::HelloAck {
+            proto_version_chosen: 1,
+            handoff_id: id,
+        },
+    );
+    send(
+        &mut s,
+        Message::PrepareHandoff {
+            handoff_id: id,
+            successor_pid: 1,
+            deadline_ms: 300,
+            drain_grace_ms: 200,
+        },
+    );
+    expect(&mut s, &mut decoder, MessageKind::Drained);
+
+    // No SealRequest ever comes; heartbeats do, without a pause.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (mut s, stop) = (s.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            // Many frames per write, so the socket is never found empty.
+            let mut frame = [0u8; 32];
+            let n = encode_frame(1, &Message::Heartbeat { ts_ms: 1 }, &mut frame).unwrap();
+            let batch: Vec<u8> = frame[..n].repeat(4096);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.write_all(&batch).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // Past deadline_ms and its slack, the incumbent resumes by itself.
+    let outcome = resumed.recv_timeout(BOUND);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(s);
+    flood.join().unwrap();
+    outcome.expect("the incumbent resumes at its deadline despite the flood");
+}
+
+#[test]
+fn std_a_heartbeat_flood_does_not_hold_off_the_deadline() {
+    a_heartbeat_flood_does_not_hold_off_the_deadline("std-flood", |incumbent, daemon| {
+        let _ = incumbent.serve(daemon);
+    });
+}
+
+#[test]
+fn smol_a_heartbeat_flood_does_not_hold_off_the_deadline() {
+    a_heartbeat_flood_does_not_hold_off_the_deadline("smol-flood", |incumbent, daemon| {
+        let _ = async_io::block_on(handoff_smol::serve(incumbent, daemon));
     });
 }

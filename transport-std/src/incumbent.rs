@@ -6,7 +6,7 @@
 //! the one that calls `serve`.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -98,6 +98,10 @@ pub struct Incumbent {
     sessions: u64,
     last_end: Option<SessionEnd>,
     resume_error: Option<String>,
+    /// The lock was released during the current session (a seal).
+    released: bool,
+    /// The identity of the control socket file this incumbent listens on.
+    bound: Option<(u64, u64)>,
 }
 
 impl fmt::Debug for Incumbent {
@@ -133,6 +137,8 @@ impl Incumbent {
             sessions: 0,
             last_end: None,
             resume_error: None,
+            released: false,
+            bound: control::path_identity(socket_path),
         }
     }
 
@@ -268,7 +274,7 @@ struct Waker(Arc<UnixStream>);
 impl Waker {
     fn wake(&self) {
         // A full pipe already holds a wake-up; nothing is lost.
-        let _ = (&*self.0).write(&[1]);
+        let _ = control::send_some(self.0.as_fd(), &[1]);
     }
 }
 
@@ -285,6 +291,30 @@ struct HookContext<'d, D> {
     done: mpsc::Sender<HookDone>,
     progress: mpsc::Sender<(u32, u32, u64)>,
     waker: Waker,
+}
+
+/// Runs one hook of `daemon`; seal progress goes to `progress`, `wake`
+/// rung after each report.
+fn run_job<D: Drainable>(
+    daemon: &D,
+    job: Job,
+    progress: &mpsc::Sender<(u32, u32, u64)>,
+    wake: &Waker,
+) -> HookDone {
+    match job {
+        Job::Drain(deadline) => HookDone::Drained(run_hook(|| daemon.drain(deadline))),
+        Job::Seal => {
+            let progress = SealProgress {
+                tx: progress.clone(),
+                wake: Box::new({
+                    let w = wake.clone();
+                    move || w.wake()
+                }),
+            };
+            HookDone::Sealed(run_hook(|| daemon.seal(&progress)))
+        }
+        Job::Resume => HookDone::Resumed(run_hook(|| daemon.resume_after_abort())),
+    }
 }
 
 /// Starts the thread that runs this session's hooks one after another (the
@@ -305,20 +335,7 @@ fn start_worker<'scope, D: Drainable>(
         .spawn_scoped(scope, move || {
             // Ends when the session drops its sender.
             for job in inbox {
-                let done = match job {
-                    Job::Drain(deadline) => HookDone::Drained(run_hook(|| daemon.drain(deadline))),
-                    Job::Seal => {
-                        let progress = SealProgress {
-                            tx: progress_tx.clone(),
-                            wake: Box::new({
-                                let w = w.clone();
-                                move || w.wake()
-                            }),
-                        };
-                        HookDone::Sealed(run_hook(|| daemon.seal(&progress)))
-                    }
-                    Job::Resume => HookDone::Resumed(run_hook(|| daemon.resume_after_abort())),
-                };
+                let done = run_job(daemon, job, &progress_tx, &w);
                 let _ = tx.send(done);
                 w.wake();
             }
@@ -328,9 +345,10 @@ fn start_worker<'scope, D: Drainable>(
 }
 
 impl Incumbent {
-    /// Hands `job` to the session's worker, starting it if need be; a
-    /// worker that cannot start fails the hook, so the machine recovers as
-    /// from any failed hook.
+    /// Hands `job` to the session's worker, starting it if need be. Without
+    /// a worker (no thread to be had) the hook runs here, on the session
+    /// thread: the session cannot heartbeat meanwhile, but failing the hook
+    /// instead would fail the resume too and tell a healthy daemon to exit.
     fn give<'scope, D: Drainable>(
         &mut self,
         worker: &mut Option<Option<mpsc::Sender<Job>>>,
@@ -347,12 +365,7 @@ impl Incumbent {
             },
             None => job,
         };
-        let error = "could not start the thread that runs the daemon's hooks".to_owned();
-        let done = match job {
-            Job::Drain(_) => HookDone::Drained(Err(error)),
-            Job::Seal => HookDone::Sealed(Err(error)),
-            Job::Resume => HookDone::Resumed(Err(error)),
-        };
+        let done = run_job(hooks.daemon, job, &hooks.progress, &hooks.waker);
         self.on_hook_done(machine, done);
     }
 
@@ -412,12 +425,26 @@ impl Incumbent {
                         }
                         IncumbentOutput::ReleaseLock => {
                             self.lock = None;
+                            self.released = true;
                             crash::at("o-after-lock-released");
                         }
                         IncumbentOutput::AcquireLock => {
                             match DataDirLock::acquire(&self.data_dir) {
                                 Ok(lock) => {
                                     self.lock = Some(lock);
+                                    // Taken back after a seal: the successor
+                                    // is gone, and may have taken the path
+                                    // over first (its `Ready` crossed the
+                                    // abort). Should the rebind fail, the old
+                                    // listener still serves whoever has it.
+                                    if std::mem::take(&mut self.released)
+                                        && let Some(Ok(listener)) = control::reclaim_control_path(
+                                            &self.socket_path,
+                                            &mut self.bound,
+                                        )
+                                    {
+                                        self.listener = listener;
+                                    }
                                     machine.handle_lock_acquired(now);
                                 }
                                 Err(LockError::Busy { .. } | LockError::HolderAlive { .. }) => {
@@ -492,8 +519,12 @@ impl Incumbent {
                         self.on_hook_done(&mut machine, done);
                     }
                 }
-                if !ready.iter().any(|r| *r) {
-                    machine.handle_timeout(clock::now());
+                // Also when something was ready: a peer that never stops
+                // sending must not hold off the deadlines (the machine
+                // ignores an early call).
+                let now = clock::now();
+                if machine.poll_timeout().is_some_and(|t| t <= now) {
+                    machine.handle_timeout(now);
                 }
             }
         })

@@ -11,7 +11,7 @@
 //! by the supervisor's deadline rather than cut at its liveness limit.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use crate::clock;
 use crate::conn::{self, Inbox};
 use crate::crash;
 use crate::incumbent::Incumbent;
-use crate::os::control::{self, send_frame};
+use crate::os::control::{self, send_frame, send_some};
 use crate::os::env::{EnvError, take_startup_env};
 use crate::os::listeners::InheritedListeners;
 use crate::os::lock::{DataDirLock, LockError};
@@ -443,15 +443,9 @@ impl Driver {
             deadline,
         )
         .map_err(SuccessorError::Io)?;
-        if ready[1]
-            && let Some(wake) = self.wake.as_mut()
-        {
-            // Readable: a byte, or the other end closed. Either way the
-            // pump looks at its commands next.
-            let _ = wake.read(&mut [0u8; 8]);
-            return Ok(true);
-        }
         let now = clock::now();
+        // The supervisor's bytes first: an `Abort` already queued must reach
+        // the machine before a `Ready` the daemon asks for is sent.
         if ready[0]
             && let Some(s) = self.control.as_mut()
         {
@@ -462,8 +456,28 @@ impl Driver {
                     self.machine.handle_closed(now);
                 }
             }
-        } else {
+        }
+        // Also when something was ready: a peer that never stops sending
+        // must not hold off the deadlines (the machine ignores an early call).
+        let now = clock::now();
+        if self.machine.poll_timeout().is_some_and(|t| t <= now) {
             self.machine.handle_timeout(now);
+        }
+        if ready[1]
+            && let Some(wake) = self.wake.as_mut()
+        {
+            // Readable: a byte, or the other end closed. Either way the
+            // pump looks at its commands next, and the machine must have
+            // seen what the supervisor sent by then (an `Abort` queued
+            // before the daemon's `Ready` makes that `Ready` moot).
+            let _ = wake.read(&mut [0u8; 8]);
+            while !self.inbox.is_empty() {
+                let used = self
+                    .machine
+                    .handle_input(clock::now(), self.inbox.pending());
+                self.inbox.consume(used);
+            }
+            return Ok(true);
         }
         Ok(false)
     }
@@ -575,7 +589,7 @@ impl Pump {
         // If the handoff already failed, the thread has ended and its error
         // is waiting below; `Ready` is then never sent.
         let _ = self.commands.send(Command::Ready(readiness));
-        let _ = (&self.wake).write(&[1]);
+        let _ = send_some(self.wake.as_fd(), &[1]);
         let result = self.ended.recv().unwrap_or_else(|_| Err(pump_died()));
         // The thread has nothing left to do; it is not waited for.
         self.thread = None;
@@ -641,7 +655,7 @@ impl Drop for Pump {
             self.hand = None;
             let (tx, _) = mpsc::channel();
             drop(std::mem::replace(&mut self.commands, tx));
-            let _ = (&self.wake).write(&[1]);
+            let _ = send_some(self.wake.as_fd(), &[1]);
             let _ = t.join();
         }
     }

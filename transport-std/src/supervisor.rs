@@ -559,8 +559,11 @@ impl<'a> Run<'a> {
         {
             self.reap(now);
         }
-        if !ready.iter().any(|r| *r) {
-            self.machine.handle_timeout(clock::now());
+        // Also when something was ready: a peer that never stops sending
+        // must not hold off the deadlines (the machine ignores an early call).
+        let now = clock::now();
+        if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+            self.machine.handle_timeout(now);
         }
         Ok(())
     }

@@ -155,6 +155,35 @@ pub fn peer_credentials(sock: &impl AsFd) -> io::Result<PeerCredentials> {
     })
 }
 
+/// Which file `path` names now (device and inode), to tell later whether
+/// it was replaced.
+pub fn path_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// For an incumbent that took the lock back after a seal: if the control
+/// socket path no longer names the socket it listens on (`bound` is that
+/// socket file's identity), binds a new one there and returns it.
+///
+/// A successor whose `Ready` crossed the abort takes the path over before
+/// it is stopped; the incumbent, which holds the lock again (so that
+/// successor is gone), would otherwise be out of every later supervisor's
+/// reach.
+pub fn reclaim_control_path(
+    path: &Path,
+    bound: &mut Option<(u64, u64)>,
+) -> Option<io::Result<UnixListener>> {
+    if bound.is_some() && path_identity(path) == *bound {
+        return None;
+    }
+    let listener = bind_control_socket(path);
+    if listener.is_ok() {
+        *bound = path_identity(path);
+    }
+    Some(listener)
+}
+
 /// What an incumbent does after `accept` on its control socket failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AcceptRetry {
