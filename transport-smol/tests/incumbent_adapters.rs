@@ -356,19 +356,22 @@ fn send(s: &mut UnixStream, msg: Message<'_>) {
     s.write_all(&out[..n]).unwrap();
 }
 
-fn the_path_is_taken_back_after_an_aborted_seal(tag: &str, serve: fn(Incumbent, &Prompt)) {
-    use handoff_core::MessageKind;
-    let dir = TempDir::new(tag);
-    let incumbent = dir.incumbent();
+/// Serves `incumbent` with [`Prompt`] on a thread, then plays a supervisor
+/// up to `Drained` of a handoff with `deadline_ms`. Returns its end of the
+/// session, the decoder of what it reads, and the resume signal.
+fn drained(
+    dir: &TempDir,
+    incumbent: Incumbent,
+    serve: fn(Incumbent, &Prompt),
+    id: HandoffId,
+    deadline_ms: u64,
+) -> (UnixStream, FrameDecoder, mpsc::Receiver<()>) {
     let (resumed_tx, resumed) = mpsc::channel();
     std::thread::spawn(move || serve(incumbent, &Prompt(std::sync::Mutex::new(resumed_tx))));
-
-    // A supervisor takes the handoff as far as the seal.
     let mut s = UnixStream::connect(dir.control()).unwrap();
     s.set_read_timeout(Some(BOUND)).unwrap();
     let mut decoder: FrameDecoder = FrameDecoder::new();
-    expect(&mut s, &mut decoder, MessageKind::Hello);
-    let id = HandoffId::from_bytes([9; 16]);
+    expect(&mut s, &mut decoder, handoff_core::MessageKind::Hello);
     send(
         &mut s,
         Message::HelloAck {
@@ -381,11 +384,20 @@ fn the_path_is_taken_back_after_an_aborted_seal(tag: &str, serve: fn(Incumbent, 
         Message::PrepareHandoff {
             handoff_id: id,
             successor_pid: 1,
-            deadline_ms: 60_000,
-            drain_grace_ms: 30_000,
+            deadline_ms,
+            drain_grace_ms: deadline_ms * 2 / 3,
         },
     );
-    expect(&mut s, &mut decoder, MessageKind::Drained);
+    expect(&mut s, &mut decoder, handoff_core::MessageKind::Drained);
+    (s, decoder, resumed)
+}
+
+fn the_path_is_taken_back_after_an_aborted_seal(tag: &str, serve: fn(Incumbent, &Prompt)) {
+    use handoff_core::MessageKind;
+    let dir = TempDir::new(tag);
+    let id = HandoffId::from_bytes([9; 16]);
+    // A supervisor takes the handoff as far as the seal.
+    let (mut s, mut decoder, resumed) = drained(&dir, dir.incumbent(), serve, id, 60_000);
     send(&mut s, Message::SealRequest { handoff_id: id });
     expect(&mut s, &mut decoder, MessageKind::SealComplete);
 
@@ -426,37 +438,13 @@ fn smol_takes_its_control_path_back_after_an_aborted_seal() {
 }
 
 fn a_heartbeat_flood_does_not_hold_off_the_deadline(tag: &str, serve: fn(Incumbent, &Prompt)) {
-    use handoff_core::MessageKind;
     let dir = TempDir::new(tag);
     let incumbent = dir.incumbent().with_config(IncumbentConfig {
         deadline_slack: Duration::from_millis(100),
         ..IncumbentConfig::default()
     });
-    let (resumed_tx, resumed) = mpsc::channel();
-    std::thread::spawn(move || serve(incumbent, &Prompt(std::sync::Mutex::new(resumed_tx))));
-
-    let mut s = UnixStream::connect(dir.control()).unwrap();
-    s.set_read_timeout(Some(BOUND)).unwrap();
-    let mut decoder: FrameDecoder = FrameDecoder::new();
-    expect(&mut s, &mut decoder, MessageKind::Hello);
     let id = HandoffId::from_bytes([5; 16]);
-    send(
-        &mut s,
-        Message::HelloAck {
-            proto_version_chosen: 1,
-            handoff_id: id,
-        },
-    );
-    send(
-        &mut s,
-        Message::PrepareHandoff {
-            handoff_id: id,
-            successor_pid: 1,
-            deadline_ms: 300,
-            drain_grace_ms: 200,
-        },
-    );
-    expect(&mut s, &mut decoder, MessageKind::Drained);
+    let (s, _decoder, resumed) = drained(&dir, incumbent, serve, id, 300);
 
     // No SealRequest ever comes; heartbeats do, without a pause.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
