@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use futures_lite::future;
 use handoff_core::{HandoffId, SuccessorConfig, SuccessorEnd, SuccessorOutput, SuccessorSession};
-use handoff_std::os::control::bind_control_socket;
+use handoff_std::os::control::stage_control_socket;
 use handoff_std::os::listeners::InheritedListeners;
 use handoff_std::os::lock::DataDirLock;
 use handoff_std::{AnnounceError, Incumbent, Readiness, Successor, SuccessorError, clock, crash};
@@ -129,6 +129,9 @@ impl Begun {
         readiness: Readiness,
         socket_path: &Path,
     ) -> Result<Incumbent, SuccessorError> {
+        // Bound before `Ready`: a path that cannot be bound fails the
+        // handoff while the old binary can still resume.
+        let staged = stage_control_socket(socket_path).map_err(SuccessorError::Io)?;
         readiness.report_to(&mut self.driver.machine, clock::now());
         self.driver.run(Goal::Authoritative).await?;
         let lock = self.driver.lock.take().ok_or_else(|| {
@@ -136,7 +139,7 @@ impl Begun {
                 "the lock was reported held but is missing",
             ))
         })?;
-        let listener = bind_control_socket(socket_path).map_err(SuccessorError::Io)?;
+        let listener = staged.install().map_err(SuccessorError::Io)?;
         Ok(Incumbent::from_parts(listener, socket_path, lock))
     }
 }

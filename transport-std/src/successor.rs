@@ -260,9 +260,11 @@ impl BegunSuccessor {
         self.pump.finished.load(Ordering::Acquire)
     }
 
-    /// Sends `Ready`, then takes over the control socket path (binding a new
-    /// socket and renaming it over the old incumbent's), and returns the
-    /// [`Incumbent`] to serve with. If the supervisor aborted the handoff
+    /// Binds a new control socket beside `socket_path`, sends `Ready`, then
+    /// takes over the path (renaming the socket over the old incumbent's),
+    /// and returns the [`Incumbent`] to serve with. A path that cannot be
+    /// bound fails here, before `Ready`, while the old binary can still
+    /// resume. If the supervisor aborted the handoff
     /// meanwhile, nothing is sent and the error says why. The error still
     /// holds the data-dir lock: stop anything that may write, then drop it
     /// (or exit), so the old binary never writes while this one still does.
@@ -308,8 +310,12 @@ fn announce(
     readiness: Readiness,
     socket_path: &Path,
 ) -> Result<std::os::unix::net::UnixListener, SuccessorError> {
+    // Bound before `Ready`: a path that cannot be bound fails the handoff
+    // while the old binary can still resume, not after it has been told to
+    // exit.
+    let staged = control::stage_control_socket(socket_path).map_err(SuccessorError::Io)?;
     pump.finish(readiness)?;
-    control::bind_control_socket(socket_path).map_err(SuccessorError::Io)
+    staged.install().map_err(SuccessorError::Io)
 }
 
 fn pump_died() -> SuccessorError {

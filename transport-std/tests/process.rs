@@ -320,3 +320,24 @@ fn a_listener_at_descriptor_0_reaches_the_child_at_3() {
         want.to_string_lossy()
     );
 }
+
+#[test]
+fn a_successor_that_cannot_bind_the_control_path_fails_before_ready() {
+    let rig = Rig::start("nobind");
+    assert_eq!(rig.request("INC"), "OK 1");
+    // Its control socket path lies in a directory that does not exist.
+    let spec = handoff_std::SpawnSpec::new(daemon_bin())
+        .arg("--control-socket")
+        .arg(rig.dir.0.join("missing").join("ctl.sock"))
+        .arg("--data-dir")
+        .arg(&rig.data)
+        .env("TEST_DAEMON", "");
+    let outcome = rig.supervisor.perform_handoff(spec).unwrap();
+    // Not told Ready, the supervisor aborts, and the old binary serves on:
+    // before, the successor sent Ready, the old binary exited on Commit, and
+    // the successor then failed to bind and exited, leaving nobody.
+    assert!(!outcome.committed(), "{:?}", outcome.result);
+    assert_eq!(rig.serving_pid(), rig.incumbent_pid());
+    assert_eq!(rig.request("INC"), "OK 2");
+    assert_eq!(rig.lock_holder(), Some(rig.incumbent_pid()));
+}

@@ -87,6 +87,25 @@ fn staging_dir(path: &Path) -> PathBuf {
 /// always names a live socket (the old one until the rename, then this one)
 /// and never a socket others could reach.
 pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
+    stage_control_socket(path)?.install()
+}
+
+/// A control socket bound under its temporary name, not yet renamed over
+/// its path; see [`stage_control_socket`]. Dropped uninstalled, it removes
+/// its temporary name.
+#[derive(Debug)]
+pub struct StagedControlSocket {
+    listener: Option<UnixListener>,
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+/// The first half of [`bind_control_socket`]: everything that can fail for
+/// a bad path, a lack of room or of permission. A successor does this
+/// before it sends `Ready`, so that only the rename is left once it is
+/// authoritative.
+pub fn stage_control_socket(path: &Path) -> io::Result<StagedControlSocket> {
     validate_socket_path(path)?;
     // bind(2) creates the socket with mode 0777 & ~umask, and changing the
     // umask is process-wide, so the temporary name lives in a 0700
@@ -103,17 +122,35 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListener> {
         )
     })?;
     fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    let result = (|| {
-        let listener = UnixListener::bind(&tmp)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
-        fs::rename(&tmp, path)?;
-        Ok(listener)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut staged = StagedControlSocket {
+        listener: None,
+        dir,
+        tmp,
+        path: path.to_path_buf(),
+    };
+    staged.listener = Some(UnixListener::bind(&staged.tmp)?);
+    fs::set_permissions(&staged.tmp, fs::Permissions::from_mode(0o600))?;
+    Ok(staged)
+}
+
+impl StagedControlSocket {
+    /// Renames the socket over its path and returns its listener.
+    pub fn install(mut self) -> io::Result<UnixListener> {
+        fs::rename(&self.tmp, &self.path)?;
+        let _ = fs::remove_dir(&self.dir);
+        self.listener
+            .take()
+            .ok_or_else(|| io::Error::other("the staged control socket is gone"))
     }
-    let _ = fs::remove_dir(&dir);
-    result
+}
+
+impl Drop for StagedControlSocket {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
 }
 
 /// Who is at the other end of a Unix socket, as the kernel saw it at
