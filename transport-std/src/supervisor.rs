@@ -598,7 +598,8 @@ impl<'a> Run<'a> {
             let now = clock::now();
             match out {
                 SupervisorOutput::ConnectIncumbent => {
-                    match UnixStream::connect(&self.sup.control_socket).and_then(|s| {
+                    let bound = self.sup.config.hello_timeout;
+                    match control::connect_within(&self.sup.control_socket, bound).and_then(|s| {
                         conn::configure(&s)?;
                         Ok(s)
                     }) {

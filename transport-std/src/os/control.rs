@@ -153,6 +153,78 @@ impl Drop for StagedControlSocket {
     }
 }
 
+/// Connects to the Unix stream socket at `path`, giving up after
+/// `timeout`. A plain blocking connect waits without end while the
+/// listener's accept queue is full (an incumbent busy in a session, with
+/// earlier attempts piled up behind it).
+pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_PATH_LEN || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} cannot name a Unix socket", path.display()),
+        ));
+    }
+    // SAFETY: plain socket call; the descriptor is owned at once.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just made and belongs to nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Linux bounds a blocking Unix connect by the send timeout.
+    set_send_timeout(&sock, timeout.max(std::time::Duration::from_millis(1)))?;
+    // SAFETY: all zeroes is a valid `sockaddr_un`; the path fits (checked
+    // above) and leaves the terminating NUL in place.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    // SAFETY: `addr` is a valid `sockaddr_un` of at least `len` bytes.
+    let ret = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if let Err(e) = cvt(ret) {
+        return Err(match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINPROGRESS) => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} did not take the connection within {timeout:?} (its accept queue is full)",
+                    path.display()
+                ),
+            ),
+            _ => e,
+        });
+    }
+    // Sends on the session are bounded by the protocol, not by this.
+    set_send_timeout(&sock, std::time::Duration::ZERO)?;
+    Ok(UnixStream::from(sock))
+}
+
+/// `SO_SNDTIMEO`; zero means none.
+fn set_send_timeout(sock: &OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    // SAFETY: `tv` is a valid timeval for the whole call, and its size is
+    // passed with it.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// Who is at the other end of a Unix socket, as the kernel saw it at
 /// connect time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,6 +439,30 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    fn a_connect_to_a_full_accept_queue_gives_up_in_time() {
+        let dir = TempDir::new("connect-full");
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // The smallest queue, filled by connections nobody accepts.
+        // SAFETY: listen on our own listening socket only changes its queue.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let mut queued = Vec::new();
+        let err = loop {
+            match connect_within(&path, std::time::Duration::from_millis(50)) {
+                Ok(s) => queued.push(s),
+                Err(e) => break e,
+            }
+            assert!(queued.len() < 64, "the queue never filled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        // Once there is room, it connects, and sends are not time-bounded.
+        drop(queued);
+        while listener.set_nonblocking(true).is_ok() && listener.accept().is_ok() {}
+        let s = connect_within(&path, std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(s.write_timeout().unwrap(), None);
+    }
 
     #[test]
     fn a_passing_accept_failure_is_retried_and_a_broken_listener_reported() {
