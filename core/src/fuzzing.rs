@@ -971,6 +971,29 @@ pub(crate) fn advance(now: Instant, c: FuzzClock) -> Instant {
 /// timer is due any more. More means a driver loop would spin.
 pub(crate) const TIMEOUT_ROUNDS: usize = 16;
 
+/// Implements [`Clocked`] for a target's `Driver<B>`, whose machine is in
+/// `m` and whose clock is `check.now`; `$step` is its checked
+/// `handle_timeout` call, with the driver as `$d` and the instant as `$now`.
+macro_rules! clocked_driver {
+    (|$d:ident, $now:ident| $step:expr) => {
+        impl<B: FuzzBuffer> Clocked for Driver<B> {
+            fn now_mut(&mut self) -> &mut Instant {
+                &mut self.check.now
+            }
+
+            fn deadline(&self) -> Option<Instant> {
+                self.m.poll_timeout()
+            }
+
+            fn timeout_step(&mut self, $now: Instant) {
+                let $d = self;
+                $step
+            }
+        }
+    };
+}
+pub(crate) use clocked_driver;
+
 /// What the clock handling shared by the three drivers needs of each.
 pub(crate) trait Clocked {
     /// The driver's clock.

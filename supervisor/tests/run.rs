@@ -169,17 +169,26 @@ fn notify_socket_hears_ready_reloading_ready_and_stopping() {
     assert_eq!(wait_exit(&mut sup.child, BOUND).unwrap().code(), Some(0));
 }
 
-#[test]
-fn a_refused_sighup_still_answers_systemd() {
-    let layout = Layout::new("notifyrefused");
+/// `run` under a notify socket, ready, with a successor that takes 2 s to
+/// start allowed (its path is returned).
+fn running_with_a_slow_successor(
+    tag: &str,
+) -> (Layout, std::path::PathBuf, NotifySocket, RunningSupervisor) {
+    let layout = Layout::new(tag);
     let slow = layout.slow_successor(2);
     layout.write_config(
         "127.0.0.1:0",
         &format!("allowed_binaries = [\"{}\"]", slow.display()),
     );
     let notify = NotifySocket::at_path(layout.dir.path());
-    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
-    assert!(notify.next().lines().any(|l| l == "READY=1"));
+    let sup = RunningSupervisor::start(&layout, &notify, plain);
+    notify.wait_for("READY=1");
+    (layout, slow, notify, sup)
+}
+
+#[test]
+fn a_refused_sighup_still_answers_systemd() {
+    let (layout, slow, notify, mut sup) = running_with_a_slow_successor("notifyrefused");
 
     // A triggered handoff to a slow successor is in flight …
     let config = layout.config_file.to_str().unwrap().to_owned();
@@ -276,15 +285,7 @@ fn threads_named(pid: u32, name: &str) -> Vec<(u32, String)> {
 #[test]
 fn a_sigterm_during_a_handoff_lets_it_finish_then_stops_cleanly() {
     // Given a handoff in flight through the trigger socket,
-    let layout = Layout::new("midterm");
-    let slow = layout.slow_successor(2);
-    layout.write_config(
-        "127.0.0.1:0",
-        &format!("allowed_binaries = [\"{}\"]", slow.display()),
-    );
-    let notify = NotifySocket::at_path(layout.dir.path());
-    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
-    notify.wait_for("READY=1");
+    let (layout, slow, notify, mut sup) = running_with_a_slow_successor("midterm");
     let cold = status(&layout).incumbent_pid.unwrap();
     let config = layout.config_file.to_str().unwrap().to_owned();
     let slow_arg = slow.to_str().unwrap().to_owned();

@@ -13,7 +13,7 @@ use core::time::Duration;
 use super::shadow::{Received, Shadow, sent};
 use super::{
     Chunk, Clocked, FuzzBuffer, INCUMBENT_BUILD_ID, INCUMBENT_PID, IncumbentInput, MACHINE,
-    PLACEHOLDER_ID, SHADOW, StepEnd, check_step_end, clock, held,
+    PLACEHOLDER_ID, SHADOW, StepEnd, check_step_end, clock, clocked_driver, held,
 };
 use crate::incumbent::{
     IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd,
@@ -265,19 +265,7 @@ impl<B: FuzzBuffer> Driver<B> {
     }
 }
 
-impl<B: FuzzBuffer> Clocked for Driver<B> {
-    fn now_mut(&mut self) -> &mut Instant {
-        &mut self.check.now
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.m.poll_timeout()
-    }
-
-    fn timeout_step(&mut self, now: Instant) {
-        self.call(Call::Timeout, None, |m| m.handle_timeout(now));
-    }
-}
+clocked_driver!(|d, now| d.call(Call::Timeout, None, |m| m.handle_timeout(now)));
 
 fn legal_transition(before: IncumbentStep, after: IncumbentStep) -> bool {
     use IncumbentStep::*;

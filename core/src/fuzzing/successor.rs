@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use super::shadow::{Received, Shadow, sent};
 use super::{
     Chunk, Clocked, FuzzBuffer, MACHINE, PLACEHOLDER_ID, SHADOW, SUCCESSOR_BUILD_ID, SUCCESSOR_PID,
-    StepEnd, SuccessorInput, check_step_end, clock, held,
+    StepEnd, SuccessorInput, check_step_end, clock, clocked_driver, held,
 };
 use crate::machine::ReadyReport;
 use crate::message::{Message, MessageKind, Revisions, Strings};
@@ -218,19 +218,7 @@ impl<B: FuzzBuffer> Driver<B> {
     }
 }
 
-impl<B: FuzzBuffer> Clocked for Driver<B> {
-    fn now_mut(&mut self) -> &mut Instant {
-        &mut self.check.now
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.m.poll_timeout()
-    }
-
-    fn timeout_step(&mut self, now: Instant) {
-        self.call(Call::Timeout, None, |m| m.handle_timeout(now));
-    }
-}
+clocked_driver!(|d, now| d.call(Call::Timeout, None, |m| m.handle_timeout(now)));
 
 fn legal_transition(before: SuccessorStep, after: SuccessorStep) -> bool {
     use SuccessorStep::*;

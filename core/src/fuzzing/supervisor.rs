@@ -15,7 +15,8 @@ use alloc::vec::Vec;
 use super::shadow::{Received, Shadow, millis, sent};
 use super::{
     Chunk, Clocked, FuzzBuffer, FuzzPeer, MACHINE, SHADOW, SUPERVISOR_RANDOM,
-    SUPERVISOR_STARTED_UNIX_MS, StepEnd, SupervisorInput, check_step_end, clock, held,
+    SUPERVISOR_STARTED_UNIX_MS, StepEnd, SupervisorInput, check_step_end, clock, clocked_driver,
+    held,
 };
 use crate::journal::{JournalPhase, JournalRecord};
 use crate::message::{Message, MessageKind};
@@ -261,21 +262,9 @@ fn rank(step: SupervisorStep) -> u8 {
     }
 }
 
+clocked_driver!(|d, now| d.call(Call::Timeout, |m| m.handle_timeout(now)));
+
 /// Forward one step at a time, or into the abort, or to the end.
-impl<B: FuzzBuffer> Clocked for Driver<B> {
-    fn now_mut(&mut self) -> &mut Instant {
-        &mut self.check.now
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.m.poll_timeout()
-    }
-
-    fn timeout_step(&mut self, now: Instant) {
-        self.call(Call::Timeout, |m| m.handle_timeout(now));
-    }
-}
-
 fn legal_transition(before: SupervisorStep, after: SupervisorStep) -> bool {
     use SupervisorStep::*;
     before == after
