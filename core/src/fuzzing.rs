@@ -170,6 +170,32 @@ fn variant(out: &mut Vec<u8>, index: u32, count: u32) {
     out.extend_from_slice(&(x as u32).to_le_bytes());
 }
 
+/// Implements [`Unparse`] for an enum with a derived `Arbitrary`: list every
+/// variant in declaration order, naming its fields in declaration order
+/// (`Tuple(a, b)`, `Struct { x, y }`); each variant is written as its index,
+/// then its fields.
+macro_rules! unparse_enum {
+    ($ty:ident { $($v:ident $(($($t:ident),*))? $({ $($f:ident),* })?),* $(,)? }) => {
+        impl Unparse for $ty {
+            fn unparse(&self, out: &mut Vec<u8>) {
+                const VARIANTS: &[&str] = &[$(stringify!($v)),*];
+                let index = |name: &str| {
+                    let i = VARIANTS.iter().position(|&v| v == name);
+                    i.expect("a listed variant") as u32
+                };
+                match self {
+                    $($ty::$v $(($($t),*))? $({ $($f),* })? => {
+                        $crate::fuzzing::variant(out, index(stringify!($v)), VARIANTS.len() as u32);
+                        $($($t.unparse(out);)*)?
+                        $($($f.unparse(out);)*)?
+                    })*
+                }
+            }
+        }
+    };
+}
+pub(crate) use unparse_enum;
+
 /// Bytes whose length the fuzzer picks: a `u16` length, then that many bytes
 /// (fewer if the input ends first). Cheaper to mutate than a `Vec<u8>`, which
 /// spends a continuation byte on every element.
@@ -208,17 +234,7 @@ pub enum FuzzId {
     Other(u8),
 }
 
-impl Unparse for FuzzId {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        match self {
-            FuzzId::Current => variant(out, 0, 2),
-            FuzzId::Other(b) => {
-                variant(out, 1, 2);
-                b.unparse(out);
-            }
-        }
-    }
-}
+unparse_enum!(FuzzId { Current, Other(b) });
 
 /// A pid in a `Hello` the fuzzer writes.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,17 +245,7 @@ pub enum FuzzPid {
     Other(u32),
 }
 
-impl Unparse for FuzzPid {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        match self {
-            FuzzPid::Expected => variant(out, 0, 2),
-            FuzzPid::Other(p) => {
-                variant(out, 1, 2);
-                p.unparse(out);
-            }
-        }
-    }
-}
+unparse_enum!(FuzzPid { Expected, Other(p) });
 
 /// A whole protocol message the fuzzer writes field by field, so the
 /// machines see well-framed messages with the right ids far more often than
@@ -313,124 +319,22 @@ pub enum FuzzMessage {
     Heartbeat { ts_ms: u64 },
 }
 
-impl Unparse for FuzzMessage {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        const N: u32 = 14;
-        match self {
-            FuzzMessage::Hello {
-                successor,
-                pid,
-                build_id,
-                proto_min,
-                proto_max,
-                capabilities,
-            } => {
-                variant(out, 0, N);
-                successor.unparse(out);
-                pid.unparse(out);
-                build_id.unparse(out);
-                proto_min.unparse(out);
-                proto_max.unparse(out);
-                capabilities.unparse(out);
-            }
-            FuzzMessage::HelloAck {
-                proto_version_chosen,
-                handoff_id,
-            } => {
-                variant(out, 1, N);
-                proto_version_chosen.unparse(out);
-                handoff_id.unparse(out);
-            }
-            FuzzMessage::PrepareHandoff {
-                handoff_id,
-                successor_pid,
-                deadline_ms,
-                drain_grace_ms,
-            } => {
-                variant(out, 2, N);
-                handoff_id.unparse(out);
-                successor_pid.unparse(out);
-                deadline_ms.unparse(out);
-                drain_grace_ms.unparse(out);
-            }
-            FuzzMessage::Drained {
-                open_conns_remaining,
-                accept_closed,
-            } => {
-                variant(out, 3, N);
-                open_conns_remaining.unparse(out);
-                accept_closed.unparse(out);
-            }
-            FuzzMessage::SealRequest { handoff_id } => {
-                variant(out, 4, N);
-                handoff_id.unparse(out);
-            }
-            FuzzMessage::SealProgress {
-                shards_sealed,
-                shards_total,
-                last_revision,
-            } => {
-                variant(out, 5, N);
-                shards_sealed.unparse(out);
-                shards_total.unparse(out);
-                last_revision.unparse(out);
-            }
-            FuzzMessage::SealComplete {
-                handoff_id,
-                last_revision_per_shard,
-                data_dir_fingerprint,
-            } => {
-                variant(out, 6, N);
-                handoff_id.unparse(out);
-                last_revision_per_shard.unparse(out);
-                data_dir_fingerprint.unparse(out);
-            }
-            FuzzMessage::SealFailed {
-                handoff_id,
-                error,
-                partial_state,
-            } => {
-                variant(out, 7, N);
-                handoff_id.unparse(out);
-                error.unparse(out);
-                partial_state.unparse(out);
-            }
-            FuzzMessage::Begin { handoff_id } => {
-                variant(out, 8, N);
-                handoff_id.unparse(out);
-            }
-            FuzzMessage::Ready {
-                handoff_id,
-                listening_on,
-                healthz_ok,
-                advertised_revision_per_shard,
-            } => {
-                variant(out, 9, N);
-                handoff_id.unparse(out);
-                listening_on.unparse(out);
-                healthz_ok.unparse(out);
-                advertised_revision_per_shard.unparse(out);
-            }
-            FuzzMessage::Commit { handoff_id } => {
-                variant(out, 10, N);
-                handoff_id.unparse(out);
-            }
-            FuzzMessage::Abort { handoff_id, reason } => {
-                variant(out, 11, N);
-                handoff_id.unparse(out);
-                reason.unparse(out);
-            }
-            FuzzMessage::ResumeAfterAbort { handoff_id } => {
-                variant(out, 12, N);
-                handoff_id.unparse(out);
-            }
-            FuzzMessage::Heartbeat { ts_ms } => {
-                variant(out, 13, N);
-                ts_ms.unparse(out);
-            }
-        }
-    }
-}
+unparse_enum!(FuzzMessage {
+    Hello { successor, pid, build_id, proto_min, proto_max, capabilities },
+    HelloAck { proto_version_chosen, handoff_id },
+    PrepareHandoff { handoff_id, successor_pid, deadline_ms, drain_grace_ms },
+    Drained { open_conns_remaining, accept_closed },
+    SealRequest { handoff_id },
+    SealProgress { shards_sealed, shards_total, last_revision },
+    SealComplete { handoff_id, last_revision_per_shard, data_dir_fingerprint },
+    SealFailed { handoff_id, error, partial_state },
+    Begin { handoff_id },
+    Ready { handoff_id, listening_on, healthz_ok, advertised_revision_per_shard },
+    Commit { handoff_id },
+    Abort { handoff_id, reason },
+    ResumeAfterAbort { handoff_id },
+    Heartbeat { ts_ms },
+});
 
 impl FuzzMessage {
     /// The message as one frame with this version field, `Current` ids
@@ -579,26 +483,7 @@ pub enum FuzzClock {
     TimeoutAtDeadline,
 }
 
-impl Unparse for FuzzClock {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        match self {
-            FuzzClock::Millis(v) => {
-                variant(out, 0, 5);
-                v.unparse(out);
-            }
-            FuzzClock::Seconds(v) => {
-                variant(out, 1, 5);
-                v.unparse(out);
-            }
-            FuzzClock::Nanos(v) => {
-                variant(out, 2, 5);
-                v.unparse(out);
-            }
-            FuzzClock::Timeout => variant(out, 3, 5),
-            FuzzClock::TimeoutAtDeadline => variant(out, 4, 5),
-        }
-    }
-}
+unparse_enum!(FuzzClock { Millis(v), Seconds(v), Nanos(v), Timeout, TimeoutAtDeadline });
 
 /// One input to an incumbent session.
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
@@ -655,70 +540,22 @@ pub enum IncumbentInput {
     Clock(FuzzClock),
 }
 
-impl Unparse for IncumbentInput {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        const N: u32 = 14;
-        match self {
-            IncumbentInput::Bytes(c) => {
-                variant(out, 0, N);
-                c.unparse(out);
-            }
-            IncumbentInput::Frame(m) => {
-                variant(out, 1, N);
-                m.unparse(out);
-            }
-            IncumbentInput::FrameWithVersion(v, m) => {
-                variant(out, 2, N);
-                v.unparse(out);
-                m.unparse(out);
-            }
-            IncumbentInput::Closed => variant(out, 3, N),
-            IncumbentInput::Drained {
-                open_conns_remaining,
-                accept_closed,
-            } => {
-                variant(out, 4, N);
-                open_conns_remaining.unparse(out);
-                accept_closed.unparse(out);
-            }
-            IncumbentInput::DrainFailed => variant(out, 5, N),
-            IncumbentInput::Sealed {
-                revisions,
-                fingerprint,
-            } => {
-                variant(out, 6, N);
-                revisions.unparse(out);
-                fingerprint.unparse(out);
-            }
-            IncumbentInput::SealFailed {
-                error,
-                partial_state,
-            } => {
-                variant(out, 7, N);
-                error.unparse(out);
-                partial_state.unparse(out);
-            }
-            IncumbentInput::SealProgress {
-                shards_sealed,
-                shards_total,
-                last_revision,
-            } => {
-                variant(out, 8, N);
-                shards_sealed.unparse(out);
-                shards_total.unparse(out);
-                last_revision.unparse(out);
-            }
-            IncumbentInput::LockAcquired => variant(out, 9, N),
-            IncumbentInput::LockBusy => variant(out, 10, N),
-            IncumbentInput::Resumed => variant(out, 11, N),
-            IncumbentInput::ResumeFailed => variant(out, 12, N),
-            IncumbentInput::Clock(c) => {
-                variant(out, 13, N);
-                c.unparse(out);
-            }
-        }
-    }
-}
+unparse_enum!(IncumbentInput {
+    Bytes(c),
+    Frame(m),
+    FrameWithVersion(v, m),
+    Closed,
+    Drained { open_conns_remaining, accept_closed },
+    DrainFailed,
+    Sealed { revisions, fingerprint },
+    SealFailed { error, partial_state },
+    SealProgress { shards_sealed, shards_total, last_revision },
+    LockAcquired,
+    LockBusy,
+    Resumed,
+    ResumeFailed,
+    Clock(c),
+});
 
 /// One input to a successor session.
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
@@ -750,44 +587,17 @@ pub enum SuccessorInput {
     Clock(FuzzClock),
 }
 
-impl Unparse for SuccessorInput {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        const N: u32 = 9;
-        match self {
-            SuccessorInput::Bytes(c) => {
-                variant(out, 0, N);
-                c.unparse(out);
-            }
-            SuccessorInput::Frame(m) => {
-                variant(out, 1, N);
-                m.unparse(out);
-            }
-            SuccessorInput::FrameWithVersion(v, m) => {
-                variant(out, 2, N);
-                v.unparse(out);
-                m.unparse(out);
-            }
-            SuccessorInput::Closed => variant(out, 3, N),
-            SuccessorInput::LockAcquired => variant(out, 4, N),
-            SuccessorInput::LockBusy => variant(out, 5, N),
-            SuccessorInput::Ready {
-                listening_on,
-                healthz_ok,
-                revisions,
-            } => {
-                variant(out, 6, N);
-                listening_on.unparse(out);
-                healthz_ok.unparse(out);
-                revisions.unparse(out);
-            }
-            SuccessorInput::StartFailed => variant(out, 7, N),
-            SuccessorInput::Clock(c) => {
-                variant(out, 8, N);
-                c.unparse(out);
-            }
-        }
-    }
-}
+unparse_enum!(SuccessorInput {
+    Bytes(c),
+    Frame(m),
+    FrameWithVersion(v, m),
+    Closed,
+    LockAcquired,
+    LockBusy,
+    Ready { listening_on, healthz_ok, revisions },
+    StartFailed,
+    Clock(c),
+});
 
 /// One of the supervisor's two peers, as the fuzzer names it.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
@@ -798,14 +608,10 @@ pub enum FuzzPeer {
     Successor,
 }
 
-impl Unparse for FuzzPeer {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        match self {
-            FuzzPeer::Incumbent => variant(out, 0, 2),
-            FuzzPeer::Successor => variant(out, 1, 2),
-        }
-    }
-}
+unparse_enum!(FuzzPeer {
+    Incumbent,
+    Successor
+});
 
 /// One input to a supervisor's handoff.
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
@@ -834,46 +640,19 @@ pub enum SupervisorInput {
     Clock(FuzzClock),
 }
 
-impl Unparse for SupervisorInput {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        const N: u32 = 11;
-        match self {
-            SupervisorInput::Bytes(p, c) => {
-                variant(out, 0, N);
-                p.unparse(out);
-                c.unparse(out);
-            }
-            SupervisorInput::Frame(p, m) => {
-                variant(out, 1, N);
-                p.unparse(out);
-                m.unparse(out);
-            }
-            SupervisorInput::FrameWithVersion(p, v, m) => {
-                variant(out, 2, N);
-                p.unparse(out);
-                v.unparse(out);
-                m.unparse(out);
-            }
-            SupervisorInput::Closed(p) => {
-                variant(out, 3, N);
-                p.unparse(out);
-            }
-            SupervisorInput::Connected => variant(out, 4, N),
-            SupervisorInput::ConnectFailed => variant(out, 5, N),
-            SupervisorInput::Spawned(pid) => {
-                variant(out, 6, N);
-                pid.unparse(out);
-            }
-            SupervisorInput::SpawnFailed => variant(out, 7, N),
-            SupervisorInput::SuccessorExited => variant(out, 8, N),
-            SupervisorInput::JournalFailed => variant(out, 9, N),
-            SupervisorInput::Clock(c) => {
-                variant(out, 10, N);
-                c.unparse(out);
-            }
-        }
-    }
-}
+unparse_enum!(SupervisorInput {
+    Bytes(p, c),
+    Frame(p, m),
+    FrameWithVersion(p, v, m),
+    Closed(p),
+    Connected,
+    ConnectFailed,
+    Spawned(pid),
+    SpawnFailed,
+    SuccessorExited,
+    JournalFailed,
+    Clock(c),
+});
 
 std::thread_local! {
     /// Bytes held by live [`TrackedVec`]s, per ledger. Per thread, because

@@ -435,7 +435,7 @@ fn put_id(w: &mut Writer<'_>, id: &HandoffId) {
 /// The handoff id's 16 bytes, borrowed from the input. Callers copy them
 /// into the message after its other fields: an id held by value across the
 /// other reads went through a byte-wise copy on the stack, read back whole,
-/// which stalled store forwarding (a third of a `PrepareHandoff` decode).
+/// which stalled store forwarding.
 #[inline(always)]
 fn take_id<'a>(r: &mut Reader<'a>) -> Result<&'a [u8; 16], DecodeErrorKind> {
     r.field("handoff_id");

@@ -95,6 +95,44 @@ impl<B: Buffer> Shadow<B> {
     }
 }
 
+/// Checks what one `handle_input` call took of `rest` and returns what it
+/// delivered: nothing of no bytes; otherwise at least a byte, and exactly
+/// what the machine's `shadow` takes while the machine listens (`Some`),
+/// or all of `rest` once it no longer does.
+pub(crate) fn consumed<B: Buffer>(
+    used: usize,
+    rest: &[u8],
+    shadow: Option<&mut Shadow<B>>,
+) -> Received {
+    if rest.is_empty() {
+        assert_eq!(used, 0, "handle_input consumed {used} of no bytes");
+        return Received::Nothing;
+    }
+    assert!(
+        (1..=rest.len()).contains(&used),
+        "handle_input consumed {used} of {} bytes",
+        rest.len()
+    );
+    match shadow {
+        Some(shadow) => {
+            let (expected, received) = shadow.feed(rest);
+            assert_eq!(
+                used, expected,
+                "the machine framed differently from its decoder"
+            );
+            received
+        }
+        None => {
+            assert_eq!(
+                used,
+                rest.len(),
+                "input the machine no longer reads must be swallowed whole"
+            );
+            Received::Nothing
+        }
+    }
+}
+
 /// Reads a frame a machine sent: exactly one whole frame of version 1 whose
 /// payload decodes strictly. Anything else is a broken rule.
 pub(crate) fn sent(frame: &[u8]) -> Message<'_> {

@@ -12,7 +12,7 @@
 
 use alloc::vec::Vec;
 
-use super::shadow::{Received, Shadow, millis, sent};
+use super::shadow::{Received, Shadow, consumed, millis, sent};
 use super::{
     Chunk, Clocked, FuzzBuffer, FuzzPeer, MACHINE, SHADOW, SUPERVISOR_RANDOM,
     SUPERVISOR_STARTED_UNIX_MS, StepEnd, SupervisorInput, check_step_end, clock, clocked_driver,
@@ -136,42 +136,22 @@ impl<B: FuzzBuffer> Driver<B> {
 
     fn feed(&mut self, from: Peer, bytes: &[u8]) {
         let now = self.check.now;
-        if bytes.is_empty() {
-            let (before, timeout) = (self.m.step(), self.m.poll_timeout());
-            assert_eq!(self.m.handle_input(now, from, &[]), 0);
-            self.settle(Call::Input(from), before, timeout);
-            return;
-        }
         let mut rest = bytes;
-        while !rest.is_empty() {
+        loop {
             let before = self.m.step();
             let timeout = self.m.poll_timeout();
             let used = self.m.handle_input(now, from, rest);
-            assert!(
-                (1..=rest.len()).contains(&used),
-                "handle_input consumed {used} of {} bytes",
-                rest.len()
-            );
-            if self.check.listening(from) {
-                let shadow = match from {
-                    Peer::Incumbent => &mut self.check.shadow_o,
-                    Peer::Successor => &mut self.check.shadow_n,
-                };
-                let (expected, received) = shadow.feed(rest);
-                assert_eq!(
-                    used, expected,
-                    "the handoff framed differently from its decoder"
-                );
-                self.check.received = received;
-            } else {
-                assert_eq!(
-                    used,
-                    rest.len(),
-                    "input from a closed peer must be swallowed whole"
-                );
-            }
+            let listening = self.check.listening(from);
+            let shadow = match from {
+                Peer::Incumbent => &mut self.check.shadow_o,
+                Peer::Successor => &mut self.check.shadow_n,
+            };
+            self.check.received = consumed(used, rest, listening.then_some(shadow));
             self.settle(Call::Input(from), before, timeout);
             rest = &rest[used..];
+            if rest.is_empty() {
+                return;
+            }
         }
     }
 
@@ -190,8 +170,7 @@ impl<B: FuzzBuffer> Driver<B> {
             .check
             .judge(call, before, after, &received, self.m.incumbent_pid());
         self.check.step_bytes = 0;
-        self.check.helloack_successor_now = false;
-        self.check.helloack_incumbent_now = false;
+        self.check.helloack_now = [false; 2];
         let mut outputs = 0;
         while let Some(out) = self.m.poll_output() {
             outputs += 1;
@@ -299,8 +278,8 @@ struct Check<B: FuzzBuffer> {
     successor_pid: Option<u32>,
     successor_exited: bool,
     helloack: [bool; 2],
-    helloack_incumbent_now: bool,
-    helloack_successor_now: bool,
+    /// `HelloAck` went to this peer in the current step.
+    helloack_now: [bool; 2],
     prepare_sent: bool,
     seal_request_sent: bool,
     sealed: bool,
@@ -342,8 +321,7 @@ impl<B: FuzzBuffer> Check<B> {
             successor_pid: None,
             successor_exited: false,
             helloack: [false; 2],
-            helloack_incumbent_now: false,
-            helloack_successor_now: false,
+            helloack_now: [false; 2],
             prepare_sent: false,
             seal_request_sent: false,
             sealed: false,
@@ -498,7 +476,7 @@ impl<B: FuzzBuffer> Check<B> {
             SupervisorOutput::Transmit { to, frame } => self.transmit(c, to, frame),
             SupervisorOutput::SpawnSuccessor => {
                 assert!(
-                    self.helloack_incumbent_now,
+                    self.helloack_now[0],
                     "SpawnSuccessor other than on the incumbent's Hello"
                 );
                 assert!(!self.spawn_asked, "a second SpawnSuccessor");
@@ -568,40 +546,24 @@ impl<B: FuzzBuffer> Check<B> {
         }
         match (to, msg) {
             (
-                Peer::Incumbent,
+                to,
                 Message::HelloAck {
                     proto_version_chosen,
                     ..
                 },
             ) => {
-                assert!(
-                    c.incumbent_hello,
-                    "HelloAck to the incumbent without its Hello"
-                );
+                let hello = match to {
+                    Peer::Incumbent => c.incumbent_hello,
+                    Peer::Successor => c.successor_hello,
+                };
+                assert!(hello, "HelloAck to the {to} without its Hello");
                 assert_eq!(proto_version_chosen, PROTO_MAX);
-                assert!(!self.helloack[0], "HelloAck to the incumbent twice");
-                self.helloack[0] = true;
-                self.helloack_incumbent_now = true;
-                self.beat_from[0] = Some(c.now);
-                self.announce_beat[0] = true;
-            }
-            (
-                Peer::Successor,
-                Message::HelloAck {
-                    proto_version_chosen,
-                    ..
-                },
-            ) => {
-                assert!(
-                    c.successor_hello,
-                    "HelloAck to the successor without its Hello"
-                );
-                assert_eq!(proto_version_chosen, PROTO_MAX);
-                assert!(!self.helloack[1], "HelloAck to the successor twice");
-                self.helloack[1] = true;
-                self.helloack_successor_now = true;
-                self.beat_from[1] = Some(c.now);
-                self.announce_beat[1] = true;
+                let s = slot(to);
+                assert!(!self.helloack[s], "HelloAck to the {to} twice");
+                self.helloack[s] = true;
+                self.helloack_now[s] = true;
+                self.beat_from[s] = Some(c.now);
+                self.announce_beat[s] = true;
             }
             (
                 Peer::Incumbent,
@@ -613,7 +575,7 @@ impl<B: FuzzBuffer> Check<B> {
                 },
             ) => {
                 assert!(
-                    self.helloack_successor_now,
+                    self.helloack_now[1],
                     "PrepareHandoff before the successor said Hello"
                 );
                 assert!(!self.prepare_sent, "PrepareHandoff twice");
@@ -702,7 +664,7 @@ impl<B: FuzzBuffer> Check<B> {
             );
         }
         match r.phase {
-            JournalPhase::Negotiating => assert!(self.helloack_successor_now),
+            JournalPhase::Negotiating => assert!(self.helloack_now[1]),
             JournalPhase::Draining => assert!(c.drained),
             // The supervisor records neither `Sealing` (superseded at once by
             // `AwaitingReady`, in the same step) nor `Committed` (cleared at

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use super::{MACHINE, MachineVec, Unparse, held, variant};
+use super::{MACHINE, MachineVec, Unparse, held, unparse_enum};
 use crate::buffer::{Buffer, DefaultBuffer};
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder, encode_frame, encoded_frame_len};
@@ -31,23 +31,13 @@ pub enum DecoderChoice {
     DefaultWithLimit(u32),
 }
 
-impl Unparse for DecoderChoice {
-    fn unparse(&self, out: &mut Vec<u8>) {
-        match self {
-            DecoderChoice::Default => variant(out, 0, 5),
-            DecoderChoice::Small => variant(out, 1, 5),
-            DecoderChoice::Growable => variant(out, 2, 5),
-            DecoderChoice::GrowableWithLimit(l) => {
-                variant(out, 3, 5);
-                l.unparse(out);
-            }
-            DecoderChoice::DefaultWithLimit(l) => {
-                variant(out, 4, 5);
-                l.unparse(out);
-            }
-        }
-    }
-}
+unparse_enum!(DecoderChoice {
+    Default,
+    Small,
+    Growable,
+    GrowableWithLimit(l),
+    DefaultWithLimit(l),
+});
 
 /// How the `frame_decoder` target reads its bytes: this header, then the
 /// rest of the input is the byte stream.
