@@ -13,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use handoff_core::{FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, Message, Side};
 use handoff_std::Signal;
 use handoff_std::os::process::{ExitWatch, poll_readable, send_signal};
 use handoff_std::os::spawn::{PassedListener, SpawnError, spawn_cold};
@@ -157,36 +158,29 @@ fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
         return None;
     }
     stream.set_read_timeout(Some(wait)).ok()?;
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).ok()?;
-    let len = u32::from_le_bytes(header) as usize;
-    // Version (2), variant (1), role (1), and a pid varint of at most 5.
-    let mut body = [0u8; 9];
-    let want = len.min(body.len());
-    stream.read_exact(&mut body[..want]).ok()?;
-    hello_pid(len, &body[..want])
+    read_hello_pid(&mut stream)
 }
 
-/// The pid in the body of an incumbent's `Hello` frame (SPEC section 2):
-/// `u16` version, variant 0 (`Hello`), role 0 (`Incumbent`), then the pid
-/// as a LEB128 varint. `frame_len` is the header's length field.
-fn hello_pid(frame_len: usize, body: &[u8]) -> Option<u32> {
-    if !(2..=1 << 20).contains(&frame_len) {
+/// Reads one frame and, if it is an incumbent's `Hello` (SPEC section 2),
+/// returns the pid it announces; decoding is handoff-core's.
+fn read_hello_pid(r: &mut impl Read) -> Option<u32> {
+    let mut frame = vec![0u8; LEN_PREFIX];
+    r.read_exact(&mut frame).ok()?;
+    let len = u32::from_le_bytes(frame[..LEN_PREFIX].try_into().ok()?);
+    if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
         return None;
     }
-    let (&variant, rest) = body.get(2..)?.split_first()?;
-    let (&role, varint) = rest.split_first()?;
-    if variant != 0 || role != 0 {
-        return None;
+    frame.resize(LEN_PREFIX + len as usize, 0);
+    r.read_exact(&mut frame[LEN_PREFIX..]).ok()?;
+    let mut decoder = FrameDecoder::<Vec<u8>>::with_limit(MAX_FRAME_LEN);
+    match decoder.decode(&frame).1.ok()??.message {
+        Message::Hello {
+            role: Side::Incumbent,
+            pid,
+            ..
+        } if pid != 0 => Some(pid),
+        _ => None,
     }
-    let mut pid: u64 = 0;
-    for (i, &b) in varint.iter().enumerate().take(5) {
-        pid |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return u32::try_from(pid).ok().filter(|&p| p != 0);
-        }
-    }
-    None
 }
 
 /// Stops every process in `children`: `SIGTERM`, then `SIGKILL` for those
