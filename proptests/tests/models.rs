@@ -113,7 +113,7 @@ fn message_of(kind: MessageKind, id: [u8; 16]) -> OwnedMessage {
 }
 
 fn any_kind() -> impl Strategy<Value = MessageKind> {
-    (0usize..14).prop_map(|i| MessageKind::ALL[i])
+    (0..MessageKind::ALL.len()).prop_map(|i| MessageKind::ALL[i])
 }
 
 fn msg(message: OwnedMessage) -> Frame {

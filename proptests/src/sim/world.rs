@@ -1576,6 +1576,20 @@ impl World {
         }
     }
 
+    /// A daemon's adapter answering its machine's `AcquireLock`: one try
+    /// of the lock, or none at all when `sabotaged` (it claims the lock
+    /// without taking it). Returns whether it reports the lock taken.
+    fn lock_attempt(&mut self, pid: Pid, sabotaged: bool) -> bool {
+        let got = sabotaged || self.try_lock(pid);
+        self.log(|| {
+            format!(
+                "pid {pid} tries the lock: {}",
+                if got { "taken" } else { "busy" }
+            )
+        });
+        got
+    }
+
     fn incumbent_output(&mut self, pid: Pid, out: IncOut) -> Res {
         let now = self.now;
         let is_o = self.ctx.as_ref().is_some_and(|c| c.o_pid == pid);
@@ -1621,24 +1635,14 @@ impl World {
                 self.log(|| format!("pid {pid} releases the lock"));
             }
             IncOut::AcquireLock => {
-                let got = if self.options.sabotage == Sabotage::IncumbentSkipsRelock {
-                    true
-                } else {
-                    self.try_lock(pid)
-                };
-                let d = self.dm(pid);
-                let (_, m) = d.inc.as_mut().expect("a session");
+                let got =
+                    self.lock_attempt(pid, self.options.sabotage == Sabotage::IncumbentSkipsRelock);
+                let (_, m) = self.dm(pid).inc.as_mut().expect("a session");
                 if got {
                     m.handle_lock_acquired(now);
                 } else {
                     m.handle_lock_busy(now);
                 }
-                self.log(|| {
-                    format!(
-                        "pid {pid} tries the lock: {}",
-                        if got { "taken" } else { "busy" }
-                    )
-                });
             }
             IncOut::Resume => {
                 let d = self.dm(pid);
@@ -1733,23 +1737,14 @@ impl World {
                 }
             }
             SucOut::AcquireLock => {
-                let got = if self.options.sabotage == Sabotage::SuccessorSkipsLock {
-                    true
-                } else {
-                    self.try_lock(pid)
-                };
+                let got =
+                    self.lock_attempt(pid, self.options.sabotage == Sabotage::SuccessorSkipsLock);
                 let m = self.dm(pid).suc.as_mut().expect("a session");
                 if got {
                     m.handle_lock_acquired(now);
                 } else {
                     m.handle_lock_busy(now);
                 }
-                self.log(|| {
-                    format!(
-                        "pid {pid} tries the lock: {}",
-                        if got { "taken" } else { "busy" }
-                    )
-                });
             }
             SucOut::Start => {
                 let d = self.dm(pid);
