@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen, LoadReport, VerifyReport};
 use handoff_demo::store::{Store, StoreError, WAL_FILE};
 use handoff_demo::wal;
-use handoff_std::os::process::{wait_exit, wait_gone};
+use handoff_std::os::process::{send_signal, wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
-use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
+use handoff_std::{DataDirLock, HandoffOutcome, Signal, SpawnSpec, Supervisor};
 
 /// Long enough for a loaded machine, short enough to fail fast.
 const BOUND: Duration = Duration::from_secs(20);
@@ -356,14 +356,6 @@ fn reap(pid: u32) {
     };
 }
 
-fn kill(pid: u32) {
-    #[allow(unsafe_code)]
-    // SAFETY: kill takes integers only; the pid is one process (> 0).
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL)
-    };
-}
-
 /// Orphans of a killed supervisor come back to this process, so the test
 /// can reap them and tell a live process from a zombie.
 fn become_subreaper() {
@@ -547,7 +539,7 @@ impl Drop for Rig {
         // Adopted orphans (a killed supervisor's successor) have no `Child`.
         let needle = self.ctl.to_string_lossy().into_owned();
         for (pid, _, _) in processes_with(&needle) {
-            kill(pid);
+            let _ = send_signal(pid, Signal::Kill);
             wait_gone(pid, BOUND);
             reap(pid);
         }

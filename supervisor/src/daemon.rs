@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use handoff_core::{FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, Message, Side};
+use handoff_core::{LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, Message, Side, VERSION_FIELD};
 use handoff_std::Signal;
 use handoff_std::os::process::{ExitWatch, poll_readable, send_signal};
 use handoff_std::os::spawn::{PassedListener, SpawnError, spawn_cold};
@@ -164,16 +164,15 @@ fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
 /// Reads one frame and, if it is an incumbent's `Hello` (SPEC section 2),
 /// returns the pid it announces; decoding is handoff-core's.
 fn read_hello_pid(r: &mut impl Read) -> Option<u32> {
-    let mut frame = vec![0u8; LEN_PREFIX];
-    r.read_exact(&mut frame).ok()?;
-    let len = u32::from_le_bytes(frame[..LEN_PREFIX].try_into().ok()?);
+    let mut header = [0u8; LEN_PREFIX];
+    r.read_exact(&mut header).ok()?;
+    let len = u32::from_le_bytes(header);
     if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
         return None;
     }
-    frame.resize(LEN_PREFIX + len as usize, 0);
-    r.read_exact(&mut frame[LEN_PREFIX..]).ok()?;
-    let mut decoder = FrameDecoder::<Vec<u8>>::with_limit(MAX_FRAME_LEN);
-    match decoder.decode(&frame).1.ok()??.message {
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).ok()?;
+    match Message::decode(&body[VERSION_FIELD..]).ok()? {
         Message::Hello {
             role: Side::Incumbent,
             pid,
@@ -239,34 +238,59 @@ pub(crate) fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitSta
 mod tests {
     use super::*;
 
+    use handoff_core::{Capabilities, encode_frame};
+
+    /// The whole frame of a `Hello` from `role` announcing `pid`.
+    fn hello(role: Side, pid: u32) -> Vec<u8> {
+        let msg = Message::Hello {
+            role,
+            pid,
+            build_id: b"test",
+            proto_min: 1,
+            proto_max: 1,
+            capabilities: Capabilities::NONE,
+        };
+        let mut out = vec![0u8; 64];
+        let n = encode_frame(1, &msg, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn pid_of(frame: &[u8]) -> Option<u32> {
+        read_hello_pid(&mut &frame[..])
+    }
+
     #[test]
     fn the_pid_is_read_from_an_incumbent_hello() {
-        // Hello { role: Incumbent, pid: 300, … }: 300 is ac 02 as a varint.
-        let body = [1, 0, 0, 0, 0xac, 0x02, 0, 0, 0];
-        assert_eq!(hello_pid(20, &body), Some(300));
-        assert_eq!(hello_pid(20, &[1, 0, 0, 0, 7]), Some(7));
+        assert_eq!(pid_of(&hello(Side::Incumbent, 300)), Some(300));
+        assert_eq!(pid_of(&hello(Side::Incumbent, 7)), Some(7));
         // The largest pid fits in five bytes.
-        assert_eq!(
-            hello_pid(20, &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]),
-            Some(u32::MAX)
-        );
+        assert_eq!(pid_of(&hello(Side::Incumbent, u32::MAX)), Some(u32::MAX));
     }
 
     #[test]
     fn anything_else_is_not_a_pid() {
-        // A successor's Hello, another message, a truncated varint, a bad
-        // frame length, pid 0.
-        assert_eq!(hello_pid(20, &[1, 0, 0, 1, 7]), None);
-        assert_eq!(hello_pid(20, &[1, 0, 13, 0, 7]), None);
-        assert_eq!(hello_pid(20, &[1, 0, 0, 0, 0x80]), None);
-        assert_eq!(hello_pid(20, &[1, 0, 0]), None);
-        assert_eq!(hello_pid(1, &[1, 0, 0, 0, 7]), None);
-        assert_eq!(hello_pid((1 << 20) + 1, &[1, 0, 0, 0, 7]), None);
-        assert_eq!(hello_pid(20, &[1, 0, 0, 0, 0]), None);
-        assert_eq!(
-            hello_pid(20, &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x1f]),
-            None
-        );
+        // A successor's Hello, another message, a truncated frame, a bad
+        // frame length, pid 0, a pid past u32.
+        assert_eq!(pid_of(&hello(Side::Successor, 7)), None);
+        let mut heartbeat = [0u8; 16];
+        let n = encode_frame(1, &Message::Heartbeat { ts_ms: 1 }, &mut heartbeat).unwrap();
+        assert_eq!(pid_of(&heartbeat[..n]), None);
+        let whole = hello(Side::Incumbent, 7);
+        assert_eq!(pid_of(&whole[..whole.len() - 1]), None);
+        for bad_len in [1u32, (1 << 20) + 1] {
+            let mut frame = whole.clone();
+            frame[..LEN_PREFIX].copy_from_slice(&bad_len.to_le_bytes());
+            assert_eq!(pid_of(&frame), None, "frame_len {bad_len}");
+        }
+        assert_eq!(pid_of(&hello(Side::Incumbent, 0)), None);
+        // The pid varint starts after the prefix, version, variant and role;
+        // a fifth byte of 0x1f carries bits past 32.
+        let mut past = hello(Side::Incumbent, u32::MAX);
+        let at = LEN_PREFIX + VERSION_FIELD + 2 + 4;
+        assert_eq!(past[at], 0x0f);
+        past[at] = 0x1f;
+        assert_eq!(pid_of(&past), None);
     }
 
     #[test]
