@@ -65,6 +65,7 @@ use handoff_benches::daemon::{Args, FLOOR_ENV, LISTENER, READY_LINE, TRACE_ENV};
 use handoff_benches::echo;
 use handoff_benches::machine::{Machine, filesystem_of};
 use handoff_benches::stats::{Ratio, Secs, Summary, mean, quantile, verdict};
+use handoff_std::os::process::wait_exit;
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_std::{JournalPhase, JournalRecord, PhaseTimings};
 
@@ -402,21 +403,14 @@ fn binary(side: Side) -> &'static str {
 
 /// The old incumbent exits by itself after `Commit`.
 fn reap(mut child: Child) -> Result<(), Error> {
-    let give_up = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(format!("a committed incumbent exited with {status}").into())
-            };
-        }
-        if Instant::now() > give_up {
+    match wait_exit(&mut child, PATIENCE) {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => Err(format!("a committed incumbent exited with {status}").into()),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err("a committed incumbent did not exit".into());
+            Err("a committed incumbent did not exit".into())
         }
-        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

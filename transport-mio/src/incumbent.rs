@@ -76,8 +76,6 @@ pub struct MioIncumbent {
     /// reports readiness once, so a connection left in the backlog would
     /// otherwise wait for the next one.
     accept_retry_at: Option<std::time::Instant>,
-    /// The lock was released during the current session (a seal).
-    released: bool,
     /// The identity of the control socket file this incumbent listens on.
     bound: Option<(u64, u64)>,
 }
@@ -126,7 +124,6 @@ impl MioIncumbent {
             events: VecDeque::new(),
             done: false,
             accept_retry_at: None,
-            released: false,
             bound,
         })
     }
@@ -411,23 +408,21 @@ impl MioIncumbent {
                 IncumbentOutput::Resume => self.events.push_back(IncumbentEvent::Resume),
                 IncumbentOutput::ReleaseLock => {
                     self.lock = None;
-                    self.released = true;
                     crash::at("o-after-lock-released");
                 }
                 IncumbentOutput::AcquireLock => match DataDirLock::acquire(&self.data_dir) {
                     Ok(lock) => {
                         self.lock = Some(lock);
-                        // Taken back after a seal: the successor is gone, and
-                        // may have taken the path over first.
-                        if std::mem::take(&mut self.released) {
-                            reclaim_path(
-                                &mut self.listener,
-                                &self.socket_path,
-                                &mut self.bound,
-                                self.tokens.map(|(listener, _)| listener),
-                                registry,
-                            );
-                        }
+                        // Taken back (the machine asks only after a seal
+                        // released it): the successor is gone, and may have
+                        // taken the path over first.
+                        reclaim_path(
+                            &mut self.listener,
+                            &self.socket_path,
+                            &mut self.bound,
+                            self.tokens.map(|(listener, _)| listener),
+                            registry,
+                        );
                         s.machine.handle_lock_acquired(clock::now());
                     }
                     Err(_) => s.machine.handle_lock_busy(clock::now()),

@@ -93,7 +93,6 @@ pub async fn serve_with<D: AsyncDrainable>(
     };
     let data_dir = lock.data_dir().to_path_buf();
     let mut state = State {
-        released: false,
         path,
         bound,
         reclaimed: None,
@@ -155,8 +154,6 @@ pub async fn serve_with<D: AsyncDrainable>(
 }
 
 struct State {
-    /// The lock was released during the current session (a seal).
-    released: bool,
     /// The control socket path, and the identity of the socket file we
     /// listen on there.
     path: std::path::PathBuf,
@@ -225,20 +222,17 @@ async fn session<D: AsyncDrainable>(
                 }
                 IncumbentOutput::ReleaseLock => {
                     state.lock = None;
-                    state.released = true;
                     crash::at("o-after-lock-released");
                 }
                 IncumbentOutput::AcquireLock => match DataDirLock::acquire(&state.data_dir) {
                     Ok(lock) => {
                         state.lock = Some(lock);
-                        // Taken back after a seal: the successor is gone, and
-                        // may have taken the path over first (its `Ready`
-                        // crossed the abort). Should the rebind fail, the old
-                        // listener still serves whoever has it.
-                        if std::mem::take(&mut state.released)
-                            && let Some(Ok(new)) =
-                                reclaim_control_path(&state.path, &mut state.bound)
-                        {
+                        // Taken back (the machine asks only after a seal
+                        // released it): the successor is gone, and may have
+                        // taken the path over first (its `Ready` crossed the
+                        // abort). Should the rebind fail, the old listener
+                        // still serves whoever has it.
+                        if let Some(Ok(new)) = reclaim_control_path(&state.path, &mut state.bound) {
                             state.reclaimed = Some(new);
                         }
                         machine.handle_lock_acquired(now);

@@ -98,8 +98,6 @@ pub struct Incumbent {
     sessions: u64,
     last_end: Option<SessionEnd>,
     resume_error: Option<String>,
-    /// The lock was released during the current session (a seal).
-    released: bool,
     /// The identity of the control socket file this incumbent listens on.
     bound: Option<(u64, u64)>,
 }
@@ -137,7 +135,6 @@ impl Incumbent {
             sessions: 0,
             last_end: None,
             resume_error: None,
-            released: false,
             bound: control::path_identity(socket_path),
         }
     }
@@ -425,24 +422,22 @@ impl Incumbent {
                         }
                         IncumbentOutput::ReleaseLock => {
                             self.lock = None;
-                            self.released = true;
                             crash::at("o-after-lock-released");
                         }
                         IncumbentOutput::AcquireLock => {
                             match DataDirLock::acquire(&self.data_dir) {
                                 Ok(lock) => {
                                     self.lock = Some(lock);
-                                    // Taken back after a seal: the successor
-                                    // is gone, and may have taken the path
-                                    // over first (its `Ready` crossed the
-                                    // abort). Should the rebind fail, the old
+                                    // Taken back (the machine asks only after
+                                    // a seal released it): the successor is
+                                    // gone, and may have taken the path over
+                                    // first (its `Ready` crossed the abort).
+                                    // Should the rebind fail, the old
                                     // listener still serves whoever has it.
-                                    if std::mem::take(&mut self.released)
-                                        && let Some(Ok(listener)) = control::reclaim_control_path(
-                                            &self.socket_path,
-                                            &mut self.bound,
-                                        )
-                                    {
+                                    if let Some(Ok(listener)) = control::reclaim_control_path(
+                                        &self.socket_path,
+                                        &mut self.bound,
+                                    ) {
                                         self.listener = listener;
                                     }
                                     machine.handle_lock_acquired(now);

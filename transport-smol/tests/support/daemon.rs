@@ -2,12 +2,15 @@
 //! `HANDOFF_DAEMON_ARGS`, serving the counter [`Service`] with the handoff
 //! plumbing of one runtime (std, mio or smol), or supervising one handoff.
 
+use std::io::Write;
 use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use futures_lite::AsyncReadExt;
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::{InheritedListeners, Mode};
 use handoff_std::{
@@ -312,13 +315,17 @@ struct SmolHooks(Arc<Service>);
 
 impl handoff_smol::AsyncDrainable for SmolHooks {
     async fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
-        self.0.stop_accepting();
-        if let Some(ms) = super::service::number("drain-ms") {
-            async_io::Timer::after(Duration::from_millis(ms)).await;
-        }
-        while !self.0.is_idle() {
-            async_io::Timer::after(Duration::from_millis(1)).await;
-        }
+        // The blocking drain waits on the service's idle condvar; a thread
+        // runs it and writes to its end of the pair when done, which wakes
+        // this task.
+        let (done, mut done_tx) = UnixStream::pair()?;
+        let done = async_io::Async::new(done)?;
+        let service = self.0.clone();
+        std::thread::spawn(move || {
+            service.drain_blocking();
+            let _ = done_tx.write_all(&[1]);
+        });
+        let _ = (&done).read(&mut [0u8; 1]).await;
         Ok(DrainReport {
             open_conns_remaining: 0,
             accept_closed: true,

@@ -151,10 +151,6 @@ impl Service {
         }
     }
 
-    pub fn is_idle(&self) -> bool {
-        *self.in_flight.lock().unwrap() == 0
-    }
-
     /// The blocking drain: stop accepting, wait out in-flight requests.
     pub fn drain_blocking(&self) {
         self.stop_accepting();
