@@ -116,7 +116,10 @@ fn successor_hanging_past_the_deadline_is_killed_and_the_incumbent_serves_on() {
 fn a_successor_still_starting_up_learns_of_the_abort() {
     let rig = Rig::start("abort-seen");
     let mut spec = rig.spec("open-until-aborted,ignore-term");
-    spec.deadline = Duration::from_secs(1);
+    // Long enough for the successor to reach Begin on a loaded machine (a
+    // shorter one made the abort come earlier, at a different step), and
+    // what the test takes: the abort it waits for comes at the deadline.
+    spec.deadline = Duration::from_secs(3);
     let outcome = rig.supervisor.perform_handoff(spec).unwrap();
     assert_eq!(outcome.result, Err(AbortReason::ReadyTimeout));
     // The handoff returns once the successor is reaped. It ignores TERM
