@@ -12,6 +12,24 @@ const BOUND: Duration = Duration::from_secs(20);
 /// Held while FD 0 is not the process's own.
 static FD0: Mutex<()> = Mutex::new(());
 
+/// Runs `f` with `fd` copied onto this process's FD 0, which is put back
+/// before anything else can use it.
+fn with_fd0<T>(fd: &impl std::os::fd::AsRawFd, f: impl FnOnce() -> T) -> T {
+    let _fd0 = FD0.lock().unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: plain descriptor calls on descriptors the caller owns; FD 0 is
+    // restored from its saved copy, which is then closed.
+    unsafe {
+        let saved = libc::dup(0);
+        assert!(saved >= 0);
+        assert_eq!(libc::dup2(fd.as_raw_fd(), 0), 0);
+        let out = f();
+        assert_eq!(libc::dup2(saved, 0), 0);
+        libc::close(saved);
+        out
+    }
+}
+
 #[test]
 fn a_successor_reads_its_standard_input_from_dev_null() {
     // With no listeners the control socket is FD 3: the child reports there
@@ -22,19 +40,7 @@ fn a_successor_reads_its_standard_input_from_dev_null() {
     // Our own FD 0 is a pipe while the successor is spawned, so that one
     // inherited would show (the test runner's may well be /dev/null).
     let (pipe_in, _pipe_out) = UnixStream::pair().unwrap();
-    let _fd0 = FD0.lock().unwrap();
-    #[allow(unsafe_code)]
-    // SAFETY: plain descriptor calls on descriptors this test owns; FD 0 is
-    // put back before any other use.
-    let spawned = unsafe {
-        let saved = libc::dup(0);
-        assert!(saved >= 0);
-        assert_eq!(libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&pipe_in), 0), 0);
-        let spawned = handoff_std::spawn_for_handoff(&spec, &[]);
-        assert_eq!(libc::dup2(saved, 0), 0);
-        libc::close(saved);
-        spawned
-    };
+    let spawned = with_fd0(&pipe_in, || handoff_std::spawn_for_handoff(&spec, &[]));
     let (mut ours, mut child) = spawned.unwrap();
     ours.set_read_timeout(Some(BOUND)).unwrap();
     let mut said = String::new();
@@ -58,26 +64,18 @@ fn a_listener_at_descriptor_0_reaches_the_child_at_3() {
     cmd.args(["-c", "readlink /proc/self/fd/3"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
-    let _fd0 = FD0.lock().unwrap();
-    #[allow(unsafe_code)]
-    // SAFETY: plain descriptor calls on descriptors this test owns; FD 0 is
-    // put back before any other use.
-    let spawned = unsafe {
-        let saved = libc::dup(0);
-        assert!(saved >= 0);
-        assert_eq!(libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&listener), 0), 0);
-        let at_0 = std::os::fd::BorrowedFd::borrow_raw(0);
-        let spawned = handoff_std::os::spawn::spawn_cold(
+    let spawned = with_fd0(&listener, || {
+        #[allow(unsafe_code)]
+        // SAFETY: FD 0 is the listener's copy for the whole closure.
+        let at_0 = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+        handoff_std::os::spawn::spawn_cold(
             cmd,
             &[handoff_std::os::spawn::PassedListener {
                 name: "main",
                 fd: at_0,
             }],
-        );
-        assert_eq!(libc::dup2(saved, 0), 0);
-        libc::close(saved);
-        spawned
-    };
+        )
+    });
     let out = spawned.unwrap().wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(
