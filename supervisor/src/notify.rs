@@ -157,8 +157,15 @@ mod tests {
         sock.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let mut buf = [0u8; 512];
-        let n = sock.recv(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        loop {
+            // A receive with a timeout is not restarted after the process
+            // is stopped and continued.
+            match sock.recv(&mut buf) {
+                Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("no notification: {e}"),
+            }
+        }
     }
 
     #[test]

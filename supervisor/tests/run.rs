@@ -327,3 +327,105 @@ fn a_sigterm_during_a_handoff_lets_it_finish_then_stops_cleanly() {
     let log = std::fs::read_to_string(&sup.log).unwrap();
     assert!(log.contains("SIGTERM: shutting down"), "{log}");
 }
+
+/// Stops `pid` with SIGSTOP, waits (within `BOUND`) until the kernel shows
+/// it stopped, then continues it: what a debugger or `systemctl freeze`
+/// does. Every timed blocking call of every thread then ends in `EINTR`.
+fn freeze_and_thaw(pid: u32) {
+    let kill = |signal| {
+        // SAFETY: kill takes integers only, and the pid is positive (a
+        // child's). It may have exited meanwhile: that shows in the
+        // test's own assertions, not here.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid as libc::pid_t, signal)
+        }
+    };
+    if kill(libc::SIGSTOP) != 0 {
+        return;
+    }
+    let stat = format!("/proc/{pid}/stat");
+    let until = std::time::Instant::now() + BOUND;
+    // A process gone meanwhile (it exited) has nothing to thaw.
+    while let Ok(text) = std::fs::read_to_string(&stat) {
+        // The state follows the parenthesised command name.
+        let state = text
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        if state == Some("T") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{pid} never stopped");
+        std::thread::yield_now();
+    }
+    kill(libc::SIGCONT);
+}
+
+/// The children of `pid`, from every thread's `children` list.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        all.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    all
+}
+
+#[test]
+fn stopping_and_continuing_every_process_mid_handoff_changes_nothing() {
+    let layout = Layout::new("freeze");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let slow = layout.slow_successor(1);
+    layout.write_config(
+        &addr,
+        &format!("allowed_binaries = [\"{}\"]", slow.display()),
+    );
+    let notify = NotifySocket::at_path(layout.dir.path());
+    let mut sup = RunningSupervisor::start(&layout, &notify, activated(&listener));
+    notify.wait_for("READY=1");
+    let old = ping(&addr);
+
+    let trigger = Command::new(supervisor_bin())
+        .args(["trigger", "--timeout-secs", "60", "--config"])
+        .arg(&layout.config_file)
+        .arg("--binary")
+        .arg(&slow)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = trigger.id();
+    let waiting = std::thread::spawn(move || trigger.wait_with_output().unwrap());
+    assert!(notify.wait_for("RELOADING=1").contains("handing off"));
+
+    // While the successor starts (a second), freeze and thaw the trigger
+    // client waiting for its answer, the supervisor, the incumbent and the
+    // successor, over and over.
+    for _ in 0..10 {
+        let mut pids = vec![client, sup.pid(), old];
+        pids.extend(children_of(sup.pid()).into_iter().filter(|&p| p != old));
+        for pid in pids {
+            freeze_and_thaw(pid);
+        }
+    }
+
+    let out = waiting.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    notify.wait_for("READY=1");
+    let new = ping(&addr);
+    assert_ne!(new, old);
+    assert_eq!(status(&layout).handoffs, 1);
+    assert!(wait_gone(old, BOUND));
+    sup.signal(libc::SIGTERM);
+    assert_eq!(wait_exit(&mut sup.child, BOUND).unwrap().code(), Some(0));
+}

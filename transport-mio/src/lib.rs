@@ -36,7 +36,13 @@
 //! let mut events = Events::with_capacity(64);
 //! loop {
 //!     let timeout = control.timeout().map(|t| t.saturating_duration_since(std::time::Instant::now()));
-//!     poll.poll(&mut events, timeout)?;
+//!     if let Err(e) = poll.poll(&mut events, timeout) {
+//!         // epoll_wait is not restarted after the process is stopped and
+//!         // continued (SIGSTOP, `systemctl freeze`): a wake-up, not a failure.
+//!         if e.kind() != std::io::ErrorKind::Interrupted {
+//!             return Err(e);
+//!         }
+//!     }
 //!     for event in &events {
 //!         if control.handle_event(poll.registry(), event) {
 //!             continue;

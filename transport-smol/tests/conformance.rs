@@ -206,8 +206,16 @@ fn hostile_control_peers(c: Combo) {
     ] {
         let mut s = UnixStream::connect(&rig.ctl).unwrap();
         s.set_read_timeout(Some(BOUND)).unwrap();
+        // Reads with a timeout are not restarted after this process is
+        // stopped and continued (a frozen cgroup): `Interrupted` is retried.
         let mut hello = [0u8; 256];
-        assert!(s.read(&mut hello).unwrap() > 6, "{c:?}: Hello first");
+        let n = loop {
+            match s.read(&mut hello) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.unwrap(),
+            }
+        };
+        assert!(n > 6, "{c:?}: Hello first");
         let _ = s.write_all(&bytes);
         let mut sink = [0u8; 256];
         loop {
@@ -215,6 +223,7 @@ fn hostile_control_peers(c: Combo) {
                 Ok(0) => break,
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => panic!("{c:?}: the session must close, got {e}"),
             }
         }

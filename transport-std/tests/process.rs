@@ -192,8 +192,15 @@ fn a_concurrent_trigger_gets_handoff_in_progress_at_once() {
 fn hostile_session(rig: &Rig, bytes: &[u8]) -> bool {
     let mut s = UnixStream::connect(&rig.ctl).unwrap();
     s.set_read_timeout(Some(BOUND)).unwrap();
+    // A read with a timeout is not restarted after this process is stopped
+    // and continued (a frozen cgroup): `Interrupted` is retried below.
     let mut hello = [0u8; 256];
-    let n = s.read(&mut hello).unwrap();
+    let n = loop {
+        match s.read(&mut hello) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.unwrap(),
+        }
+    };
     assert!(n > 6, "the incumbent speaks first");
     let _ = s.write_all(bytes);
     // The incumbent closes: reads drain to EOF (or a reset) within the bound.
@@ -203,6 +210,7 @@ fn hostile_session(rig: &Rig, bytes: &[u8]) -> bool {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
         }
     }

@@ -349,15 +349,22 @@ impl NotifySocket {
         Notifier::for_socket(std::ffi::OsStr::new(&self.env_value))
     }
 
-    /// The next message, within `BOUND`.
+    /// The next message, within `BOUND`. A receive with a timeout is not
+    /// restarted after the test process is stopped and continued (a frozen
+    /// cgroup, a debugger): its `EINTR` is retried with the time left.
     pub fn next(&self) -> String {
-        self.sock.set_read_timeout(Some(BOUND)).unwrap();
+        let until = Instant::now() + BOUND;
         let mut buf = [0u8; 4096];
-        let n = self
-            .sock
-            .recv(&mut buf)
-            .expect("a notification within the bound");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no notification within {BOUND:?}");
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.recv(&mut buf) {
+                Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("no notification within {BOUND:?}: {e}"),
+            }
+        }
     }
 
     /// Reads messages until one has the line `line`; returns it.

@@ -202,7 +202,11 @@ enum Done {
 
 fn wait(poll: &mut Poll, events: &mut Events, timeout: Option<std::time::Instant>) {
     let t = timeout.map(|t| t.saturating_duration_since(std::time::Instant::now()));
-    poll.poll(events, t).unwrap();
+    if let Err(e) = poll.poll(events, t) {
+        // epoll_wait is not restarted after a stop and continue (a frozen
+        // cgroup): a wake-up with no events.
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+    }
 }
 
 fn serve_mio(mut control: MioIncumbent, service: Arc<Service>) -> i32 {

@@ -108,7 +108,10 @@ pub fn run_handoff(runtime: Runtime, sup: &Arc<Supervisor>, spec: SpawnSpec) -> 
                 let t = ms
                     .timeout()
                     .map(|t| t.saturating_duration_since(std::time::Instant::now()));
-                poll.poll(&mut events, t).unwrap();
+                if let Err(e) = poll.poll(&mut events, t) {
+                    // epoll_wait is not restarted after a stop and continue.
+                    assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+                }
                 for event in &events {
                     ms.handle_event(poll.registry(), event);
                 }

@@ -156,7 +156,9 @@ impl Drop for StagedControlSocket {
 /// Connects to the Unix stream socket at `path`, giving up after
 /// `timeout`. A plain blocking connect waits without end while the
 /// listener's accept queue is full (an incumbent busy in a session, with
-/// earlier attempts piled up behind it).
+/// earlier attempts piled up behind it). A connect cut short by the process
+/// being stopped and continued (a debugger, `systemctl freeze`) is tried
+/// again with the time left.
 pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<UnixStream> {
     let bytes = path.as_os_str().as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_PATH_LEN || bytes.contains(&0) {
@@ -165,13 +167,6 @@ pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<U
             format!("{} cannot name a Unix socket", path.display()),
         ));
     }
-    // SAFETY: plain socket call; the descriptor is owned at once.
-    let fd =
-        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `fd` was just made and belongs to nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Linux bounds a blocking Unix connect by the send timeout.
-    set_send_timeout(&sock, timeout.max(std::time::Duration::from_millis(1)))?;
     // SAFETY: all zeroes is a valid `sockaddr_un`; the path fits (checked
     // above) and leaves the terminating NUL in place.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -180,29 +175,49 @@ pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<U
         *dst = src as libc::c_char;
     }
     let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    // SAFETY: `addr` is a valid `sockaddr_un` of at least `len` bytes.
-    let ret = unsafe {
-        libc::connect(
-            sock.as_raw_fd(),
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
-        )
-    };
-    if let Err(e) = cvt(ret) {
-        return Err(match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::EINPROGRESS) => io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "{} did not take the connection within {timeout:?} (its accept queue is full)",
-                    path.display()
-                ),
-            ),
-            _ => e,
-        });
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        // SAFETY: plain socket call; the descriptor is owned at once.
+        let fd =
+            cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: `fd` was just made and belongs to nobody else.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Linux bounds a blocking Unix connect by the send timeout (zero
+        // would mean none, hence the floor).
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        set_send_timeout(&sock, left.max(std::time::Duration::from_millis(1)))?;
+        // SAFETY: `addr` is a valid `sockaddr_un` of at least `len` bytes.
+        let ret = unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                (&raw const addr).cast::<libc::sockaddr>(),
+                len as libc::socklen_t,
+            )
+        };
+        match cvt(ret) {
+            Ok(_) => {
+                // Sends on the session are bounded by the protocol, not by
+                // this.
+                set_send_timeout(&sock, std::time::Duration::ZERO)?;
+                return Ok(UnixStream::from(sock));
+            }
+            // A timed connect is not restarted after a stop and continue;
+            // a fresh socket starts from a clean state.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && !left.is_zero() => continue,
+            Err(e) => {
+                return Err(match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINPROGRESS | libc::EINTR) => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "{} did not take the connection within {timeout:?} (its accept queue is full)",
+                            path.display()
+                        ),
+                    ),
+                    _ => e,
+                });
+            }
+        }
     }
-    // Sends on the session are bounded by the protocol, not by this.
-    set_send_timeout(&sock, std::time::Duration::ZERO)?;
-    Ok(UnixStream::from(sock))
 }
 
 /// `SO_SNDTIMEO`; zero means none.
@@ -461,6 +476,77 @@ mod tests {
         drop(queued);
         while listener.set_nonblocking(true).is_ok() && listener.accept().is_ok() {}
         let s = connect_within(&path, std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(s.write_timeout().unwrap(), None);
+    }
+
+    /// Sets by the handler below; says an interrupting signal was taken.
+    static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    extern "C" fn note_interrupt(_: libc::c_int) {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_connect_interrupted_while_waiting_for_room_tries_again() {
+        // What a stop and continue does to a timed connect (EINTR), done
+        // to one thread: a signal whose handler is installed without
+        // SA_RESTART, sent while the thread waits in connect.
+        // SAFETY: installs a handler that only stores to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = note_interrupt as *const () as libc::sighandler_t;
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+        }
+        let dir = TempDir::new("connect-eintr");
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // SAFETY: listen on our own listening socket only changes its queue.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let mut queued = Vec::new();
+        while let Ok(s) = connect_within(&path, std::time::Duration::from_millis(50)) {
+            queued.push(s);
+            assert!(queued.len() < 64, "the queue never filled");
+        }
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let waiter = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tid_tx
+                .send((unsafe { libc::gettid() }, unsafe { libc::pthread_self() }))
+                .unwrap();
+            connect_within(&p, std::time::Duration::from_secs(20))
+        });
+        let (tid, thread) = tid_rx.recv().unwrap();
+        // Wait (bounded) until the thread is inside connect(2).
+        let syscall = format!("/proc/self/task/{tid}/syscall");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while fs::read_to_string(&syscall).ok().and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<i64>().ok())
+        }) != Some(libc::SYS_connect)
+        {
+            assert!(
+                std::time::Instant::now() < until,
+                "the thread never waited in connect"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: `thread` is alive: it is joined below.
+        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+        while !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the signal never arrived"
+            );
+            std::thread::yield_now();
+        }
+        // The connect was cut short; now make room: the retry gets in.
+        let _first = listener.accept().unwrap();
+        let s = waiter
+            .join()
+            .unwrap()
+            .expect("connected after the interruption");
         assert_eq!(s.write_timeout().unwrap(), None);
     }
 
