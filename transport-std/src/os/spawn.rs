@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::sync::{Mutex, PoisonError};
 
 use super::env::{HANDOFF_ROLE, HANDOFF_SOCK_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
 use super::sys::cvt;
@@ -162,6 +163,13 @@ fn spawn_with_fds(
         .env(LISTEN_FDNAMES, names.join(":"))
         .env_remove(LISTEN_PID);
 
+    // One spawn at a time in this process: a spawn that releases its
+    // placeholders (below) while another is about to make its exec-error
+    // pipe would open a hole for that pipe in the other's target range.
+    // Held until this spawn has dropped its own placeholders.
+    static SPAWNING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = SPAWNING.lock().unwrap_or_else(PoisonError::into_inner);
+
     // Everything the child needs is computed here, in the parent: after
     // fork, a multi-threaded process may not allocate or take locks.
     let mut fds: Vec<RawFd> = listeners
@@ -217,9 +225,11 @@ fn spawn_with_fds(
 /// target range is free, the pipe would sit there, `place_fds` would
 /// overwrite it, and the parent would then see the pipe close as if exec had
 /// succeeded, while an exec error went into a listener or the control
-/// socket. With the range full, the pipe lands above it. (Another thread
-/// closing one of its own descriptors in the range before the pipe is made
-/// can still open a hole; std offers no way to close that race.)
+/// socket. With the range full, the pipe lands above it. Spawns through
+/// this module take turns, so one cannot free a slot in another's range;
+/// another thread of the program closing one of its own descriptors in the
+/// range before the pipe is made can still open a hole, and std offers no
+/// way to close that race.
 fn occupy_free_slots(any: BorrowedFd<'_>, last: RawFd) -> io::Result<Vec<OwnedFd>> {
     let mut held = Vec::new();
     let mut next = FIRST_FD;
