@@ -33,6 +33,9 @@ pub struct EchoState {
     accepting: AtomicBool,
     quit: AtomicBool,
     answered: AtomicU64,
+    /// Turns of the accept loop, so a test can tell that the loop looked at
+    /// the listener after a connection queued.
+    turns: AtomicU64,
     wake: UnixStream,
 }
 
@@ -81,6 +84,7 @@ impl EchoServer {
             accepting: AtomicBool::new(true),
             quit: AtomicBool::new(false),
             answered: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
             wake: wake_tx,
         });
         let shared = state.clone();
@@ -151,6 +155,7 @@ fn accept_loop(state: &EchoState, listener: &TcpListener, wake: &UnixStream) {
                 state.answered.fetch_add(1, Ordering::Relaxed);
             }
         }
+        state.turns.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -162,7 +167,7 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
     let mut buf = [0u8; 64];
     let mut have = 0;
     while !buf[..have].contains(&b'\n') {
-        match stream.read(&mut buf[have..])? {
+        match read_some(&mut stream, &mut buf[have..])? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
             n => have += n,
         }
@@ -174,6 +179,17 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
         return Err(io::ErrorKind::InvalidData.into());
     }
     stream.write_all(ANSWER)
+}
+
+/// One `read`, again after an `EINTR`: a socket with a read timeout is
+/// not restarted after the process is stopped and continued.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
 
 /// `poll(2)` without a timeout over `fds`; which are readable (or hung up).
@@ -218,7 +234,7 @@ pub fn ping(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<Duratio
     let mut buf = [0u8; 8];
     let mut have = 0;
     while have < ANSWER.len() {
-        match stream.read(&mut buf[have..])? {
+        match read_some(&mut stream, &mut buf[have..])? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
             n => have += n,
         }
@@ -238,24 +254,65 @@ mod tests {
     fn answers_while_accepting_and_queues_while_drained() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let probe = listener.try_clone().unwrap();
         let server = EchoServer::start(listener).unwrap();
         let state = server.state();
         ping(addr, Duration::from_secs(5)).unwrap();
-
-        state.stop_accepting();
-        // Connected by the kernel, but nobody answers while drained.
-        let waiting = std::thread::spawn(move || ping(addr, Duration::from_secs(5)));
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!waiting.is_finished());
-        state.resume_accepting();
-        waiting.join().unwrap().unwrap();
         // Counted just after the answer is written, so possibly after the
         // client has read it.
-        let give_up = std::time::Instant::now() + Duration::from_secs(5);
-        while state.answered() < 2 && std::time::Instant::now() < give_up {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(state.answered(), 2);
+        wait_for(|| state.answered() == 1, "the first answer counted");
+
+        state.stop_accepting();
+        // Connected by the kernel, but left in its queue while drained: the
+        // client cannot have its answer.
+        let waiting = std::thread::spawn(move || ping(addr, Duration::from_secs(20)));
+        wait_for(|| accept_queue(&probe) == 1, "the connection queued");
+        // Two full turns of the accept loop begun after that: a loop that
+        // still watched the listener would have accepted it by then.
+        let turn = state.turns.load(Ordering::SeqCst);
+        wait_for(
+            || {
+                state.kick();
+                state.turns.load(Ordering::SeqCst) >= turn + 2
+            },
+            "two turns of the accept loop",
+        );
+        assert_eq!(accept_queue(&probe), 1, "accepted while drained");
+        assert!(!waiting.is_finished());
+        assert_eq!(state.answered(), 1);
+        state.resume_accepting();
+        waiting.join().unwrap().unwrap();
+        wait_for(|| state.answered() == 2, "the second answer counted");
+        assert_eq!(accept_queue(&probe), 0);
         server.shutdown();
+    }
+
+    /// Waits (within 20 s) until `done` holds.
+    fn wait_for(done: impl Fn() -> bool, what: &str) {
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < give_up, "never: {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// The connections waiting in a listening socket's accept queue, which
+    /// Linux reports as `tcpi_unacked` for a socket in the LISTEN state.
+    fn accept_queue(listener: &TcpListener) -> u32 {
+        // SAFETY: all zeroes is a valid `tcp_info`, and getsockopt writes
+        // at most `len` bytes into it.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let r = libc::getsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            );
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            info.tcpi_unacked
+        }
     }
 }
