@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use handoff_core::{
     SuccessorConfig, SuccessorEnd, SuccessorFailure, SuccessorOutput, SuccessorSession,
 };
-use handoff_std::os::control::bind_control_socket;
+use handoff_std::os::control::{StagedControlSocket, stage_control_socket};
 use handoff_std::os::listeners::InheritedListeners;
 use handoff_std::os::lock::DataDirLock;
 use handoff_std::{Incumbent, Readiness, Successor, clock, crash};
@@ -55,6 +55,9 @@ pub struct MioSuccessor {
     events: VecDeque<SuccessorEvent>,
     /// The machine ended with this process authoritative.
     authoritative: bool,
+    /// The control socket bound under a temporary name before `Ready`,
+    /// renamed over its path by `into_incumbent`.
+    staged: Option<StagedControlSocket>,
 }
 
 impl std::fmt::Debug for MioSuccessor {
@@ -89,6 +92,7 @@ impl MioSuccessor {
             listeners,
             events: VecDeque::new(),
             authoritative: false,
+            staged: None,
         };
         s.pump(registry);
         Ok(s)
@@ -145,10 +149,33 @@ impl MioSuccessor {
         true
     }
 
-    /// The daemon serves: send `Ready`.
-    pub fn ready(&mut self, registry: &Registry, readiness: &Readiness) {
-        readiness.report_to(&mut self.machine, clock::now());
-        self.pump(registry);
+    /// The daemon serves: binds the control socket it will serve on under
+    /// a temporary name beside `socket_path`, then sends `Ready`.
+    ///
+    /// A path that cannot be bound (a bad or too long path, no room, no
+    /// permission) fails here, before `Ready`, while the old binary can
+    /// still resume: the handoff is reported failed to the supervisor, a
+    /// [`SuccessorEvent::Failed`] follows, and the error says why. Once
+    /// authoritative, only a rename is left for
+    /// [`MioSuccessor::into_incumbent`].
+    pub fn ready(
+        &mut self,
+        registry: &Registry,
+        readiness: &Readiness,
+        socket_path: &Path,
+    ) -> io::Result<()> {
+        match stage_control_socket(socket_path) {
+            Ok(staged) => {
+                self.staged = Some(staged);
+                readiness.report_to(&mut self.machine, clock::now());
+                self.pump(registry);
+                Ok(())
+            }
+            Err(e) => {
+                self.start_failed(registry);
+                Err(e)
+            }
+        }
     }
 
     /// The daemon could not start: the handoff is off (exit afterwards).
@@ -157,14 +184,11 @@ impl MioSuccessor {
         self.pump(registry);
     }
 
-    /// After `Authoritative`: takes over the control socket path and becomes
-    /// the incumbent. Refused before it (after `Failed`, the old incumbent
-    /// serves on and keeps its control socket).
-    pub fn into_incumbent(
-        mut self,
-        registry: &Registry,
-        socket_path: &Path,
-    ) -> io::Result<MioIncumbent> {
+    /// After `Authoritative`: renames the control socket bound by
+    /// [`MioSuccessor::ready`] over its path and becomes the incumbent.
+    /// Refused before it (after `Failed`, the old incumbent serves on and
+    /// keeps its control socket).
+    pub fn into_incumbent(mut self, registry: &Registry) -> io::Result<MioIncumbent> {
         if !self.authoritative {
             return Err(io::Error::other(
                 "into_incumbent before SuccessorEvent::Authoritative: this process did not \
@@ -180,8 +204,12 @@ impl MioSuccessor {
             .lock
             .take()
             .ok_or_else(|| io::Error::other("into_incumbent before the lock was taken"))?;
-        let listener = bind_control_socket(socket_path)?;
-        MioIncumbent::from_std(Incumbent::from_parts(listener, socket_path, lock))
+        let staged = self.staged.take().ok_or_else(|| {
+            io::Error::other("into_incumbent without a control socket staged by ready")
+        })?;
+        let socket_path = staged.path().to_path_buf();
+        let listener = staged.install()?;
+        MioIncumbent::from_std(Incumbent::from_parts(listener, &socket_path, lock))
     }
 
     fn closed(&mut self, registry: &Registry) {

@@ -75,9 +75,11 @@ fn daemon(dir: &Path) -> i32 {
                 }
                 s.handle_timeout(poll.registry());
                 match s.poll_event() {
-                    Some(SuccessorEvent::Begun) => s.ready(poll.registry(), &Default::default()),
+                    Some(SuccessorEvent::Begun) => {
+                        s.ready(poll.registry(), &Default::default(), &ctl).unwrap()
+                    }
                     Some(SuccessorEvent::Authoritative { .. }) => {
-                        break s.into_incumbent(poll.registry(), &ctl).unwrap();
+                        break s.into_incumbent(poll.registry()).unwrap();
                     }
                     Some(SuccessorEvent::Failed { .. }) => return 4,
                     _ => {}

@@ -129,6 +129,20 @@ fn seal_fails(c: Combo) {
     assert_rolled_back(&rig, c);
 }
 
+fn successor_cannot_bind_the_control_path(c: Combo) {
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    assert_eq!(rig.request("INC"), "OK 1");
+    // The successor's control socket path lies in a directory that does
+    // not exist: it must fail before `Ready`, while the old binary can
+    // still resume, not once it is authoritative and the old one is gone.
+    let ctl = rig.dir.0.join("missing").join("ctl.sock");
+    let spec = support::successor_spec(c.successor, &ctl, &rig.data, "");
+    let outcome = run_handoff(c.supervisor, &rig.supervisor, spec);
+    assert!(!outcome.committed(), "{c:?}: {:?}", outcome.result);
+    assert_rolled_back(&rig, c);
+    assert_eq!(rig.request("INC"), "OK 3", "{c:?}");
+}
+
 fn supervisor_killed(c: Combo) {
     for point in ["s-after-seal-request-sent", "s-after-begin-sent"] {
         let rig = Rig::start(&c.tag(), c.incumbent, "");
@@ -259,6 +273,10 @@ macro_rules! suite {
             #[test]
             fn seal_fails() {
                 super::seal_fails(C)
+            }
+            #[test]
+            fn successor_cannot_bind_the_control_path() {
+                super::successor_cannot_bind_the_control_path(C)
             }
             #[test]
             fn supervisor_killed() {

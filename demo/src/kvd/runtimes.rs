@@ -182,8 +182,14 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
             match event {
                 SuccessorEvent::Begun => match start_successor(args, s.listeners()) {
                     Ok((d, readiness)) => {
+                        if let Err(e) = s.ready(poll.registry(), &readiness, &args.control_socket) {
+                            // The supervisor hears the handoff failed, and the
+                            // old binary resumes: stop before writing.
+                            log(format_args!("successor: control socket: {e}"));
+                            d.close(LINGER);
+                            return 4;
+                        }
                         daemon = Some(d);
-                        s.ready(poll.registry(), &readiness);
                     }
                     Err(code) => {
                         s.start_failed(poll.registry());
@@ -193,7 +199,7 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
                 SuccessorEvent::Authoritative { .. } => {
                     let Some(d) = daemon.take() else { return 4 };
                     d.set_phase(Phase::Serving);
-                    let control = match s.into_incumbent(poll.registry(), &args.control_socket) {
+                    let control = match s.into_incumbent(poll.registry()) {
                         Ok(c) => c.with_build_id(args.version.as_bytes()),
                         Err(e) => {
                             log(format_args!("successor: control socket: {e}"));

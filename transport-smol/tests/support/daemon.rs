@@ -293,10 +293,13 @@ fn successor_mio(successor: Successor, args: &Args) -> i32 {
                     let ready = readiness(&listener, &svc);
                     svc.start(listener);
                     service = Some(svc);
-                    s.ready(poll.registry(), &ready);
+                    if let Err(e) = s.ready(poll.registry(), &ready, &args.control) {
+                        eprintln!("mio successor: control socket: {e}");
+                        return 4;
+                    }
                 }
                 SuccessorEvent::Authoritative { .. } => {
-                    let control = s.into_incumbent(poll.registry(), &args.control).unwrap();
+                    let control = s.into_incumbent(poll.registry()).unwrap();
                     drop(poll);
                     return serve_mio(control, service.expect("started"));
                 }

@@ -134,6 +134,11 @@ pub fn stage_control_socket(path: &Path) -> io::Result<StagedControlSocket> {
 }
 
 impl StagedControlSocket {
+    /// The path the socket will be renamed over.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Renames the socket over its path and returns its listener.
     pub fn install(mut self) -> io::Result<UnixListener> {
         fs::rename(&self.tmp, &self.path)?;
