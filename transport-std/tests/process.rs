@@ -114,7 +114,15 @@ fn successor_hanging_past_the_deadline_is_killed_and_the_incumbent_serves_on() {
 
 #[test]
 fn a_successor_still_starting_up_learns_of_the_abort() {
-    let rig = Rig::start("abort-seen");
+    // The successor ignores SIGTERM, so SIGKILL follows after the kill
+    // grace: that grace is made long, so that a successor stalled for a
+    // while (a loaded or frozen machine) still gets to show what it saw
+    // rather than be killed first. It normally exits within milliseconds.
+    let config = handoff_std::SupervisorConfig {
+        kill_grace: BOUND,
+        ..Default::default()
+    };
+    let rig = Rig::start_configured("abort-seen", &[], config);
     let mut spec = rig.spec("open-until-aborted,ignore-term");
     // Long enough for the successor to reach Begin on a loaded machine (a
     // shorter one made the abort come earlier, at a different step), and

@@ -81,6 +81,15 @@ impl Rig {
     }
 
     pub fn start_with(tag: &str, env: &[(&str, &str)]) -> Rig {
+        Rig::start_configured(tag, env, handoff_std::SupervisorConfig::default())
+    }
+
+    /// With the supervisor's protocol timings set to `config`.
+    pub fn start_configured(
+        tag: &str,
+        env: &[(&str, &str)],
+        config: handoff_std::SupervisorConfig,
+    ) -> Rig {
         let dir = TempDir::new(tag);
         let ctl = dir.0.join("ctl.sock");
         let data = dir.0.join("data");
@@ -91,7 +100,8 @@ impl Rig {
             .unwrap()
             .with_listener("main", listener)
             .unwrap()
-            .with_journal(dir.0.join("journal"));
+            .with_journal(dir.0.join("journal"))
+            .with_config(config);
         Rig {
             dir,
             ctl,
