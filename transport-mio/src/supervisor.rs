@@ -9,18 +9,16 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::Child;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
-use handoff_std::os::journal::JournalWriter;
-use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_signal};
+use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
-    HandoffOutcome, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, clock,
-    handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
+    HandoffLedger, HandoffOutcome, LedgerStep, SharedHandoffSlot, SpawnSpec, Supervisor,
+    SupervisorError, clock, handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
 };
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -49,13 +47,14 @@ struct Run {
     service: ServiceId,
     spec: SpawnSpec,
     machine: SupervisorHandoff<Vec<u8>>,
+    /// Dropped with the run (a loop dropped with handoffs in flight), it
+    /// stops the successor and clears the journal record; first, so that
+    /// the successor is gone before the incumbent's session closes and it
+    /// takes the lock back.
+    ledger: HandoffLedger<Arc<Supervisor>>,
     incumbent: Option<Conn>,
     successor: Option<Conn>,
-    child: Option<Child>,
     exit: Option<ExitWatch>,
-    detail: Option<String>,
-    journal: Option<JournalWriter>,
-    started: std::time::Instant,
     /// The supervisor's in-flight slot, given back when the run ends.
     _claim: SharedHandoffSlot,
 }
@@ -201,12 +200,10 @@ impl MioSupervisor {
             machine,
             incumbent: None,
             successor: None,
-            child: None,
             exit: None,
-            detail: None,
-            // Written off the loop: fsyncs never stall other services.
-            started: std::time::Instant::now(),
-            journal: sup.start_journal(),
+            // Its journal is written off the loop: fsyncs never stall other
+            // services.
+            ledger: HandoffLedger::new(sup.clone()),
             _claim: claim,
         });
         self.pump(registry, slot);
@@ -226,7 +223,7 @@ impl MioSupervisor {
             .runs
             .iter()
             .flatten()
-            .any(|r| r.child.is_some() && r.exit.is_none())
+            .any(|r| r.ledger.has_successor() && r.exit.is_none())
             .then(|| std::time::Instant::now() + EXIT_POLL_INTERVAL);
         self.runs
             .iter()
@@ -245,12 +242,12 @@ impl MioSupervisor {
         for slot in 0..self.runs.len() {
             if let Some(run) = self.runs[slot].as_mut() {
                 if run.exit.is_none()
-                    && let Some(child) = run.child.as_mut()
+                    && let Some(child) = run.ledger.successor()
                     && matches!(child.try_wait(), Ok(Some(_)))
                 {
                     // No pidfd on this kernel: the child is looked at on
                     // every timeout instead.
-                    run.child = None;
+                    run.ledger.reap();
                     run.machine.handle_successor_exited(now);
                 }
                 run.machine.handle_timeout(now);
@@ -305,9 +302,7 @@ impl MioSupervisor {
                 if let Some(watch) = run.exit.take() {
                     let _ = registry.deregister(&mut SourceFd(&watch.as_fd().as_raw_fd()));
                 }
-                if let Some(mut child) = run.child.take() {
-                    let _ = child.wait();
-                }
+                run.ledger.reap();
                 run.machine.handle_successor_exited(clock::now());
             }
         }
@@ -385,7 +380,7 @@ impl MioSupervisor {
                             run.machine.handle_connected(now);
                         }
                         Err(e) => {
-                            run.detail = Some(format!(
+                            run.ledger.note(format!(
                                 "connecting to {}: {e}",
                                 sup.control_socket().display()
                             ));
@@ -449,20 +444,15 @@ impl MioSupervisor {
                                     .is_ok()
                             });
                             run.successor = Some(conn);
-                            run.child = Some(child);
+                            run.ledger.spawned(child);
                             crash::at("s-after-spawn");
                             run.machine.handle_spawned(now, pid);
                         }
                         Err(e) => {
-                            run.detail =
-                                Some(format!("spawning {}: {e}", run.spec.binary.display()));
+                            run.ledger
+                                .note(format!("spawning {}: {e}", run.spec.binary.display()));
                             run.machine.handle_spawn_failed(now);
                         }
-                    }
-                }
-                SupervisorOutput::Signal(signal) => {
-                    if let Some(child) = &run.child {
-                        let _ = send_signal(child.id(), signal);
                     }
                 }
                 SupervisorOutput::Disconnect(peer) => {
@@ -470,28 +460,11 @@ impl MioSupervisor {
                         c.deregister(registry);
                     }
                 }
-                SupervisorOutput::WriteJournal(record) => match &run.journal {
-                    Some(j) => j.write(record),
-                    None if sup.journal().is_some() => run.machine.handle_journal_failed(now),
-                    None => {}
-                },
-                SupervisorOutput::ClearJournal => {
-                    if let Some(j) = &run.journal {
-                        j.clear();
-                    }
-                }
                 SupervisorOutput::Finished(o) => {
-                    let committed = o.result.is_ok();
-                    let mut outcome = HandoffOutcome::from_core(&o, run.detail.take());
+                    let outcome = run.ledger.finish(&o);
                     let Some(mut run) = self.runs[slot].take() else {
                         return;
                     };
-                    outcome.timings = outcome.timings.with_total(run.started.elapsed());
-                    if let Some(j) = run.journal.take()
-                        && sup.defer_journal(j)
-                    {
-                        outcome.journal_failed = true;
-                    }
                     for conn in [run.incumbent.take(), run.successor.take()]
                         .into_iter()
                         .flatten()
@@ -501,19 +474,15 @@ impl MioSupervisor {
                     if let Some(watch) = run.exit.take() {
                         let _ = registry.deregister(&mut SourceFd(&watch.as_fd().as_raw_fd()));
                     }
-                    if let Some(child) = run.child.take() {
-                        if committed {
-                            outcome.child = Some(child);
-                        } else {
-                            // The machine ends an abort once the successor is
-                            // gone or SIGKILL went unanswered: never a zombie.
-                            kill_and_reap(child);
-                        }
-                    }
                     self.busy[run.service.0] = false;
                     self.events
                         .push_back(SupervisorEvent::Finished(run.service, Box::new(outcome)));
                     return;
+                }
+                other => {
+                    if run.ledger.carry_out(&other) == LedgerStep::JournalFailed {
+                        run.machine.handle_journal_failed(now);
+                    }
                 }
             }
         }

@@ -2,18 +2,15 @@
 //! async-io readiness of the two control sockets and of a pidfd for the
 //! successor's exit, and by async-io timers.
 
-use std::process::Child;
-
 use async_io::Async;
 use futures_lite::future;
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
-use handoff_std::os::journal::JournalWriter;
-use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_signal};
+use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
-    HandoffOutcome, SpawnSpec, Supervisor, SupervisorError, clock, handoff_config, random_id_bytes,
-    spawn_for_handoff, unix_millis,
+    HandoffLedger, HandoffOutcome, LedgerStep, SpawnSpec, Supervisor, SupervisorError, clock,
+    handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
 };
 
 use crate::conn::{AsyncConn, Read, readable, timer};
@@ -43,12 +40,11 @@ pub async fn perform_handoff(
         spec,
         incumbent: None,
         successor: None,
-        child: None,
         exit: None,
-        detail: None,
-        started: std::time::Instant::now(),
-        // Written off the executor: an fsync never blocks other tasks.
-        journal: supervisor.start_journal(),
+        // Its journal is written off the executor: an fsync never blocks
+        // other tasks. A dropped (cancelled) handoff future drops it, which
+        // stops the successor and clears the journal record.
+        ledger: HandoffLedger::new(supervisor),
     };
     loop {
         if let Some(outcome) = run.carry_out().await {
@@ -80,7 +76,7 @@ pub async fn perform_handoff(
                 },
                 async {
                     let mut deadline = run.machine.poll_timeout();
-                    if run.child.is_some() && run.exit.is_none() {
+                    if run.ledger.has_successor() && run.exit.is_none() {
                         // No pidfd: look at the child this often, as the
                         // blocking adapter does.
                         let soon = clock::now() + EXIT_POLL_INTERVAL;
@@ -98,7 +94,7 @@ pub async fn perform_handoff(
             Wake::Exit => run.reaped(),
             Wake::Timer => {
                 if run.exit.is_none()
-                    && let Some(child) = run.child.as_mut()
+                    && let Some(child) = run.ledger.successor()
                     && matches!(child.try_wait(), Ok(Some(_)))
                 {
                     run.reaped();
@@ -117,15 +113,14 @@ pub async fn perform_handoff(
 
 struct Run<'a> {
     sup: &'a Supervisor,
+    /// First to drop: an abandoned handoff's successor is stopped before
+    /// the incumbent's session closes and it takes the lock back.
+    ledger: HandoffLedger<&'a Supervisor>,
     spec: SpawnSpec,
     machine: SupervisorHandoff<Vec<u8>>,
     incumbent: Option<AsyncConn>,
     successor: Option<AsyncConn>,
-    child: Option<Child>,
     exit: Option<Async<ExitWatch>>,
-    detail: Option<String>,
-    journal: Option<JournalWriter>,
-    started: std::time::Instant,
 }
 
 impl Run<'_> {
@@ -166,9 +161,7 @@ impl Run<'_> {
 
     fn reaped(&mut self) {
         self.exit = None;
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
+        self.ledger.reap();
         self.machine.handle_successor_exited(clock::now());
     }
 
@@ -187,7 +180,7 @@ impl Run<'_> {
                             self.machine.handle_connected(now);
                         }
                         Err(e) => {
-                            self.detail = Some(format!(
+                            self.ledger.note(format!(
                                 "connecting to {}: {e}",
                                 self.sup.control_socket().display()
                             ));
@@ -228,65 +221,32 @@ impl Run<'_> {
                             let pid = child.id();
                             self.exit = ExitWatch::new(pid).and_then(Async::new).ok();
                             self.successor = Some(conn);
-                            self.child = Some(child);
+                            self.ledger.spawned(child);
                             crash::at("s-after-spawn");
                             self.machine.handle_spawned(now, pid);
                         }
                         Err(e) => {
-                            self.detail =
-                                Some(format!("spawning {}: {e}", self.spec.binary.display()));
+                            self.ledger
+                                .note(format!("spawning {}: {e}", self.spec.binary.display()));
                             self.machine.handle_spawn_failed(now);
                         }
                     }
                 }
-                SupervisorOutput::Signal(signal) => {
-                    if let Some(child) = &self.child {
-                        let _ = send_signal(child.id(), signal);
-                    }
-                }
                 SupervisorOutput::Disconnect(peer) => *self.conn(peer) = None,
-                SupervisorOutput::WriteJournal(record) => match &self.journal {
-                    Some(j) => j.write(record),
-                    None if self.sup.journal().is_some() => self.machine.handle_journal_failed(now),
-                    None => {}
-                },
-                SupervisorOutput::ClearJournal => {
-                    if let Some(j) = &self.journal {
-                        j.clear();
-                    }
-                }
                 SupervisorOutput::Finished(o) => {
-                    let committed = o.result.is_ok();
-                    let mut outcome = HandoffOutcome::from_core(&o, self.detail.take());
-                    outcome.timings = outcome.timings.with_total(self.started.elapsed());
-                    if let Some(j) = self.journal.take()
-                        && self.sup.defer_journal(j)
-                    {
-                        outcome.journal_failed = true;
-                    }
+                    let outcome = self.ledger.finish(&o);
                     self.incumbent = None;
                     self.successor = None;
                     self.exit = None;
-                    if let Some(child) = self.child.take() {
-                        if committed {
-                            outcome.child = Some(child);
-                        } else {
-                            kill_and_reap(child);
-                        }
-                    }
                     return Some(outcome);
+                }
+                other => {
+                    if self.ledger.carry_out(&other) == LedgerStep::JournalFailed {
+                        self.machine.handle_journal_failed(now);
+                    }
                 }
             }
         }
         None
-    }
-}
-
-impl Drop for Run<'_> {
-    fn drop(&mut self) {
-        // A dropped future (cancelled handoff) must not leave a successor.
-        if let Some(child) = self.child.take() {
-            kill_and_reap(child);
-        }
     }
 }

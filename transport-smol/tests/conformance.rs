@@ -245,6 +245,106 @@ fn hostile_control_peers(c: Combo) {
     }
 }
 
+/// Waits until a handoff of `rig` has its successor running and a journal
+/// record written; the successor's pid.
+fn successor_starting(rig: &Rig) -> u32 {
+    let journal = rig.dir.0.join("journal");
+    let t0 = std::time::Instant::now();
+    loop {
+        let others: Vec<u32> = support::daemons_of(rig)
+            .into_iter()
+            .filter(|&p| p != rig.incumbent.id())
+            .collect();
+        if journal.exists()
+            && let [successor] = others[..]
+        {
+            return successor;
+        }
+        assert!(t0.elapsed() < BOUND, "the handoff never got going");
+        std::thread::yield_now();
+    }
+}
+
+/// After a handoff abandoned midway: no successor left, no journal record
+/// (once written out), and the incumbent serves with its lock.
+fn assert_abandoned_cleanly(rig: &Rig, successor: u32) {
+    assert!(
+        wait_gone(successor, BOUND),
+        "the successor was left running"
+    );
+    assert!(rig.supervisor.flush_journal());
+    assert!(
+        !rig.dir.0.join("journal").exists(),
+        "the journal still holds the abandoned handoff"
+    );
+    assert_eq!(rig.serving_pid(), rig.incumbent.id());
+    assert_eq!(rig.lock_holder(), Some(rig.incumbent.id()));
+    assert!(rig.request("INC").starts_with("OK "));
+}
+
+#[test]
+fn a_cancelled_smol_handoff_stops_its_successor_and_clears_its_journal() {
+    let rig = Rig::start("cancel", Runtime::Std, "");
+    // A successor that never gets ready: the handoff is still in flight
+    // whenever the watcher looks.
+    let spec = rig.spec(Runtime::Std, "hang-after-begin");
+    let (seen_tx, seen_rx) = UnixStream::pair().unwrap();
+    let successor = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let pid = successor_starting(&rig);
+            (&seen_tx).write_all(b"!").unwrap();
+            pid
+        });
+        async_io::block_on(async {
+            let handoff = async {
+                let outcome = handoff_smol::perform_handoff(&rig.supervisor, spec).await;
+                panic!("the handoff ended: {outcome:?}");
+            };
+            let seen = async {
+                let seen = async_io::Async::new(seen_rx).unwrap();
+                seen.readable().await.unwrap();
+            };
+            futures_lite::FutureExt::or(handoff, seen).await;
+            // The handoff future is dropped here, mid-handoff.
+        });
+        watcher.join().unwrap()
+    });
+    assert_abandoned_cleanly(&rig, successor);
+}
+
+#[test]
+fn a_mio_loop_dropped_with_a_handoff_in_flight_stops_its_successor_and_clears_its_journal() {
+    use handoff_mio::MioSupervisor;
+    let rig = Rig::start("dropped", Runtime::Std, "");
+    let spec = rig.spec(Runtime::Std, "hang-after-begin");
+    let mut poll = mio::Poll::new().unwrap();
+    let mut ms = MioSupervisor::new(10, 1);
+    let id = ms.add_service(rig.supervisor.clone());
+    ms.start_handoff(poll.registry(), id, spec).unwrap();
+    // Run the loop until the successor is spawned and the journal written.
+    let journal = rig.dir.0.join("journal");
+    let mut events = mio::Events::with_capacity(16);
+    let t0 = std::time::Instant::now();
+    while !journal.exists() || support::daemons_of(&rig).len() < 2 {
+        assert!(t0.elapsed() < BOUND, "the handoff never got going");
+        let t = ms
+            .timeout()
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or(std::time::Duration::from_millis(10))
+            .min(std::time::Duration::from_millis(10));
+        if let Err(e) = poll.poll(&mut events, Some(t)) {
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+        }
+        for event in &events {
+            ms.handle_event(poll.registry(), event);
+        }
+        ms.handle_timeout(poll.registry());
+    }
+    let successor = successor_starting(&rig);
+    drop(ms);
+    assert_abandoned_cleanly(&rig, successor);
+}
+
 macro_rules! suite {
     ($name:ident, $sup:ident, $inc:ident, $succ:ident) => {
         mod $name {

@@ -71,8 +71,8 @@ pub use successor::{
     detect_role,
 };
 pub use supervisor::{
-    HandoffOutcome, HandoffSlot, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError,
-    handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
+    HandoffLedger, HandoffOutcome, HandoffSlot, LedgerStep, SharedHandoffSlot, SpawnSpec,
+    Supervisor, SupervisorError, handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
 };
 
 /// The project README's integrator example, compiled as a doctest so that

@@ -462,20 +462,179 @@ impl HandoffOutcome {
     }
 }
 
+/// What one handoff keeps besides its connections, the same under every
+/// adapter: the successor process, the journal writer, the clock of the
+/// whole handoff and the detail of an error met outside the protocol.
+/// An adapter keeps one per handoff in flight, passes it the outputs that
+/// need no connection ([`HandoffLedger::carry_out`]) and the finish
+/// ([`HandoffLedger::finish`]).
+///
+/// Dropped before the handoff finished (an I/O error, a cancelled future, a
+/// loop dropped with handoffs in flight), it kills and reaps the successor
+/// and clears the journal record: nothing outlives an abandoned handoff, and
+/// the incumbent, whose session closes with it, resumes by itself.
+///
+/// `S` is how the ledger reaches its [`Supervisor`]: `&Supervisor` or
+/// `Arc<Supervisor>`.
+pub struct HandoffLedger<S: std::ops::Deref<Target = Supervisor>> {
+    sup: S,
+    started: std::time::Instant,
+    journal: Option<JournalWriter>,
+    child: Option<Child>,
+    detail: Option<String>,
+}
+
+impl<S: std::ops::Deref<Target = Supervisor>> fmt::Debug for HandoffLedger<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandoffLedger")
+            .field("successor", &self.child.as_ref().map(Child::id))
+            .field("journal", &self.journal.is_some())
+            .field("detail", &self.detail)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`HandoffLedger::carry_out`] did with an output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerStep {
+    /// Carried out.
+    Done,
+    /// A journal is configured but its writer could not start: tell the
+    /// machine (`handle_journal_failed`).
+    JournalFailed,
+    /// Not one it carries out (it needs a connection, or ends the handoff):
+    /// the adapter's.
+    NotMine,
+}
+
+impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
+    /// Starts the books of a new handoff of `sup`: its clock, and its
+    /// journal writer once the previous handoff's journal is on disk.
+    pub fn new(sup: S) -> Self {
+        // Without a writer thread the handoff goes on unjournaled and says
+        // so in its outcome; the journal is for diagnosis only.
+        let journal = sup.start_journal();
+        HandoffLedger {
+            sup,
+            started: std::time::Instant::now(),
+            journal,
+            child: None,
+            detail: None,
+        }
+    }
+
+    /// The supervisor.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.sup
+    }
+
+    /// Keeps the spawned successor, to signal it and to reap or hand it over
+    /// at the end.
+    pub fn spawned(&mut self, child: Child) {
+        self.child = Some(child);
+    }
+
+    /// Whether a successor process is ours to watch.
+    pub fn has_successor(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The successor process, while it is ours.
+    pub fn successor(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// The successor exited (its pidfd or its socket said so): reaps it.
+    pub fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Notes an error met outside the protocol (a connect or a spawn that
+    /// failed), for the outcome's `detail`.
+    pub fn note(&mut self, detail: String) {
+        self.detail = Some(detail);
+    }
+
+    /// Carries out the outputs that need no connection: signals to the
+    /// successor and the journal's records.
+    pub fn carry_out(&mut self, out: &SupervisorOutput<'_>) -> LedgerStep {
+        match out {
+            SupervisorOutput::Signal(signal) => {
+                if let Some(child) = &self.child {
+                    let _ = send_signal(child.id(), *signal);
+                }
+                LedgerStep::Done
+            }
+            SupervisorOutput::WriteJournal(record) => match &self.journal {
+                Some(j) => {
+                    j.write(*record);
+                    LedgerStep::Done
+                }
+                None if self.sup.journal().is_some() => LedgerStep::JournalFailed,
+                None => LedgerStep::Done,
+            },
+            SupervisorOutput::ClearJournal => {
+                if let Some(j) = &self.journal {
+                    j.clear();
+                }
+                LedgerStep::Done
+            }
+            _ => LedgerStep::NotMine,
+        }
+    }
+
+    /// The owned outcome of a finished handoff, with its total time and
+    /// whether its journal failed. The journal's last operation completes in
+    /// the background ([`Supervisor::defer_journal`]). A committed successor
+    /// goes to the outcome; any other is killed if still running and reaped:
+    /// the machine finishes an abort only once it is gone or SIGKILL went
+    /// unanswered, and a zombie is never left either way.
+    pub fn finish(&mut self, o: &handoff_core::Outcome<'_>) -> HandoffOutcome {
+        let mut outcome = HandoffOutcome::from_core(o, self.detail.take());
+        outcome.timings = outcome.timings.with_total(self.started.elapsed());
+        if let Some(j) = self.journal.take()
+            && self.sup.defer_journal(j)
+        {
+            outcome.journal_failed = true;
+        }
+        if let Some(child) = self.child.take() {
+            if o.result.is_ok() {
+                outcome.child = Some(child);
+            } else {
+                kill_and_reap(child);
+            }
+        }
+        outcome
+    }
+}
+
+impl<S: std::ops::Deref<Target = Supervisor>> Drop for HandoffLedger<S> {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill_and_reap(child);
+        }
+        if let Some(journal) = self.journal.take() {
+            journal.clear();
+            self.sup.defer_journal(journal);
+        }
+    }
+}
+
 /// The state of one `perform_handoff` call.
 struct Run<'a> {
     sup: &'a Supervisor,
-    started: std::time::Instant,
-    journal: Option<JournalWriter>,
+    /// Before the connections: an abandoned handoff's successor is stopped
+    /// before the incumbent's session closes and it takes the lock back.
+    ledger: HandoffLedger<&'a Supervisor>,
     spec: SpawnSpec,
     machine: SupervisorHandoff<Vec<u8>>,
     incumbent: Option<UnixStream>,
     successor: Option<UnixStream>,
-    child: Option<Child>,
     exit_watch: Option<ExitWatch>,
     inbox_incumbent: Inbox,
     inbox_successor: Inbox,
-    detail: Option<String>,
 }
 
 impl<'a> Run<'a> {
@@ -483,19 +642,14 @@ impl<'a> Run<'a> {
         let config = handoff_config(sup.config, &spec);
         Run {
             sup,
-            started: std::time::Instant::now(),
-            // Without a writer thread the handoff goes on unjournaled and
-            // says so in its outcome; the journal is for diagnosis only.
-            journal: sup.start_journal(),
+            ledger: HandoffLedger::new(sup),
             spec,
             machine: SupervisorHandoff::new(clock::now(), config, random_bytes(), unix_millis()),
             incumbent: None,
             successor: None,
-            child: None,
             exit_watch: None,
             inbox_incumbent: Inbox::new(),
             inbox_successor: Inbox::new(),
-            detail: None,
         }
     }
 
@@ -529,7 +683,7 @@ impl<'a> Run<'a> {
 
     fn wait(&mut self) -> Result<(), SupervisorError> {
         let mut deadline = self.machine.poll_timeout();
-        if self.child.is_some() && self.exit_watch.is_none() {
+        if self.ledger.has_successor() && self.exit_watch.is_none() {
             // No pidfd on this kernel: look at the child at least this often.
             let soon = clock::now() + EXIT_POLL_INTERVAL;
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
@@ -554,7 +708,7 @@ impl<'a> Run<'a> {
             self.reap(now);
         }
         if self.exit_watch.is_none()
-            && let Some(child) = self.child.as_mut()
+            && let Some(child) = self.ledger.successor()
             && matches!(child.try_wait(), Ok(Some(_)))
         {
             self.reap(now);
@@ -586,9 +740,7 @@ impl<'a> Run<'a> {
     /// The successor exited: reap it and say so.
     fn reap(&mut self, now: handoff_core::Instant) {
         self.exit_watch = None;
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
+        self.ledger.reap();
         self.machine.handle_successor_exited(now);
     }
 
@@ -608,7 +760,7 @@ impl<'a> Run<'a> {
                             self.machine.handle_connected(now);
                         }
                         Err(e) => {
-                            self.detail = Some(format!(
+                            self.ledger.note(format!(
                                 "connecting to {}: {e}",
                                 self.sup.control_socket.display()
                             ));
@@ -629,29 +781,21 @@ impl<'a> Run<'a> {
                     }
                 }
                 SupervisorOutput::SpawnSuccessor => self.spawn(now),
-                SupervisorOutput::Signal(signal) => {
-                    if let Some(child) = &self.child {
-                        let _ = send_signal(child.id(), signal);
-                    }
-                }
                 SupervisorOutput::Disconnect(peer) => match peer {
                     Peer::Incumbent => self.incumbent = None,
                     Peer::Successor => self.successor = None,
                 },
-                SupervisorOutput::WriteJournal(record) => match &self.journal {
-                    Some(j) => j.write(record),
-                    None if self.sup.journal.is_some() => self.machine.handle_journal_failed(now),
-                    None => {}
-                },
-                SupervisorOutput::ClearJournal => {
-                    if let Some(j) = &self.journal {
-                        j.clear();
-                    }
-                }
                 SupervisorOutput::Finished(o) => {
-                    let committed = o.result.is_ok();
-                    let outcome = HandoffOutcome::from_core(&o, self.detail.take());
-                    return Some(self.finish(outcome, committed));
+                    let outcome = self.ledger.finish(&o);
+                    self.incumbent = None;
+                    self.successor = None;
+                    self.exit_watch = None;
+                    return Some(outcome);
+                }
+                other => {
+                    if self.ledger.carry_out(&other) == LedgerStep::JournalFailed {
+                        self.machine.handle_journal_failed(now);
+                    }
                 }
             }
         }
@@ -665,59 +809,22 @@ impl<'a> Run<'a> {
             Ok((ours, child)) => {
                 let pid = child.id();
                 if let Err(e) = conn::configure(&ours) {
-                    self.detail = Some(format!("configuring the successor's socket: {e}"));
+                    self.ledger
+                        .note(format!("configuring the successor's socket: {e}"));
                 }
                 // Without a pidfd (old kernels) the exit still shows as EOF
                 // on the socketpair, and the final reap below waits for it.
                 self.exit_watch = ExitWatch::new(pid).ok();
                 self.successor = Some(ours);
-                self.child = Some(child);
+                self.ledger.spawned(child);
                 crash::at("s-after-spawn");
                 self.machine.handle_spawned(now, pid);
             }
             Err(e) => {
-                self.detail = Some(format!("spawning {}: {e}", self.spec.binary.display()));
+                self.ledger
+                    .note(format!("spawning {}: {e}", self.spec.binary.display()));
                 self.machine.handle_spawn_failed(now);
             }
-        }
-    }
-
-    fn finish(&mut self, mut outcome: HandoffOutcome, committed: bool) -> HandoffOutcome {
-        outcome.timings = outcome.timings.with_total(self.started.elapsed());
-        if let Some(j) = self.journal.take()
-            && self.sup.defer_journal(j)
-        {
-            outcome.journal_failed = true;
-        }
-        self.incumbent = None;
-        self.successor = None;
-        self.exit_watch = None;
-        if let Some(child) = self.child.take() {
-            if committed {
-                outcome.child = Some(child);
-            } else {
-                // The machine finishes an abort only once the successor is
-                // gone, or after SIGKILL went unanswered; never leave a
-                // zombie either way.
-                kill_and_reap(child);
-            }
-        }
-        outcome
-    }
-}
-
-impl Drop for Run<'_> {
-    fn drop(&mut self) {
-        // An early return (an I/O error while waiting) must not leave a
-        // successor behind, nor a journal record of a handoff that is over:
-        // with the successor gone and our end of the session closed, the
-        // incumbent resumes by itself.
-        if let Some(child) = self.child.take() {
-            kill_and_reap(child);
-        }
-        if let Some(journal) = self.journal.take() {
-            journal.clear();
-            self.sup.defer_journal(journal);
         }
     }
 }
