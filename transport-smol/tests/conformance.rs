@@ -197,6 +197,97 @@ fn supervisor_killed(c: Combo) {
     }
 }
 
+/// Whether `pid` is stopped (state `T` in its stat line).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+fn supervisor_frozen_past_the_deadline(c: Combo) {
+    // The supervisor process stops (SIGSTOP, as a debugger or a frozen
+    // cgroup would) right after asking for the seal, and stays stopped past
+    // the handoff's deadline. The incumbent must take its lock back and
+    // serve by itself; once the supervisor goes on, nothing it does may
+    // give the data to a second writer.
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    assert_eq!(rig.request("INC"), "OK 1");
+    let listener = rig.supervisor.listeners().next().unwrap();
+    let mut cmd = daemon_command(&format!(
+        "supervise --runtime {} --successor-runtime {} --control-socket {} --data-dir {} --deadline-ms 1500",
+        c.supervisor.name(),
+        c.successor.name(),
+        rig.ctl.display(),
+        rig.data.display(),
+    ));
+    cmd.env("HANDOFF_CRASH_AT", "s-after-seal-request-sent")
+        .env("HANDOFF_CRASH_MODE", "stop")
+        .stdout(Stdio::piped());
+    let sup = spawn_cold(
+        cmd,
+        &[PassedListener {
+            name: "main",
+            fd: listener.fd,
+        }],
+    )
+    .unwrap();
+    // A failed assertion must not leave it stopped for good.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut guard = KillOnDrop(sup);
+    let sup = &mut guard.0;
+    let t0 = std::time::Instant::now();
+    while !is_stopped(sup.id()) {
+        assert!(t0.elapsed() < BOUND, "{c:?}: the supervisor never stopped");
+        assert!(
+            sup.try_wait().unwrap().is_none(),
+            "{c:?}: it exited instead"
+        );
+        std::thread::yield_now();
+    }
+    // The incumbent drained before the seal request: it stopped accepting,
+    // so a request waits in the kernel's queue. It is answered once the
+    // incumbent has resumed by itself, at its own deadline (the handoff's
+    // plus its slack), with the lock taken back and writes accepted.
+    assert_eq!(rig.request("INC"), "OK 2", "{c:?}");
+    assert_eq!(rig.lock_holder(), Some(rig.incumbent.id()), "{c:?}");
+
+    // SAFETY: kill takes integers only; the pid is our child's.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(sup.id() as i32, libc::SIGCONT)
+    };
+    let status = wait_exit(sup, BOUND).expect("the supervisor ends");
+    assert_eq!(status.code(), Some(0), "{c:?}");
+    let mut said = String::new();
+    sup.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert!(said.contains("committed=false"), "{c:?}: {said:?}");
+    // One writer: the incumbent, with its lock and every write so far.
+    let t1 = std::time::Instant::now();
+    while support::daemons_of(&rig) != [rig.incumbent.id()] {
+        assert!(t1.elapsed() < BOUND, "{c:?}: a successor is left");
+        std::thread::yield_now();
+    }
+    assert_eq!(rig.lock_holder(), Some(rig.incumbent.id()), "{c:?}");
+    assert_eq!(rig.serving_pid(), rig.incumbent.id(), "{c:?}");
+    assert_eq!(rig.request("INC"), "OK 3", "{c:?}");
+}
+
 fn hostile_control_peers(c: Combo) {
     let rig = Rig::start(&c.tag(), c.incumbent, "");
     let id = HandoffId::from_bytes([7; 16]);
@@ -381,6 +472,10 @@ macro_rules! suite {
             #[test]
             fn supervisor_killed() {
                 super::supervisor_killed(C)
+            }
+            #[test]
+            fn supervisor_frozen_past_the_deadline() {
+                super::supervisor_frozen_past_the_deadline(C)
             }
             #[test]
             fn hostile_control_peers() {

@@ -48,6 +48,19 @@ mod enabled {
         if let Ok(marker) = std::env::var("HANDOFF_CRASH_MARKER") {
             let _ = std::fs::write(marker, point);
         }
+        if std::env::var_os("HANDOFF_CRASH_MODE").is_some_and(|m| m == "stop") {
+            // Frozen rather than dead, as under a debugger or a frozen
+            // cgroup: the whole process stops here, and goes on from here
+            // once a SIGCONT comes. Sent to this thread (raise), so that it
+            // stops before it returns; sent to the process, another thread
+            // might take it while this one runs on.
+            #[allow(unsafe_code)]
+            // SAFETY: raise takes an integer only.
+            unsafe {
+                libc::raise(libc::SIGSTOP)
+            };
+            return;
+        }
         // `_exit`: no destructors, no flushing, no unlocking beyond what the
         // kernel does for a dead process.
         #[allow(unsafe_code)]

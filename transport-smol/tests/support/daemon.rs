@@ -29,6 +29,8 @@ struct Args {
     control: PathBuf,
     data: PathBuf,
     journal: Option<PathBuf>,
+    /// `supervise`: the handoff's deadline, if not the default.
+    deadline_ms: Option<u64>,
 }
 
 fn parse(raw: &str) -> Args {
@@ -49,6 +51,7 @@ fn parse(raw: &str) -> Args {
         control: PathBuf::from(get("--control-socket").expect("--control-socket")),
         data: PathBuf::from(get("--data-dir").expect("--data-dir")),
         journal: get("--journal").map(PathBuf::from),
+        deadline_ms: get("--deadline-ms").map(|v| v.parse().expect("--deadline-ms")),
     }
 }
 
@@ -417,7 +420,10 @@ fn supervise(args: &Args) -> i32 {
     if let Some(j) = &args.journal {
         sup = sup.with_journal(j);
     }
-    let spec = super::successor_spec(args.successor_runtime, &args.control, &args.data, "");
+    let mut spec = super::successor_spec(args.successor_runtime, &args.control, &args.data, "");
+    if let Some(ms) = args.deadline_ms {
+        spec.deadline = Duration::from_millis(ms);
+    }
     let outcome = super::run_handoff(args.runtime, &Arc::new(sup), spec);
     println!("outcome committed={}", outcome.committed());
     0
