@@ -143,27 +143,41 @@ fn successor_cannot_bind_the_control_path(c: Combo) {
     assert_eq!(rig.request("INC"), "OK 3", "{c:?}");
 }
 
+/// Starts this binary as a supervisor process for one handoff of `rig`'s
+/// daemon, in `c`'s runtimes, with `extra` arguments and `env`; `stdout`
+/// is where its outcome line goes.
+fn start_supervise(
+    rig: &Rig,
+    c: Combo,
+    extra: &str,
+    env: &[(&str, &str)],
+    stdout: Stdio,
+) -> std::process::Child {
+    let listener = rig.supervisor.listeners().next().unwrap();
+    let mut cmd = daemon_command(&format!(
+        "supervise --runtime {} --successor-runtime {} --control-socket {} --data-dir {} {extra}",
+        c.supervisor.name(),
+        c.successor.name(),
+        rig.ctl.display(),
+        rig.data.display(),
+    ));
+    cmd.envs(env.iter().copied()).stdout(stdout);
+    spawn_cold(
+        cmd,
+        &[PassedListener {
+            name: "main",
+            fd: listener.fd,
+        }],
+    )
+    .unwrap()
+}
+
 fn supervisor_killed(c: Combo) {
     for point in ["s-after-seal-request-sent", "s-after-begin-sent"] {
         let rig = Rig::start(&c.tag(), c.incumbent, "");
-        let listener = rig.supervisor.listeners().next().unwrap();
-        let mut cmd = daemon_command(&format!(
-            "supervise --runtime {} --successor-runtime {} --control-socket {} --data-dir {} --journal {}",
-            c.supervisor.name(),
-            c.successor.name(),
-            rig.ctl.display(),
-            rig.data.display(),
-            rig.dir.0.join("journal").display(),
-        ));
-        cmd.env("HANDOFF_CRASH_AT", point).stdout(Stdio::null());
-        let mut sup = spawn_cold(
-            cmd,
-            &[PassedListener {
-                name: "main",
-                fd: listener.fd,
-            }],
-        )
-        .unwrap();
+        let journal = format!("--journal {}", rig.dir.0.join("journal").display());
+        let crash = [("HANDOFF_CRASH_AT", point)];
+        let mut sup = start_supervise(&rig, c, &journal, &crash, Stdio::null());
         let status = wait_exit(&mut sup, BOUND).expect("the supervisor ends");
         assert_eq!(status.code(), Some(99), "{c:?} {point}: crashed there");
         // The crashed supervisor's successor is the daemon of this rig that
@@ -216,25 +230,11 @@ fn supervisor_frozen_past_the_deadline(c: Combo) {
     // give the data to a second writer.
     let rig = Rig::start(&c.tag(), c.incumbent, "");
     assert_eq!(rig.request("INC"), "OK 1");
-    let listener = rig.supervisor.listeners().next().unwrap();
-    let mut cmd = daemon_command(&format!(
-        "supervise --runtime {} --successor-runtime {} --control-socket {} --data-dir {} --deadline-ms 1500",
-        c.supervisor.name(),
-        c.successor.name(),
-        rig.ctl.display(),
-        rig.data.display(),
-    ));
-    cmd.env("HANDOFF_CRASH_AT", "s-after-seal-request-sent")
-        .env("HANDOFF_CRASH_MODE", "stop")
-        .stdout(Stdio::piped());
-    let sup = spawn_cold(
-        cmd,
-        &[PassedListener {
-            name: "main",
-            fd: listener.fd,
-        }],
-    )
-    .unwrap();
+    let stop = [
+        ("HANDOFF_CRASH_AT", "s-after-seal-request-sent"),
+        ("HANDOFF_CRASH_MODE", "stop"),
+    ];
+    let sup = start_supervise(&rig, c, "--deadline-ms 1500", &stop, Stdio::piped());
     // A failed assertion must not leave it stopped for good.
     struct KillOnDrop(std::process::Child);
     impl Drop for KillOnDrop {
