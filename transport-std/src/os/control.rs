@@ -186,11 +186,11 @@ pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<U
         let fd =
             cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `fd` was just made and belongs to nobody else.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
         // Linux bounds a blocking Unix connect by the send timeout (zero
-        // would mean none, hence the floor).
+        // is refused, hence the floor).
         let left = until.saturating_duration_since(std::time::Instant::now());
-        set_send_timeout(&sock, left.max(std::time::Duration::from_millis(1)))?;
+        sock.set_write_timeout(Some(left.max(std::time::Duration::from_millis(1))))?;
         // SAFETY: `addr` is a valid `sockaddr_un` of at least `len` bytes.
         let ret = unsafe {
             libc::connect(
@@ -203,8 +203,8 @@ pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<U
             Ok(_) => {
                 // Sends on the session are bounded by the protocol, not by
                 // this.
-                set_send_timeout(&sock, std::time::Duration::ZERO)?;
-                return Ok(UnixStream::from(sock));
+                sock.set_write_timeout(None)?;
+                return Ok(sock);
             }
             // A timed connect is not restarted after a stop and continue;
             // a fresh socket starts from a clean state.
@@ -223,26 +223,6 @@ pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<U
             }
         }
     }
-}
-
-/// `SO_SNDTIMEO`; zero means none.
-fn set_send_timeout(sock: &OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-        tv_usec: timeout.subsec_micros().into(),
-    };
-    // SAFETY: `tv` is a valid timeval for the whole call, and its size is
-    // passed with it.
-    cvt(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&raw const tv).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
 }
 
 /// Who is at the other end of a Unix socket, as the kernel saw it at
@@ -336,7 +316,6 @@ pub fn accept_retry(e: &io::Error) -> AcceptRetry {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
             AcceptRetry::After(std::time::Duration::from_millis(50))
         }
-        _ if e.kind() == io::ErrorKind::Interrupted => AcceptRetry::Now,
         _ => AcceptRetry::Fatal,
     }
 }
@@ -460,12 +439,13 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-    #[test]
-    fn a_connect_to_a_full_accept_queue_gives_up_in_time() {
-        let dir = TempDir::new("connect-full");
+    /// A listener with the smallest accept queue, filled by connections
+    /// nobody accepts (returned, to keep them queued), and the error of the
+    /// connect that found no room.
+    fn full_queue(tag: &str) -> (TempDir, PathBuf, UnixListener, Vec<UnixStream>, io::Error) {
+        let dir = TempDir::new(tag);
         let path = dir.path().join("s.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        // The smallest queue, filled by connections nobody accepts.
         // SAFETY: listen on our own listening socket only changes its queue.
         assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
         let mut queued = Vec::new();
@@ -476,6 +456,12 @@ mod tests {
             }
             assert!(queued.len() < 64, "the queue never filled");
         };
+        (dir, path, listener, queued, err)
+    }
+
+    #[test]
+    fn a_connect_to_a_full_accept_queue_gives_up_in_time() {
+        let (_dir, path, listener, queued, err) = full_queue("connect-full");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         // Once there is room, it connects, and sends are not time-bounded.
         drop(queued);
@@ -502,16 +488,7 @@ mod tests {
             sa.sa_sigaction = note_interrupt as *const () as libc::sighandler_t;
             assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
         }
-        let dir = TempDir::new("connect-eintr");
-        let path = dir.path().join("s.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        // SAFETY: listen on our own listening socket only changes its queue.
-        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
-        let mut queued = Vec::new();
-        while let Ok(s) = connect_within(&path, std::time::Duration::from_millis(50)) {
-            queued.push(s);
-            assert!(queued.len() < 64, "the queue never filled");
-        }
+        let (_dir, path, listener, _queued, _) = full_queue("connect-eintr");
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let p = path.clone();
         let waiter = std::thread::spawn(move || {
