@@ -319,11 +319,8 @@ async fn session<D: AsyncDrainable>(
             Wake::Timer => {}
         }
         // After every wake-up, not only the timer's: a peer that never stops
-        // sending must not hold off the deadlines (the machine ignores an
-        // early call).
-        let now = clock::now();
-        if machine.poll_timeout().is_some_and(|t| t <= now) {
-            machine.handle_timeout(now);
-        }
+        // sending must not hold off the deadlines (an early call does
+        // nothing).
+        machine.handle_timeout(clock::now());
     }
 }
