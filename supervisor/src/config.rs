@@ -240,7 +240,8 @@ impl Config {
             ("control_socket", &self.control_socket),
             ("trigger_socket", &self.trigger_socket),
         ] {
-            check_socket_path(path).map_err(|problem| invalid(format!("`{key}` {problem}")))?;
+            check_socket_path(path, true)
+                .map_err(|problem| invalid(format!("`{key}` {problem}")))?;
         }
         if self.control_socket == self.trigger_socket {
             return Err(invalid(
@@ -307,8 +308,10 @@ impl Config {
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Whether `path` can name a Unix socket; the problem, worded to follow the
-/// key's name, if not.
-fn check_socket_path(path: &Path) -> Result<(), String> {
+/// key's name, if not. `staged`: the socket is bound under a temporary name
+/// beside the path first (the control and trigger sockets, not listeners),
+/// which must fit too.
+fn check_socket_path(path: &Path, staged: bool) -> Result<(), String> {
     let bytes = path.as_os_str().as_bytes();
     if bytes.is_empty() {
         return Err("is empty; set it to a path such as /run/<app>/<name>.sock".into());
@@ -324,8 +327,10 @@ fn check_socket_path(path: &Path) -> Result<(), String> {
             bytes.len()
         ));
     }
-    // The daemon's and the supervisor's sockets are bound under a temporary
-    // name beside the path first; the library says how long it may be.
+    if !staged {
+        return Ok(());
+    }
+    // The library says how long the directory may be for the temporary name.
     handoff_std::os::control::validate_socket_path(path).map_err(|e| e.to_string())
 }
 
@@ -351,7 +356,8 @@ impl ListenerConfig {
                         self.addr
                     )));
                 }
-                check_socket_path(path)
+                // Bound in place (no temporary name), like systemd's.
+                check_socket_path(path, false)
                     .map_err(|problem| invalid(format!("listener {name:?}: addr {problem}")))?;
             }
         }

@@ -192,6 +192,13 @@ fn addresses_must_parse_for_their_kind() {
         "name = \"kv\"\naddr = \"{long}\"\nkind = \"unix\""
     )));
     assert!(e.contains("107"), "{e}");
+    // A listener is bound in place, not under a temporary name beside its
+    // path: a deep directory is fine as long as the whole path fits.
+    let deep = format!("/{}/l.sock", "d".repeat(96));
+    Config::from_toml_str(&with_listener(&format!(
+        "name = \"kv\"\naddr = \"{deep}\"\nkind = \"unix\""
+    )))
+    .expect("a deep listener path that fits");
     let e = refused(&with_listener(
         "name = \"kv\"\naddr = \"0.0.0.0:1\"\nbacklog = 0",
     ));
@@ -226,12 +233,10 @@ fn values_that_cannot_work_are_refused() {
         e.contains("`trigger_socket`") && e.contains("temporary name"),
         "{e}"
     );
-    for key in ["trigger_socket", "control_socket"] {
-        let path = if key == "trigger_socket" {
-            "/run/kv/trigger.sock"
-        } else {
-            "/run/kv/ctl.sock"
-        };
+    for (key, path) in [
+        ("trigger_socket", "/run/kv/trigger.sock"),
+        ("control_socket", "/run/kv/ctl.sock"),
+    ] {
         let e = refused(&with_listener(&format!(
             "name = \"api\"\nkind = \"unix\"\naddr = \"{path}\""
         )));
