@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use handoff_core::{LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, Message, Side, VERSION_FIELD};
+use handoff_core::{FrameDecoder, Message, Side};
 use handoff_std::Signal;
 use handoff_std::os::process::{ExitWatch, poll_readable, send_signal};
 use handoff_std::os::spawn::{PassedListener, SpawnError, spawn_cold};
@@ -162,23 +162,34 @@ fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
 }
 
 /// Reads one frame and, if it is an incumbent's `Hello` (SPEC section 2),
-/// returns the pid it announces; decoding is handoff-core's.
+/// returns the pid it announces. Framing and decoding are handoff-core's
+/// `FrameDecoder`, in a fixed buffer: a hostile peer's length prefix costs
+/// no allocation.
 fn read_hello_pid(r: &mut impl Read) -> Option<u32> {
-    let mut header = [0u8; LEN_PREFIX];
-    r.read_exact(&mut header).ok()?;
-    let len = u32::from_le_bytes(header);
-    if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
-        return None;
-    }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).ok()?;
-    match Message::decode(&body[VERSION_FIELD..]).ok()? {
-        Message::Hello {
-            role: Side::Incumbent,
-            pid,
-            ..
-        } if pid != 0 => Some(pid),
-        _ => None,
+    let mut decoder: FrameDecoder = FrameDecoder::new();
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        };
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            let (used, frame) = decoder.decode(input);
+            if let Some(frame) = frame.ok()? {
+                return match frame.message {
+                    Message::Hello {
+                        role: Side::Incumbent,
+                        pid,
+                        ..
+                    } if pid != 0 => Some(pid),
+                    _ => None,
+                };
+            }
+            input = &input[used..];
+        }
     }
 }
 
@@ -238,7 +249,7 @@ pub(crate) fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitSta
 mod tests {
     use super::*;
 
-    use handoff_core::{Capabilities, encode_frame};
+    use handoff_core::{Capabilities, LEN_PREFIX, VERSION_FIELD, encode_frame};
 
     /// The whole frame of a `Hello` from `role` announcing `pid`.
     fn hello(role: Side, pid: u32) -> Vec<u8> {
