@@ -408,10 +408,15 @@ fn stopping_and_continuing_every_process_mid_handoff_changes_nothing() {
     let waiting = std::thread::spawn(move || trigger.wait_with_output().unwrap());
     assert!(notify.wait_for("RELOADING=1").contains("handing off"));
 
-    // While the successor starts (a second), freeze and thaw the trigger
-    // client waiting for its answer, the supervisor, the incumbent and the
-    // successor, over and over.
-    for _ in 0..10 {
+    // From the successor's start (a second) until the client has its
+    // answer, through the drain, seal, Ready and Commit, freeze and thaw the
+    // trigger client, the supervisor, the incumbent and the successor, over
+    // and over (ten rounds at least).
+    let until = std::time::Instant::now() + BOUND;
+    let mut rounds = 0;
+    while rounds < 10 || !waiting.is_finished() {
+        assert!(std::time::Instant::now() < until, "the handoff never ended");
+        rounds += 1;
         let mut pids = vec![client, sup.pid(), old];
         pids.extend(children_of(sup.pid()).into_iter().filter(|&p| p != old));
         for pid in pids {
