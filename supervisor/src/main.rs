@@ -215,11 +215,12 @@ fn run(config_path: &Path, level: LevelFilter) -> ExitCode {
                     .name("handoff-sighup".into())
                     .spawn_scoped(scope, move || match service.handoff(None) {
                         Ok(_) => {}
-                        Err(e) if e.is_refusal() => {
+                        Err(e) => {
                             tracing::warn!("SIGHUP: {e}");
-                            service.reload_refused(&e.to_string());
+                            if e.is_refusal() {
+                                service.reload_refused(&e.to_string());
+                            }
                         }
-                        Err(e) => tracing::warn!("SIGHUP: {e}"),
                     });
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "SIGHUP: cannot start the handoff");
