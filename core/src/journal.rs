@@ -159,6 +159,19 @@ mod tests {
     }
 
     #[test]
+    fn only_a_journal_left_before_the_drain_record_rules_out_a_seal() {
+        // `Draining` is the last record before `SealRequest` goes out, and
+        // records are written behind the protocol: it may follow a seal.
+        for phase in JournalPhase::ALL {
+            assert_eq!(
+                phase.after_seal(),
+                phase != JournalPhase::Negotiating,
+                "{phase:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_truncated_or_padded_journal_is_rejected() {
         let rec = JournalRecord {
             handoff_id: HandoffId::from_bytes([1; 16]),

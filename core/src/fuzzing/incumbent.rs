@@ -222,8 +222,6 @@ impl<B: FuzzBuffer> Driver<B> {
                 | Call::Resumed
                 | Call::ResumeFailed
         ) && !answered;
-        // With growing buffers: the receive buffer holds what the shadow
-        // holds, the frame queue at most one step's frames.
         let timeout_after = self.m.poll_timeout();
         check_step_end(StepEnd {
             machine: "session",
@@ -239,6 +237,8 @@ impl<B: FuzzBuffer> Driver<B> {
             finished: self.m.is_finished(),
             done: after == IncumbentStep::Done,
             saw_finished: self.check.finished,
+            // With growing buffers: the receive buffer holds what the
+            // shadow holds, the frame queue at most one step's frames.
             bound: B::GROWS.then(|| held(SHADOW) + self.check.outbox_peak),
         });
     }

@@ -198,9 +198,6 @@ impl<B: FuzzBuffer> Driver<B> {
                 | Call::SuccessorExited
                 | Call::Closed(_)
         ) && !answered;
-        // With growing buffers: receive buffers as large as the shadows',
-        // one step's frames, and copies of what the peers sent for the
-        // outcome.
         let timeout_after = self.m.poll_timeout();
         check_step_end(StepEnd {
             machine: "handoff",
@@ -216,6 +213,9 @@ impl<B: FuzzBuffer> Driver<B> {
             finished: self.m.is_finished(),
             done: after == SupervisorStep::Done,
             saw_finished: self.check.finished,
+            // With growing buffers: receive buffers as large as the
+            // shadows', one step's frames, and copies of what the peers
+            // sent for the outcome.
             bound: B::GROWS.then(|| {
                 held(SHADOW)
                     + self.check.outbox_peak
@@ -546,7 +546,7 @@ impl<B: FuzzBuffer> Check<B> {
         }
         match (to, msg) {
             (
-                to,
+                _,
                 Message::HelloAck {
                     proto_version_chosen,
                     ..
