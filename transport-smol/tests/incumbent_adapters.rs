@@ -286,20 +286,26 @@ impl Drop for Ended {
     }
 }
 
+/// The std adapter serving `daemon` until it ends (how, on stderr).
+fn serve_std<D: Drainable>(incumbent: Incumbent, daemon: &D) {
+    let end = incumbent.serve(daemon);
+    eprintln!("std serve ended: {end:?}");
+}
+
+/// The smol adapter serving `daemon` until it ends (how, on stderr).
+fn serve_smol<D: AsyncDrainable>(incumbent: Incumbent, daemon: &D) {
+    let end = async_io::block_on(handoff_smol::serve(incumbent, daemon));
+    eprintln!("smol serve ended: {end:?}");
+}
+
 #[test]
 fn std_a_panicking_hook_is_a_failed_hook() {
-    a_panicking_drain_is_a_failed_drain("std-panic", |incumbent, daemon| {
-        let end = incumbent.serve(daemon);
-        panic!("serve returned: {end:?}");
-    });
+    a_panicking_drain_is_a_failed_drain("std-panic", serve_std);
 }
 
 #[test]
 fn smol_a_panicking_hook_is_a_failed_hook() {
-    a_panicking_drain_is_a_failed_drain("smol-panic", |incumbent, daemon| {
-        let end = async_io::block_on(handoff_smol::serve(incumbent, daemon));
-        panic!("serve returned: {end:?}");
-    });
+    a_panicking_drain_is_a_failed_drain("smol-panic", serve_smol);
 }
 
 /// A daemon whose hooks all succeed at once; it says when it resumed.
@@ -435,16 +441,12 @@ fn the_path_is_taken_back_after_an_aborted_seal(tag: &str, serve: fn(Incumbent, 
 
 #[test]
 fn std_takes_its_control_path_back_after_an_aborted_seal() {
-    the_path_is_taken_back_after_an_aborted_seal("std-reclaim", |incumbent, daemon| {
-        let _ = incumbent.serve(daemon);
-    });
+    the_path_is_taken_back_after_an_aborted_seal("std-reclaim", serve_std);
 }
 
 #[test]
 fn smol_takes_its_control_path_back_after_an_aborted_seal() {
-    the_path_is_taken_back_after_an_aborted_seal("smol-reclaim", |incumbent, daemon| {
-        let _ = async_io::block_on(handoff_smol::serve(incumbent, daemon));
-    });
+    the_path_is_taken_back_after_an_aborted_seal("smol-reclaim", serve_smol);
 }
 
 fn a_heartbeat_flood_does_not_hold_off_the_deadline(tag: &str, serve: fn(Incumbent, &Prompt)) {
@@ -482,14 +484,10 @@ fn a_heartbeat_flood_does_not_hold_off_the_deadline(tag: &str, serve: fn(Incumbe
 
 #[test]
 fn std_a_heartbeat_flood_does_not_hold_off_the_deadline() {
-    a_heartbeat_flood_does_not_hold_off_the_deadline("std-flood", |incumbent, daemon| {
-        let _ = incumbent.serve(daemon);
-    });
+    a_heartbeat_flood_does_not_hold_off_the_deadline("std-flood", serve_std);
 }
 
 #[test]
 fn smol_a_heartbeat_flood_does_not_hold_off_the_deadline() {
-    a_heartbeat_flood_does_not_hold_off_the_deadline("smol-flood", |incumbent, daemon| {
-        let _ = async_io::block_on(handoff_smol::serve(incumbent, daemon));
-    });
+    a_heartbeat_flood_does_not_hold_off_the_deadline("smol-flood", serve_smol);
 }
