@@ -202,15 +202,13 @@ impl MioIncumbent {
     /// The next instant at which [`MioIncumbent::handle_timeout`] must be
     /// called (use it for the `Poll::poll` timeout).
     pub fn timeout(&self) -> Option<std::time::Instant> {
-        let session = self
-            .session
+        self.session
             .as_ref()
             .and_then(|s| s.machine.poll_timeout())
-            .map(clock::to_std);
-        match (session, self.accept_retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .map(clock::to_std)
+            .into_iter()
+            .chain(self.accept_retry_at)
+            .min()
     }
 
     /// Time passed; early or repeated calls do nothing.
