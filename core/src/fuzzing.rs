@@ -638,6 +638,11 @@ pub enum SupervisorInput {
     JournalFailed,
     /// Time passes.
     Clock(FuzzClock),
+    /// A connection to the control socket is open; `Expected` means the
+    /// kernel names the expected incumbent as its listener.
+    ConnectedTo(FuzzPid),
+    /// Nothing listens at the control socket path right now.
+    ConnectRefused,
 }
 
 unparse_enum!(SupervisorInput {
@@ -652,6 +657,8 @@ unparse_enum!(SupervisorInput {
     SuccessorExited,
     JournalFailed,
     Clock(c),
+    ConnectedTo(p),
+    ConnectRefused,
 });
 
 std::thread_local! {

@@ -22,7 +22,13 @@ pub mod defaults {
     /// or hung. Five heartbeat intervals of margin.
     pub const LIVENESS: Duration = Duration::from_secs(10);
     /// A peer's `Hello` or `HelloAck` is due this soon after connecting.
+    /// The supervisor also keeps trying to reach the incumbent's control
+    /// socket this long from the start of a handoff.
     pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Between two attempts to connect to an incumbent whose control socket
+    /// path does not yet name its socket (a new incumbent taking the path
+    /// over right after `Commit`, or the old one's socket still there).
+    pub const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(5);
     /// Added to a budget before giving up on a reply already on the wire.
     pub const WIRE_SLACK: Duration = Duration::from_secs(1);
     /// The whole handoff (the supervisor binary's default).

@@ -143,6 +143,14 @@ impl SupervisorStep {
 pub enum AbortReason {
     /// The incumbent's control socket could not be reached.
     IncumbentUnreachable,
+    /// Until the hello timeout ran out, the control socket path named a
+    /// socket that another process listens on, not the incumbent's.
+    ControlSocketNotIncumbent {
+        /// The process that listens there (`SO_PEERCRED`).
+        listener_pid: u32,
+        /// The incumbent the handoff is from.
+        incumbent_pid: u32,
+    },
     /// The incumbent sent no `Hello` within the hello timeout.
     IncumbentHelloTimeout,
     /// The incumbent closed the connection or died.
@@ -204,6 +212,14 @@ impl fmt::Display for AbortReason {
             AbortReason::IncumbentUnreachable => {
                 f.write_str("the incumbent's control socket could not be reached")
             }
+            AbortReason::ControlSocketNotIncumbent {
+                listener_pid,
+                incumbent_pid,
+            } => write!(
+                f,
+                "the control socket path names a socket of pid {listener_pid}, not of the \
+                 incumbent (pid {incumbent_pid}); another process took the path"
+            ),
             AbortReason::IncumbentHelloTimeout => {
                 f.write_str("the incumbent sent no Hello within the hello timeout")
             }
@@ -376,6 +392,10 @@ pub struct Outcome<'a> {
     /// Whether a report did not fit the report buffer and was cut (only
     /// with a fixed-size buffer).
     pub reports_truncated: bool,
+    /// How many times the adapter was asked to connect to the incumbent
+    /// (more than one when the control socket path did not yet name the
+    /// incumbent's socket).
+    pub connect_attempts: u32,
     /// How long each step took.
     pub timings: PhaseTimings,
 }
@@ -394,8 +414,11 @@ impl Outcome<'_> {
 #[derive(Debug)]
 pub enum SupervisorOutput<'a> {
     /// Connect to the incumbent's control socket; report with
-    /// [`SupervisorHandoff::handle_connected`] or
-    /// [`SupervisorHandoff::handle_connect_failed`].
+    /// [`SupervisorHandoff::handle_connected_to`] (or
+    /// [`SupervisorHandoff::handle_connected`] where the listener's pid
+    /// cannot be known), [`SupervisorHandoff::handle_connect_refused`] or
+    /// [`SupervisorHandoff::handle_connect_failed`]. Emitted again, after a
+    /// pause, while the path does not yet name the incumbent's socket.
     ConnectIncumbent,
     /// Write this whole frame to the peer; a failed write is reported with
     /// [`SupervisorHandoff::handle_closed`].
@@ -554,6 +577,11 @@ struct Core<B: Buffer> {
     beat_incumbent: Beat,
     beat_successor: Beat,
     kill_at: Option<Instant>,
+    /// The process the handoff is from, when the adapter knows it.
+    expected_incumbent: Option<u32>,
+    /// When to ask for the next connect to the incumbent.
+    connect_retry_at: Option<Instant>,
+    connect_attempts: u32,
     abort: Option<AbortReason>,
     journaled: bool,
     journal_failed: bool,
@@ -623,6 +651,9 @@ impl<B: Buffer> SupervisorHandoff<B> {
                 beat_incumbent: Beat::new(config.heartbeat_interval),
                 beat_successor: Beat::new(config.heartbeat_interval),
                 kill_at: None,
+                expected_incumbent: None,
+                connect_retry_at: None,
+                connect_attempts: 1,
                 abort: None,
                 journaled: false,
                 journal_failed: false,
@@ -657,10 +688,22 @@ impl<B: Buffer> SupervisorHandoff<B> {
         self.core.step == SupervisorStep::Done
     }
 
-    /// The connection to the incumbent is open.
+    /// Names the process this handoff is from: the supervisor's own child,
+    /// or the successor of its last committed handoff. Call it before
+    /// carrying out the first output. From then on a control socket that
+    /// another process listens on is not the incumbent's
+    /// ([`SupervisorHandoff::handle_connected_to`]), and a `Hello` that
+    /// announces another pid is a protocol violation.
+    pub fn expect_incumbent(&mut self, pid: u32) {
+        self.core.expected_incumbent = Some(pid);
+    }
+
+    /// The connection to the incumbent is open, and the listener's pid is
+    /// not known. Same as [`SupervisorHandoff::handle_connected_to`] without
+    /// its check.
     pub fn handle_connected(&mut self, now: Instant) {
         let c = &mut self.core;
-        if c.step != SupervisorStep::ConnectingIncumbent {
+        if !c.awaiting_connect() {
             return;
         }
         c.marks.connected = Some(now);
@@ -669,9 +712,49 @@ impl<B: Buffer> SupervisorHandoff<B> {
         c.step = SupervisorStep::AwaitingIncumbentHello;
     }
 
-    /// The incumbent's control socket could not be reached.
+    /// The connection to the control socket is open, and the kernel says
+    /// `listener_pid` listens on it (`SO_PEERCRED`). If that is not the
+    /// expected incumbent ([`SupervisorHandoff::expect_incumbent`]), the path
+    /// still names another process's socket: the machine asks to close the
+    /// connection (`Disconnect`) and to connect again after a pause, until
+    /// the hello timeout from the start has passed.
+    pub fn handle_connected_to(&mut self, now: Instant, listener_pid: u32) {
+        let c = &mut self.core;
+        if !c.awaiting_connect() {
+            return;
+        }
+        match c.expected_incumbent {
+            Some(incumbent_pid) if incumbent_pid != listener_pid => {
+                c.o.open = true;
+                c.disconnect(Peer::Incumbent);
+                c.missed_incumbent(
+                    now,
+                    AbortReason::ControlSocketNotIncumbent {
+                        listener_pid,
+                        incumbent_pid,
+                    },
+                );
+            }
+            _ => self.handle_connected(now),
+        }
+    }
+
+    /// Nothing listens at the control socket path right now: the path is
+    /// missing, names a socket nobody listens on any more, or its accept
+    /// queue is full. Right after a handoff the new incumbent may be about
+    /// to take the path over, so the machine asks to connect again after a
+    /// pause, until the hello timeout from the start has passed.
+    pub fn handle_connect_refused(&mut self, now: Instant) {
+        if self.core.awaiting_connect() {
+            self.core
+                .missed_incumbent(now, AbortReason::IncumbentUnreachable);
+        }
+    }
+
+    /// The incumbent's control socket could not be reached, for a reason
+    /// that trying again will not change (permissions, not a socket).
     pub fn handle_connect_failed(&mut self, now: Instant) {
-        if self.core.step == SupervisorStep::ConnectingIncumbent {
+        if self.core.awaiting_connect() {
             self.core.abort(now, AbortReason::IncumbentUnreachable);
         }
     }
@@ -874,6 +957,17 @@ impl<B: Buffer> Core<B> {
             ) => {
                 if role != Side::Incumbent {
                     return self.incumbent_violation(now, Violation::WrongRole { got: role });
+                }
+                if let Some(expected) = self.expected_incumbent
+                    && pid != expected
+                {
+                    return self.incumbent_violation(
+                        now,
+                        Violation::WrongPid {
+                            announced: pid,
+                            expected,
+                        },
+                    );
                 }
                 let version = match negotiate_version(PROTO_MIN, PROTO_MAX, proto_min, proto_max) {
                     Ok(v) => v,
@@ -1181,10 +1275,30 @@ impl<B: Buffer> Core<B> {
         self.finish(now);
     }
 
+    /// Whether a connect was asked for and not yet reported: a report in
+    /// the pause before a retry answers nothing.
+    fn awaiting_connect(&self) -> bool {
+        self.step == SupervisorStep::ConnectingIncumbent && self.connect_retry_at.is_none()
+    }
+
+    /// A connect attempt did not reach the incumbent: try again after a
+    /// pause while the hello timeout from the start lasts, else give up
+    /// with `reason`.
+    fn missed_incumbent(&mut self, now: Instant, reason: AbortReason) {
+        let give_up_at = (self.started + self.cfg.hello_timeout).min(self.deadline_at);
+        let retry_at = now + defaults::CONNECT_RETRY_INTERVAL;
+        if retry_at < give_up_at {
+            self.connect_retry_at = Some(retry_at);
+        } else {
+            self.abort(now, reason);
+        }
+    }
+
     fn abort(&mut self, now: Instant, reason: AbortReason) {
         if matches!(self.step, SupervisorStep::Aborting | SupervisorStep::Done) {
             return;
         }
+        self.connect_retry_at = None;
         self.abort = Some(reason);
         self.step = SupervisorStep::Aborting;
         self.beat_incumbent.stop();
@@ -1372,12 +1486,20 @@ impl<B: Buffer> Core<B> {
         let t = earliest(self.step_deadline(), self.liveness_deadline());
         let t = earliest(t, self.beat_incumbent.deadline());
         let t = earliest(t, self.beat_successor.deadline());
+        let t = earliest(t, self.connect_retry_at);
         earliest(t, self.kill_at)
     }
 
     fn on_timeout(&mut self, now: Instant, incumbent_mid_frame: bool) {
         if self.step == SupervisorStep::Done {
             return;
+        }
+        if let Some(t) = self.connect_retry_at
+            && t <= now
+        {
+            self.connect_retry_at = None;
+            self.connect_attempts = self.connect_attempts.saturating_add(1);
+            self.out.act(Action::Connect);
         }
         if let Some(t) = self.kill_at
             && t <= now
@@ -1507,6 +1629,7 @@ impl<B: Buffer> Core<B> {
             successor_fate,
             journal_failed: self.journal_failed,
             reports_truncated: self.stash.truncated,
+            connect_attempts: self.connect_attempts,
             timings,
         }
     }

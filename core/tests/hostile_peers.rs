@@ -8,7 +8,7 @@ use handoff_core::{
     IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, Peer, ReadyReport, Revisions,
     SealReport, SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
     SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
-    Violation, encode_frame,
+    SupervisorStep, Violation, defaults, encode_frame,
 };
 
 const ID: HandoffId = HandoffId::from_bytes([0x11; 16]);
@@ -1131,4 +1131,122 @@ fn timeouts_called_early_or_twice_do_nothing() {
     );
     s.handle_timeout(next);
     assert!(drain_successor(&mut s).is_empty());
+}
+
+// ------------------------------------- reaching the incumbent after a commit
+
+/// A supervisor that expects its incumbent to be pid 7 and was asked to
+/// connect once.
+fn supervisor_expecting_pid_7() -> SupervisorHandoff {
+    let mut s = SupervisorHandoff::new(t(0), SupervisorConfig::default(), [1; 16], 0);
+    s.expect_incumbent(7);
+    assert_eq!(drain_supervisor(&mut s), vec![SOut::Connect]);
+    s
+}
+
+#[test]
+fn a_control_socket_of_another_process_is_hung_up_on_and_tried_again() {
+    // Right after a commit the path still names the old incumbent's socket.
+    let mut s = supervisor_expecting_pid_7();
+    s.handle_connected_to(t(1), 6);
+    assert_eq!(
+        drain_supervisor(&mut s),
+        vec![SOut::Disconnect(Peer::Incumbent)]
+    );
+    assert_eq!(s.step(), SupervisorStep::ConnectingIncumbent);
+    let retry = s.poll_timeout().unwrap();
+    assert!(retry <= t(1) + defaults::CONNECT_RETRY_INTERVAL);
+    // A report in the pause answers nothing.
+    s.handle_connect_failed(t(2));
+    assert!(drain_supervisor(&mut s).is_empty());
+    assert_eq!(s.step(), SupervisorStep::ConnectingIncumbent);
+    s.handle_timeout(retry);
+    assert_eq!(drain_supervisor(&mut s), vec![SOut::Connect]);
+    // Then nothing listens for a while (the old socket closed), then the
+    // new incumbent has taken the path over.
+    s.handle_connect_refused(t(10));
+    assert!(drain_supervisor(&mut s).is_empty());
+    let retry = s.poll_timeout().unwrap();
+    s.handle_timeout(retry);
+    assert_eq!(drain_supervisor(&mut s), vec![SOut::Connect]);
+    s.handle_connected_to(t(20), 7);
+    assert_eq!(s.step(), SupervisorStep::AwaitingIncumbentHello);
+    let outs = feed_supervisor(
+        &mut s,
+        t(21),
+        Peer::Incumbent,
+        &hello(Side::Incumbent, 7, 1, 1),
+    );
+    assert!(outs.contains(&SOut::Spawn), "{outs:?}");
+    assert_eq!(s.outcome().connect_attempts, 3);
+}
+
+#[test]
+fn a_path_that_never_names_the_incumbent_gives_up_at_the_hello_timeout() {
+    let cfg = SupervisorConfig::default();
+    let mut s = supervisor_expecting_pid_7();
+    let mut now = t(1);
+    let mut attempts = 1;
+    loop {
+        s.handle_connected_to(now, 6);
+        let outs = drain_supervisor(&mut s);
+        if let Some(SOut::Finished(result)) = outs.last() {
+            assert_eq!(
+                *result,
+                Err(AbortReason::ControlSocketNotIncumbent {
+                    listener_pid: 6,
+                    incumbent_pid: 7
+                })
+            );
+            break;
+        }
+        assert_eq!(outs, vec![SOut::Disconnect(Peer::Incumbent)]);
+        now = s.poll_timeout().unwrap();
+        s.handle_timeout(now);
+        assert_eq!(drain_supervisor(&mut s), vec![SOut::Connect]);
+        attempts += 1;
+        assert!(attempts < 10_000, "it never gave up");
+    }
+    assert!(now + defaults::CONNECT_RETRY_INTERVAL >= t(0) + cfg.hello_timeout);
+    assert!(now < t(0) + cfg.hello_timeout);
+    assert_eq!(s.outcome().connect_attempts, attempts);
+}
+
+#[test]
+fn a_path_that_nobody_listens_on_is_unreachable_after_the_hello_timeout() {
+    let mut s = supervisor_expecting_pid_7();
+    s.handle_connect_refused(t(4_999));
+    assert_eq!(
+        drain_supervisor(&mut s),
+        vec![SOut::Finished(Err(AbortReason::IncumbentUnreachable))]
+    );
+}
+
+#[test]
+fn a_connect_error_that_retrying_cannot_mend_aborts_at_once() {
+    let mut s = supervisor_expecting_pid_7();
+    s.handle_connect_failed(t(1));
+    assert_eq!(
+        drain_supervisor(&mut s),
+        vec![SOut::Finished(Err(AbortReason::IncumbentUnreachable))]
+    );
+}
+
+#[test]
+fn an_incumbent_hello_from_another_pid_than_expected_aborts() {
+    let mut s = supervisor_expecting_pid_7();
+    s.handle_connected_to(t(1), 7);
+    let outs = feed_supervisor(
+        &mut s,
+        t(2),
+        Peer::Incumbent,
+        &hello(Side::Incumbent, 8, 1, 1),
+    );
+    assert_eq!(
+        violation_of(&outs, Peer::Incumbent),
+        Violation::WrongPid {
+            announced: 8,
+            expected: 7
+        }
+    );
 }

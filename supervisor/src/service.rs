@@ -413,6 +413,10 @@ impl Inner {
             drain_grace: self.config.drain_grace(),
             startup_budget: STARTUP_BUDGET.min(self.config.deadline()),
         };
+        // The handoff reaches only this process: right after the last
+        // handoff, the control socket path may still name the old one's
+        // socket for a moment.
+        self.supervisor.set_incumbent_pid(Some(incumbent_pid));
         let result = self.supervisor.perform_handoff(spec);
         let mut outcome = match result {
             Ok(o) => o,
@@ -539,7 +543,12 @@ fn log_phases(outcome: &HandoffOutcome) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let t = &outcome.timings;
     if let Some(d) = t.connect {
-        tracing::info!(phase = "connect", ms = ms(d), "connected to the incumbent");
+        tracing::info!(
+            phase = "connect",
+            ms = ms(d),
+            attempts = outcome.connect_attempts,
+            "connected to the incumbent"
+        );
     }
     if let Some(d) = t.incumbent_hello {
         tracing::info!(

@@ -18,7 +18,7 @@ use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
     HandoffLedger, HandoffOutcome, LedgerStep, SharedHandoffSlot, SpawnSpec, Supervisor,
-    SupervisorError, clock, handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
+    SupervisorError, clock, spawn_for_handoff,
 };
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -187,12 +187,7 @@ impl MioSupervisor {
                 self.max_handoffs
             ))));
         };
-        let machine = SupervisorHandoff::new(
-            clock::now(),
-            handoff_config(sup.config(), &spec),
-            random_id_bytes(),
-            unix_millis(),
-        );
+        let machine = sup.new_handoff(&spec);
         self.busy[service.0] = true;
         self.runs[slot] = Some(Run {
             service,
@@ -372,21 +367,18 @@ impl MioSupervisor {
             let now = clock::now();
             match out {
                 SupervisorOutput::ConnectIncumbent => {
-                    let connected = mio::net::UnixStream::connect(sup.control_socket())
-                        .and_then(|s| Conn::register(s, registry, tokens.0));
-                    match connected {
-                        Ok(conn) => {
-                            run.incumbent = Some(conn);
-                            run.machine.handle_connected(now);
-                        }
-                        Err(e) => {
-                            run.ledger.note(format!(
-                                "connecting to {}: {e}",
-                                sup.control_socket().display()
-                            ));
-                            run.machine.handle_connect_failed(now);
-                        }
-                    }
+                    let connected = mio::net::UnixStream::connect(sup.control_socket());
+                    run.incumbent =
+                        run.ledger
+                            .connected(&mut run.machine, connected)
+                            .and_then(|s| match Conn::register(s, registry, tokens.0) {
+                                Ok(conn) => Some(conn),
+                                Err(e) => {
+                                    run.ledger.note(format!("registering the connection: {e}"));
+                                    run.machine.handle_closed(now, Peer::Incumbent);
+                                    None
+                                }
+                            });
                 }
                 SupervisorOutput::Transmit { to, frame } => {
                     // Fields, not a helper: `frame` borrows the machine.

@@ -10,7 +10,7 @@ use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
     HandoffLedger, HandoffOutcome, LedgerStep, SpawnSpec, Supervisor, SupervisorError, clock,
-    handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
+    spawn_for_handoff,
 };
 
 use crate::conn::{AsyncConn, Read, readable, timer};
@@ -31,12 +31,7 @@ pub async fn perform_handoff(
     let _slot = supervisor.claim()?;
     let mut run = Run {
         sup: supervisor,
-        machine: SupervisorHandoff::new(
-            clock::now(),
-            handoff_config(supervisor.config(), &spec),
-            random_id_bytes(),
-            unix_millis(),
-        ),
+        machine: supervisor.new_handoff(&spec),
         spec,
         incumbent: None,
         successor: None,
@@ -169,21 +164,11 @@ impl Run<'_> {
                 SupervisorOutput::ConnectIncumbent => {
                     let connected =
                         Async::<std::os::unix::net::UnixStream>::connect(self.sup.control_socket())
-                            .await
-                            .map(AsyncConn::from_async);
-                    match connected {
-                        Ok(c) => {
-                            self.incumbent = Some(c);
-                            self.machine.handle_connected(now);
-                        }
-                        Err(e) => {
-                            self.ledger.note(format!(
-                                "connecting to {}: {e}",
-                                self.sup.control_socket().display()
-                            ));
-                            self.machine.handle_connect_failed(now);
-                        }
-                    }
+                            .await;
+                    self.incumbent = self
+                        .ledger
+                        .connected(&mut self.machine, connected)
+                        .map(AsyncConn::from_async);
                 }
                 SupervisorOutput::Transmit { to, frame } => {
                     let conn = match to {

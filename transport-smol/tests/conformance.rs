@@ -288,6 +288,126 @@ fn supervisor_frozen_past_the_deadline(c: Combo) {
     assert_eq!(rig.request("INC"), "OK 3", "{c:?}");
 }
 
+fn back_to_back_handoff_waits_for_the_path(c: Combo) {
+    // The first handoff's successor is held (stopped) after `Ready`, just
+    // before it renames its control socket over the path. The supervisor
+    // is done with that handoff at `Commit` and a second one starts at
+    // once: while the path names a socket of another process (here one of
+    // this test's own, as the exiting old incumbent's would be) or a socket
+    // nobody listens on, it must keep trying within the hello timeout, not
+    // abort, and commit once the new incumbent has taken the path over.
+    let mut rig = Rig::start(&c.tag(), c.incumbent, "");
+    assert_eq!(rig.request("INC"), "OK 1");
+    let held = rig
+        .spec(c.successor, "")
+        .env("HANDOFF_CRASH_AT", "n-before-control-path-taken")
+        .env("HANDOFF_CRASH_MODE", "stop");
+    let mut first = run_handoff(c.supervisor, &rig.supervisor, held);
+    assert!(
+        first.committed(),
+        "{c:?}: {:?} {:?}",
+        first.result,
+        first.detail
+    );
+    let n1 = first.child.take().unwrap();
+    let n1_pid = n1.id();
+    rig.spawned.push(n1);
+    // A failed assertion must not leave it stopped for good.
+    struct ContinueOnDrop(u32);
+    impl Drop for ContinueOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill takes integers only.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGCONT)
+            };
+        }
+    }
+    let thaw = ContinueOnDrop(n1_pid);
+    let t0 = std::time::Instant::now();
+    while !is_stopped(n1_pid) {
+        assert!(
+            t0.elapsed() < BOUND,
+            "{c:?}: the successor never got to the point"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(rig.supervisor.incumbent_pid(), Some(n1_pid), "{c:?}");
+    assert!(
+        wait_exit(&mut rig.incumbent, BOUND).is_some(),
+        "{c:?}: the old one exits on Commit"
+    );
+
+    // The path names a live socket of another process.
+    let decoy_path = rig.dir.0.join("decoy.sock");
+    let decoy = std::os::unix::net::UnixListener::bind(&decoy_path).unwrap();
+    std::fs::rename(&decoy_path, &rig.ctl).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let outcome = std::thread::scope(|s| {
+        let second =
+            s.spawn(|| run_handoff(c.supervisor, &rig.supervisor, rig.spec(c.successor, "")));
+        // The supervisor connects to it, sees from the kernel whose socket
+        // it is, and hangs up without waiting for a `Hello`.
+        let t1 = std::time::Instant::now();
+        let mut conn = loop {
+            match decoy.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        !second.is_finished(),
+                        "{c:?}: the second handoff ended without trying the path again"
+                    );
+                    assert!(t1.elapsed() < BOUND, "{c:?}: nobody connected");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(BOUND)).unwrap();
+        let mut sink = [0u8; 64];
+        let got = loop {
+            match conn.read(&mut sink) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        assert!(
+            matches!(got, Ok(0)),
+            "{c:?}: the supervisor hangs up on a socket that is not the incumbent's: {got:?}"
+        );
+        // Now the path names a socket nobody listens on (refused).
+        drop(decoy);
+        drop(thaw);
+        second.join().unwrap()
+    });
+    {
+        let mut outcome = outcome;
+        assert!(
+            outcome.committed(),
+            "{c:?}: {:?} {:?}",
+            outcome.result,
+            outcome.detail
+        );
+        assert_eq!(outcome.incumbent_pid, Some(n1_pid), "{c:?}");
+        assert!(
+            outcome.connect_attempts > 1,
+            "{c:?}: {}",
+            outcome.connect_attempts
+        );
+        let n2 = outcome.child.take().unwrap();
+        let n2_pid = n2.id();
+        rig.spawned.push(n2);
+        assert_eq!(rig.serving_pid(), n2_pid, "{c:?}");
+        assert_eq!(rig.lock_holder(), Some(n2_pid), "{c:?}");
+        assert_eq!(
+            rig.request("INC"),
+            "OK 2",
+            "{c:?}: state carried over twice"
+        );
+    }
+}
+
 fn hostile_control_peers(c: Combo) {
     let rig = Rig::start(&c.tag(), c.incumbent, "");
     let id = HandoffId::from_bytes([7; 16]);
@@ -480,6 +600,10 @@ macro_rules! suite {
             #[test]
             fn hostile_control_peers() {
                 super::hostile_control_peers(C)
+            }
+            #[test]
+            fn back_to_back_handoff_waits_for_the_path() {
+                super::back_to_back_handoff_waits_for_the_path(C)
             }
         }
     };

@@ -6,7 +6,9 @@
 //! Points are named after protocol events: `<role>-after-<message>-sent`
 //! and `<role>-after-<message>-received` for every frame (role `s`, `o` or
 //! `n`, message in kebab case, e.g. `s-after-prepare-handoff-sent`), plus
-//! `o-after-lock-released` and `n-after-lock-acquired`. If
+//! `o-after-lock-released`, `n-after-lock-acquired` and
+//! `n-before-control-path-taken` (a successor past `Ready`, about to rename
+//! its control socket over the path). If
 //! `HANDOFF_CRASH_MARKER` names a file, the point's name is written there
 //! first, so a test can tell the crash happened where it meant it to.
 

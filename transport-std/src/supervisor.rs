@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,6 +108,9 @@ pub struct HandoffOutcome {
     pub successor_fate: SuccessorFate,
     /// Whether a journal write failed.
     pub journal_failed: bool,
+    /// How many connects it took to reach the incumbent (more than one when
+    /// the control socket path did not yet name the incumbent's socket).
+    pub connect_attempts: u32,
     /// Time spent in each phase.
     pub timings: PhaseTimings,
 }
@@ -159,6 +162,9 @@ pub struct Supervisor {
     journal: Option<Journal>,
     config: SupervisorConfig,
     in_flight: AtomicBool,
+    /// The pid of the process serving now, 0 while unknown: set by the
+    /// caller for a daemon it started, and to the successor at each commit.
+    incumbent_pid: AtomicU32,
     /// The writer of the last handoff's journal, still removing the record
     /// in the background; see [`Supervisor::defer_journal`].
     journal_tail: Mutex<Option<JournalWriter>>,
@@ -188,6 +194,7 @@ impl Supervisor {
             journal: None,
             config: SupervisorConfig::default(),
             in_flight: AtomicBool::new(false),
+            incumbent_pid: AtomicU32::new(0),
             journal_tail: Mutex::new(None),
             journal_lost: AtomicBool::new(false),
         })
@@ -225,6 +232,43 @@ impl Supervisor {
     /// The control socket path.
     pub fn control_socket(&self) -> &Path {
         &self.control_socket
+    }
+
+    /// Names the process that serves now (a daemon the caller started, or
+    /// restarted after it died); `None` if it is not known. A handoff then
+    /// reaches only that process: while the control socket path names
+    /// another process's socket (the previous incumbent's, still there
+    /// right after a commit) or no live socket, it keeps trying within the
+    /// hello timeout instead of failing. Each committed handoff sets it to
+    /// its successor by itself.
+    pub fn set_incumbent_pid(&self, pid: Option<u32>) {
+        self.incumbent_pid
+            .store(pid.unwrap_or(0), Ordering::Release);
+    }
+
+    /// The process that serves now, as far as this supervisor knows: see
+    /// [`Supervisor::set_incumbent_pid`].
+    pub fn incumbent_pid(&self) -> Option<u32> {
+        match self.incumbent_pid.load(Ordering::Acquire) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    /// The core machine for one handoff to `spec`, for an adapter that runs
+    /// the handoff itself: this supervisor's timings with the spec's
+    /// budgets, a fresh id, and the incumbent it expects.
+    pub fn new_handoff(&self, spec: &SpawnSpec) -> SupervisorHandoff<Vec<u8>> {
+        let mut machine = SupervisorHandoff::new(
+            clock::now(),
+            handoff_config(self.config, spec),
+            random_bytes(),
+            unix_millis(),
+        );
+        if let Some(pid) = self.incumbent_pid() {
+            machine.expect_incumbent(pid);
+        }
+        machine
     }
 
     /// The listeners, in the order the successor receives them.
@@ -457,6 +501,7 @@ impl HandoffOutcome {
             incumbent_fate: o.incumbent_fate,
             successor_fate: o.successor_fate,
             journal_failed: o.journal_failed,
+            connect_attempts: o.connect_attempts,
             timings: o.timings,
         }
     }
@@ -557,6 +602,41 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
         self.detail = Some(detail);
     }
 
+    /// Reports the result of the connect that `ConnectIncumbent` asked for
+    /// to `machine`, and returns the connection to keep (`None` if there is
+    /// none; a connection to another process's socket is kept only until
+    /// the machine's `Disconnect`). The one place that sorts a failed
+    /// connect into "not there yet, try again" and "give up", for every
+    /// adapter.
+    pub fn connected<C: AsFd>(
+        &mut self,
+        machine: &mut SupervisorHandoff<Vec<u8>>,
+        result: io::Result<C>,
+    ) -> Option<C> {
+        let now = clock::now();
+        let path = self.sup.control_socket();
+        match result {
+            Ok(conn) => {
+                // An earlier attempt's error says nothing about this one.
+                self.detail = None;
+                match control::peer_credentials(&conn) {
+                    Ok(cred) => machine.handle_connected_to(now, cred.pid),
+                    Err(_) => machine.handle_connected(now),
+                }
+                Some(conn)
+            }
+            Err(e) => {
+                self.note(format!("connecting to {}: {e}", path.display()));
+                if control::is_not_listening(&e) {
+                    machine.handle_connect_refused(now);
+                } else {
+                    machine.handle_connect_failed(now);
+                }
+                None
+            }
+        }
+    }
+
     /// Carries out the outputs that need no connection: signals to the
     /// successor and the journal's records.
     pub fn carry_out(&mut self, out: &SupervisorOutput<'_>) -> LedgerStep {
@@ -601,6 +681,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
         }
         if let Some(child) = self.child.take() {
             if o.result.is_ok() {
+                self.sup.set_incumbent_pid(Some(child.id()));
                 outcome.child = Some(child);
             } else {
                 kill_and_reap(child);
@@ -639,12 +720,11 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn new(sup: &'a Supervisor, spec: SpawnSpec) -> Self {
-        let config = handoff_config(sup.config, &spec);
         Run {
             sup,
             ledger: HandoffLedger::new(sup),
+            machine: sup.new_handoff(&spec),
             spec,
-            machine: SupervisorHandoff::new(clock::now(), config, random_bytes(), unix_millis()),
             incumbent: None,
             successor: None,
             exit_watch: None,
@@ -748,22 +828,12 @@ impl<'a> Run<'a> {
             match out {
                 SupervisorOutput::ConnectIncumbent => {
                     let bound = self.sup.config.hello_timeout;
-                    match control::connect_within(&self.sup.control_socket, bound).and_then(|s| {
-                        conn::configure(&s)?;
-                        Ok(s)
-                    }) {
-                        Ok(s) => {
-                            self.incumbent = Some(s);
-                            self.machine.handle_connected(now);
-                        }
-                        Err(e) => {
-                            self.ledger.note(format!(
-                                "connecting to {}: {e}",
-                                self.sup.control_socket.display()
-                            ));
-                            self.machine.handle_connect_failed(now);
-                        }
-                    }
+                    let result =
+                        control::connect_within(&self.sup.control_socket, bound).and_then(|s| {
+                            conn::configure(&s)?;
+                            Ok(s)
+                        });
+                    self.incumbent = self.ledger.connected(&mut self.machine, result);
                 }
                 SupervisorOutput::Transmit { to, frame } => {
                     let stream = match to {

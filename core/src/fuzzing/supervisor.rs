@@ -14,15 +14,16 @@ use alloc::vec::Vec;
 
 use super::shadow::{Received, Shadow, consumed, millis, sent};
 use super::{
-    Chunk, Clocked, FuzzBuffer, FuzzPeer, MACHINE, SHADOW, SUPERVISOR_RANDOM,
-    SUPERVISOR_STARTED_UNIX_MS, StepEnd, SupervisorInput, check_step_end, clock, clocked_driver,
-    held,
+    Chunk, Clocked, FuzzBuffer, FuzzPeer, FuzzPid, INCUMBENT_PID, MACHINE, SHADOW,
+    SUPERVISOR_RANDOM, SUPERVISOR_STARTED_UNIX_MS, StepEnd, SupervisorInput, check_step_end, clock,
+    clocked_driver, held,
 };
 use crate::journal::{JournalPhase, JournalRecord};
+use crate::machine::defaults;
 use crate::message::{Message, MessageKind};
 use crate::supervisor::{
-    IncumbentFate, Outcome, Peer, Signal, SuccessorFate, SupervisorConfig, SupervisorHandoff,
-    SupervisorOutput, SupervisorStep,
+    AbortReason, IncumbentFate, Outcome, Peer, Signal, SuccessorFate, SupervisorConfig,
+    SupervisorHandoff, SupervisorOutput, SupervisorStep,
 };
 use crate::time::Instant;
 use crate::wire::{HandoffId, PROTO_MAX, Side};
@@ -31,7 +32,11 @@ use crate::wire::{HandoffId, PROTO_MAX, Side};
 pub(super) fn run<B: FuzzBuffer>(script: &[SupervisorInput]) {
     let cfg = SupervisorConfig::default();
     let now = Instant::ZERO;
-    let m = SupervisorHandoff::<B>::new(now, cfg, SUPERVISOR_RANDOM, SUPERVISOR_STARTED_UNIX_MS);
+    let mut m =
+        SupervisorHandoff::<B>::new(now, cfg, SUPERVISOR_RANDOM, SUPERVISOR_STARTED_UNIX_MS);
+    // As every adapter over a supervisor that knows its daemon: only this
+    // process is the incumbent.
+    m.expect_incumbent(INCUMBENT_PID);
     let id = m.handoff_id();
     let mut d = Driver {
         m,
@@ -67,7 +72,10 @@ enum Call {
     Input(Peer),
     Closed(Peer),
     Connected,
+    /// Connected, and the listener is (`true`) or is not the incumbent.
+    ConnectedTo(bool),
     ConnectFailed,
+    ConnectRefused,
     Spawned(u32),
     SpawnFailed,
     SuccessorExited,
@@ -103,11 +111,11 @@ impl<B: FuzzBuffer> Driver<B> {
         match input {
             SupervisorInput::Bytes(p, Chunk(bytes)) => self.feed(peer(*p), bytes),
             SupervisorInput::Frame(p, msg) => {
-                let pid = self.m.successor_pid().unwrap_or(0);
+                let pid = self.expected_pid(peer(*p));
                 self.feed(peer(*p), &msg.to_frame(PROTO_MAX, self.check.id, pid));
             }
             SupervisorInput::FrameWithVersion(p, v, msg) => {
-                let pid = self.m.successor_pid().unwrap_or(0);
+                let pid = self.expected_pid(peer(*p));
                 self.feed(peer(*p), &msg.to_frame(*v, self.check.id, pid));
             }
             SupervisorInput::Closed(p) => {
@@ -117,6 +125,18 @@ impl<B: FuzzBuffer> Driver<B> {
             SupervisorInput::Connected => self.call(Call::Connected, |m| m.handle_connected(now)),
             SupervisorInput::ConnectFailed => {
                 self.call(Call::ConnectFailed, |m| m.handle_connect_failed(now))
+            }
+            SupervisorInput::ConnectedTo(pid) => {
+                let (is_incumbent, pid) = match *pid {
+                    FuzzPid::Expected => (true, INCUMBENT_PID),
+                    FuzzPid::Other(p) => (p == INCUMBENT_PID, p),
+                };
+                self.call(Call::ConnectedTo(is_incumbent), |m| {
+                    m.handle_connected_to(now, pid)
+                })
+            }
+            SupervisorInput::ConnectRefused => {
+                self.call(Call::ConnectRefused, |m| m.handle_connect_refused(now))
             }
             SupervisorInput::Spawned(pid) => {
                 self.call(Call::Spawned(*pid), |m| m.handle_spawned(now, *pid))
@@ -131,6 +151,14 @@ impl<B: FuzzBuffer> Driver<B> {
                 self.call(Call::JournalFailed, |m| m.handle_journal_failed(now))
             }
             SupervisorInput::Clock(c) => clock(self, *c),
+        }
+    }
+
+    /// The pid a peer's `Hello` announces when the fuzzer says `Expected`.
+    fn expected_pid(&self, from: Peer) -> u32 {
+        match from {
+            Peer::Incumbent => INCUMBENT_PID,
+            Peer::Successor => self.m.successor_pid().unwrap_or(0),
         }
     }
 
@@ -184,6 +212,8 @@ impl<B: FuzzBuffer> Driver<B> {
             !self.check.expect_resume,
             "journal says resuming, but no ResumeAfterAbort followed"
         );
+        self.check
+            .after_connect_step(&c, answered, self.m.poll_timeout());
         self.check.outbox_peak = self.check.outbox_peak.max(self.check.step_bytes);
         if call == Call::New {
             assert_eq!(outputs, 1, "a new handoff asks to connect, and only that");
@@ -192,7 +222,9 @@ impl<B: FuzzBuffer> Driver<B> {
         let spurious = matches!(
             call,
             Call::Connected
+                | Call::ConnectedTo(_)
                 | Call::ConnectFailed
+                | Call::ConnectRefused
                 | Call::Spawned(_)
                 | Call::SpawnFailed
                 | Call::SuccessorExited
@@ -272,6 +304,10 @@ struct Check<B: FuzzBuffer> {
     received: Received,
     finished: bool,
     connect_out: bool,
+    /// A connect that missed the incumbent asked for another at this time.
+    connect_retry_at: Option<Instant>,
+    /// The reason a miss past the hello timeout must end the handoff with.
+    missed: Option<AbortReason>,
     open: [bool; 2],
     spawn_out: bool,
     spawn_asked: bool,
@@ -315,6 +351,8 @@ impl<B: FuzzBuffer> Check<B> {
             received: Received::Nothing,
             finished: false,
             connect_out: false,
+            connect_retry_at: None,
+            missed: None,
             open: [false; 2],
             spawn_out: false,
             spawn_asked: false,
@@ -359,10 +397,10 @@ impl<B: FuzzBuffer> Check<B> {
 
     fn answer(&mut self, call: Call) -> bool {
         match call {
-            Call::Connected | Call::ConnectFailed => {
+            Call::Connected | Call::ConnectedTo(_) | Call::ConnectFailed | Call::ConnectRefused => {
                 let answered = self.connect_out && !self.finished;
                 self.connect_out = false;
-                if answered && call == Call::Connected {
+                if answered && matches!(call, Call::Connected | Call::ConnectedTo(_)) {
                     self.open[0] = true;
                 }
                 answered
@@ -438,7 +476,7 @@ impl<B: FuzzBuffer> Check<B> {
             incumbent_pid,
             incumbent_hello: o
                 && before == SupervisorStep::AwaitingIncumbentHello
-                && hello(Side::Incumbent, None),
+                && hello(Side::Incumbent, Some(INCUMBENT_PID)),
             successor_hello: n
                 && before == SupervisorStep::AwaitingSuccessorHello
                 && hello(Side::Successor, self.successor_pid),
@@ -470,7 +508,12 @@ impl<B: FuzzBuffer> Check<B> {
         }
         match out {
             SupervisorOutput::ConnectIncumbent => {
-                assert_eq!(c.call, Call::New, "ConnectIncumbent after the start");
+                let retry_due = self.connect_retry_at.take().is_some_and(|t| t <= c.now);
+                assert!(
+                    c.call == Call::New || (c.call == Call::Timeout && retry_due),
+                    "ConnectIncumbent other than at the start or a due retry"
+                );
+                assert!(!self.connect_out, "ConnectIncumbent twice");
                 self.connect_out = true;
             }
             SupervisorOutput::Transmit { to, frame } => self.transmit(c, to, frame),
@@ -650,6 +693,56 @@ impl<B: FuzzBuffer> Check<B> {
         }
     }
 
+    /// After a step's outputs: a connect that missed the incumbent is
+    /// retried after the interval while the hello timeout from the start
+    /// lasts, and ends the handoff after it; a due retry is asked for.
+    fn after_connect_step(&mut self, c: &Ctx, answered: bool, timeout: Option<Instant>) {
+        let miss = match c.call {
+            Call::ConnectedTo(false) => Some(AbortReason::ControlSocketNotIncumbent {
+                listener_pid: 0,
+                incumbent_pid: INCUMBENT_PID,
+            }),
+            Call::ConnectRefused => Some(AbortReason::IncumbentUnreachable),
+            _ => None,
+        };
+        if let Some(reason) = miss.filter(|_| answered) {
+            assert!(
+                !self.open[0],
+                "a connection to another process's socket kept"
+            );
+            let retry_at = c.now + defaults::CONNECT_RETRY_INTERVAL;
+            let give_up_at =
+                (self.started + self.cfg.hello_timeout).min(self.started + self.cfg.deadline);
+            if retry_at < give_up_at {
+                assert_eq!(
+                    c.after,
+                    SupervisorStep::ConnectingIncumbent,
+                    "a missed connect within the hello timeout gave up"
+                );
+                assert!(
+                    timeout.is_some_and(|t| t <= retry_at),
+                    "no timer for the connect retry"
+                );
+                self.connect_retry_at = Some(retry_at);
+            } else {
+                assert!(
+                    matches!(c.after, SupervisorStep::Aborting | SupervisorStep::Done),
+                    "a missed connect past the hello timeout did not end the handoff"
+                );
+                self.missed = Some(reason);
+            }
+        }
+        if c.call == Call::Timeout
+            && c.after == SupervisorStep::ConnectingIncumbent
+            && !self.connect_out
+        {
+            assert!(
+                self.connect_retry_at.is_some_and(|t| t > c.now),
+                "a due connect retry was not asked for"
+            );
+        }
+    }
+
     fn journal_entry(&mut self, c: &Ctx, r: JournalRecord) {
         assert!(!self.cleared, "a journal entry after ClearJournal");
         assert_eq!(r.handoff_id, self.id);
@@ -690,6 +783,15 @@ impl<B: FuzzBuffer> Check<B> {
         );
         assert_eq!(o.handoff_id, self.id);
         assert_eq!(o.committed(), c.ready, "committed other than on Ready");
+        match (self.missed, o.result) {
+            (
+                Some(AbortReason::ControlSocketNotIncumbent { .. }),
+                Err(AbortReason::ControlSocketNotIncumbent { incumbent_pid, .. }),
+            ) => assert_eq!(incumbent_pid, INCUMBENT_PID),
+            (Some(missed), Err(got)) => assert_eq!(got, missed, "the reason a connect gave up"),
+            (Some(_), Ok(())) => panic!("committed after the connect gave up"),
+            (None, _) => {}
+        }
         assert_eq!(o.journal_failed, self.journal_failed);
         assert_eq!(
             self.cleared,

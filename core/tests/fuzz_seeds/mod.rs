@@ -1187,7 +1187,45 @@ fn structured_scripts() -> Vec<Seed> {
         SupervisorInput::Clock(FuzzClock::TimeoutAtDeadline),
         SupervisorInput::SuccessorExited,
     ];
+    // The control socket path names another process's socket, then no
+    // live socket, then the incumbent's: each miss is retried.
+    let path_taken_late = vec![
+        SupervisorInput::ConnectRefused,
+        SupervisorInput::Clock(FuzzClock::Timeout),
+        SupervisorInput::ConnectedTo(FuzzPid::Other(1)),
+        SupervisorInput::Clock(FuzzClock::Timeout),
+        SupervisorInput::ConnectedTo(FuzzPid::Expected),
+        SupervisorInput::Frame(
+            o,
+            FuzzMessage::Hello {
+                successor: false,
+                pid: FuzzPid::Expected,
+                build_id: Chunk(b"old".to_vec()),
+                proto_min: 1,
+                proto_max: 1,
+                capabilities: 0,
+            },
+        ),
+        SupervisorInput::Spawned(SUCCESSOR_PID),
+    ];
+    // Nothing listens until past the hello timeout: the handoff gives up.
+    let path_never_taken = vec![
+        SupervisorInput::ConnectRefused,
+        SupervisorInput::Clock(FuzzClock::Seconds(6)),
+        SupervisorInput::Clock(FuzzClock::Timeout),
+        SupervisorInput::ConnectedTo(FuzzPid::Other(1)),
+    ];
     vec![
+        (
+            "supervisor",
+            "structured-path-taken-late".into(),
+            unparse_script(&path_taken_late),
+        ),
+        (
+            "supervisor",
+            "structured-path-never-taken".into(),
+            unparse_script(&path_never_taken),
+        ),
         (
             "incumbent",
             "structured-seal-then-resume".into(),

@@ -184,6 +184,8 @@ impl Rig {
                 .unwrap()
                 .with_journal(dir.0.join("journal")),
         );
+        // As the supervisor binary does for the daemon it started.
+        supervisor.set_incumbent_pid(Some(incumbent.id()));
         Rig {
             dir,
             ctl,

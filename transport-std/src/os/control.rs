@@ -141,6 +141,8 @@ impl StagedControlSocket {
 
     /// Renames the socket over its path and returns its listener.
     pub fn install(mut self) -> io::Result<UnixListener> {
+        // Every adapter's successor takes the path over here, after `Ready`.
+        crate::crash::at("n-before-control-path-taken");
         fs::rename(&self.tmp, &self.path)?;
         let _ = fs::remove_dir(&self.dir);
         self.listener
@@ -223,6 +225,22 @@ pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<U
             }
         }
     }
+}
+
+/// Whether a failed connect to a control socket means only that nothing
+/// listens at the path right now: the path is missing, names a socket whose
+/// listener closed, or its accept queue is full (what a blocking connect
+/// bounded by [`connect_within`] and a non-blocking one report). A daemon
+/// about to take the path over makes any of these go away; a permission or
+/// a path that is not a socket does not.
+pub fn is_not_listening(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    ) || matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS))
 }
 
 /// Who is at the other end of a Unix socket, as the kernel saw it at
