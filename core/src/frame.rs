@@ -258,7 +258,7 @@ mod tests {
     use crate::wire::HandoffId;
 
     #[test]
-    fn heartbeat_frame_matches_the_spec_example() {
+    fn heartbeat_frame_matches_the_protocol_documents_example() {
         let mut out = [0u8; 16];
         let n = encode_frame(1, &Message::Heartbeat { ts_ms: 1 }, &mut out).unwrap();
         assert_eq!(&out[..n], &[0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x0d, 0x01]);

@@ -734,7 +734,7 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_payload_matches_the_spec_example() {
+    fn heartbeat_payload_matches_the_protocol_documents_example() {
         let mut buf = [0u8; 8];
         let n = Message::Heartbeat { ts_ms: 1 }.encode(&mut buf).unwrap();
         assert_eq!(&buf[..n], &[0x0d, 0x01]);

@@ -1,6 +1,6 @@
 //! Each machine against a peer that sends whatever it likes: garbage, huge
 //! lengths, other handoffs' ids, messages in the wrong direction or phase.
-//! The rule (SPEC section 4, last row): a clear error, the session closes,
+//! The rule (docs/PROTOCOL.md section 4, last row): a clear error, the session closes,
 //! nothing else changes; an incumbent always ends up serving with its lock.
 
 use handoff_core::{

@@ -1,4 +1,4 @@
-//! The handoff as SPEC sections 3 and 4 describe it, row by row, with the
+//! The handoff as docs/PROTOCOL.md sections 3 and 4 describe it, row by row, with the
 //! three real machines in a simulated world (see `common`). Each test names
 //! the row it covers.
 

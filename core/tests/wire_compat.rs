@@ -474,14 +474,14 @@ fn heartbeat_frame_matches_the_reference() {
 }
 
 // ---------------------------------------------------------------------------
-// The SPEC example and extreme values.
+// The example of docs/PROTOCOL.md section 2.1, and extreme values.
 // ---------------------------------------------------------------------------
 
 #[test]
-fn heartbeat_of_one_encodes_as_the_spec_example_in_both_crates() {
-    const SPEC: [u8; 8] = [0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x0d, 0x01];
-    assert_eq!(our_frame(1, &Message::Heartbeat { ts_ms: 1 }), SPEC);
-    assert_eq!(reference_frame(1, &Ref::Heartbeat { ts_ms: 1 }), SPEC);
+fn heartbeat_of_one_encodes_as_the_protocol_documents_example_in_both_crates() {
+    const EXAMPLE: [u8; 8] = [0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x0d, 0x01];
+    assert_eq!(our_frame(1, &Message::Heartbeat { ts_ms: 1 }), EXAMPLE);
+    assert_eq!(reference_frame(1, &Ref::Heartbeat { ts_ms: 1 }), EXAMPLE);
     assert_wire_compatible(Message::Heartbeat { ts_ms: 1 }, Ref::Heartbeat { ts_ms: 1 });
 }
 

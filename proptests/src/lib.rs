@@ -1,13 +1,13 @@
 //! # handoff-proptests
 //!
-//! Evidence for SPEC section 6, beyond what examples can give: property
+//! Evidence for docs/PROTOCOL.md section 7 (the invariants), beyond what examples can give: property
 //! tests of the codec and of each machine, and a deterministic simulation
 //! of whole handoffs with crashes injected at every step.
 //!
 //! - [`owned`]: the fourteen messages with owned fields, so that generated
 //!   values can be lent to the codec as borrowed [`handoff_core::Message`]s.
 //! - [`model`]: a small reference model of each machine's transition table,
-//!   written from SPEC sections 3 and 4, that the model-based tests run
+//!   written from docs/PROTOCOL.md sections 3 and 4, that the model-based tests run
 //!   beside the real machines.
 //! - [`sim`]: the simulated world (processes that crash and restart, byte
 //!   pipes with delay and arbitrary chunking, a flock table, hooks that take

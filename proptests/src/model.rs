@@ -1,6 +1,6 @@
 //! Reference models of the three machines' transition tables.
 //!
-//! Each model is a plain, allocation-happy restatement of SPEC sections 3
+//! Each model is a plain, allocation-happy restatement of docs/PROTOCOL.md sections 3
 //! and 4 and of the timing contract the machines document (their config
 //! fields and `defaults`): "in step S, on input I, move to S' and emit these
 //! kinds of outputs; the next deadline is T". It knows nothing of frames
@@ -236,7 +236,7 @@ pub mod successor {
                         self.open = false;
                         self.beat_at = None;
                         // Holding the lock, it serves whatever the
-                        // supervisor does: the lock decides (SPEC 4).
+                        // supervisor does: the lock decides (docs/PROTOCOL.md section 4).
                         if self.step != Starting {
                             self.finish(&mut out, Out::Failed(Failure::SupervisorGone));
                         }
@@ -649,7 +649,7 @@ pub mod incumbent {
                             // Died while sealing: the lock was never let go.
                             Some(c) => self.undo(now, o, c, false),
                             None => {
-                                // SPEC 3 step 5: release, then say so.
+                                // docs/PROTOCOL.md section 3.1, step 7: release, then say so.
                                 o.push(Out::ReleaseLock);
                                 o.push(Out::Transmit(MessageKind::SealComplete));
                                 self.step = Sealed;
@@ -747,7 +747,7 @@ pub mod incumbent {
                         ..
                     },
                 ) => {
-                    // SPEC 4: the incumbent keeps its own copy of the
+                    // docs/PROTOCOL.md section 3.2: the incumbent keeps its own copy of the
                     // deadline, and bounds the drain by its grace plus the
                     // supervisor's slack and one more.
                     let drain_until = now + Duration::from_millis(*drain_grace_ms.min(deadline_ms));
@@ -1058,7 +1058,7 @@ pub mod supervisor {
         }
 
         fn commit(&mut self, out: &mut Vec<Out>) {
-            // SPEC 3 step 7: from Ready the successor is authoritative;
+            // docs/PROTOCOL.md section 3.1, step 10: from Ready the successor is authoritative;
             // Commit to the old binary is best effort.
             if self.o.open {
                 out.push(Out::Transmit(Peer::Incumbent, MessageKind::Commit));
@@ -1080,7 +1080,7 @@ pub mod supervisor {
             self.kill_at = Some(now + KILL_GRACE);
         }
 
-        /// SPEC 4: roll back. The incumbent is told to resume at once if it
+        /// docs/PROTOCOL.md section 4: roll back. The incumbent is told to resume at once if it
         /// still holds its lock; if it sealed, only once the successor can
         /// no longer hold the lock.
         fn abort(&mut self, now: Instant, out: &mut Vec<Out>, why: Reason) {

@@ -4,7 +4,7 @@
 //!
 //! An input sequence is a list of `(guide, choice)` pairs. A low `guide`
 //! plays an input that matters in the model's current step: mostly the one
-//! the happy path expects, otherwise one of SPEC 4's failures for that step
+//! the happy path expects, otherwise one of docs/PROTOCOL.md section 4's failures for that step
 //! (a close, an abort, a failed hook, a busy lock, a deadline), so that
 //! sequences get deep into the handoff and then leave it every way. Any
 //! other `guide` plays `choice`: any frame (right or wrong id, version,
@@ -34,7 +34,7 @@ const GUIDED: u8 = 110;
 
 /// The input a guide plays: the happy path's for most guides (always for
 /// 0 and 1, so an all-guided script walks the happy path to its end), one
-/// of the step's other meaningful inputs (SPEC 4's failures) for the rest.
+/// of the step's other meaningful inputs (docs/PROTOCOL.md section 4's failures) for the rest.
 fn guided<C: Clone>(guide: u8, happy: C, others: &[C]) -> C {
     let g = usize::from(guide);
     if g % 3 != 2 || others.is_empty() {

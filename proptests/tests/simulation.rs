@@ -1,6 +1,6 @@
 //! The whole handoff under seeded random schedules: the three real machines
 //! in a simulated world of processes that crash, freeze and restart, with
-//! SPEC section 6's invariants checked after every action and once every
+//! docs/PROTOCOL.md section 7's invariants checked after every action and once every
 //! handoff has settled (see `handoff_proptests::sim`).
 //!
 //! - `SIM_CASES=<n>` runs `n` cases instead of the CI size.

@@ -1,6 +1,6 @@
 //! A `Supervisor` shared between a mio loop and another adapter runs one
 //! handoff at a time: the mio loop takes the supervisor's own in-flight
-//! slot, not only its own bookkeeping (SPEC 3: a second handoff is refused
+//! slot, not only its own bookkeeping (docs/PROTOCOL.md section 3.1, step 1: a second handoff is refused
 //! with `HandoffInProgress`).
 
 use std::os::unix::net::UnixListener;

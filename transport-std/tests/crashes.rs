@@ -1,5 +1,5 @@
 //! Kill each process at each protocol step (the `crash-points` feature,
-//! driven by `HANDOFF_CRASH_AT`) and check SPEC invariant 7: the system
+//! driven by `HANDOFF_CRASH_AT`) and check invariant 7 of docs/PROTOCOL.md section 7: the system
 //! recovers to exactly one serving incumbent, the only lock holder. Where
 //! nobody is left (the incumbent died before sealing), recovery is what the
 //! supervisor binary does: start the daemon again, cold, which must find

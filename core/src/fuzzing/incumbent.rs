@@ -1,6 +1,6 @@
 //! The incumbent target: a script of inputs against one session, with every
 //! output checked against what the session was asked, what it received and
-//! the step it was in. The rules come from SPEC sections 3 and 4 and the
+//! the step it was in. The rules come from docs/PROTOCOL.md sections 3 and 4 and the
 //! session's own docs: the lock is released only right after a successful
 //! seal and only once, `SealComplete` follows the release, every hook is
 //! asked for once and in order, nothing is sent after the connection

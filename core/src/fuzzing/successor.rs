@@ -1,5 +1,5 @@
 //! The successor target: a script of inputs against one session, with every
-//! output checked. The rules are SPEC invariant 5 and section 3's order: the
+//! output checked. The rules are docs/PROTOCOL.md's invariant 5 (section 7) and section 3's order: the
 //! lock is asked for only after `Begin`, `Start` (opening state, the first
 //! write) only after the lock was granted, `Ready` only after `Start` and
 //! only to a supervisor still there, heartbeats only while starting up after

@@ -5,7 +5,7 @@
 //! clock that jumps to the next deadline) and records every input each
 //! machine is given, in the script form its fuzz target reads. The byte
 //! streams on the four pipes seed the codec targets. Scenarios cover the
-//! happy path and the aborts of SPEC section 4, so the fuzzer starts from
+//! happy path and the aborts of docs/PROTOCOL.md section 4, so the fuzzer starts from
 //! every step of the protocol rather than having to find its way there.
 
 use std::collections::BTreeSet;

@@ -7,7 +7,7 @@
 //! supervisor). Everything random comes from one SplitMix64 stream seeded by
 //! the case's number, so a seed replays exactly.
 //!
-//! The world checks SPEC section 6's invariants 1, 2 and 5 (and the
+//! The world checks docs/PROTOCOL.md section 7's invariants 1, 2 and 5 (and the
 //! single-writer rule behind invariant 3) after every action, and once each
 //! handoff has settled, invariants 6 and 7 and that no acknowledged write
 //! was lost. A failure is returned, not panicked, so that the runner can
@@ -35,7 +35,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// All three, in the order of SPEC's table.
+    /// All three, in the order of docs/PROTOCOL.md section 1's table.
     pub const ALL: [Role; 3] = [Role::Supervisor, Role::Incumbent, Role::Successor];
 
     fn index(self) -> usize {

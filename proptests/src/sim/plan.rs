@@ -86,7 +86,7 @@ pub(crate) enum Trigger {
 pub(crate) struct Freeze {
     pub(crate) at_action: u32,
     /// How long; `None` for good: nothing ever thaws or kills it, and the
-    /// daemons must get out of its way by themselves (SPEC 4).
+    /// daemons must get out of its way by themselves (docs/PROTOCOL.md section 4).
     pub(crate) lasts: Option<Duration>,
     /// At the end of the freeze a watchdog kills it rather than it thawing.
     pub(crate) then_killed: bool,

@@ -1921,7 +1921,7 @@ impl World {
 
     /// A successor left waiting for `Begin` by a supervisor frozen for
     /// good before its first heartbeat: it holds nothing, and cannot tell
-    /// this supervisor from a reference one that never heartbeats (SPEC 4
+    /// this supervisor from a reference one that never heartbeats (docs/PROTOCOL.md section 4
     /// asks only the incumbent to guard against a silent supervisor).
     fn stranded_by_frozen_supervisor(&self, d: &Daemon) -> bool {
         self.sup.frozen_for_good
@@ -2022,7 +2022,7 @@ impl World {
                     ));
                 }
                 Some(Err(_)) => {
-                    // SPEC 4: the supervisor stopped and reaped the
+                    // docs/PROTOCOL.md section 4: the supervisor stopped and reaped the
                     // successor before it finished.
                     if let Some(n) = ctx.n_pid
                         && !self.d(n).exit_reported

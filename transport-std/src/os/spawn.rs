@@ -1,4 +1,4 @@
-//! Spawning the successor with inherited listeners (SPEC section 5).
+//! Spawning the successor with inherited listeners (docs/PROTOCOL.md section 5.1).
 //!
 //! The child gets the listeners at FDs `3, 4, …` in order, its end of the
 //! control socketpair right after them, and the variables `LISTEN_FDS`,
