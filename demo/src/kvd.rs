@@ -20,6 +20,12 @@
 //! is the rest of the line after the key and its space (1 to 61440 bytes,
 //! no control characters).
 //!
+//! A `SET` the log cannot take (the disk is full, an I/O error) is answered
+//! `ERR write not saved: ...` and not executed; every later `SET` tries the
+//! log again, so writes resume by themselves once space is back. Reads go on
+//! meanwhile, and a handoff still goes through (the seal needs no new
+//! space). The data files are created `0600`.
+//!
 //! During a handoff the incumbent stops accepting (the listener stays open:
 //! the supervisor and the successor share it), answers the requests it has
 //! already read, then on every open connection writes `RETRY` unprompted,
@@ -843,7 +849,15 @@ impl Drainable for Daemon {
             }
             st.store.take().ok_or("the store is already sealed")?
         };
+        // On a full disk the seal still holds (it needs no new space), only
+        // without compacting the log; see `Store::seal`.
         let sealed = store.seal()?;
+        if let Some(e) = &sealed.compaction_error {
+            log(format_args!(
+                "sealed without compacting the log into a snapshot ({e}); the successor \
+                 replays the whole log, and the next seal with free space compacts it"
+            ));
+        }
         progress.report(1, 1, sealed.revision);
         lock_state(&self.state).last_revision = sealed.revision;
         Ok(SealOutput {

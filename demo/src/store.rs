@@ -13,11 +13,19 @@
 //! ever logged (the snapshot carries its state), so it survives compaction:
 //! the process that opens a sealed dir computes the fingerprint the sealer
 //! reported.
+//!
+//! A failed write or fsync (a full disk, an I/O error) fails its batch and
+//! nothing else: the batch is not acknowledged, not applied, and cut off the
+//! log again, and the next batch retries the log, so once space is back
+//! writes succeed without a restart. Reads never touch the disk.
+//!
+//! Data files are created `0600`: they hold every value ever written.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -52,8 +60,10 @@ pub enum StoreError {
     },
     /// The store was sealed or dropped; nothing more can be written.
     Closed,
-    /// A write or fsync failed earlier; the store accepts no more writes
-    /// (what reached the disk is unknown until it is opened again).
+    /// This write could not be made durable (the log's write or fsync
+    /// failed, e.g. the disk is full). It was not applied and the log does
+    /// not keep it; later writes retry the log, so once the cause is fixed
+    /// they succeed without a restart.
     WriteFailed(String),
     /// The key or value is not acceptable.
     Invalid(&'static str),
@@ -65,10 +75,7 @@ impl fmt::Display for StoreError {
             StoreError::Io(e) => write!(f, "store I/O: {e}"),
             StoreError::Corrupt { file, detail } => write!(f, "{}: {detail}", file.display()),
             StoreError::Closed => f.write_str("the store is sealed"),
-            StoreError::WriteFailed(e) => write!(
-                f,
-                "an earlier write failed ({e}); restart the daemon to reopen the log"
-            ),
+            StoreError::WriteFailed(e) => write!(f, "write not saved: {e}"),
             StoreError::Invalid(why) => f.write_str(why),
         }
     }
@@ -132,12 +139,16 @@ pub struct OpenReport {
 }
 
 /// What [`Store::seal`] reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sealed {
     /// The last revision written.
     pub revision: u64,
     /// The log's fingerprint at that revision.
     pub fingerprint: [u8; 32],
+    /// Why the log could not be compacted into a snapshot (e.g. the disk is
+    /// full), if it could not. The seal holds all the same: the log on disk
+    /// is complete, and the next opener replays it.
+    pub compaction_error: Option<String>,
 }
 
 /// Counters, for tests and logs.
@@ -167,7 +178,9 @@ impl PendingWrite {
             Ok(Ok(revision)) => Ok(revision),
             Ok(Err(e)) => Err(StoreError::WriteFailed(e)),
             // The writer went away without answering: only a panic does that.
-            Err(_) => Err(StoreError::WriteFailed("the writer thread stopped".into())),
+            Err(_) => Err(StoreError::WriteFailed(
+                "the writer thread stopped (it panicked); restart kvd".into(),
+            )),
         }
     }
 }
@@ -182,7 +195,6 @@ struct Pending {
 struct Queue {
     pending: Vec<Pending>,
     closing: bool,
-    failed: Option<String>,
 }
 
 struct Data {
@@ -210,7 +222,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Store {
     dir: PathBuf,
     shared: Arc<Shared>,
-    writer: Mutex<Option<JoinHandle<File>>>,
+    writer: Mutex<Option<JoinHandle<Log>>>,
     opened: OpenReport,
 }
 
@@ -229,6 +241,9 @@ impl Store {
     /// caller must hold the data-dir lock: opening may write (the cut).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         fs::create_dir_all(dir)?;
+        // A temp snapshot is never part of the state (its rename is what
+        // commits it); one a crash left behind only holds space.
+        let _ = fs::remove_file(dir.join(SNAPSHOT_TEMP));
         let (mut map, snapshot_revision, lanes) = read_snapshot(dir)?;
         let mut log_hash = LogHash::from_lanes(lanes);
         let mut revision = snapshot_revision;
@@ -240,6 +255,7 @@ impl Store {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&wal_path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
@@ -268,7 +284,12 @@ impl Store {
         if created {
             sync_dir(dir)?;
         }
-        file.seek(SeekFrom::End(0))?;
+        let good_len = file.seek(SeekFrom::End(0))?;
+        let log = Log {
+            file,
+            good_len,
+            dirty: false,
+        };
 
         let opened = OpenReport {
             revision,
@@ -291,7 +312,7 @@ impl Store {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("kvd-wal-writer".into())
-                .spawn(move || writer_loop(&shared, file))?
+                .spawn(move || writer_loop(&shared, log))?
         };
         Ok(Store {
             dir: dir.to_path_buf(),
@@ -317,9 +338,6 @@ impl Store {
         check_value(value)?;
         let (tx, rx) = mpsc::sync_channel(1);
         let mut q = lock(&self.shared.queue);
-        if let Some(e) = &q.failed {
-            return Err(StoreError::WriteFailed(e.clone()));
-        }
         if q.closing {
             return Err(StoreError::Closed);
         }
@@ -381,38 +399,46 @@ impl Store {
         d.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// Stops the writer once it has written what is queued (after this no
-    /// write is accepted); returns its file.
-    fn stop_writer(&self) -> Result<File, StoreError> {
+    /// Stops the writer once it has answered what is queued (after this no
+    /// write is accepted); returns its log.
+    fn stop_writer(&self) -> Result<Log, StoreError> {
         lock(&self.shared.queue).closing = true;
         self.shared.wake.notify_all();
         let handle = lock(&self.writer).take().ok_or(StoreError::Closed)?;
-        let file = handle
+        handle
             .join()
-            .map_err(|_| StoreError::WriteFailed("the writer thread panicked".into()))?;
-        if let Some(e) = &lock(&self.shared.queue).failed {
-            return Err(StoreError::WriteFailed(e.clone()));
-        }
-        Ok(file)
+            .map_err(|_| StoreError::WriteFailed("the writer thread panicked; restart kvd".into()))
     }
 
-    /// Finishes the queued writes, fsyncs and closes the log, writes a
-    /// snapshot atomically and empties the log. After this the store
-    /// accepts no writes (reads still work) and another process may open the
-    /// dir. On error the log on disk is still complete: opening it again
-    /// recovers everything acknowledged.
+    /// Finishes the queued writes, makes sure the log holds exactly what was
+    /// acknowledged and is on disk, then compacts it: writes a snapshot
+    /// atomically and empties the log. After this the store accepts no
+    /// writes (reads still work) and another process may open the dir. On
+    /// error the log on disk is still complete: opening it again recovers
+    /// everything acknowledged.
+    ///
+    /// The seal needs no new space. The log replayed over the snapshot
+    /// already on disk is the whole state and reproduces the fingerprint, so
+    /// the new snapshot is only compaction; but it needs as much new space
+    /// as the state, which a full disk does not have. Failing the seal for
+    /// it would abort every handoff until someone frees space, so a
+    /// compaction that fails is reported in [`Sealed::compaction_error`]
+    /// and the sealed state is the complete log; the next seal with space
+    /// compacts it.
     pub fn seal(&self) -> Result<Sealed, StoreError> {
-        let file = self.stop_writer()?;
-        file.sync_all()?;
+        let mut log = self.stop_writer()?;
+        // Cutting a failed write's leftovers frees space rather than taking
+        // it; only an I/O error fails here (and the handoff aborts).
+        log.repair()?;
+        log.file.sync_all()?;
         let data = self.shared.data.read().unwrap_or_else(|e| e.into_inner());
-        write_snapshot(&self.dir, &data)?;
-        // The snapshot holds every record now; a crash before this cut only
-        // leaves records the next open skips.
-        file.set_len(wal::MAGIC.len() as u64)?;
-        file.sync_all()?;
+        let compaction_error = compact(&self.dir, &data, &log.file)
+            .err()
+            .map(|e| e.to_string());
         Ok(Sealed {
             revision: data.revision,
             fingerprint: data.log_hash.digest(),
+            compaction_error,
         })
     }
 }
@@ -425,7 +451,74 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(shared: &Shared, mut file: File) -> File {
+/// The log file as the writer holds it.
+struct Log {
+    file: File,
+    /// Where the last durable batch ends: everything before it was
+    /// acknowledged (or replayed at open) and fsynced, and the file offset
+    /// is here whenever `dirty` is false.
+    good_len: u64,
+    /// Bytes past `good_len` may be in the file: a write or fsync failed
+    /// and cutting them off has not succeeded yet.
+    dirty: bool,
+}
+
+impl Log {
+    /// Cuts what a failed write left past `good_len` off the file. This
+    /// frees space rather than taking it, so it works on a full disk.
+    fn repair(&mut self) -> io::Result<()> {
+        if self.dirty {
+            self.file.set_len(self.good_len)?;
+            self.file.seek(SeekFrom::Start(self.good_len))?;
+            self.file.sync_all()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch and fsyncs it; on error says what failed and what
+    /// to do, for the writers of the batch.
+    ///
+    /// A failed write can leave part of the batch in the file: whole
+    /// records that replay would take as acknowledged, then a torn one.
+    /// They are cut off before the error is returned, and if that fails too
+    /// the next append cuts first, so no record is ever appended after
+    /// them. Retrying after a failed fsync is safe too: the pages such an
+    /// fsync may drop hold only this batch (every earlier one was fsynced
+    /// before it was acknowledged), which is cut off and never
+    /// acknowledged, and a later batch counts only once its own fsync
+    /// succeeds.
+    fn append(&mut self, buf: &[u8]) -> Result<(), String> {
+        const ADVICE: &str = "free space on the data dir's filesystem (or fix the I/O error) \
+                              and send the write again: kvd retries the log by itself";
+        if let Err(e) = self.repair() {
+            return Err(format!(
+                "cutting the log back after an earlier failed write failed: {e}; {ADVICE}"
+            ));
+        }
+        self.dirty = true;
+        let result = match self.file.write_all(buf) {
+            Ok(()) => self.file.sync_data().map_err(|e| ("fsyncing", e)),
+            Err(e) => Err(("writing", e)),
+        };
+        match result {
+            Ok(()) => {
+                self.good_len += buf.len() as u64;
+                self.dirty = false;
+                Ok(())
+            }
+            Err((what, e)) => {
+                let cut = match self.repair() {
+                    Ok(()) => String::new(),
+                    Err(c) => format!(" (cutting it back failed too, {c}: the next write tries)"),
+                };
+                Err(format!("{what} the log failed: {e}{cut}; {ADVICE}"))
+            }
+        }
+    }
+}
+
+fn writer_loop(shared: &Shared, mut log: Log) -> Log {
     let mut buf = Vec::new();
     let mut bodies = Vec::new();
     loop {
@@ -435,7 +528,7 @@ fn writer_loop(shared: &Shared, mut file: File) -> File {
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
             if q.pending.is_empty() {
-                return file;
+                return log;
             }
             let n = q.pending.len().min(MAX_BATCH_RECORDS);
             q.pending.drain(..n).collect()
@@ -458,7 +551,7 @@ fn writer_loop(shared: &Shared, mut file: File) -> File {
         for (i, p) in batch.iter().enumerate() {
             bodies.push(wal::encode(base + 1 + i as u64, &p.key, &p.value, &mut buf));
         }
-        match file.write_all(&buf).and_then(|()| file.sync_data()) {
+        match log.append(&buf) {
             Ok(()) => {
                 {
                     let mut d = shared.data.write().unwrap_or_else(|e| e.into_inner());
@@ -474,19 +567,11 @@ fn writer_loop(shared: &Shared, mut file: File) -> File {
                     let _ = p.done.send(Ok(base + 1 + i as u64));
                 }
             }
-            Err(e) => {
-                // After a failed fsync the kernel may have dropped the dirty
-                // pages and cleared the error: nothing later could be
-                // trusted, so the store stops writing. Part of the batch may
-                // be on disk as a torn tail, which the next open cuts off;
-                // none of it was acknowledged.
-                let why = e.to_string();
-                let rest = {
-                    let mut q = lock(&shared.queue);
-                    q.failed = Some(why.clone());
-                    std::mem::take(&mut q.pending)
-                };
-                for p in batch.into_iter().chain(rest) {
+            Err(why) => {
+                // Only this batch fails: the revision, the map and the
+                // fingerprint did not move, and what is queued behind it
+                // tries the log again.
+                for p in batch {
                     let _ = p.done.send(Err(why.clone()));
                 }
             }
@@ -497,6 +582,18 @@ fn writer_loop(shared: &Shared, mut file: File) -> File {
 /// Makes a rename or a new file in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Writes a snapshot of `data`, then empties the log. Whatever step fails,
+/// the files open to `data`: the old snapshot and the whole log, the new
+/// snapshot and the whole log (opening skips the records it holds), or the
+/// new snapshot and an empty log.
+fn compact(dir: &Path, data: &Data, log: &File) -> io::Result<()> {
+    write_snapshot(dir, data)?;
+    // The snapshot holds every record now; a crash before this cut only
+    // leaves records the next open skips.
+    log.set_len(wal::MAGIC.len() as u64)?;
+    log.sync_all()
 }
 
 /// `magic, revision u64, 4 lanes u64, count u64, (klen u32, vlen u32, key,
@@ -522,12 +619,22 @@ fn write_snapshot(dir: &Path, data: &Data) -> io::Result<()> {
     out.extend_from_slice(&sum.to_le_bytes());
 
     let temp = dir.join(SNAPSHOT_TEMP);
-    {
-        let mut f = File::create(&temp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut f| {
+            f.write_all(&out)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&temp, dir.join(SNAPSHOT_FILE)));
+    if let Err(e) = written {
+        // A partly written temp file holds space a full disk needs back.
+        let _ = fs::remove_file(&temp);
+        return Err(e);
     }
-    fs::rename(&temp, dir.join(SNAPSHOT_FILE))?;
     sync_dir(dir)
 }
 

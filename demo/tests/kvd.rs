@@ -1,7 +1,9 @@
 //! The store on its own, then kvd as real processes: a supervisor in this
 //! process holding the listener `kv`, kvd cold-started on it, handoffs
 //! (committed, aborted, and with the supervisor killed mid-way) under load
-//! from the loadgen library, and every acknowledged write read back.
+//! from the loadgen library, and every acknowledged write read back. The
+//! full-disk tests mount a small tmpfs as the data dir (they need root, and
+//! say so and pass when they cannot mount) and fill it.
 //!
 //! Every wait is on an event with a bound (a line on a pipe, a pidfd, a
 //! condition variable in the load generator); no test sleeps to let time
@@ -9,9 +11,12 @@
 //! killed-supervisor test makes this process a subreaper.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,7 +24,7 @@ use std::sync::{Mutex, MutexGuard, Once, mpsc};
 use std::time::{Duration, Instant};
 
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen, LoadReport, VerifyReport};
-use handoff_demo::store::{Store, StoreError, WAL_FILE};
+use handoff_demo::store::{SNAPSHOT_FILE, Store, StoreError, WAL_FILE};
 use handoff_demo::wal;
 use handoff_std::os::process::{send_signal, wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
@@ -371,6 +376,11 @@ fn become_subreaper() {
 /// A deployment in miniature: the listener held here by a real
 /// `Supervisor`, kvd cold-started on it.
 struct Rig {
+    /// The data dir's own filesystem, if the test asked for one. Declared
+    /// before `dir`: fields drop in order, after `Drop for Rig` has ended
+    /// the processes that hold files in it, and it must be unmounted
+    /// before `dir` is removed.
+    _mount: Option<Tmpfs>,
     dir: TempDir,
     ctl: PathBuf,
     data: PathBuf,
@@ -384,7 +394,18 @@ struct Rig {
 
 impl Rig {
     fn start(tag: &str) -> Rig {
+        Rig::launch(TempDir::new(tag), None)
+    }
+
+    /// A rig whose data dir is a tmpfs of `size` bytes of its own, so the
+    /// test can fill it; `None` (the reason printed) if mounting is refused.
+    fn start_on_tmpfs(tag: &str, size: usize) -> Option<Rig> {
         let dir = TempDir::new(tag);
+        let mount = Tmpfs::mount(&dir.0.join("data"), size)?;
+        Some(Rig::launch(dir, Some(mount)))
+    }
+
+    fn launch(dir: TempDir, mount: Option<Tmpfs>) -> Rig {
         let ctl = dir.0.join("ctl.sock");
         let data = dir.0.join("data");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -416,6 +437,7 @@ impl Rig {
             .with_listener("kv", listener)
             .unwrap();
         Rig {
+            _mount: mount,
             dir,
             ctl,
             data,
@@ -909,4 +931,288 @@ fn the_fingerprint_is_a_hash_of_the_log_the_successor_reopens() {
     assert_eq!(first, fp(&b.0, b"2"));
     let c = TempDir::new("fp-c");
     assert_ne!(first, fp(&c.0, b"3"));
+}
+
+// ------------------------------------------------------------ full disk --
+
+/// A small tmpfs mounted for one test and unmounted when dropped (also when
+/// the test fails), so that the test can fill the data dir's filesystem.
+struct Tmpfs(CString);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes on `at` (created if missing); `None`,
+    /// with the reason printed, if the system refuses (the test needs root
+    /// or CAP_SYS_ADMIN).
+    fn mount(at: &Path, size: usize) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let target = CString::new(at.as_os_str().as_bytes()).unwrap();
+        let fstype = CString::new("tmpfs").unwrap();
+        let options = CString::new(format!("size={size},mode=0700")).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: every pointer is a NUL-terminated string that outlives
+        // the call; tmpfs takes its options as such a string.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs on {}: {} (run the test as root to \
+                 exercise a full disk)",
+                at.display(),
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        Some(Tmpfs(target))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: umount2 on a NUL-terminated path we own.
+        let rc = unsafe { libc::umount2(self.0.as_ptr(), 0) };
+        if rc != 0 {
+            // Busy: a kvd a failed test left behind still has its log open.
+            // Detach it anyway so no mount outlives the test; the kernel
+            // frees it when the last file in it closes.
+            #[allow(unsafe_code)]
+            // SAFETY: as above.
+            unsafe {
+                libc::umount2(self.0.as_ptr(), libc::MNT_DETACH)
+            };
+        }
+    }
+}
+
+/// Fills the filesystem holding `dir` with the file `dir/filler` until it
+/// reports ENOSPC; returns the file's path.
+fn fill_up(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5u8; 64 * 1024];
+    // 64 MiB at most: a tmpfs of a few MiB is full long before that.
+    for _ in 0..1024 {
+        match file.write(&chunk) {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return path,
+            other => panic!("filling {}: {other:?}", path.display()),
+        }
+    }
+    panic!(
+        "{} never filled up: is it on the small tmpfs?",
+        path.display()
+    );
+}
+
+/// A value of about 8 KiB: appending it to the log needs new blocks, so on
+/// a full disk its write fails (a short value can fit in the log's last,
+/// partly used block and succeed, rightly).
+fn big(i: u32) -> String {
+    format!("{i}-{}", "x".repeat(8000))
+}
+
+/// Acknowledged writes: revision -> (key, value).
+type Acked = BTreeMap<u64, (String, String)>;
+
+impl Rig {
+    /// `SET key value` must be acknowledged with the revision after the
+    /// last one acknowledged (a refused write takes no revision).
+    fn set_ok(&self, acked: &mut Acked, key: &str, value: &str) {
+        let answer = self.request(&format!("SET {key} {value}"));
+        let next = acked.keys().next_back().map_or(1, |r| r + 1);
+        assert_eq!(answer, format!("OK {next}"), "SET {key}");
+        acked.insert(next, (key.to_owned(), value.to_owned()));
+    }
+
+    /// `SET key value` on a full disk: refused, saying why and what to do.
+    fn set_refused_for_space(&self, key: &str, value: &str) {
+        let answer = self.request(&format!("SET {key} {value}"));
+        assert!(
+            answer.starts_with("ERR ")
+                && answer.contains("No space left on device")
+                && answer.contains("free space"),
+            "SET {key} on a full disk: {answer}"
+        );
+    }
+
+    /// Every key reads back its last acknowledged value.
+    fn assert_reads(&self, acked: &Acked, what: &str) {
+        let last: BTreeMap<&str, (u64, &str)> = acked
+            .iter()
+            .map(|(revision, (key, value))| (key.as_str(), (*revision, value.as_str())))
+            .collect();
+        for (key, (revision, value)) in last {
+            let answer = self.request(&format!("GET {key}"));
+            assert!(
+                answer == format!("VALUE {value}"),
+                "{what}: {key} (revision {revision}) reads {:?}",
+                &answer[..answer.len().min(80)]
+            );
+        }
+    }
+}
+
+#[test]
+fn kvd_takes_writes_again_by_itself_once_a_full_disk_has_space() {
+    let _serial = serial();
+    let Some(rig) = Rig::start_on_tmpfs("enospc", 1 << 20) else {
+        return;
+    };
+    let mut acked = Acked::new();
+    for i in 0..5 {
+        rig.set_ok(&mut acked, &format!("small{i}"), &format!("v{i}"));
+    }
+    rig.set_ok(&mut acked, "big0", &big(0));
+
+    let filler = fill_up(&rig.data);
+    for i in 1..=3 {
+        rig.set_refused_for_space(&format!("big{i}"), &big(i));
+    }
+    rig.assert_reads(&acked, "disk full");
+    assert_eq!(
+        rig.request("GET big1"),
+        "NONE",
+        "a refused SET is not applied"
+    );
+
+    // Space is back: the same process takes writes again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 4..=6 {
+        rig.set_ok(&mut acked, &format!("big{i}"), &big(i));
+    }
+    rig.set_ok(&mut acked, "small0", "after");
+    assert_eq!(rig.version().1, rig.incumbent.id(), "no restart");
+    rig.assert_reads(&acked, "space back");
+
+    // What a restart or a successor replays: exactly the acknowledged writes
+    // in revision order, and nothing torn or partial from the refused ones.
+    let bytes = std::fs::read(rig.data.join(WAL_FILE)).unwrap();
+    let scan = wal::scan(&bytes, 0).unwrap();
+    assert_eq!(scan.torn, None, "a failed write left a torn tail");
+    assert_eq!(scan.valid_len, bytes.len());
+    let logged: Acked = scan
+        .records
+        .iter()
+        .map(|r| {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            (r.revision, (text(&r.key), text(&r.value)))
+        })
+        .collect();
+    assert_eq!(logged.len(), scan.records.len(), "a revision twice");
+    assert!(
+        logged == acked,
+        "the log holds other writes than acknowledged"
+    );
+}
+
+#[test]
+fn a_handoff_while_the_disk_is_full_commits_and_writes_resume_once_space_returns() {
+    let _serial = serial();
+    let Some(mut rig) = Rig::start_on_tmpfs("enospc-ho", 1 << 20) else {
+        return;
+    };
+    let mut acked = Acked::new();
+    for i in 0..5 {
+        rig.set_ok(&mut acked, &format!("small{i}"), &format!("v{i}"));
+    }
+    rig.set_ok(&mut acked, "big0", &big(0));
+    let filler = fill_up(&rig.data);
+    rig.set_refused_for_space("big1", &big(1));
+
+    // The seal needs no new space (the log already holds every acknowledged
+    // write durably; the snapshot that would compact it is skipped when it
+    // cannot be written), so the handoff goes through.
+    let old = rig.incumbent.id();
+    let outcome = rig.handoff("v2");
+    assert!(
+        outcome.committed(),
+        "a full disk aborted the handoff: {:?} {:?}",
+        outcome.result,
+        outcome.detail
+    );
+    assert_eq!(
+        outcome.sealed_revisions, outcome.advertised_revisions,
+        "the successor opened exactly what was sealed"
+    );
+    let (version, pid) = rig.version();
+    assert_eq!(version, "v2");
+    assert_ne!(pid, old);
+    rig.assert_reads(&acked, "successor, disk full");
+    rig.set_refused_for_space("big2", &big(2));
+    rig.assert_reads(&acked, "successor, disk still full");
+
+    std::fs::remove_file(&filler).unwrap();
+    for i in 3..=5 {
+        rig.set_ok(&mut acked, &format!("big{i}"), &big(i));
+    }
+    assert_eq!(rig.version().1, pid, "no restart");
+    rig.assert_reads(&acked, "successor, space back");
+
+    // With space back the next seal compacts as usual, and the state still
+    // hands over whole.
+    let outcome = rig.handoff("v1");
+    assert!(outcome.committed(), "{:?}", outcome.result);
+    assert!(rig.data.join(SNAPSHOT_FILE).exists(), "no snapshot");
+    rig.assert_reads(&acked, "after the second handoff");
+    rig.set_ok(&mut acked, "big6", &big(6));
+    rig.assert_retired_exit_cleanly();
+}
+
+/// Sets the process's umask for the life of the guard.
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Umask {
+        #[allow(unsafe_code)]
+        // SAFETY: umask only swaps the process's file-creation mask.
+        Umask(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        unsafe {
+            libc::umask(self.0)
+        };
+    }
+}
+
+#[test]
+fn kvd_creates_its_data_files_readable_by_its_owner_only() {
+    let _serial = serial();
+    // The usual umask, which lets a file created without a mode be 0644
+    // (kvd and its successor inherit it): with a stricter one cargo may
+    // have run under, this test would prove nothing.
+    let _umask = Umask::set(0o022);
+    let mut rig = Rig::start("modes");
+    assert_eq!(rig.request("SET a 1"), "OK 1");
+    // The seal writes the snapshot, through a temporary file renamed over it.
+    let outcome = rig.handoff("v2");
+    assert!(outcome.committed(), "{:?}", outcome.result);
+    assert_eq!(rig.request("SET b 2"), "OK 2");
+    for name in [WAL_FILE, SNAPSHOT_FILE] {
+        let meta = std::fs::metadata(rig.data.join(name)).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{name} is readable by others than its owner"
+        );
+    }
+    let snapshots: Vec<_> = std::fs::read_dir(&rig.data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(SNAPSHOT_FILE))
+        .collect();
+    assert_eq!(snapshots, [SNAPSHOT_FILE], "a temp file is left");
+    rig.assert_retired_exit_cleanly();
 }
