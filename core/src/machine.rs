@@ -81,7 +81,8 @@ pub enum Violation {
     WrongPid {
         /// The pid announced.
         announced: u32,
-        /// The pid of the spawned child.
+        /// The pid expected: the successor the supervisor spawned, or the
+        /// incumbent it knows serves.
         expected: u32,
     },
     /// A frame whose version field differs from the negotiated version.
@@ -112,7 +113,7 @@ impl fmt::Display for Violation {
                 expected,
             } => write!(
                 f,
-                "successor announced pid {announced}, but the spawned child is pid {expected}"
+                "its Hello announced pid {announced}, not the expected pid {expected}"
             ),
             Violation::WrongVersion { got, negotiated } => write!(
                 f,

@@ -347,6 +347,11 @@ pub enum IncumbentFate {
     /// It closed, died or broke the protocol after this handoff started
     /// changing it; whoever runs it must check it.
     Gone,
+    /// It fell silent past the liveness limit while it owed an answer,
+    /// after this handoff started changing it. Its process may well be
+    /// alive (stopped, frozen, hung): it resumes by itself at its own
+    /// deadline once it runs again, so it must not be taken for dead.
+    Unresponsive,
 }
 
 /// What one peer said about itself in `Hello`.
@@ -429,7 +434,7 @@ pub enum SupervisorOutput<'a> {
         frame: &'a [u8],
     },
     /// Make the socketpair and spawn the successor with the listeners
-    /// (SPEC section 5); report with [`SupervisorHandoff::handle_spawned`]
+    /// (docs/PROTOCOL.md section 5.1); report with [`SupervisorHandoff::handle_spawned`]
     /// or [`SupervisorHandoff::handle_spawn_failed`], and later its exit with
     /// [`SupervisorHandoff::handle_successor_exited`].
     SpawnSuccessor,
@@ -1539,7 +1544,7 @@ impl<B: Buffer> Core<B> {
                 self.o.last_rx = now;
             } else {
                 let step = self.step;
-                self.o.fate = IncumbentFate::Gone;
+                self.o.fate = IncumbentFate::Unresponsive;
                 self.disconnect(Peer::Incumbent);
                 self.abort(now, AbortReason::IncumbentUnresponsive { step });
             }

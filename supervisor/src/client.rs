@@ -5,11 +5,14 @@
 //! | request | reply |
 //! |---|---|
 //! | `handoff` or `handoff BINARY` | `ok: handoff_id=<uuid> committed=<true\|false> abort_reason=<text\|none> duration_ms=<float>` |
-//! | `status` | `ok: incumbent_pid=<pid\|none> handoffs=<n> in_flight=<true\|false>` |
+//! | `status` | `ok: incumbent_pid=<pid\|none> handoffs=<n> in_flight=<true\|false> answering=<true\|false\|unknown>` |
 //! | anything refused | `error: <text>` |
 //!
 //! `abort_reason` is free text and may hold spaces; it is always followed by
 //! ` duration_ms=`, the last field, which is how a parser finds its end.
+//! `answering` says whether the daemon answered its control socket just
+//! now (`unknown` while a handoff or a restart runs, or none serves). A
+//! request counts only with its newline.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -238,7 +241,7 @@ impl HandoffReply {
     /// The reply line, without its newline.
     pub fn to_line(&self) -> String {
         let reason = match &self.abort_reason {
-            Some(r) => one_line(r),
+            Some(r) => crate::text::one_line(r).into_owned(),
             None => "none".to_owned(),
         };
         format!(
@@ -267,8 +270,12 @@ impl Status {
         let pid = self
             .incumbent_pid
             .map_or_else(|| "none".to_owned(), |p| p.to_string());
+        let answering = match self.answering {
+            Some(a) => a.to_string(),
+            None => "unknown".to_owned(),
+        };
         format!(
-            "ok: incumbent_pid={pid} handoffs={} in_flight={}",
+            "ok: incumbent_pid={pid} handoffs={} in_flight={} answering={answering}",
             self.handoffs, self.in_flight
         )
     }
@@ -283,6 +290,7 @@ impl Status {
             ),
             ("handoffs", Value::UInt(self.handoffs)),
             ("in_flight", Value::Bool(self.in_flight)),
+            ("answering", self.answering.map_or(Value::Null, Value::Bool)),
         ])
     }
 }
@@ -388,7 +396,7 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
 }
 
 fn parse_status(body: &str) -> Result<Status, &'static str> {
-    let (mut pid, mut handoffs, mut in_flight) = (None, None, None);
+    let (mut pid, mut handoffs, mut in_flight, mut answering) = (None, None, None, None);
     for field in body.split(' ') {
         let (key, value) = field.split_once('=').ok_or("a field without `=`")?;
         match key {
@@ -402,6 +410,12 @@ fn parse_status(body: &str) -> Result<Status, &'static str> {
             "in_flight" => {
                 in_flight = Some(parse_bool(value).ok_or("in_flight is neither true nor false")?)
             }
+            "answering" => {
+                answering = match value {
+                    "unknown" => None,
+                    v => Some(parse_bool(v).ok_or("answering is not true, false or unknown")?),
+                }
+            }
             // A later version may say more; what we know is still right.
             _ => {}
         }
@@ -410,12 +424,9 @@ fn parse_status(body: &str) -> Result<Status, &'static str> {
         incumbent_pid: pid.ok_or("no incumbent_pid")?,
         handoffs: handoffs.ok_or("no handoffs")?,
         in_flight: in_flight.ok_or("no in_flight")?,
+        // An older supervisor did not say.
+        answering,
     })
-}
-
-/// Line breaks would end the reply early.
-pub(crate) fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]
@@ -458,12 +469,20 @@ mod tests {
             Status {
                 incumbent_pid: Some(4242),
                 handoffs: 3,
+                in_flight: false,
+                answering: Some(false),
+            },
+            Status {
+                incumbent_pid: Some(4242),
+                handoffs: 3,
                 in_flight: true,
+                answering: None,
             },
             Status {
                 incumbent_pid: None,
                 handoffs: 0,
                 in_flight: false,
+                answering: None,
             },
         ] {
             assert_eq!(
@@ -475,10 +494,11 @@ mod tests {
             Status {
                 incumbent_pid: None,
                 handoffs: 2,
-                in_flight: false
+                in_flight: false,
+                answering: None,
             }
             .to_json(),
-            r#"{"incumbent_pid":null,"handoffs":2,"in_flight":false}"#
+            r#"{"incumbent_pid":null,"handoffs":2,"in_flight":false,"answering":null}"#
         );
     }
 

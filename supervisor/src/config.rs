@@ -30,6 +30,9 @@ pub struct Config {
     /// Where the supervisor accepts `handoff` and `status` requests.
     pub trigger_socket: PathBuf,
     /// The daemon's binary: cold starts, restarts and default handoffs run it.
+    /// An absolute path to a file that only root and the supervisor's user
+    /// can change, checked when the configuration is read and before each
+    /// start.
     pub binary: PathBuf,
     /// Its arguments, on every start (cold, restart, successor).
     #[serde(default)]
@@ -53,7 +56,9 @@ pub struct Config {
     /// socket.
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
-    /// Binaries a `handoff BINARY` request may name besides `binary`.
+    /// Binaries a `handoff BINARY` request may name besides `binary`, under
+    /// the same rule as `binary` (checked when read if they exist, and
+    /// before each handoff to them).
     #[serde(default)]
     pub allowed_binaries: Vec<PathBuf>,
     /// The sockets the supervisor binds once and every daemon inherits.
@@ -193,13 +198,17 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// Parses and checks a configuration.
+    /// Parses and checks a configuration. The check looks at the
+    /// filesystem: `binary` and each of `allowed_binaries` must be absolute
+    /// paths to files, and those that exist must be safe to run as this
+    /// process's user (owned by root or by it, with no group- or
+    /// world-writable file or directory on the way; see the README).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: None,
             message: e.to_string(),
         })?;
-        config.validate()?;
+        config.validate(true)?;
         Ok(config)
     }
 
@@ -210,6 +219,24 @@ impl Config {
             source,
         })?;
         Config::from_toml_str(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// [`Config::load`] as `trigger` and `status` need it, to find the
+    /// trigger socket: every check but that of the binaries' files, which
+    /// is the running supervisor's to make (as its own user, at each start
+    /// and handoff). A client judging them by its own uid would refuse a
+    /// file that is safe for the supervisor.
+    pub fn load_for_client(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: Some(path.to_path_buf()),
+            message: e.to_string(),
+        })?;
+        config.validate(false).map_err(|e| e.with_path(path))?;
+        Ok(config)
     }
 
     /// The drain grace as a duration.
@@ -225,12 +252,15 @@ impl Config {
     /// Whether a handoff may run `binary`: the configured binary or one of
     /// `allowed_binaries`, compared as written (component by component, not
     /// through the filesystem: resolving links here would check one file and
-    /// then run whatever the link names by the time of the spawn).
+    /// then run whatever the link names by the time of the spawn). Being
+    /// allowed is not enough to run: the file must also pass the check of
+    /// its owner and modes, at the handoff (a trailing `/`, equal here,
+    /// fails that).
     pub fn binary_allowed(&self, binary: &Path) -> bool {
         binary == self.binary || self.allowed_binaries.iter().any(|b| b == binary)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, check_files: bool) -> Result<(), ConfigError> {
         if self.binary.as_os_str().is_empty() {
             return Err(invalid(
                 "`binary` is empty; set it to the path of the daemon to run",
@@ -280,6 +310,25 @@ impl Config {
             .any(|b| b.as_os_str().is_empty())
         {
             return Err(invalid("`allowed_binaries` holds an empty path"));
+        }
+        // The files behind the names, as they are now: the supervisor runs
+        // them as its own user (root, in production), so one that another
+        // user could change is refused here, before anything is bound. A
+        // binary this process cannot see (not installed yet, or in a
+        // directory a `trigger` or `status` user may not search) is let
+        // through: every start and every handoff checks again, and there it
+        // must exist and pass.
+        let binaries = std::iter::once(("binary", &self.binary)).chain(
+            self.allowed_binaries
+                .iter()
+                .map(|b| ("allowed_binaries", b)),
+        );
+        for (key, binary) in binaries.filter(|_| check_files) {
+            match crate::trust::check_binary(binary) {
+                Ok(()) => {}
+                Err(e) if e.is_unseen() => {}
+                Err(e) => return Err(invalid(format!("`{key}`: {e}"))),
+            }
         }
         validate_listener_names(self.listeners.iter().map(|l| l.name.as_str()))
             .map_err(|e| invalid(format!("[[listeners]]: {e}")))?;

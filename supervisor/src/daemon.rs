@@ -19,6 +19,7 @@ use handoff_std::os::process::{ExitWatch, poll_readable, send_signal};
 use handoff_std::os::spawn::{PassedListener, SpawnError, spawn_cold};
 
 use crate::config::Config;
+use crate::trust::{self, Untrusted};
 
 /// How often the control socket is tried while the daemon starts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
@@ -44,6 +45,8 @@ impl Proc {
 /// Why a cold start did not end with a serving daemon.
 #[derive(Debug)]
 pub(crate) enum StartError {
+    /// Its binary is not safe to run (nothing was spawned).
+    Untrusted(Untrusted),
     /// It could not be spawned.
     Spawn(SpawnError),
     /// It exited before serving.
@@ -59,6 +62,7 @@ pub(crate) enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            StartError::Untrusted(e) => write!(f, "{e}"),
             StartError::Spawn(e) => write!(f, "{e}"),
             StartError::Exited(status) => write!(
                 f,
@@ -78,7 +82,9 @@ impl std::fmt::Display for StartError {
 }
 
 /// Spawns `binary` cold with the listeners and waits until it serves.
-/// Whatever fails, no process is left behind.
+/// Whatever fails, no process is left behind. `binary` is checked first
+/// (the cold start and every restart come here): the configuration was
+/// checked when it was read, but the file may have changed since.
 pub(crate) fn start(
     config: &Config,
     binary: &Path,
@@ -87,6 +93,12 @@ pub(crate) fn start(
     stop_grace: Duration,
     stopping: &AtomicBool,
 ) -> Result<Proc, StartError> {
+    // What is checked is exactly what is executed: the same path, unchanged.
+    // The kernel resolves it again at exec, and that cannot be avoided at
+    // this level (no exec by descriptor for a program that may be a
+    // script), but the check leaves no one except root and our own user
+    // able to change anything on that path in between.
+    trust::check_binary(binary).map_err(StartError::Untrusted)?;
     let mut cmd = Command::new(binary);
     cmd.args(&config.args)
         .envs(config.env.iter().map(|(k, v)| (k, v)))
@@ -151,7 +163,7 @@ fn wait_until_serving(
 /// returns the pid it announces. The session then ends at once (our close),
 /// which the incumbent treats as a supervisor that went away before asking
 /// for anything: it serves on.
-fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
+pub(crate) fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
     let mut stream = UnixStream::connect(control_socket).ok()?;
     let wait = HELLO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
     if wait.is_zero() {

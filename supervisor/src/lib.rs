@@ -28,12 +28,14 @@
 //! - the caller's thread: [`Service::start`], [`Service::handoff`] (which
 //!   blocks for the whole handoff, bounded by `deadline_secs`),
 //!   [`Service::shutdown`];
-//! - the trigger thread, and one thread per trigger connection (at most 16):
-//!   the line protocol of [`client`];
+//! - the trigger thread, which checks each peer's credentials as it accepts
+//!   it, and one thread per admitted connection (at most 16, of which uids
+//!   other than root and ours hold at most 8): the line protocol of
+//!   [`client`];
 //! - the monitor thread: waits on every daemon's exit (pidfds), reaps the
 //!   incumbents handed off from, and restarts a dead incumbent, never
 //!   during a handoff, pausing 100 ms doubling to 10 s while it keeps
-//!   dying within a second.
+//!   dying within a second (starting over after a committed handoff).
 //!
 //! Linux only: pidfds, `SO_PEERCRED`, abstract sockets for `NOTIFY_SOCKET`.
 
@@ -47,11 +49,13 @@ pub mod metrics;
 mod monitor;
 pub mod notify;
 mod service;
+pub mod text;
 mod trigger;
+mod trust;
 
 pub use client::{HandoffReply, Reply};
 pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};
 pub use service::{
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_GRACE, HandoffReport, Service,
-    ServiceBuilder, ServiceError, Status,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_GRACE, HandoffReport,
+    STATUS_PROBE, Service, ServiceBuilder, ServiceError, Status,
 };

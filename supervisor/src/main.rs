@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing::level_filters::LevelFilter;
+use tracing_subscriber::field::MakeExt;
 
 use handoff_supervisor::client::{self, Reply};
 use handoff_supervisor::notify::Notifier;
@@ -160,7 +161,22 @@ fn run(config_path: &Path, level: LevelFilter) -> ExitCode {
     let signals = handled_signals();
     let blocked = block(&signals);
 
+    // Every field value is escaped, messages included: a value may carry a
+    // peer's text (a requested path, a daemon's error), and a raw CR, ESC
+    // or newline in it could forge a log line. Levels and timestamps keep
+    // their colours on a terminal.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = handoff_supervisor::text::one_line(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ");
     tracing_subscriber::fmt()
+        .fmt_fields(fields)
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -255,7 +271,7 @@ fn target(config: Option<&Path>, socket: Option<PathBuf>) -> Result<(PathBuf, Du
             socket,
             Duration::from_secs(handoff_supervisor::config::DEFAULT_DEADLINE_SECS),
         )),
-        (Some(path), None) => match Config::load(path) {
+        (Some(path), None) => match Config::load_for_client(path) {
             Ok(c) => Ok((c.trigger_socket.clone(), c.deadline())),
             Err(e) => Err(fail(&format!(
                 "{e} (a user who may not read it can pass --socket instead)"
@@ -299,10 +315,12 @@ fn status(socket: &Path, json: bool) -> ExitCode {
     match Reply::parse(&line) {
         Ok(reply @ Reply::Status(_)) | Ok(reply @ Reply::Error(_)) => {
             println!("{}", if json { reply.to_json() } else { line });
-            if matches!(reply, Reply::Status(_)) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
+            match reply {
+                // Alive but not answering (stopped, frozen, hung): a
+                // liveness probe built on `status` must see it fail.
+                Reply::Status(s) if s.answering == Some(false) => ExitCode::from(1),
+                Reply::Status(_) => ExitCode::SUCCESS,
+                _ => ExitCode::from(2),
             }
         }
         Ok(Reply::Handoff(_)) => fail(&format!("a handoff reply to a status request: {line}")),

@@ -14,11 +14,17 @@ use crate::daemon::StartError;
 use crate::service::{Inner, drain_wakes, lock};
 
 /// A daemon that dies sooner than this after it began to serve is failing
-/// at start, and restarting it at once would spin.
+/// at start, and restarting it at once would spin. One that served longer
+/// was healthy: its death starts the count of quick deaths anew.
 const QUICK_DEATH: Duration = Duration::from_secs(1);
 /// The first pause after a quick death.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest pause between restarts.
+/// The longest pause between restarts. While a daemon keeps dying at start
+/// nobody is served either way; the pause only bounds the CPU and log a
+/// crash loop costs. Longer would leave the service down that much longer
+/// after the cause is fixed (a new build installed, a full disk freed),
+/// since the next attempt waits out the pause; 10 s keeps a crash loop to
+/// a few starts a minute and the outage after a fix under 10 s.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often to look at a process that no pidfd watches (kernels before
 /// 5.3).
@@ -36,7 +42,6 @@ pub(crate) fn next_backoff(prev: Duration) -> Duration {
 /// The thread's body; returns once the service is stopping.
 pub(crate) fn run(inner: &Inner, wake: &UnixStream) {
     let mut watches: Vec<(u32, Option<ExitWatch>)> = Vec::new();
-    let mut backoff = Duration::ZERO;
     loop {
         if inner.stopping() {
             return;
@@ -76,7 +81,7 @@ pub(crate) fn run(inner: &Inner, wake: &UnixStream) {
         }
         reap_retired(inner);
         if let Some(exit) = incumbent_exit(inner, incumbent) {
-            recover(inner, wake, &mut backoff, &exit);
+            recover(inner, wake, &exit);
         }
     }
 }
@@ -128,7 +133,7 @@ fn incumbent_exit(inner: &Inner, watched: Option<u32>) -> Option<Exit> {
 /// have committed, and then its successor serves and there is nothing to
 /// do), then starts a new incumbent, pausing first while the daemon keeps
 /// dying at start, until one serves or the service stops.
-fn recover(inner: &Inner, wake: &UnixStream, backoff: &mut Duration, exit: &Exit) {
+fn recover(inner: &Inner, wake: &UnixStream, exit: &Exit) {
     {
         let _turn = lock(&inner.handoff_lock);
         if inner.stopping() {
@@ -156,16 +161,21 @@ fn recover(inner: &Inner, wake: &UnixStream, backoff: &mut Duration, exit: &Exit
     ));
     let mut quick = exit.uptime < QUICK_DEATH;
     if !quick {
-        *backoff = Duration::ZERO;
+        lock(&inner.state).restart_backoff = Duration::ZERO;
     }
     loop {
         if quick {
-            *backoff = next_backoff(*backoff);
+            // Kept in the shared state: a committed handoff resets it.
+            let backoff = {
+                let mut st = lock(&inner.state);
+                st.restart_backoff = next_backoff(st.restart_backoff);
+                st.restart_backoff
+            };
             tracing::info!(
                 pause_ms = backoff.as_millis() as u64,
                 "the daemon keeps dying at start; pausing before the restart"
             );
-            if !pause(inner, wake, *backoff) {
+            if !pause(inner, wake, backoff) {
                 return;
             }
         }

@@ -14,6 +14,10 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
+// A newline in STATUS= would start a new assignment, and an escape
+// sequence would reach `systemctl status`'s terminal.
+use crate::text::one_line;
+
 /// The variable systemd sets for a `Type=notify` service.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
@@ -127,11 +131,6 @@ impl Notifier {
     }
 }
 
-/// A newline would start a new assignment.
-fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
-}
-
 /// `CLOCK_MONOTONIC` in microseconds, the clock systemd compares
 /// `MONOTONIC_USEC` against (std's `Instant` does not expose its value).
 pub fn monotonic_usec() -> u64 {
@@ -176,7 +175,7 @@ mod tests {
         let n = Notifier::for_socket(OsStr::new(&format!("@{name}")));
         assert!(n.is_enabled());
         n.ready("serving\nnow");
-        assert_eq!(receive(&listener), "READY=1\nSTATUS=serving now");
+        assert_eq!(receive(&listener), "READY=1\nSTATUS=serving\\nnow");
         n.reloading("handing off");
         let msg = receive(&listener);
         let lines: Vec<&str> = msg.lines().collect();

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,17 +23,19 @@ use std::time::{Duration, Instant};
 use handoff_std::os::control::PeerPolicy;
 use handoff_std::os::env::EnvError;
 use handoff_std::os::listeners::{InheritedListeners, ListenerError};
+use handoff_std::os::process::{ExitWatch, poll_readable};
 use handoff_std::os::spawn::PassedListener;
 use handoff_std::{
     AbortReason, HandoffOutcome, IncumbentFate, PhaseTimings, SpawnSpec, Supervisor,
     SupervisorError,
 };
 
-use crate::client::{HandoffReply, one_line};
+use crate::client::HandoffReply;
 use crate::config::{Config, ListenerKind};
 use crate::daemon::{self, Proc, StartError};
 use crate::listeners;
 use crate::notify::Notifier;
+use crate::text::one_line;
 use crate::trigger;
 
 /// How long a new daemon may take to answer on its control socket, by
@@ -56,7 +58,19 @@ pub struct Status {
     pub handoffs: u64,
     /// Whether a handoff is running now.
     pub in_flight: bool,
+    /// Whether the serving daemon answered its control socket with its
+    /// `Hello` within [`STATUS_PROBE`]: `false` for a daemon that is alive
+    /// but stopped, frozen or hung. `None` when nothing was asked: no
+    /// daemon runs, or a handoff (whose session the daemon is in) or a
+    /// restart is in progress.
+    pub answering: Option<bool>,
 }
+
+/// How long `status` waits for the daemon's `Hello` on its control socket.
+/// A serving daemon answers in well under a millisecond; this is the
+/// margin for a loaded machine, and short enough that `status` itself
+/// stays quick.
+pub const STATUS_PROBE: Duration = Duration::from_millis(500);
 
 /// How one handoff ended.
 #[derive(Clone, Debug)]
@@ -144,6 +158,14 @@ pub enum ServiceError {
         /// The binary asked for.
         binary: PathBuf,
     },
+    /// The binary is allowed, but users other than root and the
+    /// supervisor's could change the file (or a directory on its way).
+    UntrustedBinary {
+        /// The binary asked for.
+        binary: PathBuf,
+        /// Which file or directory, its owner and mode, and the fix.
+        reason: String,
+    },
     /// Another handoff is running.
     HandoffInProgress,
     /// The daemon is being restarted after it died.
@@ -211,6 +233,7 @@ impl fmt::Display for ServiceError {
                  an edited file",
                 binary.display()
             ),
+            ServiceError::UntrustedBinary { reason, .. } => f.write_str(reason),
             ServiceError::HandoffInProgress => {
                 f.write_str("a handoff is already in progress; wait for its outcome")
             }
@@ -239,6 +262,7 @@ impl ServiceError {
                 | ServiceError::NotRunning
                 | ServiceError::ShuttingDown
                 | ServiceError::BinaryNotAllowed { .. }
+                | ServiceError::UntrustedBinary { .. }
         )
     }
 }
@@ -301,7 +325,15 @@ pub(crate) struct State {
     /// What a restart runs: the binary of the last committed handoff, so a
     /// crash never silently downgrades to the configured binary.
     pub(crate) binary: PathBuf,
+    /// The pause before the next restart after a quick death; see
+    /// `monitor`. Zero again after a committed handoff, and after a daemon
+    /// that served past the quick-death limit.
+    pub(crate) restart_backoff: Duration,
 }
+
+/// How long an incumbent whose session closed during a handoff is given to
+/// finish exiting before it is taken for alive.
+const EXIT_GRACE: Duration = Duration::from_millis(250);
 
 /// Everything the threads share.
 pub(crate) struct Inner {
@@ -340,11 +372,45 @@ impl Inner {
         )
     }
 
+    /// Whether the incumbent `pid` has exited (or was reaped, or replaced),
+    /// waiting up to `bound` for it. The pidfd is opened while the state
+    /// holds the process unreaped, so it names that process and no other.
+    fn incumbent_exited(&self, pid: u32, bound: Duration) -> bool {
+        let watch = {
+            let st = lock(&self.state);
+            match st.incumbent.as_ref() {
+                Some(p) if p.pid() == pid => ExitWatch::new(pid).ok(),
+                _ => return true,
+            }
+        };
+        match watch {
+            Some(w) => poll_readable(&[w.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
+            // No pidfd (an old kernel): the monitor finds out.
+            None => false,
+        }
+    }
+
     pub(crate) fn status(&self) -> Status {
+        let (incumbent_pid, restarting) = {
+            let st = lock(&self.state);
+            (st.incumbent.as_ref().map(Proc::pid), st.restarting)
+        };
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        // A pid in the state is alive or unreaped, so no other process has
+        // it: a `Hello` that names it comes from our daemon. Not asked
+        // during a handoff, whose session the daemon serves (one at a time).
+        let answering = match incumbent_pid {
+            Some(pid) if !in_flight && !restarting => Some(
+                crate::daemon::probe(&self.config.control_socket, Instant::now() + STATUS_PROBE)
+                    == Some(pid),
+            ),
+            _ => None,
+        };
         Status {
-            incumbent_pid: lock(&self.state).incumbent.as_ref().map(Proc::pid),
+            incumbent_pid,
             handoffs: self.handoffs.load(Ordering::SeqCst),
-            in_flight: self.in_flight.load(Ordering::SeqCst),
+            in_flight,
+            answering,
         }
     }
 
@@ -359,6 +425,15 @@ impl Inner {
                 });
             }
         };
+        // The file behind the name, as it is now (it may have changed since
+        // the configuration was read); `binary` is then run as checked.
+        if let Err(e) = crate::trust::check_binary(&binary) {
+            tracing::warn!(error = %e, "refused a handoff to an untrusted binary");
+            return Err(ServiceError::UntrustedBinary {
+                binary,
+                reason: e.to_string(),
+            });
+        }
         if self.stopping() {
             return Err(ServiceError::ShuttingDown);
         }
@@ -461,6 +536,9 @@ impl Inner {
                     started: Instant::now(),
                 });
                 st.binary = binary;
+                // A new binary took over: an earlier run of quick deaths
+                // says nothing about it.
+                st.restart_backoff = Duration::ZERO;
                 drop(st);
                 tracing::info!(
                     successor_pid = pid,
@@ -479,6 +557,26 @@ impl Inner {
                     // watch the new incumbent.
                     tracing::error!("committed, but the successor's process handle is missing");
                 }
+                // The session with it was lost: whether the process lives
+                // is ours to check, and only an exit makes it gone. A
+                // stopped or hung one resumes serving by itself once it
+                // runs again.
+                let lost = matches!(
+                    outcome.incumbent_fate,
+                    IncumbentFate::Gone | IncumbentFate::Unresponsive
+                );
+                if lost {
+                    // A closed session is most often an exit on its way.
+                    let grace = match outcome.incumbent_fate {
+                        IncumbentFate::Gone => EXIT_GRACE,
+                        _ => Duration::ZERO,
+                    };
+                    outcome.incumbent_fate = if self.incumbent_exited(incumbent_pid, grace) {
+                        IncumbentFate::Gone
+                    } else {
+                        IncumbentFate::Unresponsive
+                    };
+                }
                 tracing::warn!(
                     reason = report.abort_reason.as_deref().unwrap_or("unknown"),
                     incumbent_fate = ?outcome.incumbent_fate,
@@ -486,12 +584,28 @@ impl Inner {
                     "handoff aborted; the incumbent serves on"
                 );
                 let reason = report.abort_reason.as_deref().unwrap_or("unknown");
-                if outcome.incumbent_fate == IncumbentFate::Gone {
-                    // The monitor restarts it once this handoff lets go.
-                    tracing::warn!("the incumbent went away during the handoff");
-                    format!("handoff aborted ({reason}) and the daemon is gone; restarting it")
-                } else {
-                    format!("serving: pid {incumbent_pid} (handoff aborted: {reason})")
+                match outcome.incumbent_fate {
+                    IncumbentFate::Gone => {
+                        // The monitor restarts it once this handoff lets go.
+                        tracing::warn!(
+                            pid = incumbent_pid,
+                            "the incumbent exited during the handoff"
+                        );
+                        format!("handoff aborted ({reason}) and the daemon exited; restarting it")
+                    }
+                    IncumbentFate::Unresponsive => {
+                        tracing::warn!(
+                            pid = incumbent_pid,
+                            "the incumbent stopped answering during the handoff, but its \
+                             process is alive (stopped, frozen or hung?); it serves again by \
+                             itself once it runs, and is not restarted"
+                        );
+                        format!(
+                            "pid {incumbent_pid} alive but not answering (handoff aborted: \
+                             {reason})"
+                        )
+                    }
+                    _ => format!("serving: pid {incumbent_pid} (handoff aborted: {reason})"),
                 }
             }
         };
@@ -535,7 +649,7 @@ fn abort_text(outcome: &HandoffOutcome) -> Option<String> {
         text.push_str(d);
         text.push(')');
     }
-    Some(one_line(&text))
+    Some(one_line(&text).into_owned())
 }
 
 /// One event per phase the handoff reached, inside its span.
@@ -792,6 +906,7 @@ impl Service {
                 retired: Vec::new(),
                 restarting: false,
                 binary: binary.clone(),
+                restart_backoff: Duration::ZERO,
             }),
             changed: Condvar::new(),
             handoff_lock: Mutex::new(()),

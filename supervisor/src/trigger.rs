@@ -3,8 +3,14 @@
 //! that connects and says nothing delays nobody else: a `status` is
 //! answered while a handoff runs or a silent client waits out its timeout.
 //!
-//! Who may talk is decided by the peer's credentials before a byte is
-//! read; the socket's mode is only the first fence.
+//! Who may talk is decided by the peer's credentials as it is accepted,
+//! before it takes a slot or a thread: a refused peer is told why and
+//! closed at once by the accepting thread. The socket's mode is only the
+//! first fence. Of the slots, uids other than root and the supervisor's
+//! own share at most [`SHARED_BY_OTHER_UIDS`], each at most
+//! [`PER_OTHER_UID`], so no other user, allowed or not, can keep root's
+//! `status` or `trigger` out. Refusals are logged once per uid and reason,
+//! then counted and summed up every [`REFUSAL_LOG_WINDOW`].
 
 use std::fs;
 use std::io::{self, Read};
@@ -17,15 +23,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use handoff_std::os::control::{bind_control_socket, peer_credentials, send_frame};
+use handoff_std::os::control::{
+    PeerCredentials, bind_control_socket, peer_credentials, send_frame,
+};
 use handoff_std::os::process::poll_readable;
 
-use crate::client::{MAX_LINE, one_line};
+use crate::client::MAX_LINE;
 use crate::listeners::{file_identity, remove_if_same};
 use crate::service::{Inner, drain_wakes, lock};
+use crate::text::one_line;
 
 /// Connections served at once; more are answered with an error and closed.
 pub(crate) const MAX_CONNECTIONS: usize = 16;
+
+/// Of [`MAX_CONNECTIONS`], how many uids other than root and the
+/// supervisor's own may hold together: the rest is kept for those two.
+pub(crate) const SHARED_BY_OTHER_UIDS: usize = 8;
+
+/// How many connections one uid other than root and the supervisor's own
+/// may hold at once.
+pub(crate) const PER_OTHER_UID: usize = 4;
+
+/// Refusals after the first of each uid and reason are counted, and the
+/// count is logged once per this window.
+pub(crate) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Distinct (uid, reason) pairs counted per window; further ones are
+/// counted together, so the tally's memory stays bounded.
+const REFUSAL_KINDS: usize = 64;
 
 /// How long writing a reply may block on a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,11 +101,16 @@ impl TriggerSocket {
     /// socket file goes with `self`.
     pub(crate) fn serve(self, inner: &Arc<Inner>, stop: &UnixStream) {
         let conns = Arc::new(Conns::default());
+        let mut refusals = Refusals::default();
         if let Err(e) = self.listener.set_nonblocking(true) {
             tracing::error!(error = %e, "the trigger socket is unusable");
         }
         loop {
-            let ready = match poll_readable(&[self.listener.as_fd(), stop.as_fd()], None) {
+            let wake_at = refusals.summary_due();
+            let timeout = wake_at.map(|t| t.saturating_duration_since(Instant::now()));
+            let polled = poll_readable(&[self.listener.as_fd(), stop.as_fd()], timeout);
+            refusals.summarize(Instant::now());
+            let ready = match polled {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "waiting on the trigger socket failed");
@@ -96,7 +126,7 @@ impl TriggerSocket {
             }
             loop {
                 match self.listener.accept() {
-                    Ok((stream, _)) => accept_one(inner, stream, &conns),
+                    Ok((stream, _)) => accept_one(inner, stream, &conns, &mut refusals),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         // ECONNABORTED, EMFILE and friends pass; the next
@@ -107,6 +137,7 @@ impl TriggerSocket {
                 }
             }
         }
+        refusals.summarize(Instant::now() + REFUSAL_LOG_WINDOW);
         // A handoff in flight still owes its client the outcome: the
         // process must not end before that line is written. Clients yet to
         // send their request are let go at once.
@@ -132,27 +163,51 @@ impl Drop for TriggerSocket {
 /// stopping server can end the reads they wait in.
 #[derive(Default)]
 struct Conns {
-    open: Mutex<Vec<(u64, Option<UnixStream>)>>,
+    open: Mutex<Vec<Conn>>,
     ended: Condvar,
     next_id: AtomicU64,
 }
 
+struct Conn {
+    id: u64,
+    uid: u32,
+    /// Without a copy the connection is served all the same; only a stop
+    /// cannot cut its read short (the request timeout still does).
+    stream: Option<UnixStream>,
+}
+
+/// Whether `uid` is one of the two the reserved slots are for.
+fn privileged(uid: u32) -> bool {
+    uid == 0 || uid == own_uid()
+}
+
 impl Conns {
-    /// Registers a connection, unless [`MAX_CONNECTIONS`] are open.
-    fn register(&self, stream: &UnixStream) -> Option<u64> {
+    /// Registers a connection of `uid`, unless [`MAX_CONNECTIONS`] are open,
+    /// or, for a uid other than root's and ours, its own share or the one
+    /// all such uids have together is taken.
+    fn register(&self, stream: &UnixStream, uid: u32) -> Option<u64> {
         let mut open = lock(&self.open);
         if open.len() >= MAX_CONNECTIONS {
             return None;
         }
+        if !privileged(uid) {
+            let others = open.iter().filter(|c| !privileged(c.uid)).count();
+            let own = open.iter().filter(|c| c.uid == uid).count();
+            if others >= SHARED_BY_OTHER_UIDS || own >= PER_OTHER_UID {
+                return None;
+            }
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        // Without a copy the connection is served all the same; only a stop
-        // cannot cut its read short (the request timeout still does).
-        open.push((id, stream.try_clone().ok()));
+        open.push(Conn {
+            id,
+            uid,
+            stream: stream.try_clone().ok(),
+        });
         Some(id)
     }
 
     fn unregister(&self, id: u64) {
-        lock(&self.open).retain(|(i, _)| *i != id);
+        lock(&self.open).retain(|c| c.id != id);
         self.ended.notify_all();
     }
 
@@ -161,7 +216,7 @@ impl Conns {
     fn finish(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
         let mut open = lock(&self.open);
-        for s in open.iter().filter_map(|(_, s)| s.as_ref()) {
+        for s in open.iter().filter_map(|c| c.stream.as_ref()) {
             let _ = s.shutdown(std::net::Shutdown::Read);
         }
         while !open.is_empty() {
@@ -194,17 +249,141 @@ impl Drop for Registered {
     }
 }
 
-fn accept_one(inner: &Arc<Inner>, stream: UnixStream, conns: &Arc<Conns>) {
-    // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux;
-    // this is for the other systems that do.
-    let _ = stream.set_nonblocking(false);
-    let Some(id) = conns.register(&stream) else {
-        reply(
+/// Why a connection was closed as soon as it was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Refused {
+    /// Its credentials could not be read.
+    NoCredentials,
+    /// Its uid may not use the socket.
+    NotAllowed,
+    /// Its uid, or every uid like it, has all the slots it may have.
+    Busy,
+}
+
+impl Refused {
+    fn why(self) -> &'static str {
+        match self {
+            Refused::NoCredentials => "its credentials could not be read",
+            Refused::NotAllowed => "its uid is not allowed",
+            Refused::Busy => "too many connections at once",
+        }
+    }
+}
+
+/// The tally of refused connections: the first of each uid and reason is
+/// logged at once, the rest are counted and logged as one line per
+/// [`REFUSAL_LOG_WINDOW`], so a client that reconnects without pause
+/// cannot fill the log.
+#[derive(Default)]
+struct Refusals {
+    /// Counted since `since`, by uid (`None`: unknown) and reason.
+    counts: std::collections::BTreeMap<(Option<u32>, Refused), u64>,
+    /// Refusals of kinds beyond [`REFUSAL_KINDS`].
+    overflow: u64,
+    /// Seen before in this window: logged already.
+    seen: std::collections::BTreeSet<(Option<u32>, Refused)>,
+    since: Option<Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, uid: Option<u32>, pid: Option<u32>, why: Refused) {
+        let key = (uid, why);
+        self.since.get_or_insert_with(Instant::now);
+        if self.seen.len() < REFUSAL_KINDS && self.seen.insert(key) {
+            tracing::warn!(
+                uid,
+                pid,
+                reason = why.why(),
+                "refused a trigger connection; more like it are counted and logged every {} s",
+                REFUSAL_LOG_WINDOW.as_secs()
+            );
+            return;
+        }
+        if self.counts.len() < REFUSAL_KINDS || self.counts.contains_key(&key) {
+            *self.counts.entry(key).or_default() += 1;
+        } else {
+            self.overflow += 1;
+        }
+    }
+
+    /// When the counted refusals are due to be logged.
+    fn summary_due(&self) -> Option<Instant> {
+        self.since.map(|t| t + REFUSAL_LOG_WINDOW)
+    }
+
+    /// Logs what was counted, if the window is over at `now`, and starts a
+    /// new one.
+    fn summarize(&mut self, now: Instant) {
+        let Some(due) = self.summary_due() else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        for ((uid, why), n) in std::mem::take(&mut self.counts) {
+            tracing::warn!(
+                uid,
+                count = n,
+                reason = why.why(),
+                "refused more trigger connections in the last {} s",
+                REFUSAL_LOG_WINDOW.as_secs()
+            );
+        }
+        if self.overflow > 0 {
+            tracing::warn!(
+                count = self.overflow,
+                "refused more trigger connections of other uids in the last {} s",
+                REFUSAL_LOG_WINDOW.as_secs()
+            );
+        }
+        *self = Refusals::default();
+    }
+}
+
+/// Tells a refused peer why and closes it, without blocking the accepting
+/// thread on a peer that does not read.
+fn refuse(stream: &UnixStream, line: &str) {
+    let _ = stream.set_nonblocking(true);
+    let mut msg = one_line(line).into_owned();
+    msg.push('\n');
+    let _ = send_frame(stream, msg.as_bytes());
+}
+
+fn accept_one(inner: &Arc<Inner>, stream: UnixStream, conns: &Arc<Conns>, refusals: &mut Refusals) {
+    let peer = match peer_credentials(&stream) {
+        Ok(c) => c,
+        Err(_) => {
+            refusals.note(None, None, Refused::NoCredentials);
+            return;
+        }
+    };
+    if !inner.policy.permits(peer.uid) {
+        refusals.note(Some(peer.uid), Some(peer.pid), Refused::NotAllowed);
+        refuse(
             &stream,
-            "error: too many trigger connections at once; try again",
+            &format!(
+                "error: uid {} is not allowed to use this trigger socket (allowed: the \
+                 supervisor's own uid {}, root, and allowed_uids)",
+                peer.uid,
+                own_uid()
+            ),
+        );
+        return;
+    }
+    let Some(id) = conns.register(&stream, peer.uid) else {
+        refusals.note(Some(peer.uid), Some(peer.pid), Refused::Busy);
+        refuse(
+            &stream,
+            &format!(
+                "error: too many trigger connections at once from uid {}; try again",
+                peer.uid
+            ),
         );
         return;
     };
+    // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux;
+    // this is for the other systems that do.
+    let _ = stream.set_nonblocking(false);
     let registered = Registered {
         conns: conns.clone(),
         id,
@@ -214,7 +393,7 @@ fn accept_one(inner: &Arc<Inner>, stream: UnixStream, conns: &Arc<Conns>) {
         .name("trigger-conn".into())
         .spawn(move || {
             let _registered = registered;
-            handle(&inner, &stream);
+            handle(&inner, &stream, peer);
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start a thread for a trigger connection");
@@ -255,12 +434,17 @@ pub(crate) enum ReadError {
     TooLong,
     /// The client closed without sending anything.
     Closed,
+    /// The client closed before the line's newline: the request may be cut
+    /// short (a path missing its end), so it is not run.
+    CutOff,
     Io(io::Error),
 }
 
 /// Reads one request line within `timeout` (a deadline for the whole line,
-/// not per read, so a client trickling bytes is dropped just the same). End
-/// of input also ends the line, for clients that send no newline.
+/// not per read, so a client trickling bytes is dropped just the same). A
+/// request counts only with its newline: input that ends without one may
+/// be a request cut short (`handoff /opt/kvd` of `/opt/kvd-next`), and
+/// running it could hand off to another binary.
 pub(crate) fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec<u8>, ReadError> {
     let deadline = Instant::now() + timeout;
     let mut line = Vec::new();
@@ -273,7 +457,7 @@ pub(crate) fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec
         stream.set_read_timeout(Some(left)).map_err(ReadError::Io)?;
         match (&*stream).read(&mut chunk) {
             Ok(0) if line.is_empty() => return Err(ReadError::Closed),
-            Ok(0) => break,
+            Ok(0) => return Err(ReadError::CutOff),
             Ok(n) => {
                 line.extend_from_slice(&chunk[..n]);
                 if let Some(end) = line.iter().position(|&b| b == b'\n') {
@@ -309,7 +493,7 @@ pub(crate) fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Vec
 /// more than a debug line.
 fn reply(stream: &UnixStream, line: &str) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut msg = one_line(line);
+    let mut msg = one_line(line).into_owned();
     msg.push('\n');
     // MSG_NOSIGNAL: a client that hung up must not kill an embedding
     // program that left SIGPIPE at its default.
@@ -319,31 +503,7 @@ fn reply(stream: &UnixStream, line: &str) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-fn handle(inner: &Inner, stream: &UnixStream) {
-    let peer = match peer_credentials(stream) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read a trigger client's credentials; closing");
-            return;
-        }
-    };
-    if !inner.policy.permits(peer.uid) {
-        tracing::warn!(
-            uid = peer.uid,
-            pid = peer.pid,
-            "refused a trigger connection from a uid that is not allowed"
-        );
-        reply(
-            stream,
-            &format!(
-                "error: uid {} is not allowed to use this trigger socket (allowed: the \
-                 supervisor's own uid {}, root, and allowed_uids)",
-                peer.uid,
-                own_uid()
-            ),
-        );
-        return;
-    }
+fn handle(inner: &Inner, stream: &UnixStream, peer: PeerCredentials) {
     let line = match read_request(stream, inner.request_timeout) {
         Ok(line) => line,
         Err(ReadError::Timeout) => {
@@ -370,6 +530,19 @@ fn handle(inner: &Inner, stream: &UnixStream) {
             return;
         }
         Err(ReadError::Closed) => return,
+        Err(ReadError::CutOff) => {
+            tracing::info!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "ignored a trigger request that ended without a newline"
+            );
+            reply(
+                stream,
+                "error: the request ended without a newline, so it may be cut short; nothing \
+                 was done (send the whole line, ending in \\n)",
+            );
+            return;
+        }
         Err(ReadError::Io(e)) => {
             tracing::debug!(error = %e, "reading a trigger request failed");
             return;
@@ -421,14 +594,17 @@ mod tests {
     }
 
     #[test]
-    fn a_line_ends_at_newline_or_end_of_input() {
+    fn a_line_counts_only_with_its_newline() {
         let (a, b) = UnixStream::pair().unwrap();
         (&a).write_all(b"status\r\nextra").unwrap();
         assert_eq!(read_request(&b, Duration::from_secs(5)).unwrap(), b"status");
         let (a, b) = UnixStream::pair().unwrap();
-        (&a).write_all(b"status").unwrap();
+        (&a).write_all(b"handoff /opt/kvd").unwrap();
         a.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(read_request(&b, Duration::from_secs(5)).unwrap(), b"status");
+        assert!(matches!(
+            read_request(&b, Duration::from_secs(5)),
+            Err(ReadError::CutOff)
+        ));
         let (a, b) = UnixStream::pair().unwrap();
         a.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(matches!(

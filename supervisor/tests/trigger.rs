@@ -113,7 +113,8 @@ fn another_uid_is_refused_by_its_credentials_below_the_socket() {
         Status {
             incumbent_pid: pid,
             handoffs: 0,
-            in_flight: false
+            in_flight: false,
+            answering: Some(true),
         }
     );
 }

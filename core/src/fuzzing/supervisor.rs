@@ -1,6 +1,6 @@
 //! The supervisor target: a script of inputs from both peers and the
 //! adapter against one handoff, with every output checked. The rules are
-//! SPEC sections 3 and 4 and invariants 1, 2 and 6 as far as the supervisor
+//! docs/PROTOCOL.md sections 3 and 4 and invariants 1, 2 and 6 (section 7) as far as the supervisor
 //! decides them: only supervisor messages, each to the peer it is for and
 //! only while connected; the successor is spawned only after the
 //! incumbent's `Hello` and the incumbent drained only after the successor's;
@@ -845,15 +845,15 @@ impl<B: FuzzBuffer> Check<B> {
                 }
             }
             IncumbentFate::ResumedAfterSealFailure => assert!(self.seal_failed),
-            IncumbentFate::Gone => assert!(self.prepare_sent),
+            IncumbentFate::Gone | IncumbentFate::Unresponsive => assert!(self.prepare_sent),
             IncumbentFate::Committed => panic!("an aborted handoff says Committed"),
         }
         if self.prepare_sent && !self.seal_failed {
-            // SPEC section 4: every abort leaves the incumbent serving,
+            // docs/PROTOCOL.md section 4: every abort leaves the incumbent serving,
             // unless it vanished on its own.
             assert!(matches!(
                 o.incumbent_fate,
-                IncumbentFate::ToldToResume | IncumbentFate::Gone
+                IncumbentFate::ToldToResume | IncumbentFate::Gone | IncumbentFate::Unresponsive
             ));
         }
         self.finished = true;

@@ -5,7 +5,9 @@
 //! `handoff-supervisor-test-daemon --control-socket P --data-dir D
 //! [--listener NAME]` (the listener defaults to `main`). With
 //! `SUPERVISOR_TEST_DAEMON_EXIT=1` in its environment it exits at once with
-//! status 3, before anything else: a successor that fails.
+//! status 3, before anything else: a successor that fails. With
+//! `SUPERVISOR_TEST_DAEMON_SEAL_ERROR=<text>` its seal fails with that text
+//! (it keeps its lock and serves on).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +26,9 @@ use handoff_std::{
 
 /// The variable that makes the daemon exit at once.
 const EXIT_AT_ONCE: &str = "SUPERVISOR_TEST_DAEMON_EXIT";
+
+/// The variable whose text the daemon's seal fails with.
+const SEAL_ERROR: &str = "SUPERVISOR_TEST_DAEMON_SEAL_ERROR";
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -106,6 +111,9 @@ impl Drainable for Daemon {
     }
 
     fn seal(&self, progress: &SealProgress) -> Result<SealOutput, HookError> {
+        if let Some(text) = std::env::var_os(SEAL_ERROR) {
+            return Err(text.to_string_lossy().into_owned().into());
+        }
         progress.report(1, 1, 0);
         Ok(SealOutput {
             last_revision_per_shard: vec![0],

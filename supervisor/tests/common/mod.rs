@@ -41,14 +41,24 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        // Short: Unix socket paths must fit in 108 bytes.
-        let p = PathBuf::from("/tmp").join(format!(
+        let name = format!(
             "hsup-{tag}-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        // Not under /tmp: it is world-writable, and the supervisor refuses
+        // to run a binary under a directory other users can write, sticky
+        // or not (the scripts the tests list in `allowed_binaries` live
+        // here). /run is root's, mode 0755, and short (Unix socket paths
+        // must fit in 108 bytes); a user who may not write there (or a
+        // system without it) gets the build's own temporary directory.
+        let mut p = PathBuf::from("/run").join(&name);
         let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
+        if fs::create_dir(&p).is_err() {
+            p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&name);
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+        }
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         TempDir(p)
     }
