@@ -14,7 +14,6 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -53,20 +52,12 @@ fn is_root() -> bool {
 }
 
 /// `dir` (created mode 0755) with a copy of the test daemon in it as
-/// `name`, mode 0755. Copied by `cp`: a file this process had open for
-/// writing would be inherited by a child another test thread is forking,
-/// and executing the copy would then fail with ETXTBSY.
+/// `name`, mode 0755.
 fn install(dir: &Path, name: &str) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     chmod(dir, 0o755);
     let path = dir.join(name);
-    let status = Command::new("cp")
-        .arg(daemon_bin())
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cp failed");
-    chmod(&path, 0o755);
+    copy_program(Path::new(daemon_bin()), &path);
     path
 }
 

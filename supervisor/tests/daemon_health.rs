@@ -11,14 +11,6 @@ use common::*;
 use handoff_supervisor::Status;
 use handoff_supervisor::client::{self, Reply};
 
-fn start_supervisor(layout: &Layout, extra: &str) -> (RunningSupervisor, NotifySocket) {
-    layout.write_config("127.0.0.1:0", extra);
-    let notify = NotifySocket::at_path(layout.dir.path());
-    let sup = RunningSupervisor::start(layout, &notify, |mut cmd| cmd.spawn().unwrap());
-    notify.wait_for("READY=1");
-    (sup, notify)
-}
-
 fn status(layout: &Layout) -> Status {
     let line = client::status(&layout.trigger).unwrap();
     match Reply::parse(&line) {
@@ -54,7 +46,7 @@ fn wait_status(layout: &Layout, what: &str, pred: impl Fn(&Status) -> bool) -> S
 #[test]
 fn a_stopped_daemon_is_reported_as_not_answering() {
     let layout = Layout::new("stopped");
-    let (_sup, _notify) = start_supervisor(&layout, "");
+    let (_sup, _notify) = start_running(&layout, "");
     let s = status(&layout);
     let pid = s.incumbent_pid.unwrap();
     assert_eq!(s.answering, Some(true));
@@ -89,7 +81,7 @@ fn an_incumbent_frozen_mid_handoff_is_not_taken_for_gone() {
     // Given a daemon that stops itself (as a frozen cgroup would stop it)
     // right after it reports Drained,
     let layout = Layout::new("frozen");
-    let (sup, notify) = start_supervisor(
+    let (sup, notify) = start_running(
         &layout,
         r#"env = [["HANDOFF_CRASH_AT", "o-after-drained-sent"], ["HANDOFF_CRASH_MODE", "stop"]]"#,
     );
@@ -140,7 +132,7 @@ fn pauses(sup: &RunningSupervisor) -> Vec<u64> {
 #[test]
 fn the_restart_pause_starts_over_after_a_committed_handoff() {
     let layout = Layout::new("backoff");
-    let (sup, _notify) = start_supervisor(&layout, "");
+    let (sup, _notify) = start_running(&layout, "");
     for round in 1..=3 {
         // A handoff commits, and its new daemon dies at once (a build that
         // crashes soon after it took over),

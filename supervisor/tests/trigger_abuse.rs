@@ -113,13 +113,7 @@ impl Hammer {
         // Nobody writes its markers here.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let copy = layout.dir.path().join("hammer-bin");
-        let status = Command::new("cp")
-            .arg(std::env::current_exe().unwrap())
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+        copy_program(&std::env::current_exe().unwrap(), &copy);
         let child = Command::new(setpriv)
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&copy)
@@ -164,14 +158,6 @@ impl Drop for Hammer {
     }
 }
 
-fn start_supervisor(layout: &Layout, extra: &str) -> (RunningSupervisor, NotifySocket) {
-    layout.write_config("127.0.0.1:0", extra);
-    let notify = NotifySocket::at_path(layout.dir.path());
-    let sup = RunningSupervisor::start(layout, &notify, |mut cmd| cmd.spawn().unwrap());
-    notify.wait_for("READY=1");
-    (sup, notify)
-}
-
 /// Root's `status`, which must be answered within a second.
 fn status_within_a_second(layout: &Layout) -> handoff_supervisor::Status {
     let line = client::request(&layout.trigger, b"status", Duration::from_secs(1))
@@ -195,7 +181,7 @@ fn root_is_answered_while_a_uid_that_is_not_allowed_hammers_the_socket() {
     // uid is allowed), and nobody, who is not allowed, reconnecting on 500
     // connections as fast as the server closes them,
     let layout = Layout::new("flood");
-    let (sup, _notify) = start_supervisor(&layout, "allowed_uids = [12345]");
+    let (sup, _notify) = start_running(&layout, "allowed_uids = [12345]");
     let hammer = Hammer::start(&setpriv, &layout, "flood", 500);
 
     // root's status is answered within a second, every time, and a
@@ -233,7 +219,7 @@ fn silent_connections_of_an_allowed_uid_cannot_keep_root_out() {
     // Given nobody allowed, holding 20 connections open without a word
     // (more than all the slots there are),
     let layout = Layout::new("hold");
-    let (_sup, _notify) = start_supervisor(&layout, "allowed_uids = [65534]");
+    let (_sup, _notify) = start_running(&layout, "allowed_uids = [65534]");
     let hammer = Hammer::start(&setpriv, &layout, "hold", 20);
 
     // root is still answered within a second, and a handoff commits;
@@ -263,7 +249,7 @@ fn a_request_cut_off_before_its_newline_runs_nothing() {
     // Given a supervisor that allows a second binary,
     let layout = Layout::new("cutoff");
     let next = layout.slow_successor(0);
-    let (_sup, _notify) = start_supervisor(
+    let (_sup, _notify) = start_running(
         &layout,
         &format!("allowed_binaries = [\"{}\"]", next.display()),
     );
@@ -311,7 +297,7 @@ fn peer_text_reaches_logs_replies_and_status_escaped() {
     // Given a daemon whose seal fails with a message built to forge a log
     // line and rewrite a terminal,
     let layout = Layout::new("forge");
-    let (sup, notify) = start_supervisor(
+    let (sup, notify) = start_running(
         &layout,
         r#"env = [["SUPERVISOR_TEST_DAEMON_SEAL_ERROR", "disk\r\n2026-12-02T00:00:00Z  INFO handoff committed\u001b[2K"]]"#,
     );

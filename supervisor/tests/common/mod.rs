@@ -297,22 +297,23 @@ pub fn can_switch_user() -> Result<PathBuf, String> {
         .ok_or_else(|| "setpriv is not installed (util-linux)".to_owned())
 }
 
+/// Copies the program `from` to `to`, mode 0755. Copied by another process:
+/// a file this one had open for writing would be inherited by a child that
+/// another test thread is forking, and executing the copy would then fail
+/// with ETXTBSY.
+pub fn copy_program(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp failed");
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// `setpriv` running `args` of the supervisor binary as nobody (65534).
 /// The binary is copied into `dir` first: the build directory may lie
 /// where nobody cannot reach (a checkout under /root).
 pub fn as_nobody(setpriv: &Path, dir: &Path, args: &[&str]) -> Command {
     let copy = dir.join("handoff-supervisor");
     if !copy.exists() {
-        // Copied by another process: a file this one had open for writing
-        // would be inherited by a child that another test thread is forking,
-        // and executing the copy would then fail with ETXTBSY.
-        let status = Command::new("cp")
-            .arg(supervisor_bin())
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cp failed");
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+        copy_program(Path::new(supervisor_bin()), &copy);
     }
     let mut cmd = Command::new(setpriv);
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -388,6 +389,17 @@ impl NotifySocket {
             }
         }
     }
+}
+
+/// Writes `layout`'s configuration (listener on a port the kernel picks,
+/// `extra` lines) and starts `handoff-supervisor run` with it; returns once
+/// it told its service manager `READY=1`.
+pub fn start_running(layout: &Layout, extra: &str) -> (RunningSupervisor, NotifySocket) {
+    layout.write_config("127.0.0.1:0", extra);
+    let notify = NotifySocket::at_path(layout.dir.path());
+    let sup = RunningSupervisor::start(layout, &notify, |mut cmd| cmd.spawn().unwrap());
+    notify.wait_for("READY=1");
+    (sup, notify)
 }
 
 /// A `handoff-supervisor run` process, stopped (and its log shown, if the
