@@ -13,6 +13,9 @@
 //! - [`loadgen`] runs client threads against it and reads every
 //!   acknowledged write back.
 
+// Every unsafe block of the project is in handoff-os.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 pub mod hash;
 pub mod kvd;
 pub mod loadgen;

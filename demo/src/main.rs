@@ -15,6 +15,9 @@
 //! handoff-demo kvd …      (the daemon; see `kvd --help`)
 //! ```
 
+// Every unsafe block of the project is in handoff-os.
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -134,23 +137,11 @@ fn run(o: &Options) -> Result<bool, String> {
     // Short paths: Unix socket paths must fit in 108 bytes.
     let dir = Scratch(std::env::temp_dir().join(format!("hdemo-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("temp dir: {e}"))?;
+    std::fs::create_dir_all(dir.0.join("bin")).map_err(|e| format!("temp dir: {e}"))?;
     let me = std::env::current_exe().map_err(|e| format!("own binary: {e}"))?;
     // Two builds: the same program under two names, so every handoff swaps
-    // the binary file as a real upgrade does. They go beside this binary,
-    // not under the temporary directory: the supervisor runs only binaries
-    // that no other user can replace, and /tmp is writable by all.
-    let bin = Scratch(
-        me.parent()
-            .ok_or("own binary has no directory")?
-            .join(format!("hdemo-{}-bin", std::process::id())),
-    );
-    let _ = std::fs::remove_dir_all(&bin.0);
-    std::fs::create_dir_all(&bin.0).map_err(|e| format!("{}: {e}", bin.0.display()))?;
-    // Whatever the umask: a group-writable directory would be refused.
-    std::fs::set_permissions(&bin.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(|e| format!("{}: {e}", bin.0.display()))?;
-    let builds = [bin.0.join("kvd-v1"), bin.0.join("kvd-v2")];
+    // the binary file as a real upgrade does.
+    let builds = [dir.0.join("bin/kvd-v1"), dir.0.join("bin/kvd-v2")];
     for b in &builds {
         std::fs::copy(&me, b).map_err(|e| format!("copying {}: {e}", b.display()))?;
     }

@@ -39,6 +39,9 @@
 //!
 //! Linux only: pidfds, `SO_PEERCRED`, abstract sockets for `NOTIFY_SOCKET`.
 
+// Every unsafe block of the project is in handoff-os.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 pub mod client;
 pub mod config;
 mod daemon;

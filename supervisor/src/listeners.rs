@@ -1,12 +1,11 @@
 //! The listeners: bound once here (or adopted from the service manager)
 //! and then only ever passed on, so their accept queues outlive every
 //! daemon that serves them.
-#![allow(unsafe_code)]
 
 use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -115,7 +114,7 @@ fn bind(config: &ListenerConfig) -> io::Result<Bound> {
         ListenerKind::Tcp => {
             let addr: SocketAddr = parse_addr(&config.addr)?;
             let l = TcpListener::bind(addr)?;
-            set_backlog(&l, config.backlog)?;
+            handoff_std::os::listeners::set_backlog(&l, config.backlog)?;
             let local = l.local_addr()?.to_string();
             (l.into(), local)
         }
@@ -129,7 +128,7 @@ fn bind(config: &ListenerConfig) -> io::Result<Bound> {
             let path = Path::new(&config.addr);
             remove_stale_socket(path)?;
             let l = UnixListener::bind(path)?;
-            set_backlog(&l, config.backlog)?;
+            handoff_std::os::listeners::set_backlog(&l, config.backlog)?;
             created = file_identity(path).map(|id| (path.to_path_buf(), id));
             (l.into(), path.display().to_string())
         }
@@ -151,18 +150,6 @@ fn parse_addr(addr: &str) -> io::Result<SocketAddr> {
             format!("{addr:?} is not an IP address and port"),
         )
     })
-}
-
-/// std listens with a backlog of 128; a second `listen(2)` on a listening
-/// socket only changes the queue's length.
-fn set_backlog(sock: &impl AsRawFd, backlog: u32) -> io::Result<()> {
-    let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `sock` is a live listening socket borrowed for the call;
-    // listen takes integers only.
-    if unsafe { libc::listen(sock.as_raw_fd(), backlog) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Which file `path` names: its device and inode.
@@ -213,6 +200,7 @@ pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+    use std::os::fd::AsRawFd;
 
     fn config(name: &str, addr: &str, kind: ListenerKind) -> ListenerConfig {
         ListenerConfig {
@@ -223,6 +211,7 @@ mod tests {
         }
     }
 
+    #[allow(unsafe_code)]
     fn getsockopt(fd: &OwnedFd, opt: libc::c_int) -> libc::c_int {
         let mut v: libc::c_int = 0;
         let mut len = size_of::<libc::c_int>() as libc::socklen_t;

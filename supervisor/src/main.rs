@@ -5,7 +5,9 @@
 //! Exit status: `run` exits 0 after a clean stop (SIGTERM, SIGINT) and 1 if
 //! it could not start; `trigger` exits 0 only for a committed handoff, 1 for
 //! an aborted one and 2 for any error; `status` exits 0 or 2.
-#![allow(unsafe_code)]
+
+// Every unsafe block of the project is in handoff-os.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use clap::{Parser, Subcommand};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::field::MakeExt;
 
+use handoff_std::os::signals::SignalSet;
 use handoff_supervisor::client::{self, Reply};
 use handoff_supervisor::notify::Notifier;
 use handoff_supervisor::{Config, Service};
@@ -114,43 +117,9 @@ fn main() -> ExitCode {
 /// The signals `run` handles, blocked in every thread and taken with
 /// `sigwait` by the main thread: no handler runs in an arbitrary thread's
 /// context, and nothing but the main loop reacts to them.
-fn handled_signals() -> libc::sigset_t {
-    // SAFETY: an all-zero sigset_t is a valid value to initialise.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a live sigset_t; these only write into it, and the
-    // signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-    }
-    set
-}
-
-/// Blocks `set` in the calling thread; threads started afterwards inherit
-/// the mask, so the signals stay pending for `sigwait` in the main thread
-/// whichever thread the kernel picks. Children do not inherit it:
-/// handoff-std empties the mask of every process it spawns.
-fn block(set: &libc::sigset_t) -> std::io::Result<()> {
-    // SAFETY: `set` is a live, initialised sigset_t; the old mask is not
-    // asked for.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(std::io::Error::from_raw_os_error(r));
-    }
-    Ok(())
-}
-
-fn wait_signal(set: &libc::sigset_t) -> libc::c_int {
-    loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is a live sigset_t and `sig` a live int for the
-        // result.
-        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
-            return sig;
-        }
-    }
+fn handled_signals() -> SignalSet {
+    SignalSet::new(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT])
+        .expect("SIGHUP, SIGTERM and SIGINT are valid signals")
 }
 
 fn run(config_path: &Path, level: LevelFilter) -> ExitCode {
@@ -159,7 +128,7 @@ fn run(config_path: &Path, level: LevelFilter) -> ExitCode {
     let startup = handoff_std::os::env::take_startup_env();
     let notifier = Notifier::take_from_env();
     let signals = handled_signals();
-    let blocked = block(&signals);
+    let blocked = signals.block();
 
     // Every field value is escaped, messages included: a value may carry a
     // peer's text (a requested path, a daemon's error), and a raw CR, ESC
@@ -223,7 +192,7 @@ fn run(config_path: &Path, level: LevelFilter) -> ExitCode {
     // handoff (bounded by its deadline) before the daemon is stopped.
     std::thread::scope(|scope| {
         loop {
-            let sig = wait_signal(&signals);
+            let sig = signals.wait();
             if sig == libc::SIGHUP {
                 tracing::info!("SIGHUP: handing off to the configured binary");
                 let service = &service;

@@ -6,7 +6,6 @@
 //! Without `NOTIFY_SOCKET` every call does nothing, and a failed send is
 //! only logged: the service manager's bookkeeping must never stop a
 //! handoff.
-#![allow(unsafe_code)]
 
 use std::ffi::OsString;
 use std::io;
@@ -48,11 +47,10 @@ impl Notifier {
     /// must not be taken for the supervisor's. Call it first thing in
     /// `main`, before any thread starts (it edits the environment).
     pub fn take_from_env() -> Notifier {
-        let notifier = Notifier::from_env();
-        // SAFETY: changing the environment races with threads reading it;
-        // this function is documented to run before any thread starts.
-        unsafe { std::env::remove_var(NOTIFY_SOCKET) };
-        notifier
+        match handoff_std::os::env::take_var(NOTIFY_SOCKET) {
+            Some(value) => Notifier::for_socket(&value),
+            None => Notifier::disabled(),
+        }
     }
 
     /// A notifier for `socket`: a filesystem path, or an abstract name with
@@ -131,20 +129,7 @@ impl Notifier {
     }
 }
 
-/// `CLOCK_MONOTONIC` in microseconds, the clock systemd compares
-/// `MONOTONIC_USEC` against (std's `Instant` does not expose its value).
-pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a live timespec for the kernel to fill;
-    // CLOCK_MONOTONIC always exists on Linux, so this cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let micros = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000;
-    secs.saturating_mul(1_000_000).saturating_add(micros)
-}
+pub use handoff_std::os::process::monotonic_usec;
 
 #[cfg(test)]
 mod tests {

@@ -564,11 +564,7 @@ fn handle(inner: &Inner, stream: &UnixStream, peer: PeerCredentials) {
 }
 
 fn own_uid() -> u32 {
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
-    unsafe {
-        libc::geteuid()
-    }
+    handoff_std::os::process::effective_uid()
 }
 
 #[cfg(test)]

@@ -16,19 +16,21 @@
 //!   so that the directories of each link's target are checked too;
 //! - every directory reached, `/` included, and the file itself, is owned
 //!   by root or by the supervisor's effective uid and is neither group- nor
-//!   world-writable. A world-writable directory is refused even with its
-//!   sticky bit (`/tmp`, `/var/tmp`): anyone may create names in it, such
-//!   as the binary itself before it is installed, or a link to another
-//!   program;
+//!   world-writable, with one exception: a directory with the sticky bit
+//!   (`/tmp`, `/var/tmp`) may be writable by others, since there only an
+//!   entry's owner may rename or remove it. Every entry found in such a
+//!   directory (the next directory, a link, the file) must then itself be
+//!   owned by root or the supervisor: a name another user created there
+//!   ahead of the install, or a link of theirs, is refused;
 //! - the file is a regular file with at least one execute bit.
 //!
 //! Modes are read as the kernel reports them: with a POSIX ACL, the group
 //! bits are the ACL's mask, so a named user or group granted write shows as
 //! group-writable and is refused too.
 //!
-//! A symbolic link's own owner and mode do not matter: a link cannot be
-//! changed, only replaced, and replacing it takes write access to its
-//! directory, which is checked.
+//! Elsewhere a symbolic link's own owner and mode do not matter: a link
+//! cannot be changed, only replaced, and replacing it takes write access to
+//! its directory, which is checked.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -43,7 +45,6 @@ const MAX_LINKS: u32 = 40;
 
 /// Group- and world-writable.
 const WRITABLE_BY_OTHERS: u32 = 0o022;
-const WORLD_WRITABLE: u32 = 0o002;
 const STICKY: u32 = 0o1000;
 const ANY_EXECUTE: u32 = 0o111;
 
@@ -141,11 +142,7 @@ fn check_binary_as(binary: &Path, euid: u32) -> Result<(), Untrusted> {
 }
 
 fn effective_uid() -> u32 {
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
-    unsafe {
-        libc::geteuid()
-    }
+    handoff_std::os::process::effective_uid()
 }
 
 /// The components of a path as the kernel splits it: on `/`, empty ones
@@ -175,10 +172,13 @@ fn resolve(binary: &Path, euid: u32) -> Result<(), Problem> {
     }
 
     let root = Path::new("/");
-    check_owner_and_mode(root, &lstat(root)?, true, euid)?;
+    let root_sticky = check_dir(root, &lstat(root)?, euid)?;
     // The directory reached so far, with no link in it: every prefix of it
     // has been checked. `..` goes up from here, as the kernel's does.
     let mut at = PathBuf::from("/");
+    // For `at` and each directory above it: whether it is sticky and
+    // writable by others, so that what is found in it must be trusted-owned.
+    let mut sticky: Vec<bool> = vec![root_sticky];
     // What is left to resolve, next component last.
     let mut pending: Vec<OsString> = components(bytes);
     pending.reverse();
@@ -187,7 +187,9 @@ fn resolve(binary: &Path, euid: u32) -> Result<(), Problem> {
         match name.as_bytes() {
             b"" | b"." => continue,
             b".." => {
-                at.pop();
+                if at.pop() {
+                    sticky.pop();
+                }
                 continue;
             }
             _ => {}
@@ -195,6 +197,11 @@ fn resolve(binary: &Path, euid: u32) -> Result<(), Problem> {
         let path = at.join(&name);
         let meta = lstat(&path)?;
         let kind = meta.file_type();
+        if sticky.last() == Some(&true) {
+            // Anyone may create names in a sticky shared directory, but
+            // only an entry's owner may rename or remove one there.
+            judge_owner(&path, &meta, kind.is_dir(), euid)?;
+        }
         if kind.is_symlink() {
             links += 1;
             if links > MAX_LINKS {
@@ -204,6 +211,7 @@ fn resolve(binary: &Path, euid: u32) -> Result<(), Problem> {
             let target = target.as_os_str().as_bytes();
             if target.first() == Some(&b'/') {
                 at = PathBuf::from("/");
+                sticky = vec![root_sticky];
             }
             // The link's components come next, then the rest of the path.
             pending.extend(components(target).into_iter().rev());
@@ -214,7 +222,7 @@ fn resolve(binary: &Path, euid: u32) -> Result<(), Problem> {
             if !more {
                 return Err(not_regular(path, &meta));
             }
-            check_owner_and_mode(&path, &meta, true, euid)?;
+            sticky.push(check_dir(&path, &meta, euid)?);
             at = path;
             continue;
         }
@@ -284,6 +292,37 @@ fn not_regular(path: PathBuf, meta: &Metadata) -> Problem {
 
 fn check_owner_and_mode(path: &Path, meta: &Metadata, dir: bool, euid: u32) -> Result<(), Problem> {
     judge(path, meta.uid(), meta.mode() & 0o7777, dir, euid)
+}
+
+/// The owner half of the rule, for an entry of a sticky shared directory
+/// (a link's owner counts there too).
+fn judge_owner(path: &Path, meta: &Metadata, dir: bool, euid: u32) -> Result<(), Problem> {
+    let uid = meta.uid();
+    if uid != 0 && uid != euid {
+        return Err(Problem::Unsafe {
+            path: path.to_path_buf(),
+            dir,
+            uid,
+            mode: meta.mode() & 0o7777,
+            foreign_owner: true,
+            writable: false,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a directory on the way; `true` if it is a sticky directory that
+/// others may write (`/tmp`), whose entries must then be trusted-owned.
+fn check_dir(path: &Path, meta: &Metadata, euid: u32) -> Result<bool, Problem> {
+    let mode = meta.mode() & 0o7777;
+    let shared = mode & STICKY != 0 && mode & WRITABLE_BY_OTHERS != 0;
+    if shared {
+        // Its owner could still rename what is in it.
+        judge(path, meta.uid(), mode & !WRITABLE_BY_OTHERS, true, euid)?;
+    } else {
+        judge(path, meta.uid(), mode, true, euid)?;
+    }
+    Ok(shared)
 }
 
 /// The rule for one file or directory of owner `uid` and permission bits
@@ -406,15 +445,6 @@ impl fmt::Display for Untrusted {
                     "change the program"
                 };
                 write!(f, ", so users other than {trusted} could {change}; ")?;
-                let shared = *dir && mode & WORLD_WRITABLE != 0 && mode & STICKY != 0;
-                if shared {
-                    // chmod on /tmp would break the system: the binary moves.
-                    return f.write_str(
-                        "a shared directory such as /tmp is refused even with its sticky bit, \
-                         as anyone may create names in it: install the binary under a \
-                         directory only root can write, such as /usr/local/bin or /opt/<app>",
-                    );
-                }
                 let mut fixes = Vec::new();
                 if *foreign_owner {
                     fixes.push(format!("chown root {p}"));
@@ -504,21 +534,6 @@ mod tests {
                 .unwrap_err()
                 .is_unseen()
         );
-    }
-
-    #[test]
-    fn a_file_in_a_sticky_world_writable_directory_is_refused_with_a_move_not_a_chmod() {
-        let tmp = std::env::temp_dir();
-        // Only where the temporary directory is the usual shared one.
-        let Ok(meta) = std::fs::metadata(&tmp) else {
-            return;
-        };
-        if meta.mode() & 0o1002 != 0o1002 {
-            return;
-        }
-        let e = refused(&tmp.join("kvd").display().to_string());
-        assert!(e.contains("refused even with its sticky bit"), "{e}");
-        assert!(!e.contains("chmod"), "{e}");
     }
 
     #[test]

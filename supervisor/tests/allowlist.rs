@@ -174,15 +174,37 @@ fn run_refuses_a_binary_in_a_group_or_world_writable_directory() {
         }
     }
 
-    // A sticky world-writable directory, as /tmp, is refused as well, and
-    // the advice is to move the binary, not to chmod a shared directory.
+    // A sticky world-writable directory, as /tmp, lets only an entry's
+    // owner rename or remove it: a binary of ours in it passes, one that
+    // another user put there (or their link to a program) does not.
     chmod(&dir, 0o1777);
-    let log = run_refused(&layout, &text);
-    assert!(log.contains(&format!("directory {d} on its way")), "{log}");
-    assert!(log.contains("mode 1777"), "{log}");
-    assert!(log.contains("refused even with its sticky bit"), "{log}");
-    assert!(log.contains("/usr/local/bin"), "{log}");
-    assert!(!log.contains("chmod"), "{log}");
+    Config::from_toml_str(&text).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&bin, Some(STRANGER), None).unwrap();
+        let log = run_refused(&layout, &text);
+        assert!(
+            log.contains(&format!(
+                "the file (owner uid {STRANGER}, mode 0755) belongs to another user"
+            )),
+            "{log}"
+        );
+        std::os::unix::fs::chown(&bin, Some(0), None).unwrap();
+        let link = dir.join("kvd-link");
+        std::os::unix::fs::symlink(&bin, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(STRANGER), None).unwrap();
+        let linked = config_text(&layout, &link.display().to_string(), "");
+        let log = run_refused(&layout, &linked);
+        assert!(
+            log.contains(&format!("{} is not safe", link.display())),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "owner uid {STRANGER}, mode 0777) belongs to another user"
+            )),
+            "{log}"
+        );
+    }
 
     chmod(&dir, 0o755);
     Config::from_toml_str(&text).unwrap();

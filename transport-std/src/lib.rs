@@ -48,11 +48,16 @@
 //! }
 //! ```
 
-pub mod os;
+// Every unsafe block of the project is in handoff-os.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
+/// The operating-system layer, [`handoff_os`], under its old path.
+pub use handoff_os as os;
+/// Crash points for tests, [`handoff_os::crash`].
+pub use handoff_os::crash;
 
 pub mod clock;
 pub mod conn;
-pub mod crash;
 mod drainable;
 mod incumbent;
 mod successor;

@@ -9,6 +9,9 @@
 //! `SUPERVISOR_TEST_DAEMON_SEAL_ERROR=<text>` its seal fails with that text
 //! (it keeps its lock and serves on).
 
+// Every unsafe block of the project is in handoff-os.
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;

@@ -15,6 +15,9 @@
 //! `handoff-test-daemon supervise …` runs one handoff as a supervisor
 //! process instead (for the tests that kill the supervisor).
 
+// Every unsafe block of the project is in handoff-os.
+#![forbid(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
@@ -269,11 +272,7 @@ fn serve(args: &[String]) -> i32 {
         }
     };
     if flag("ignore-term") {
-        #[allow(unsafe_code)]
-        // SAFETY: installs the "ignore" disposition; no handler code runs.
-        unsafe {
-            libc::signal(libc::SIGTERM, libc::SIG_IGN)
-        };
+        handoff_std::os::signals::ignore_terminate();
     }
     let ctl = PathBuf::from(arg(args, "--control-socket").expect("--control-socket"));
     let data = PathBuf::from(arg(args, "--data-dir").expect("--data-dir"));

@@ -251,7 +251,7 @@ impl Drop for JournalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::testutil::TempDir;
+    use crate::testutil::TempDir;
     use handoff_core::{HandoffId, JournalPhase};
 
     fn record(phase: JournalPhase, successor_pid: Option<u32>) -> JournalRecord {

@@ -110,6 +110,19 @@ pub fn take_startup_env() -> Result<StartupEnv, EnvError> {
     adopt_layout(layout, &vars)
 }
 
+/// Reads the variable `name` and removes it from the environment, so that
+/// nothing this process spawns inherits it (`NOTIFY_SOCKET`, say, which
+/// must not reach a daemon). Call it first thing in `main`, before any
+/// thread starts (it edits the environment), as [`take_startup_env`].
+pub fn take_var(name: &str) -> Option<std::ffi::OsString> {
+    let value = std::env::var_os(name);
+    // SAFETY: the environment may only be changed while no other thread
+    // reads it; this function is documented to run first thing in `main`,
+    // before any thread starts.
+    unsafe { std::env::remove_var(name) };
+    value
+}
+
 /// The five variables, as found.
 #[derive(Debug, Default)]
 struct Vars {
@@ -353,11 +366,11 @@ fn adopt(fd: i32) -> Option<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::control::{send_frame, socketpair};
-    use crate::os::listeners::Mode;
-    use crate::os::spawn::{PassedListener, SpawnError, spawn_successor};
-    use crate::os::sys::is_cloexec;
-    use crate::os::testutil::{TempDir, fd_target, open_fds, read_line_bounded, wait_bounded};
+    use crate::control::{send_frame, socketpair};
+    use crate::listeners::Mode;
+    use crate::spawn::{PassedListener, SpawnError, spawn_successor};
+    use crate::sys::is_cloexec;
+    use crate::testutil::{TempDir, fd_target, open_fds, read_line_bounded, wait_bounded};
     use std::fs::File;
     use std::io::{self, Read};
     use std::net::TcpListener;
@@ -619,7 +632,7 @@ mod tests {
 
     /// Set by the parent test for the child run of `successor_process_entry`.
     const CHILD_PORT: &str = "HANDOFF_STD_TEST_CHILD_PORT";
-    const CHILD_TEST: &str = "os::env::tests::successor_process_entry";
+    const CHILD_TEST: &str = "env::tests::successor_process_entry";
     const BOUND: Duration = Duration::from_secs(30);
 
     /// The whole path in two real processes: a supervisor-side

@@ -451,8 +451,8 @@ pub fn socketpair() -> io::Result<(UnixStream, UnixStream)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::sys::is_cloexec;
-    use crate::os::testutil::TempDir;
+    use crate::sys::is_cloexec;
+    use crate::testutil::TempDir;
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};

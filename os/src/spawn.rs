@@ -364,9 +364,9 @@ fn set_cloexec_by_scan(first: RawFd, end: RawFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::control::socketpair;
-    use crate::os::sys::is_cloexec;
-    use crate::os::testutil::{TempDir, fd_target, open_fds, read_line_bounded, wait_bounded};
+    use crate::control::socketpair;
+    use crate::sys::is_cloexec;
+    use crate::testutil::{TempDir, fd_target, open_fds, read_line_bounded, wait_bounded};
     use std::fs::File;
     use std::net::TcpListener;
     use std::os::fd::AsFd;
@@ -551,6 +551,6 @@ mod tests {
         assert!(held.iter().all(|f| is_cloexec(f.as_fd())));
         // That they leave no slot free is checked in a process whose
         // descriptors no other test thread opens and closes:
-        // os::env::tests::successor_process_entry.
+        // env::tests::successor_process_entry.
     }
 }

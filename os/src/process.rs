@@ -183,6 +183,28 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::R
     Ok(pollfds.iter().map(|p| p.revents & ready != 0).collect())
 }
 
+/// This process's effective user id: whose files it may trust, and whom a
+/// peer must be (besides root) to talk to it.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes nothing, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, the clock systemd's `MONOTONIC_USEC`
+/// is read on (std's `Instant` does not expose its value).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec for the kernel to fill;
+    // CLOCK_MONOTONIC always exists on Linux, so this cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000;
+    secs.saturating_mul(1_000_000).saturating_add(micros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -320,11 +320,24 @@ impl InheritedListeners {
     }
 }
 
+/// Sets the accept queue length of the listening socket `sock`: std
+/// listens with a backlog of 128, and a second `listen(2)` on a listening
+/// socket only changes the queue's length.
+pub fn set_backlog(sock: &impl AsRawFd, backlog: u32) -> io::Result<()> {
+    let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `sock` is a live listening socket borrowed for the call;
+    // listen takes integers only.
+    if unsafe { libc::listen(sock.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::sys::{is_cloexec, is_nonblocking};
-    use crate::os::testutil::TempDir;
+    use crate::sys::{is_cloexec, is_nonblocking};
+    use crate::testutil::TempDir;
     use std::fs::File;
     use std::net::TcpStream;
     use std::os::unix::net::{UnixDatagram, UnixStream};

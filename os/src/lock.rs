@@ -241,7 +241,7 @@ fn write_pidfile(data_dir: &Path, pid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::testutil::TempDir;
+    use crate::testutil::TempDir;
     use std::os::fd::RawFd;
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
