@@ -130,6 +130,13 @@ impl MioSuccessor {
         {
             self.closed(registry);
         }
+        self.read_queued(registry);
+        true
+    }
+
+    /// Reads what the supervisor sent, until nothing more is there, and
+    /// hands it to the machine frame by frame.
+    fn read_queued(&mut self, registry: &Registry) {
         while let Some(c) = self.conn.as_mut() {
             if c.inbox.is_empty() {
                 match c.read() {
@@ -146,7 +153,6 @@ impl MioSuccessor {
             self.pump(registry);
         }
         self.pump(registry);
-        true
     }
 
     /// The daemon serves: binds the control socket it will serve on under
@@ -167,6 +173,10 @@ impl MioSuccessor {
         match stage_control_socket(socket_path) {
             Ok(staged) => {
                 self.staged = Some(staged);
+                // What the supervisor already sent goes first: an `Abort`
+                // queued while the daemon started up ends the handoff, and
+                // the `Ready` below is then moot (it is not sent).
+                self.read_queued(registry);
                 readiness.report_to(&mut self.machine, clock::now());
                 self.pump(registry);
                 Ok(())

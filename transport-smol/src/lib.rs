@@ -39,6 +39,9 @@
 //! # }
 //! ```
 
+// Every unsafe block of the project is in handoff-os.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 mod conn;
 mod incumbent;
 mod successor;

@@ -132,6 +132,10 @@ impl Begun {
         // Bound before `Ready`: a path that cannot be bound fails the
         // handoff while the old binary can still resume.
         let staged = stage_control_socket(socket_path).map_err(SuccessorError::Io)?;
+        // What the supervisor already sent goes first: an `Abort` queued
+        // while the daemon started up ends the handoff here, before a
+        // `Ready` goes out.
+        self.driver.run(Goal::Settled).await?;
         readiness.report_to(&mut self.driver.machine, clock::now());
         self.driver.run(Goal::Authoritative).await?;
         let lock = self.driver.lock.take().ok_or_else(|| {
@@ -149,6 +153,9 @@ enum Goal {
     Acked,
     Started,
     Authoritative,
+    /// Everything the supervisor sent so far handed to the machine,
+    /// nothing waited for.
+    Settled,
 }
 
 struct Driver {
@@ -224,6 +231,21 @@ impl Driver {
                 let used = self.machine.handle_input(clock::now(), c.inbox.pending());
                 c.inbox.consume(used);
                 continue;
+            }
+            if goal == Goal::Settled {
+                // Whatever is readable now, without waiting for more.
+                let Some(c) = self.conn.as_mut() else {
+                    return Ok(());
+                };
+                match c.read() {
+                    Read::Data => continue,
+                    Read::WouldBlock => return Ok(()),
+                    Read::Closed => {
+                        self.conn = None;
+                        self.machine.handle_closed(clock::now());
+                        continue;
+                    }
+                }
             }
             let deadline = self.machine.poll_timeout();
             let input = future::or(

@@ -288,6 +288,29 @@ fn supervisor_frozen_past_the_deadline(c: Combo) {
     assert_eq!(rig.request("INC"), "OK 3", "{c:?}");
 }
 
+fn an_abort_queued_before_ready_wins(c: Combo) {
+    // The successor gets `Begin`, and the daemon asks for `Ready` only once
+    // the supervisor has written again: its `Abort`, at the deadline. The
+    // `Abort` is queued on the successor's socket when the daemon's `Ready`
+    // comes; the adapter must read it first, fail, and never take over.
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    assert_eq!(rig.request("INC"), "OK 1");
+    let marker = rig.dir.0.join("authoritative");
+    let mut spec = rig
+        .spec(c.successor, "ready-after-abort,ignore-term")
+        .env("AUTHORITATIVE_MARKER", &marker);
+    spec.deadline = Duration::from_secs(1);
+    let outcome = run_handoff(c.supervisor, &rig.supervisor, spec);
+    assert_eq!(outcome.result, Err(AbortReason::ReadyTimeout), "{c:?}");
+    assert!(wait_gone(outcome.successor_pid.unwrap(), BOUND), "{c:?}");
+    assert!(
+        !marker.exists(),
+        "{c:?}: the successor took over after it was told to abort"
+    );
+    assert_rolled_back(&rig, c);
+    assert_eq!(rig.request("INC"), "OK 3", "{c:?}");
+}
+
 fn back_to_back_handoff_waits_for_the_path(c: Combo) {
     // The first handoff's successor is held (stopped) after `Ready`, just
     // before it renames its control socket over the path. The supervisor
@@ -600,6 +623,10 @@ macro_rules! suite {
             #[test]
             fn hostile_control_peers() {
                 super::hostile_control_peers(C)
+            }
+            #[test]
+            fn an_abort_queued_before_ready_wins() {
+                super::an_abort_queued_before_ready_wins(C)
             }
             #[test]
             fn back_to_back_handoff_waits_for_the_path() {

@@ -61,6 +61,10 @@ pub fn main(raw: &str) -> i32 {
     if args.mode == "supervise" {
         return supervise(&args);
     }
+    // Read before detect_role takes it: `ready-after-abort` watches it.
+    let sock_fd: Option<i32> = std::env::var("HANDOFF_SOCK_FD")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let role = detect_role().expect("start-up environment");
     if flag("ignore-term") {
         #[allow(unsafe_code)]
@@ -86,6 +90,7 @@ pub fn main(raw: &str) -> i32 {
             if flag("crash-before-hello") {
                 return 3;
             }
+            SOCK_FD.store(sock_fd.unwrap_or(-1), std::sync::atomic::Ordering::Relaxed);
             match args.runtime {
                 Runtime::Std => successor_std(successor, &args),
                 Runtime::Mio => successor_mio(successor, &args),
@@ -95,9 +100,33 @@ pub fn main(raw: &str) -> i32 {
     }
 }
 
+/// The successor's end of its control socketpair, for `ready-after-abort`.
+static SOCK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// With `AUTHORITATIVE_MARKER` set, writes this process's pid there: it
+/// took over (its `Ready` went out and it became the incumbent).
+fn mark_authoritative() {
+    if let Some(path) = std::env::var_os("AUTHORITATIVE_MARKER") {
+        let _ = std::fs::write(path, std::process::id().to_string());
+    }
+}
+
 fn after_begin() -> Option<i32> {
     if flag("exit-after-begin") {
         return Some(4);
+    }
+    if flag("ready-after-abort") {
+        // Holds `Ready` back until the supervisor has written again (its
+        // `Abort` at the deadline) or hung up, without reading: the bytes
+        // stay queued for the adapter's `Ready` to meet.
+        let fd = SOCK_FD.load(std::sync::atomic::Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: the descriptor is this process's control socket,
+            // open for its whole life; it is only borrowed for the poll.
+            #[allow(unsafe_code)]
+            let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = handoff_std::os::process::poll_readable(&[sock], Some(Duration::from_secs(30)));
+        }
     }
     if flag("hang-after-begin") {
         loop {
@@ -183,7 +212,10 @@ fn successor_std(successor: Successor, args: &Args) -> i32 {
     let ready = readiness(&listener, &service);
     service.start(listener);
     match begun.announce_and_bind(ready, &args.control) {
-        Ok(incumbent) => serve(Runtime::Std, incumbent, service),
+        Ok(incumbent) => {
+            mark_authoritative();
+            serve(Runtime::Std, incumbent, service)
+        }
         Err(e) => {
             eprintln!("std successor: {e}");
             5
@@ -303,6 +335,7 @@ fn successor_mio(successor: Successor, args: &Args) -> i32 {
                 }
                 SuccessorEvent::Authoritative { .. } => {
                     let control = s.into_incumbent(poll.registry()).unwrap();
+                    mark_authoritative();
                     drop(poll);
                     return serve_mio(control, service.expect("started"));
                 }
@@ -389,13 +422,16 @@ fn successor_smol(successor: Successor, args: &Args) -> i32 {
         let ready = readiness(&listener, &service);
         service.start(listener);
         match begun.announce_and_bind(ready, &args.control).await {
-            Ok(incumbent) => match handoff_smol::serve(incumbent, &SmolHooks(service)).await {
-                Ok(_) => 0,
-                Err(e) => {
-                    eprintln!("smol incumbent: {e}");
-                    10
+            Ok(incumbent) => {
+                mark_authoritative();
+                match handoff_smol::serve(incumbent, &SmolHooks(service)).await {
+                    Ok(_) => 0,
+                    Err(e) => {
+                        eprintln!("smol incumbent: {e}");
+                        10
+                    }
                 }
-            },
+            }
             Err(e) => {
                 eprintln!("smol successor: {e}");
                 5
