@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use handoff_std::conn::Inbox;
+use handoff_std::conn::{Inbox, MAX_UNSENT, WRITE_TIMEOUT};
 use handoff_std::os::control::send_some;
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
@@ -29,6 +29,8 @@ pub(crate) struct Conn {
     out: Vec<u8>,
     sent: usize,
     wants_write: bool,
+    /// Since when bytes have waited for the socket to take them.
+    stalled_since: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -45,6 +47,7 @@ impl Conn {
             out: Vec::new(),
             sent: 0,
             wants_write: false,
+            stalled_since: None,
         })
     }
 
@@ -62,8 +65,20 @@ impl Conn {
         }
     }
 
-    /// Queues a frame and writes what the socket takes now.
+    /// Queues a frame and writes what the socket takes now. A peer that
+    /// has left bytes unread for [`WRITE_TIMEOUT`], or so many that the
+    /// queue would pass [`MAX_UNSENT`], stopped reading: an error, which
+    /// ends the session.
     pub(crate) fn send(&mut self, registry: &Registry, frame: &[u8]) -> io::Result<()> {
+        let stalled = self
+            .stalled_since
+            .is_some_and(|t| t.elapsed() >= WRITE_TIMEOUT);
+        if stalled || self.out.len() - self.sent + frame.len() > MAX_UNSENT {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer stopped reading its control socket",
+            ));
+        }
         self.out.extend_from_slice(frame);
         self.flush(registry)
     }
@@ -80,6 +95,9 @@ impl Conn {
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
+            self.stalled_since = None;
+        } else if self.stalled_since.is_none() {
+            self.stalled_since = Some(std::time::Instant::now());
         }
         let want = !self.out.is_empty();
         if want != self.wants_write {
@@ -92,5 +110,31 @@ impl Conn {
             self.wants_write = want;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_stops_reading_ends_the_session_instead_of_growing_a_buffer() {
+        let poll = mio::Poll::new().unwrap();
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::register(ours, poll.registry(), Token(0)).unwrap();
+        // Heartbeat-sized frames to a peer that never reads: the socket
+        // buffer fills, then the queue, and then a send fails.
+        let frame = [0u8; 14];
+        let mut queued = 0usize;
+        let failed = (0..1_000_000).find(|_| {
+            let r = conn.send(poll.registry(), &frame);
+            queued += frame.len();
+            r.is_err()
+        });
+        assert!(
+            failed.is_some(),
+            "{queued} bytes queued to a peer that reads nothing"
+        );
+        assert!(conn.out.len() - conn.sent <= MAX_UNSENT);
     }
 }

@@ -14,11 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
-use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap};
-use handoff_std::os::spawn::PassedListener;
+use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch};
 use handoff_std::{
     HandoffLedger, HandoffOutcome, LedgerStep, SharedHandoffSlot, SpawnSpec, Supervisor,
-    SupervisorError, clock, spawn_for_handoff,
+    SupervisorError, clock,
 };
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -400,51 +399,21 @@ impl MioSupervisor {
                     }
                 }
                 SupervisorOutput::SpawnSuccessor => {
-                    let listeners: Vec<PassedListener<'_>> = sup.listeners().collect();
-                    let spawned = spawn_for_handoff(&run.spec, &listeners)
-                        .map_err(|e| e.to_string())
-                        .and_then(|(stream, child)| {
-                            let conn = stream
-                                .set_nonblocking(true)
-                                .and_then(|()| {
-                                    Conn::register(
-                                        mio::net::UnixStream::from_std(stream),
-                                        registry,
-                                        tokens.1,
-                                    )
-                                })
-                                .map_err(|e| e.to_string());
-                            match conn {
-                                Ok(conn) => Ok((conn, child)),
-                                // Spawned but unreachable: it must not run on.
-                                Err(e) => {
-                                    kill_and_reap(child);
-                                    Err(e)
-                                }
-                            }
+                    let spawned = run.ledger.spawn(&mut run.machine, &run.spec, |stream| {
+                        stream.set_nonblocking(true)?;
+                        Conn::register(mio::net::UnixStream::from_std(stream), registry, tokens.1)
+                    });
+                    if let Some((conn, pid)) = spawned {
+                        run.exit = ExitWatch::new(pid).ok().filter(|w| {
+                            registry
+                                .register(
+                                    &mut SourceFd(&w.as_fd().as_raw_fd()),
+                                    tokens.2,
+                                    Interest::READABLE,
+                                )
+                                .is_ok()
                         });
-                    match spawned {
-                        Ok((conn, child)) => {
-                            let pid = child.id();
-                            run.exit = ExitWatch::new(pid).ok().filter(|w| {
-                                registry
-                                    .register(
-                                        &mut SourceFd(&w.as_fd().as_raw_fd()),
-                                        tokens.2,
-                                        Interest::READABLE,
-                                    )
-                                    .is_ok()
-                            });
-                            run.successor = Some(conn);
-                            run.ledger.spawned(child);
-                            crash::at("s-after-spawn");
-                            run.machine.handle_spawned(now, pid);
-                        }
-                        Err(e) => {
-                            run.ledger
-                                .note(format!("spawning {}: {e}", run.spec.binary.display()));
-                            run.machine.handle_spawn_failed(now);
-                        }
+                        run.successor = Some(conn);
                     }
                 }
                 SupervisorOutput::Disconnect(peer) => {

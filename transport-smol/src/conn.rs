@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use async_io::Async;
-use handoff_std::conn::Inbox;
+use handoff_std::conn::{Inbox, WRITE_TIMEOUT};
 use handoff_std::os::control::send_some;
 
 pub(crate) struct AsyncConn {
@@ -34,16 +34,28 @@ impl AsyncConn {
         }
     }
 
-    /// Writes all of `frame`.
+    /// Writes all of `frame`, within [`WRITE_TIMEOUT`]: a peer that stopped
+    /// reading must not hold the machine's deadlines off for as long as it
+    /// likes. A timeout is an error, which ends the session.
     pub(crate) async fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < frame.len() {
-            sent += self
-                .stream
-                .write_with(|s| send_some(s.as_fd(), &frame[sent..]))
-                .await?;
-        }
-        Ok(())
+        let write = async {
+            let mut sent = 0;
+            while sent < frame.len() {
+                sent += self
+                    .stream
+                    .write_with(|s| send_some(s.as_fd(), &frame[sent..]))
+                    .await?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        let stall = async {
+            async_io::Timer::after(WRITE_TIMEOUT).await;
+            Err::<(), _>(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer stopped reading its control socket",
+            ))
+        };
+        futures_lite::future::or(write, stall).await
     }
 
     /// One non-blocking read into the (empty) inbox.
@@ -75,5 +87,35 @@ pub(crate) async fn timer(deadline: Option<handoff_core::Instant>) {
             async_io::Timer::at(handoff_std::clock::to_std(t)).await;
         }
         None => futures_lite::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_stops_reading_cannot_hold_a_send_beyond_the_write_timeout() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let conn = AsyncConn::new(ours).unwrap();
+        let started = std::time::Instant::now();
+        let outcome = async_io::block_on(futures_lite::future::or(
+            async {
+                // Sends until one fails: the socket buffer fills, and the
+                // send after that waits for room that never comes.
+                loop {
+                    if let Err(e) = conn.send(&[0u8; 1024]).await {
+                        return Some(e);
+                    }
+                }
+            },
+            async {
+                async_io::Timer::after(WRITE_TIMEOUT * 4).await;
+                None
+            },
+        ));
+        let e = outcome.expect("the send waited on past four write timeouts");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
     }
 }

@@ -6,11 +6,9 @@ use async_io::Async;
 use futures_lite::future;
 use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
 use handoff_std::crash;
-use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap};
-use handoff_std::os::spawn::PassedListener;
+use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch};
 use handoff_std::{
     HandoffLedger, HandoffOutcome, LedgerStep, SpawnSpec, Supervisor, SupervisorError, clock,
-    spawn_for_handoff,
 };
 
 use crate::conn::{AsyncConn, Read, readable, timer};
@@ -187,31 +185,12 @@ impl Run<'_> {
                     }
                 }
                 SupervisorOutput::SpawnSuccessor => {
-                    let listeners: Vec<PassedListener<'_>> = self.sup.listeners().collect();
-                    let spawned = spawn_for_handoff(&self.spec, &listeners)
-                        .map_err(|e| e.to_string())
-                        .and_then(|(s, child)| match AsyncConn::new(s) {
-                            Ok(conn) => Ok((conn, child)),
-                            // Spawned but unreachable: it must not run on.
-                            Err(e) => {
-                                kill_and_reap(child);
-                                Err(e.to_string())
-                            }
-                        });
-                    match spawned {
-                        Ok((conn, child)) => {
-                            let pid = child.id();
-                            self.exit = ExitWatch::new(pid).and_then(Async::new).ok();
-                            self.successor = Some(conn);
-                            self.ledger.spawned(child);
-                            crash::at("s-after-spawn");
-                            self.machine.handle_spawned(now, pid);
-                        }
-                        Err(e) => {
-                            self.ledger
-                                .note(format!("spawning {}: {e}", self.spec.binary.display()));
-                            self.machine.handle_spawn_failed(now);
-                        }
+                    let spawned = self
+                        .ledger
+                        .spawn(&mut self.machine, &self.spec, AsyncConn::new);
+                    if let Some((conn, pid)) = spawned {
+                        self.exit = ExitWatch::new(pid).and_then(Async::new).ok();
+                        self.successor = Some(conn);
                     }
                 }
                 SupervisorOutput::Disconnect(peer) => *self.conn(peer) = None,

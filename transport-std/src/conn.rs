@@ -15,7 +15,16 @@ use crate::os::process::poll_readable;
 
 /// A write that takes longer than this means the peer stopped reading:
 /// frames are small, so a healthy peer's socket buffer always has room.
-pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every adapter ends the session then (the blocking one by `SO_SNDTIMEO`,
+/// the event-loop ones by the age of what they hold unsent), so a peer that
+/// stops reading can neither stall the machine's deadlines nor grow a
+/// buffer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most bytes an event-loop adapter holds unsent for one peer: far
+/// more than the protocol ever queues at once (a few small frames), so only
+/// a peer that stopped reading reaches it, and its session ends.
+pub const MAX_UNSENT: usize = 64 * 1024;
 
 /// Bytes read from a peer and not yet taken by the machine (which takes
 /// at most one frame per call).

@@ -573,10 +573,43 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
         &self.sup
     }
 
-    /// Keeps the spawned successor, to signal it and to reap or hand it over
-    /// at the end.
-    pub fn spawned(&mut self, child: Child) {
-        self.child = Some(child);
+    /// Carries out `SpawnSuccessor` for every adapter: spawns `spec` with
+    /// `listeners`, gives our end of its socketpair to `register` (the
+    /// adapter's: configure it, register it with its event loop), and
+    /// reports to `machine`. A successor whose socket cannot be registered
+    /// is killed and reaped at once and reported as not spawned: a process
+    /// nobody can talk to must not run on beside the incumbent. Returns the
+    /// registered connection and the successor's pid.
+    pub fn spawn<C>(
+        &mut self,
+        machine: &mut SupervisorHandoff<Vec<u8>>,
+        spec: &SpawnSpec,
+        register: impl FnOnce(UnixStream) -> io::Result<C>,
+    ) -> Option<(C, u32)> {
+        let listeners: Vec<PassedListener<'_>> = self.sup.listeners().collect();
+        let spawned = spawn_for_handoff(spec, &listeners)
+            .map_err(|e| e.to_string())
+            .and_then(|(ours, child)| match register(ours) {
+                Ok(conn) => Ok((conn, child)),
+                Err(e) => {
+                    kill_and_reap(child);
+                    Err(format!("{e} (registering its socket; it was stopped)"))
+                }
+            });
+        match spawned {
+            Ok((conn, child)) => {
+                let pid = child.id();
+                self.child = Some(child);
+                crash::at("s-after-spawn");
+                machine.handle_spawned(clock::now(), pid);
+                Some((conn, pid))
+            }
+            Err(e) => {
+                self.note(format!("spawning {}: {e}", spec.binary.display()));
+                machine.handle_spawn_failed(clock::now());
+                None
+            }
+        }
     }
 
     /// Whether a successor process is ours to watch.
@@ -847,7 +880,19 @@ impl<'a> Run<'a> {
                         self.machine.handle_closed(now, to);
                     }
                 }
-                SupervisorOutput::SpawnSuccessor => self.spawn(now),
+                SupervisorOutput::SpawnSuccessor => {
+                    let spawned = self.ledger.spawn(&mut self.machine, &self.spec, |s| {
+                        conn::configure(&s)?;
+                        Ok(s)
+                    });
+                    if let Some((conn, pid)) = spawned {
+                        // Without a pidfd (old kernels) the exit still shows
+                        // as EOF on the socketpair, and the final reap waits
+                        // for it.
+                        self.exit_watch = ExitWatch::new(pid).ok();
+                        self.successor = Some(conn);
+                    }
+                }
                 SupervisorOutput::Disconnect(peer) => match peer {
                     Peer::Incumbent => self.incumbent = None,
                     Peer::Successor => self.successor = None,
@@ -867,31 +912,5 @@ impl<'a> Run<'a> {
             }
         }
         None
-    }
-
-    fn spawn(&mut self, now: handoff_core::Instant) {
-        let listeners: Vec<PassedListener<'_>> = self.sup.listeners().collect();
-        let result = spawn_for_handoff(&self.spec, &listeners);
-        match result {
-            Ok((ours, child)) => {
-                let pid = child.id();
-                if let Err(e) = conn::configure(&ours) {
-                    self.ledger
-                        .note(format!("configuring the successor's socket: {e}"));
-                }
-                // Without a pidfd (old kernels) the exit still shows as EOF
-                // on the socketpair, and the final reap below waits for it.
-                self.exit_watch = ExitWatch::new(pid).ok();
-                self.successor = Some(ours);
-                self.ledger.spawned(child);
-                crash::at("s-after-spawn");
-                self.machine.handle_spawned(now, pid);
-            }
-            Err(e) => {
-                self.ledger
-                    .note(format!("spawning {}: {e}", self.spec.binary.display()));
-                self.machine.handle_spawn_failed(now);
-            }
-        }
     }
 }
