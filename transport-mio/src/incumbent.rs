@@ -192,6 +192,12 @@ impl MioIncumbent {
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 self.read(registry);
             }
+            // After every wake-up, as every adapter does: a peer that never
+            // stops sending must not hold off the deadlines, whatever the
+            // caller's loop does (an early call does nothing).
+            if let Some(s) = self.session.as_mut() {
+                s.machine.handle_timeout(clock::now());
+            }
             self.pump(registry);
             true
         } else {

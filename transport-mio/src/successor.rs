@@ -131,6 +131,11 @@ impl MioSuccessor {
             self.closed(registry);
         }
         self.read_queued(registry);
+        // After every wake-up, as every adapter does: a peer that never
+        // stops sending must not hold off the deadlines, whatever the
+        // caller's loop does (an early call does nothing).
+        self.machine.handle_timeout(clock::now());
+        self.pump(registry);
         true
     }
 

@@ -300,6 +300,12 @@ impl MioSupervisor {
                 run.machine.handle_successor_exited(clock::now());
             }
         }
+        // After every wake-up, as every adapter does: a peer that never
+        // stops sending must not hold off the deadlines, whatever the
+        // caller's loop does (an early call does nothing).
+        if let Some(run) = self.runs[slot].as_mut() {
+            run.machine.handle_timeout(clock::now());
+        }
         self.pump(registry, slot);
         true
     }

@@ -491,3 +491,50 @@ fn std_a_heartbeat_flood_does_not_hold_off_the_deadline() {
 fn smol_a_heartbeat_flood_does_not_hold_off_the_deadline() {
     a_heartbeat_flood_does_not_hold_off_the_deadline("smol-flood", serve_smol);
 }
+
+/// The mio adapter serving `daemon` from a loop that calls
+/// `handle_timeout` only when `poll` found nothing to do: the deadlines
+/// must still run while events never stop coming.
+fn serve_mio(incumbent: Incumbent, daemon: &Prompt) {
+    use handoff_mio::IncumbentEvent;
+    let mut control = MioIncumbent::from_std(incumbent).unwrap();
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(16);
+    control
+        .register(poll.registry(), Token(1), Token(2))
+        .unwrap();
+    while !control.is_done() {
+        let timeout = control
+            .timeout()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+        }
+        if events.is_empty() {
+            control.handle_timeout(poll.registry());
+        }
+        for event in &events {
+            control.handle_event(poll.registry(), event);
+        }
+        while let Some(event) = control.poll_event() {
+            match event {
+                IncumbentEvent::Drain { .. } => {
+                    control.drained(poll.registry(), DrainReport::default())
+                }
+                IncumbentEvent::Seal => control.sealed(poll.registry(), &SealOutput::default()),
+                IncumbentEvent::Resume => {
+                    let _ = daemon.resumed();
+                    control.resumed(poll.registry());
+                }
+                IncumbentEvent::SessionEnded(end) => eprintln!("mio session ended: {end:?}"),
+                IncumbentEvent::ControlSocketFailed(e) => panic!("control socket: {e}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn mio_a_heartbeat_flood_does_not_hold_off_the_deadline() {
+    a_heartbeat_flood_does_not_hold_off_the_deadline("mio-flood", serve_mio);
+}
