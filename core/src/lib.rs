@@ -44,6 +44,51 @@
 //! always ends up serving with its lock, unless it committed or another
 //! process holds the lock.
 //!
+//! ## What a driver must also know
+//!
+//! - **Order is part of the contract.** Outputs queued ahead of `Close`,
+//!   `Disconnect` or `Finished` are carried out first: a `Commit` or an
+//!   `Abort` is written before its connection closes. A frame that cannot be
+//!   written and is not reported with `handle_closed` must still reach the
+//!   peer, whole and in order.
+//! - **A lent frame lives until the next `poll_output`.** A driver that
+//!   cannot write it at once (a non-blocking socket that took only part)
+//!   copies the rest into a buffer of its own. It bounds that buffer and the
+//!   time bytes wait in it, and treats a peer that stops reading as closed
+//!   (the adapters: 64 KiB and 5 s), so that such a peer can neither stall
+//!   the deadlines nor grow memory.
+//! - **A lock error is "busy".** `AcquireLock` asks for one non-blocking
+//!   attempt. Report any failure, `EWOULDBLOCK` or another error, with
+//!   `handle_lock_busy`: the machine asks again every `lock_retry_interval`
+//!   (10 ms) until `lock_retry_window` (2 s) has passed, then gives up (the
+//!   incumbent ends `Superseded`, the successor fails with
+//!   `LockUnavailable`). The incumbent asks for the lock only after it asked
+//!   to release it, so a driver reclaims anything tied to the lock (its
+//!   control socket path, see below) at each `AcquireLock` it grants.
+//! - **A running hook is always waited for.** Whatever happens meanwhile (the
+//!   peer closes, a deadline passes), the session decides what to undo but
+//!   ends only after the hook's completion is reported: report it even when
+//!   the connection is gone.
+//! - **`new`'s parameters** are the process's own pid and build id, as the
+//!   `Hello` announces them. A build id too long for the frame buffer is
+//!   announced empty (it is for the operator's logs only); keep it under a
+//!   few hundred bytes.
+//! - **The supervisor talks only to the incumbent it knows.** Call
+//!   [`SupervisorHandoff::expect_incumbent`] with its pid, report each
+//!   connect with the listener's pid from `SO_PEERCRED`
+//!   ([`SupervisorHandoff::handle_connected_to`]), and sort a failed connect
+//!   into "nothing listens yet" ([`SupervisorHandoff::handle_connect_refused`]:
+//!   a missing path, a refusal, a full queue; retried every 5 ms within the
+//!   hello timeout) and anything else
+//!   ([`SupervisorHandoff::handle_connect_failed`]).
+//! - **What the machines leave to the operating system layer**: which peers
+//!   may connect (the incumbent's uid, root and an allow-list, checked by
+//!   `SO_PEERCRED` before the session starts), one session at a time, and the
+//!   control socket path (bound under a temporary name and renamed into
+//!   place; a successor renames its own over it only after `Ready`). The
+//!   project's protocol document (`docs/PROTOCOL.md`, sections 5 and 6) says
+//!   why.
+//!
 //! ## A complete driver loop
 //!
 //! An incumbent's control session over a blocking Unix socket. The hooks run

@@ -288,6 +288,54 @@ fn supervisor_frozen_past_the_deadline(c: Combo) {
     assert_eq!(rig.request("INC"), "OK 3", "{c:?}");
 }
 
+fn a_full_accept_queue_bounds_the_connect(c: Combo) {
+    // The incumbent is stopped (a debugger, a frozen cgroup) and its
+    // control socket's accept queue is full: a connect would wait without
+    // end. Every supervisor adapter gives up within the hello timeout and
+    // says why, and the incumbent, thawed, serves on untouched.
+    let rig = Rig::start(&c.tag(), c.incumbent, "");
+    assert_eq!(rig.request("INC"), "OK 1");
+    let pid = rig.incumbent.id();
+    // SAFETY: kill takes integers only; the pid is our child's.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSTOP)
+    };
+    struct Thaw(u32);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGCONT)
+            };
+        }
+    }
+    let thaw = Thaw(pid);
+    let mut queued = Vec::new();
+    loop {
+        match mio::net::UnixStream::connect(&rig.ctl) {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{c:?}: filling the queue: {e}"),
+        }
+        assert!(queued.len() < 100_000, "{c:?}: the queue never filled");
+    }
+    let started = std::time::Instant::now();
+    let outcome = run_handoff(c.supervisor, &rig.supervisor, rig.spec(c.successor, ""));
+    assert!(started.elapsed() < BOUND, "{c:?}: {:?}", started.elapsed());
+    assert_eq!(
+        outcome.result,
+        Err(AbortReason::IncumbentUnreachable),
+        "{c:?}"
+    );
+    assert_eq!(outcome.successor_pid, None, "{c:?}: nothing was spawned");
+    drop(queued);
+    drop(thaw);
+    assert_eq!(rig.request("INC"), "OK 2", "{c:?}");
+    assert_eq!(rig.lock_holder(), Some(pid), "{c:?}");
+}
+
 fn an_abort_queued_before_ready_wins(c: Combo) {
     // The successor gets `Begin`, and the daemon asks for `Ready` only once
     // the supervisor has written again: its `Abort`, at the deadline. The
@@ -623,6 +671,10 @@ macro_rules! suite {
             #[test]
             fn hostile_control_peers() {
                 super::hostile_control_peers(C)
+            }
+            #[test]
+            fn a_full_accept_queue_bounds_the_connect() {
+                super::a_full_accept_queue_bounds_the_connect(C)
             }
             #[test]
             fn an_abort_queued_before_ready_wins() {
