@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use handoff_std::os::control::send_frame;
 
 use crate::json::{self, Value};
-use crate::service::Status;
+use crate::state::Status;
 
 /// The longest request or reply line, newline excluded.
 pub const MAX_LINE: usize = 4096;

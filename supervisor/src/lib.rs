@@ -45,6 +45,8 @@
 pub mod client;
 pub mod config;
 mod daemon;
+mod error;
+mod handoff;
 mod json;
 mod listeners;
 #[cfg(feature = "metrics")]
@@ -52,13 +54,16 @@ pub mod metrics;
 mod monitor;
 pub mod notify;
 mod service;
+mod state;
 pub mod text;
 mod trigger;
 mod trust;
 
 pub use client::{HandoffReply, Reply};
 pub use config::{Config, ConfigError, ListenerConfig, ListenerKind};
+pub use error::ServiceError;
+pub use handoff::HandoffReport;
 pub use service::{
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_GRACE, HandoffReport,
-    STATUS_PROBE, Service, ServiceBuilder, ServiceError, Status,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_GRACE, Service, ServiceBuilder,
 };
+pub use state::{STATUS_PROBE, Status};

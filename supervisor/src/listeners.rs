@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use handoff_std::os::listeners::{InheritedListeners, Mode};
 
 use crate::config::{ListenerConfig, ListenerKind};
-use crate::service::ServiceError;
+use crate::error::ServiceError;
 
 /// A listener ready to pass on.
 #[derive(Debug)]

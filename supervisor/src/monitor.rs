@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use handoff_std::os::process::{ExitWatch, poll_readable};
 
 use crate::daemon::StartError;
-use crate::service::{Inner, drain_wakes, lock};
+use crate::state::{Inner, drain_wakes, lock};
 
 /// A daemon that dies sooner than this after it began to serve is failing
 /// at start, and restarting it at once would spin. One that served longer

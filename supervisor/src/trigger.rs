@@ -30,7 +30,7 @@ use handoff_std::os::process::poll_readable;
 
 use crate::client::MAX_LINE;
 use crate::listeners::{file_identity, remove_if_same};
-use crate::service::{Inner, drain_wakes, lock};
+use crate::state::{Inner, drain_wakes, lock};
 use crate::text::one_line;
 
 /// Connections served at once; more are answered with an error and closed.
