@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-use crate::message::MessageKind;
+use crate::wire::MessageKind;
 
 /// Why a message payload could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -272,7 +272,7 @@ pub use journal::{JournalPhase, JournalRecord};
 pub use machine::{
     DrainReport, ReadyReport, SealFailure, SealReport, ShortText, Violation, defaults,
 };
-pub use message::{Message, MessageKind, Revisions, RevisionsIter, Strings, StringsIter};
+pub use message::{Message, Revisions, RevisionsIter, Strings, StringsIter};
 pub use successor::{
     SuccessorConfig, SuccessorEnd, SuccessorFailure, SuccessorOutput, SuccessorSession,
     SuccessorStep,
@@ -283,6 +283,6 @@ pub use supervisor::{
 };
 pub use time::Instant;
 pub use wire::{
-    Capabilities, HandoffId, LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, PROTO_MAX, PROTO_MIN,
-    ProtoVersion, Side, VERSION_FIELD, VersionMismatch, negotiate_version,
+    Capabilities, HandoffId, LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, MessageKind, PROTO_MAX,
+    PROTO_MIN, ProtoVersion, Side, VERSION_FIELD, VersionMismatch, negotiate_version,
 };

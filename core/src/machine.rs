@@ -5,9 +5,9 @@
 use crate::buffer::Buffer;
 use crate::error::{EncodeError, FrameError};
 use crate::frame::{encode_frame, encoded_frame_len};
-use crate::message::{Message, MessageKind, Revisions, Strings};
+use crate::message::{Message, Revisions, Strings};
 use crate::time::Instant;
-use crate::wire::{HandoffId, LEN_PREFIX, MAX_FRAME_LEN, ProtoVersion, Side};
+use crate::wire::{HandoffId, LEN_PREFIX, MAX_FRAME_LEN, MessageKind, ProtoVersion, Side};
 use core::fmt;
 use core::time::Duration;
 

@@ -11,7 +11,7 @@ use core::fmt;
 
 use crate::codec::{Reader, Writer};
 use crate::error::{DecodeError, DecodeErrorKind};
-use crate::wire::{Capabilities, HandoffId, ProtoVersion, Side};
+use crate::wire::{Capabilities, HandoffId, MessageKind, ProtoVersion, Side};
 
 /// One protocol message. Variants are in wire order (the variant index is the
 /// first varint of the payload).
@@ -127,82 +127,6 @@ pub enum Message<'a> {
         /// The sender's clock in milliseconds; receivers do not interpret it.
         ts_ms: u64,
     },
-}
-
-/// The name of a message without its fields: for errors, logs and tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[allow(missing_docs)] // the variants are the messages documented on `Message`
-pub enum MessageKind {
-    Hello,
-    HelloAck,
-    PrepareHandoff,
-    Drained,
-    SealRequest,
-    SealProgress,
-    SealComplete,
-    SealFailed,
-    Begin,
-    Ready,
-    Commit,
-    Abort,
-    ResumeAfterAbort,
-    Heartbeat,
-}
-
-impl MessageKind {
-    /// All fourteen, in wire order.
-    pub const ALL: [MessageKind; 14] = [
-        MessageKind::Hello,
-        MessageKind::HelloAck,
-        MessageKind::PrepareHandoff,
-        MessageKind::Drained,
-        MessageKind::SealRequest,
-        MessageKind::SealProgress,
-        MessageKind::SealComplete,
-        MessageKind::SealFailed,
-        MessageKind::Begin,
-        MessageKind::Ready,
-        MessageKind::Commit,
-        MessageKind::Abort,
-        MessageKind::ResumeAfterAbort,
-        MessageKind::Heartbeat,
-    ];
-
-    /// The variant index on the wire.
-    pub fn index(self) -> u32 {
-        self as u32
-    }
-
-    /// The kind with this variant index, if v1 defines one.
-    pub fn from_index(index: u32) -> Option<MessageKind> {
-        MessageKind::ALL.get(index as usize).copied()
-    }
-
-    /// The message's name as the protocol spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            MessageKind::Hello => "Hello",
-            MessageKind::HelloAck => "HelloAck",
-            MessageKind::PrepareHandoff => "PrepareHandoff",
-            MessageKind::Drained => "Drained",
-            MessageKind::SealRequest => "SealRequest",
-            MessageKind::SealProgress => "SealProgress",
-            MessageKind::SealComplete => "SealComplete",
-            MessageKind::SealFailed => "SealFailed",
-            MessageKind::Begin => "Begin",
-            MessageKind::Ready => "Ready",
-            MessageKind::Commit => "Commit",
-            MessageKind::Abort => "Abort",
-            MessageKind::ResumeAfterAbort => "ResumeAfterAbort",
-            MessageKind::Heartbeat => "Heartbeat",
-        }
-    }
-}
-
-impl fmt::Display for MessageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// A list of revisions (`Vec<u64>` on the wire): either a caller's slice, or

@@ -19,8 +19,9 @@ use crate::incumbent::{
     IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd,
 };
 use crate::machine::{DrainReport, SealFailure, SealReport};
-use crate::message::{Message, MessageKind, Revisions};
+use crate::message::{Message, Revisions};
 use crate::time::Instant;
+use crate::wire::MessageKind;
 use crate::wire::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
 
 /// Runs `script` against a fresh session with buffers `B`.

@@ -9,7 +9,8 @@ use core::time::Duration;
 use crate::buffer::Buffer;
 use crate::error::FrameError;
 use crate::frame::FrameDecoder;
-use crate::message::{Message, MessageKind};
+use crate::message::Message;
+use crate::wire::MessageKind;
 use crate::wire::{HandoffId, LEN_PREFIX, MAX_FRAME_LEN, PROTO_MAX, VERSION_FIELD};
 
 /// What one `handle_input` call delivered to the machine.

@@ -14,12 +14,13 @@ use super::{
     StepEnd, SuccessorInput, check_step_end, clock, clocked_driver, held,
 };
 use crate::machine::ReadyReport;
-use crate::message::{Message, MessageKind, Revisions, Strings};
+use crate::message::{Message, Revisions, Strings};
 use crate::successor::{
     SuccessorConfig, SuccessorEnd, SuccessorFailure, SuccessorOutput, SuccessorSession,
     SuccessorStep,
 };
 use crate::time::Instant;
+use crate::wire::MessageKind;
 use crate::wire::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
 
 /// Runs `script` against a fresh session with buffers `B`.

@@ -20,12 +20,13 @@ use super::{
 };
 use crate::journal::{JournalPhase, JournalRecord};
 use crate::machine::defaults;
-use crate::message::{Message, MessageKind};
+use crate::message::Message;
 use crate::supervisor::{
     AbortReason, IncumbentFate, Outcome, Peer, Signal, SuccessorFate, SupervisorConfig,
     SupervisorHandoff, SupervisorOutput, SupervisorStep,
 };
 use crate::time::Instant;
+use crate::wire::MessageKind;
 use crate::wire::{HandoffId, PROTO_MAX, Side};
 
 /// Runs `script` against a fresh handoff with buffers `B`.

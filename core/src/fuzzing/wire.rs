@@ -13,7 +13,8 @@ use crate::buffer::{Buffer, DefaultBuffer};
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder, encode_frame, encoded_frame_len};
 use crate::journal::JournalRecord;
-use crate::message::{Message, MessageKind};
+use crate::message::Message;
+use crate::wire::MessageKind;
 use crate::wire::{LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, VERSION_FIELD};
 
 /// Which decoder reads the stream.
