@@ -12,9 +12,21 @@
 //! handoff has settled, invariants 6 and 7 and that no acknowledged write
 //! was lost. A failure is returned, not panicked, so that the runner can
 //! replay the seed with the trace switched on.
+//!
+//! The world is split by job: `world.rs` holds the shared state, the
+//! handoff and the injected faults; `scheduler.rs` picks each next action
+//! and moves the clock; `supervisor.rs` is the supervisor process around
+//! `SupervisorHandoff` (monitor, cold starts, restarts);
+//! `daemon.rs` the successor and incumbent processes around
+//! `SuccessorSession` and `IncumbentSession`; `invariants.rs` the checks;
+//! `net.rs` the byte pipes between them.
 
+mod daemon;
+mod invariants;
 mod net;
 mod plan;
+mod scheduler;
+mod supervisor;
 mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
