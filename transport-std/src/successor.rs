@@ -586,8 +586,10 @@ impl Pump {
         }
     }
 
-    /// Hands the readiness to the thread, which sends `Ready`, and waits
-    /// until the supervisor commits (or the handoff fails).
+    /// Hands the readiness to the thread, which first hands the machine
+    /// what the supervisor already sent (an `Abort` there wins), then sends
+    /// `Ready`; waits until it is written (the successor is authoritative
+    /// from then on) or the handoff fails.
     fn finish(mut self, readiness: Readiness) -> Result<(), SuccessorError> {
         // If the handoff already failed, the thread has ended and its error
         // is waiting below; `Ready` is then never sent.
