@@ -198,7 +198,7 @@ impl MioIncumbent {
             if let Some(s) = self.session.as_mut() {
                 s.machine.handle_timeout(clock::now());
             }
-            self.pump(registry);
+            self.settle(registry);
             true
         } else {
             false
@@ -229,7 +229,7 @@ impl MioIncumbent {
             self.accept_retry_at = None;
             self.accept(registry);
         }
-        self.pump(registry);
+        self.settle(registry);
     }
 
     /// The next thing for the daemon to do or know.
@@ -299,7 +299,7 @@ impl MioIncumbent {
         if let Some(s) = self.session.as_mut() {
             f(&mut s.machine, clock::now());
         }
-        self.pump(registry);
+        self.settle(registry);
     }
 
     fn accept(&mut self, registry: &Registry) {
@@ -368,14 +368,23 @@ impl MioIncumbent {
                             c.deregister(registry);
                         }
                         s.machine.handle_closed(clock::now());
-                        self.pump(registry);
+                        self.settle(registry);
                         return;
                     }
                 }
             }
             let used = s.machine.handle_input(clock::now(), conn.inbox.pending());
             conn.inbox.consume(used);
-            self.pump(registry);
+            self.settle(registry);
+        }
+    }
+
+    /// Carries out the machine's outputs and, once a session has ended,
+    /// accepts the next.
+    fn settle(&mut self, registry: &Registry) {
+        self.pump(registry);
+        if self.session.is_none() {
+            self.accept(registry);
         }
     }
 
@@ -446,7 +455,11 @@ impl MioIncumbent {
                     self.session = None;
                     self.done = !end.keeps_serving();
                     self.events.push_back(IncumbentEvent::SessionEnded(end));
-                    self.accept(registry);
+                    // The next session is accepted by the caller
+                    // (`settle`, or the loop in `accept`), not from here: a
+                    // backlog of connections that close at once would
+                    // otherwise recurse once per connection and overflow
+                    // the stack.
                     return;
                 }
             }

@@ -121,6 +121,60 @@ fn mio_from_std_keeps_the_build_id_and_the_config() {
     assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
 }
 
+#[test]
+fn mio_survives_a_backlog_of_connections_that_closed() {
+    // A local user queues a full backlog of connections on the control
+    // socket and closes them all before the incumbent gets to them. Each
+    // becomes a session that ends at its first write; the next is accepted
+    // after it. Done by recursion, that took a stack frame chain per
+    // connection and overflowed (seen as a crashed daemon); on a thread
+    // with a small stack it fails at once.
+    let dir = TempDir::new("mio-backlog");
+    let control_path = dir.control();
+    let incumbent = dir.incumbent();
+    let closed: Vec<UnixStream> = (0..100)
+        .map(|_| UnixStream::connect(&control_path).unwrap())
+        .collect();
+    drop(closed);
+    let served = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut control = MioIncumbent::from_std(incumbent).unwrap();
+            let mut poll = Poll::new().unwrap();
+            let mut events = Events::with_capacity(16);
+            control
+                .register(poll.registry(), Token(1), Token(2))
+                .unwrap();
+            // Then a real supervisor connects: it must get the Hello.
+            let mut supervisor = UnixStream::connect(&control_path).unwrap();
+            supervisor.set_nonblocking(true).unwrap();
+            let mut decoder: FrameDecoder = FrameDecoder::new();
+            let mut buf = [0u8; 512];
+            let until = Instant::now() + BOUND;
+            loop {
+                assert!(Instant::now() < until, "no Hello within {BOUND:?}");
+                if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
+                    assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+                }
+                for event in &events {
+                    control.handle_event(poll.registry(), event);
+                }
+                control.handle_timeout(poll.registry());
+                while control.poll_event().is_some() {}
+                let n = match supervisor.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("reading the Hello: {e}"),
+                };
+                if hello(&mut decoder, &buf[..n]).is_some() {
+                    return;
+                }
+            }
+        })
+        .unwrap();
+    served.join().expect("the incumbent served on");
+}
+
 /// No hook is asked for: the test supervisor only reads the `Hello`.
 struct NoHooks;
 
