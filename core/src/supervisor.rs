@@ -730,8 +730,8 @@ impl<B: Buffer> SupervisorHandoff<B> {
         }
         match c.expected_incumbent {
             Some(incumbent_pid) if incumbent_pid != listener_pid => {
-                c.o.open = true;
-                c.disconnect(Peer::Incumbent);
+                // Never open for the machine: the adapter only drops it.
+                c.out.act(Action::Disconnect(Peer::Incumbent));
                 c.missed_incumbent(
                     now,
                     AbortReason::ControlSocketNotIncumbent {

@@ -77,7 +77,7 @@ pub use successor::{
 };
 pub use supervisor::{
     HandoffLedger, HandoffOutcome, HandoffSlot, LedgerStep, SharedHandoffSlot, SpawnSpec,
-    Supervisor, SupervisorError, handoff_config, random_id_bytes, spawn_for_handoff, unix_millis,
+    Supervisor, SupervisorError, handoff_config, spawn_for_handoff,
 };
 
 /// The project README's integrator example, compiled as a doctest so that

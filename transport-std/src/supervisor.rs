@@ -440,14 +440,8 @@ pub fn handoff_config(base: SupervisorConfig, spec: &SpawnSpec) -> SupervisorCon
     }
 }
 
-/// 16 random bytes for a handoff id (from `/dev/urandom`; the time and pid
-/// if that is missing: it is an identifier, not a secret).
-pub fn random_id_bytes() -> [u8; 16] {
-    random_bytes()
-}
-
 /// Milliseconds since the Unix epoch, for the journal.
-pub fn unix_millis() -> u64 {
+fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
