@@ -84,22 +84,21 @@ fn hello(decoder: &mut FrameDecoder, read: &[u8]) -> Option<(Vec<u8>, Capabiliti
     }
 }
 
-#[test]
-fn mio_from_std_keeps_the_build_id_and_the_config() {
-    let dir = TempDir::new("mio-settings");
-    let mut control = MioIncumbent::from_std(dir.incumbent()).unwrap();
+/// Serves `incumbent` from a mio loop until a supervisor connecting now
+/// reads its `Hello`; what that `Hello` announced.
+fn mio_hello(incumbent: Incumbent, control_path: &std::path::Path) -> (Vec<u8>, Capabilities) {
+    let mut control = MioIncumbent::from_std(incumbent).unwrap();
     let mut poll = Poll::new().unwrap();
     let mut events = Events::with_capacity(16);
     control
         .register(poll.registry(), Token(1), Token(2))
         .unwrap();
-
-    let mut supervisor = UnixStream::connect(dir.control()).unwrap();
+    let mut supervisor = UnixStream::connect(control_path).unwrap();
     supervisor.set_nonblocking(true).unwrap();
     let mut decoder: FrameDecoder = FrameDecoder::new();
     let mut buf = [0u8; 512];
     let until = Instant::now() + BOUND;
-    let got = loop {
+    loop {
         assert!(Instant::now() < until, "no Hello within {BOUND:?}");
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
             // epoll_wait is not restarted after a stop and continue.
@@ -109,15 +108,22 @@ fn mio_from_std_keeps_the_build_id_and_the_config() {
             control.handle_event(poll.registry(), event);
         }
         control.handle_timeout(poll.registry());
+        while control.poll_event().is_some() {}
         let n = match supervisor.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => panic!("reading the Hello: {e}"),
         };
         if let Some(got) = hello(&mut decoder, &buf[..n]) {
-            break got;
+            return got;
         }
-    };
+    }
+}
+
+#[test]
+fn mio_from_std_keeps_the_build_id_and_the_config() {
+    let dir = TempDir::new("mio-settings");
+    let got = mio_hello(dir.incumbent(), &dir.control());
     assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
 }
 
@@ -136,41 +142,10 @@ fn mio_survives_a_backlog_of_connections_that_closed() {
         .map(|_| UnixStream::connect(&control_path).unwrap())
         .collect();
     drop(closed);
+    // Then a real supervisor connects: it must get the Hello.
     let served = std::thread::Builder::new()
         .stack_size(256 * 1024)
-        .spawn(move || {
-            let mut control = MioIncumbent::from_std(incumbent).unwrap();
-            let mut poll = Poll::new().unwrap();
-            let mut events = Events::with_capacity(16);
-            control
-                .register(poll.registry(), Token(1), Token(2))
-                .unwrap();
-            // Then a real supervisor connects: it must get the Hello.
-            let mut supervisor = UnixStream::connect(&control_path).unwrap();
-            supervisor.set_nonblocking(true).unwrap();
-            let mut decoder: FrameDecoder = FrameDecoder::new();
-            let mut buf = [0u8; 512];
-            let until = Instant::now() + BOUND;
-            loop {
-                assert!(Instant::now() < until, "no Hello within {BOUND:?}");
-                if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
-                    assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
-                }
-                for event in &events {
-                    control.handle_event(poll.registry(), event);
-                }
-                control.handle_timeout(poll.registry());
-                while control.poll_event().is_some() {}
-                let n = match supervisor.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => panic!("reading the Hello: {e}"),
-                };
-                if hello(&mut decoder, &buf[..n]).is_some() {
-                    return;
-                }
-            }
-        })
+        .spawn(move || mio_hello(incumbent, &control_path))
         .unwrap();
     served.join().expect("the incumbent served on");
 }
