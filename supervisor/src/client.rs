@@ -17,7 +17,6 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -156,10 +155,15 @@ pub fn status(socket: &Path) -> Result<String, ClientError> {
 /// reply line, without its newline, within `timeout`.
 pub fn request(socket: &Path, line: &[u8], timeout: Duration) -> Result<String, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        socket: socket.to_path_buf(),
-        source,
-    })?;
+    // Bounded too: a supervisor whose accept queue is full (stopped, or
+    // flooded) must not hold the client without end.
+    let mut stream =
+        handoff_std::os::control::connect_within(socket, timeout).map_err(|source| {
+            ClientError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            }
+        })?;
     stream
         .set_write_timeout(Some(timeout))
         .map_err(ClientError::Io)?;

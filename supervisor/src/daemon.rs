@@ -7,7 +7,6 @@
 
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,7 +163,13 @@ fn wait_until_serving(
 /// which the incumbent treats as a supervisor that went away before asking
 /// for anything: it serves on.
 pub(crate) fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
-    let mut stream = UnixStream::connect(control_socket).ok()?;
+    // Bounded: a stopped daemon's full accept queue would hold a plain
+    // connect without end.
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    let mut stream = handoff_std::os::control::connect_within(control_socket, left).ok()?;
     let wait = HELLO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
     if wait.is_zero() {
         return None;

@@ -80,8 +80,10 @@ impl Inner {
         };
         match watch {
             Some(w) => poll_readable(&[w.as_fd()], Some(bound)).is_ok_and(|r| r[0]),
-            // No pidfd (an old kernel): the monitor finds out.
-            None => false,
+            // No pidfd (an old kernel): no way to tell from here; the
+            // session's end is taken for an exit, as the library reports
+            // it, and the monitor restarts it only if it did exit.
+            None => true,
         }
     }
 

@@ -276,7 +276,9 @@ impl Service {
         self.inner.handoff(binary)
     }
 
-    /// The serving pid, the handoff count and whether one runs.
+    /// The serving pid, the handoff count, whether one runs, and whether
+    /// the daemon answers its control socket: this asks it, for up to
+    /// [`STATUS_PROBE`](crate::STATUS_PROBE).
     pub fn status(&self) -> Status {
         self.inner.status()
     }
@@ -288,8 +290,7 @@ impl Service {
     pub fn reload_refused(&self, why: &str) {
         let notifier = &self.inner.notifier;
         notifier.reloading(&format!("reload refused: {why}"));
-        let status = self.status();
-        let serving = match status.incumbent_pid {
+        let serving = match self.inner.incumbent_pid() {
             Some(pid) => format!("serving: pid {pid}"),
             None => "no daemon running".to_owned(),
         };

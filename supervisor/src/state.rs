@@ -148,10 +148,7 @@ impl Inner {
         // it: a `Hello` that names it comes from our daemon. Not asked
         // during a handoff, whose session the daemon serves (one at a time).
         let answering = match incumbent_pid {
-            Some(pid) if !in_flight && !restarting => Some(
-                crate::daemon::probe(&self.config.control_socket, Instant::now() + STATUS_PROBE)
-                    == Some(pid),
-            ),
+            Some(pid) if !in_flight && !restarting => Some(self.answers(pid)),
             _ => None,
         };
         Status {
@@ -163,11 +160,38 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The serving daemon's pid, without asking it anything.
+    pub(crate) fn incumbent_pid(&self) -> Option<u32> {
+        lock(&self.state).incumbent.as_ref().map(Proc::pid)
+    }
+
+    /// Whether `pid` answers the control socket with its `Hello` within
+    /// [`STATUS_PROBE`]. Right after a commit the path may still name the
+    /// old daemon's socket, or none, until the new one renames its own over
+    /// it (docs/PROTOCOL.md section 6.3): that is tried again, as a handoff
+    /// does, until the bound.
+    fn answers(&self, pid: u32) -> bool {
+        let until = Instant::now() + STATUS_PROBE;
+        loop {
+            if crate::daemon::probe(&self.config.control_socket, until) == Some(pid) {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(handoff_core::defaults::CONNECT_RETRY_INTERVAL.min(left));
+        }
+    }
+}
+
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not `status()`: that asks the daemon.
         f.debug_struct("Inner")
             .field("config", &self.config)
-            .field("status", &self.status())
+            .field("incumbent_pid", &self.incumbent_pid())
             .finish_non_exhaustive()
     }
 }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use handoff_std::os::control::{
-    PeerCredentials, bind_control_socket, peer_credentials, send_frame,
+    AcceptRetry, PeerCredentials, accept_retry, bind_control_socket, peer_credentials, send_frame,
 };
 use handoff_std::os::process::poll_readable;
 
@@ -128,12 +128,22 @@ impl TriggerSocket {
                 match self.listener.accept() {
                     Ok((stream, _)) => accept_one(inner, stream, &conns, &mut refusals),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        // ECONNABORTED, EMFILE and friends pass; the next
-                        // readiness tries again.
-                        tracing::warn!(error = %e, "accepting a trigger connection failed");
-                        break;
-                    }
+                    // The rule every incumbent follows: a connection gone
+                    // before it was taken is skipped; a shortage of
+                    // descriptors is waited out, since the listener stays
+                    // readable and polling again would spin.
+                    Err(e) => match accept_retry(&e) {
+                        AcceptRetry::Now => continue,
+                        AcceptRetry::After(pause) => {
+                            tracing::warn!(error = %e, "accepting a trigger connection failed; pausing");
+                            std::thread::sleep(pause);
+                            break;
+                        }
+                        AcceptRetry::Fatal => {
+                            tracing::warn!(error = %e, "accepting a trigger connection failed");
+                            break;
+                        }
+                    },
                 }
             }
         }
