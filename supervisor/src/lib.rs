@@ -39,7 +39,8 @@
 //!
 //! Linux only: pidfds, `SO_PEERCRED`, abstract sockets for `NOTIFY_SOCKET`.
 
-// Every unsafe block of the project is in handoff-os.
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 
 pub mod client;

@@ -4,9 +4,11 @@
 //!
 //! Exit status: `run` exits 0 after a clean stop (SIGTERM, SIGINT) and 1 if
 //! it could not start; `trigger` exits 0 only for a committed handoff, 1 for
-//! an aborted one and 2 for any error; `status` exits 0 or 2.
+//! an aborted one and 2 for any error; `status` exits 0, 1 if the daemon
+//! does not answer its control socket, or 2.
 
-// Every unsafe block of the project is in handoff-os.
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;

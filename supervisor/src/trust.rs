@@ -318,7 +318,7 @@ fn check_dir(path: &Path, meta: &Metadata, euid: u32) -> Result<bool, Problem> {
     let shared = mode & STICKY != 0 && mode & WRITABLE_BY_OTHERS != 0;
     if shared {
         // Its owner could still rename what is in it.
-        judge(path, meta.uid(), mode & !WRITABLE_BY_OTHERS, true, euid)?;
+        judge_owner(path, meta, true, euid)?;
     } else {
         judge(path, meta.uid(), mode, true, euid)?;
     }

@@ -6,8 +6,7 @@
 //! the fix.
 //!
 //! Every binary here is a copy of the test daemon in a directory of the
-//! test's own, under a root-owned 0755 parent (see `TempDir`): /tmp itself
-//! is world-writable, and would fail the check for a reason of its own.
+//! test's own (see `TempDir`), whose modes each test sets.
 
 mod common;
 
@@ -420,8 +419,7 @@ fn a_running_supervisor_refuses_a_handoff_to_a_binary_made_unsafe_after_load() {
     let sup = RunningSupervisor::start(&layout, &notify, |mut c| c.spawn().unwrap());
     notify.wait_for("READY=1");
     let pid = incumbent(&layout).unwrap();
-    // By `--socket`: with `--config`, the command would read the file
-    // itself, and refuse it on its own before asking the supervisor.
+    // By `--socket`, as a user who may not read the configuration would.
     let socket = layout.trigger.to_str().unwrap();
     let trigger = |binary: Option<&Path>| {
         let mut args = vec!["trigger", "--socket", socket];

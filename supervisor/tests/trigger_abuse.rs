@@ -201,7 +201,7 @@ fn root_is_answered_while_a_uid_that_is_not_allowed_hammers_the_socket() {
     let log = fs::read_to_string(&sup.log).unwrap();
     let refusal_lines = log.lines().filter(|l| l.contains("refused")).count();
     assert!(
-        refusal_lines <= 4,
+        (1..=4).contains(&refusal_lines),
         "{refusal_lines} log lines for {connects} refused connections:\n{}",
         log.lines().take(20).collect::<Vec<_>>().join("\n")
     );
@@ -222,14 +222,8 @@ fn silent_connections_of_an_allowed_uid_cannot_keep_root_out() {
     let (_sup, _notify) = start_running(&layout, "allowed_uids = [65534]");
     let hammer = Hammer::start(&setpriv, &layout, "hold", 20);
 
-    // root is still answered within a second, and a handoff commits;
-    for _ in 0..5 {
-        assert!(status_within_a_second(&layout).incumbent_pid.is_some());
-    }
-    let reply = client::trigger(&layout.trigger, None).unwrap();
-    assert!(reply.contains("committed=true"), "{reply}");
-
-    // nobody itself is told it has too many at once.
+    // nobody itself is told it has too many at once (asked first: the
+    // held connections are let go at the request timeout, 5 s),
     let out = run_command(&mut as_nobody(
         &setpriv,
         layout.dir.path(),
@@ -241,6 +235,13 @@ fn silent_connections_of_an_allowed_uid_cannot_keep_root_out() {
         stdout.starts_with("error: too many trigger connections at once from uid 65534"),
         "{stdout}"
     );
+    // and root is still answered within a second, and a handoff commits.
+    for _ in 0..5 {
+        assert!(status_within_a_second(&layout).incumbent_pid.is_some());
+    }
+    let reply = client::trigger(&layout.trigger, None).unwrap();
+    assert!(reply.contains("committed=true"), "{reply}");
+
     hammer.stop();
 }
 

@@ -9,7 +9,8 @@
 //! `SUPERVISOR_TEST_DAEMON_SEAL_ERROR=<text>` its seal fails with that text
 //! (it keeps its lock and serves on).
 
-// Every unsafe block of the project is in handoff-os.
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};

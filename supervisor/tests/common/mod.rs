@@ -46,11 +46,11 @@ impl TempDir {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        // Not under /tmp: it is world-writable, and the supervisor refuses
-        // to run a binary under a directory other users can write, sticky
-        // or not (the scripts the tests list in `allowed_binaries` live
-        // here). /run is root's, mode 0755, and short (Unix socket paths
-        // must fit in 108 bytes); a user who may not write there (or a
+        // /run: root's, mode 0755, and short (Unix socket paths must fit
+        // in 108 bytes). /tmp would do as well (the supervisor accepts a
+        // sticky directory whose entries are ours), but /run keeps the
+        // scripts the tests list in `allowed_binaries` off a directory
+        // every user can write. A user who may not write there (or a
         // system without it) gets the build's own temporary directory.
         let mut p = PathBuf::from("/run").join(&name);
         let _ = fs::remove_dir_all(&p);
