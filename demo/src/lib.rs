@@ -13,7 +13,8 @@
 //! - [`loadgen`] runs client threads against it and reads every
 //!   acknowledged write back.
 
-// Every unsafe block of the project is in handoff-os.
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 
 pub mod hash;

@@ -139,10 +139,16 @@ impl StagedControlSocket {
         &self.path
     }
 
+    /// [`StagedControlSocket::install`] for a successor past `Ready`, the
+    /// one that every adapter's successor takes the path over with: it
+    /// passes the crash point `n-before-control-path-taken` first.
+    pub fn install_as_successor(self) -> io::Result<UnixListener> {
+        crate::crash::at("n-before-control-path-taken");
+        self.install()
+    }
+
     /// Renames the socket over its path and returns its listener.
     pub fn install(mut self) -> io::Result<UnixListener> {
-        // Every adapter's successor takes the path over here, after `Ready`.
-        crate::crash::at("n-before-control-path-taken");
         fs::rename(&self.tmp, &self.path)?;
         let _ = fs::remove_dir(&self.dir);
         self.listener

@@ -7,9 +7,8 @@
 //! and `<role>-after-<message>-received` for every frame (role `s`, `o` or
 //! `n`, message in kebab case, e.g. `s-after-prepare-handoff-sent`), plus
 //! `o-after-lock-released`, `n-after-lock-acquired` and
-//! `n-before-control-path-taken` (just before a staged control socket is
-//! renamed over its path: a successor's after `Ready`, which is what the
-//! name is for, but a cold start's bind passes there too). If
+//! `n-before-control-path-taken` (a successor past `Ready`, about to rename
+//! its control socket over the path). If
 //! `HANDOFF_CRASH_MARKER` names a file, the point's name is written there
 //! first, so a test can tell the crash happened where it meant it to.
 

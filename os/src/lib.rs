@@ -19,8 +19,9 @@
 //! - [`signals`]: signals blocked in every thread and taken with `sigwait`;
 //! - [`crash`]: crash points for tests (`HANDOFF_CRASH_AT`).
 //!
-//! Unsafe code of the project's libraries and binaries lives only here, one
-//! block per system call, each with its `// SAFETY:` comment. Linux only.
+//! Unsafe code of the project's libraries and binaries lives only here (the
+//! benchmarks' counting allocator and echo server aside), one block per
+//! system call, each with its `// SAFETY:` comment. Linux only.
 
 pub mod control;
 pub mod crash;

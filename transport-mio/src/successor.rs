@@ -223,7 +223,7 @@ impl MioSuccessor {
             io::Error::other("into_incumbent without a control socket staged by ready")
         })?;
         let socket_path = staged.path().to_path_buf();
-        let listener = staged.install()?;
+        let listener = staged.install_as_successor()?;
         MioIncumbent::from_std(Incumbent::from_parts(listener, &socket_path, lock))
     }
 

@@ -39,7 +39,8 @@
 //! # }
 //! ```
 
-// Every unsafe block of the project is in handoff-os.
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 
 mod conn;

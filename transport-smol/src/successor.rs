@@ -143,7 +143,7 @@ impl Begun {
                 "the lock was reported held but is missing",
             ))
         })?;
-        let listener = staged.install().map_err(SuccessorError::Io)?;
+        let listener = staged.install_as_successor().map_err(SuccessorError::Io)?;
         Ok(Incumbent::from_parts(listener, socket_path, lock))
     }
 }

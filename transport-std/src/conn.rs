@@ -15,13 +15,14 @@ use crate::os::process::poll_readable;
 
 /// A write that takes longer than this means the peer stopped reading:
 /// frames are small, so a healthy peer's socket buffer always has room.
-/// Every adapter ends the session then (the blocking one by `SO_SNDTIMEO`,
-/// the event-loop ones by the age of what they hold unsent), so a peer that
-/// stops reading can neither stall the machine's deadlines nor grow a
-/// buffer.
+/// Every adapter ends the session then (std by `SO_SNDTIMEO`, mio by the
+/// age of what it holds unsent, smol by a timer raced against the send),
+/// so a peer that stops reading can neither stall the machine's deadlines
+/// nor grow a buffer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most bytes an event-loop adapter holds unsent for one peer: far
+/// The most bytes mio's adapter holds unsent for one peer (the others hold
+/// none: std blocks, smol awaits the send): far
 /// more than the protocol ever queues at once (a few small frames), so only
 /// a peer that stopped reading reaches it, and its session ends.
 pub const MAX_UNSENT: usize = 64 * 1024;
@@ -82,6 +83,12 @@ impl Inbox {
             }
         }
     }
+}
+
+/// [`configure`]d `stream`, for the places that take it by value.
+pub(crate) fn configured(stream: UnixStream) -> io::Result<UnixStream> {
+    configure(&stream)?;
+    Ok(stream)
 }
 
 /// Prepares a control stream: blocking reads (only after `poll`), and a

@@ -48,7 +48,8 @@
 //! }
 //! ```
 
-// Every unsafe block of the project is in handoff-os.
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 
 /// The operating-system layer, [`handoff_os`], under its old path.

@@ -315,7 +315,7 @@ fn announce(
     // exit.
     let staged = control::stage_control_socket(socket_path).map_err(SuccessorError::Io)?;
     pump.finish(readiness)?;
-    staged.install().map_err(SuccessorError::Io)
+    staged.install_as_successor().map_err(SuccessorError::Io)
 }
 
 fn pump_died() -> SuccessorError {

@@ -236,10 +236,11 @@ impl Supervisor {
 
     /// Names the process that serves now (a daemon the caller started, or
     /// restarted after it died); `None` if it is not known. A handoff then
-    /// reaches only that process: while the control socket path names
-    /// another process's socket (the previous incumbent's, still there
-    /// right after a commit) or no live socket, it keeps trying within the
-    /// hello timeout instead of failing. Each committed handoff sets it to
+    /// talks only to that process: a socket of another process at the
+    /// control path (the previous incumbent's, still there right after a
+    /// commit) is hung up on and tried again within the hello timeout, like
+    /// a path that names no live socket (which is retried whether a pid is
+    /// known or not). Each committed handoff sets it to
     /// its successor by itself.
     pub fn set_incumbent_pid(&self, pid: Option<u32>) {
         self.incumbent_pid
@@ -855,11 +856,8 @@ impl<'a> Run<'a> {
             match out {
                 SupervisorOutput::ConnectIncumbent => {
                     let bound = self.sup.config.hello_timeout;
-                    let result =
-                        control::connect_within(&self.sup.control_socket, bound).and_then(|s| {
-                            conn::configure(&s)?;
-                            Ok(s)
-                        });
+                    let result = control::connect_within(&self.sup.control_socket, bound)
+                        .and_then(conn::configured);
                     self.incumbent = self.ledger.connected(&mut self.machine, result);
                 }
                 SupervisorOutput::Transmit { to, frame } => {
@@ -875,10 +873,9 @@ impl<'a> Run<'a> {
                     }
                 }
                 SupervisorOutput::SpawnSuccessor => {
-                    let spawned = self.ledger.spawn(&mut self.machine, &self.spec, |s| {
-                        conn::configure(&s)?;
-                        Ok(s)
-                    });
+                    let spawned =
+                        self.ledger
+                            .spawn(&mut self.machine, &self.spec, conn::configured);
                     if let Some((conn, pid)) = spawned {
                         // Without a pidfd (old kernels) the exit still shows
                         // as EOF on the socketpair, and the final reap waits

@@ -67,11 +67,7 @@ pub fn main(raw: &str) -> i32 {
         .and_then(|v| v.parse().ok());
     let role = detect_role().expect("start-up environment");
     if flag("ignore-term") {
-        #[allow(unsafe_code)]
-        // SAFETY: installs the "ignore" disposition; no handler runs.
-        unsafe {
-            libc::signal(libc::SIGTERM, libc::SIG_IGN)
-        };
+        handoff_std::os::signals::ignore_terminate();
     }
     match role {
         Role::ColdStart { mut listeners } => {

@@ -15,7 +15,8 @@
 //! `handoff-test-daemon supervise …` runs one handoff as a supervisor
 //! process instead (for the tests that kill the supervisor).
 
-// Every unsafe block of the project is in handoff-os.
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
