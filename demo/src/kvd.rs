@@ -854,8 +854,9 @@ impl Drainable for Daemon {
         let sealed = store.seal()?;
         if let Some(e) = &sealed.compaction_error {
             log(format_args!(
-                "sealed without compacting the log into a snapshot ({e}); the successor \
-                 replays the whole log, and the next seal with free space compacts it"
+                "sealed, but compacting the log into a snapshot failed ({e}); what is on \
+                 disk still opens to the sealed state, and the next seal with free space \
+                 compacts it"
             ));
         }
         progress.report(1, 1, sealed.revision);

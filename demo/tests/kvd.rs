@@ -1141,6 +1141,10 @@ fn a_handoff_while_the_disk_is_full_commits_and_writes_resume_once_space_returns
         outcome.sealed_revisions, outcome.advertised_revisions,
         "the successor opened exactly what was sealed"
     );
+    assert!(
+        !rig.data.join(SNAPSHOT_FILE).exists(),
+        "the seal compacted after all: this test did not cover a seal on a full disk"
+    );
     let (version, pid) = rig.version();
     assert_eq!(version, "v2");
     assert_ne!(pid, old);
