@@ -46,6 +46,7 @@
 //! fewer rounds, `HANDOFF_BENCH_DIR=/tmp` to hand off on the disk). It exits non-zero if a handoff fails, never because a
 //! target is missed.
 
+use handoff_std::PerformHandoff;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{BufRead, BufReader, Read};

@@ -70,9 +70,11 @@
 //!   ends only after the hook's completion is reported: report it even when
 //!   the connection is gone.
 //! - **`new`'s parameters** are the process's own pid and build id, as the
-//!   `Hello` announces them. A build id too long for the frame buffer is
-//!   announced empty (it is for the operator's logs only); keep it under a
-//!   few hundred bytes.
+//!   `Hello` announces them. A build id longer than [`MAX_BUILD_ID_LEN`] is
+//!   a caller's error: check it before `new` and refuse it (the project's
+//!   drivers fail with `InvalidInput`). The machines cannot fail later
+//!   without an allocator, so `new` given one anyway announces an empty
+//!   build id rather than none.
 //! - **The supervisor talks only to the incumbent it knows.** Call
 //!   [`SupervisorHandoff::expect_incumbent`] with its pid, report each
 //!   connect with the listener's pid from `SO_PEERCRED`
@@ -242,25 +244,19 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-// `arbitrary`'s derive names `::std`; the fuzzing surface only builds for hosts.
-#[cfg(feature = "fuzzing")]
-extern crate std;
 
-mod buffer;
-mod codec;
-mod error;
-mod frame;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
-mod incumbent;
-mod journal;
-mod machine;
-mod message;
-mod successor;
-mod supervisor;
-mod time;
-mod wire;
+pub mod buffer;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod incumbent;
+pub mod journal;
+pub mod machine;
+pub mod message;
+pub mod successor;
+pub mod supervisor;
+pub mod time;
+pub mod wire;
 
 pub use buffer::{Buffer, DefaultBuffer};
 pub use error::{DecodeError, DecodeErrorKind, EncodeError, FrameError};
@@ -283,6 +279,7 @@ pub use supervisor::{
 };
 pub use time::Instant;
 pub use wire::{
-    Capabilities, HandoffId, LEN_PREFIX, MAX_FRAME_LEN, MIN_FRAME_LEN, MessageKind, PROTO_MAX,
-    PROTO_MIN, ProtoVersion, Side, VERSION_FIELD, VersionMismatch, negotiate_version,
+    Capabilities, HandoffId, LEN_PREFIX, MAX_BUILD_ID_LEN, MAX_FRAME_LEN, MIN_FRAME_LEN,
+    MessageKind, PROTO_MAX, PROTO_MIN, ProtoVersion, Side, VERSION_FIELD, VersionMismatch,
+    negotiate_version,
 };

@@ -399,9 +399,11 @@ pub(crate) fn outbox_with_hello<A: Copy, B: Buffer>(
         proto_max: crate::wire::PROTO_MAX,
         capabilities,
     };
-    if !out.send((), crate::wire::PROTO_MAX, &hello(build_id)) {
-        // A build id too long for the frame buffer: announce without it
-        // rather than not at all.
+    let fits = build_id.len() <= crate::wire::MAX_BUILD_ID_LEN;
+    if !fits || !out.send((), crate::wire::PROTO_MAX, &hello(build_id)) {
+        // A build id over the limit (a caller's error, see the crate docs)
+        // or too long for the frame buffer: announce without it rather than
+        // not at all.
         let _ = out.send((), crate::wire::PROTO_MAX, &hello(&[]));
     }
     out

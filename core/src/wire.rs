@@ -19,6 +19,13 @@ pub const PROTO_MAX: ProtoVersion = 1;
 pub const MAX_FRAME_LEN: u32 = 1 << 20;
 /// The smallest legal `frame_len`: the version field alone.
 pub const MIN_FRAME_LEN: u32 = 2;
+/// The longest build id a `Hello` carries: one that fits a `Hello` in the
+/// smallest frame buffer ([`crate::DefaultBuffer`]) with room to spare. It
+/// is for the operator's logs, so a few dozen bytes (a version, a commit)
+/// are what it is for. A driver refuses a longer one with an error (see
+/// the crate docs).
+pub const MAX_BUILD_ID_LEN: usize = 1024;
+
 /// Bytes of the `frame_len` prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bytes of the `proto_version` field.

@@ -40,6 +40,7 @@
 //! `supervise` runs one handoff as a supervisor process (the listener comes
 //! inherited as `kv`, as from systemd), for tests that kill the supervisor.
 
+use handoff_std::PerformHandoff;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;

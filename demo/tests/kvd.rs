@@ -10,6 +10,7 @@
 //! pass. Process tests run one at a time: they measure latencies, and the
 //! killed-supervisor test makes this process a subreaper.
 
+use handoff_std::PerformHandoff;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,6 +1,6 @@
 //! A script of supervisor bytes, hook completions and clock moves against one incumbent session.
-//! The body is `handoff_core::fuzzing::incumbent`, which the corpus replay test
-//! in `core/tests/fuzz_corpus.rs` also runs on stable.
+//! The body is `handoff_fuzz_harness::incumbent`, which the corpus replay test
+//! in `fuzz-harness/tests/fuzz_corpus.rs` also runs on stable.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| handoff_core::fuzzing::incumbent(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| handoff_fuzz_harness::incumbent(data));

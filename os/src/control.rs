@@ -173,21 +173,7 @@ impl Drop for StagedControlSocket {
 /// being stopped and continued (a debugger, `systemctl freeze`) is tried
 /// again with the time left.
 pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<UnixStream> {
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.len() > MAX_PATH_LEN || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} cannot name a Unix socket", path.display()),
-        ));
-    }
-    // SAFETY: all zeroes is a valid `sockaddr_un`; the path fits (checked
-    // above) and leaves the terminating NUL in place.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    let (addr, len) = socket_address(path)?;
     let until = std::time::Instant::now() + timeout;
     loop {
         // SAFETY: plain socket call; the descriptor is owned at once.
@@ -229,6 +215,61 @@ pub fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<U
                     _ => e,
                 });
             }
+        }
+    }
+}
+
+/// `path` as a `sockaddr_un` and the length to pass with it.
+fn socket_address(path: &Path) -> io::Result<(libc::sockaddr_un, usize)> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_PATH_LEN || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} cannot name a Unix socket", path.display()),
+        ));
+    }
+    // SAFETY: all zeroes is a valid `sockaddr_un`; the path fits (checked
+    // above) and leaves the terminating NUL in place.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    Ok((addr, len))
+}
+
+/// Connects to the Unix stream socket at `path` without waiting: the
+/// returned stream is non-blocking. A listener whose accept queue is full
+/// is `WouldBlock` at once (a Unix connect either completes or fails; it is
+/// never left in progress), which [`is_not_listening`] counts as "not
+/// there yet", so an event loop retries it on a timer of its own instead of
+/// stalling on it.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let (addr, len) = socket_address(path)?;
+    // SAFETY: plain socket call; the descriptor is owned at once.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` was just made and belongs to nobody else.
+    let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    loop {
+        // SAFETY: `addr` is a valid `sockaddr_un` of at least `len` bytes.
+        let ret = unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                (&raw const addr).cast::<libc::sockaddr>(),
+                len as libc::socklen_t,
+            )
+        };
+        match cvt(ret) {
+            Ok(_) => return Ok(sock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
 }

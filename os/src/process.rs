@@ -183,6 +183,65 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::R
     Ok(pollfds.iter().map(|p| p.revents & ready != 0).collect())
 }
 
+/// What [`poll_ready`] found for one descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Readable, hung up or in error: a read will not wait.
+    pub readable: bool,
+    /// Room to write (or in error: a write will not wait).
+    pub writable: bool,
+}
+
+/// `poll(2)` over `fds`, each watched for reading and, when its flag is
+/// set, for writing too; `None` waits forever. `EINTR` is retried with the
+/// time left.
+///
+/// Raw descriptors, not borrowed ones, so that a loop can keep a table of
+/// what its driver asked it to watch without owning or borrowing the
+/// sockets: polling a descriptor that was closed meanwhile reports
+/// `POLLNVAL` (ready), and the driver's read then finds nothing.
+pub fn poll_ready(
+    fds: &[(std::os::fd::RawFd, bool)],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<Readiness>> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, write)| libc::pollfd {
+            fd,
+            events: if write {
+                libc::POLLIN | libc::POLLOUT
+            } else {
+                libc::POLLIN
+            },
+            revents: 0,
+        })
+        .collect();
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => timeout_ms(d.saturating_duration_since(Instant::now())),
+        };
+        // SAFETY: `pollfds` is a live, initialised array of exactly
+        // `pollfds.len()` entries; the kernel only reads the descriptor
+        // numbers and writes `revents` (a closed one is `POLLNVAL`).
+        let ret = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
+        match cvt(ret) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let failed = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+    Ok(pollfds
+        .iter()
+        .map(|p| Readiness {
+            readable: p.revents & (libc::POLLIN | failed) != 0,
+            writable: p.revents & (libc::POLLOUT | failed) != 0,
+        })
+        .collect())
+}
+
 /// This process's effective user id: whose files it may trust, and whom a
 /// peer must be (besides root) to talk to it.
 pub fn effective_uid() -> u32 {

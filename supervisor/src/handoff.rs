@@ -5,6 +5,7 @@
 //! in the incumbent's place when it commits, finds out what became of the
 //! incumbent when it aborts, logs each phase and tells systemd the outcome.
 
+use handoff_std::PerformHandoff;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::TryLockError;

@@ -1,140 +1,145 @@
-//! One control connection in a mio loop: reads into an [`Inbox`] the
-//! machine takes frames from, and writes whole frames through a buffer that
-//! waits for the next writable event when the socket is full, so nothing
-//! ever blocks the loop.
+//! What the mio adapter does for a driver: register the descriptors the
+//! driver asks it to watch in the caller's `Registry`, each under the
+//! caller's token for its [`Source`]. Everything else (reads, bounded
+//! writes, the rule for a peer that stops reading) is the driver's.
+//!
+//! A [`MioIo`] is made for each call into a driver, because the registry
+//! is lent by the caller only for that call; what is registered is kept
+//! between calls in a [`Registered`] beside the driver.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-use handoff_std::conn::{Inbox, MAX_UNSENT, WRITE_TIMEOUT};
-use handoff_std::os::control::send_some;
-use mio::net::UnixStream;
+use handoff_driver::{Io, Source};
+use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-/// What a read found.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Read {
-    /// Bytes are in the inbox.
-    Data,
-    /// Nothing more for now.
-    WouldBlock,
-    /// The peer closed, or the socket failed.
-    Closed,
+/// The descriptors registered for one driver, by source, with the
+/// descriptor each was registered with.
+#[derive(Debug, Default)]
+pub(crate) struct Registered(Vec<(Source, RawFd)>);
+
+impl Registered {
+    fn fd(&self, source: Source) -> Option<RawFd> {
+        self.0.iter().find(|(s, _)| *s == source).map(|&(_, fd)| fd)
+    }
+
+    fn set(&mut self, source: Source, fd: RawFd) {
+        self.forget(source);
+        self.0.push((source, fd));
+    }
+
+    fn forget(&mut self, source: Source) {
+        self.0.retain(|(s, _)| *s != source);
+    }
 }
 
-pub(crate) struct Conn {
-    pub(crate) stream: UnixStream,
-    pub(crate) token: Token,
-    pub(crate) inbox: Inbox,
-    out: Vec<u8>,
-    sent: usize,
-    wants_write: bool,
-    /// Since when bytes have waited for the socket to take them.
-    stalled_since: Option<std::time::Instant>,
+/// A driver's [`Io`] for one call: the caller's registry, the tokens of
+/// the sources this driver may watch, and what is registered already.
+pub(crate) struct MioIo<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) tokens: &'a [(Source, Token)],
+    pub(crate) registered: &'a mut Registered,
 }
 
-impl Conn {
-    pub(crate) fn register(
-        mut stream: UnixStream,
-        registry: &Registry,
-        token: Token,
-    ) -> io::Result<Conn> {
-        registry.register(&mut stream, token, Interest::READABLE)?;
-        Ok(Conn {
-            stream,
-            token,
-            inbox: Inbox::new(),
-            out: Vec::new(),
-            sent: 0,
-            wants_write: false,
-            stalled_since: None,
-        })
+impl MioIo<'_> {
+    fn token(&self, source: Source) -> io::Result<Token> {
+        self.tokens
+            .iter()
+            .find(|(s, _)| *s == source)
+            .map(|&(_, t)| t)
+            .ok_or_else(|| io::Error::other(format!("no token was given for {source:?}")))
     }
+}
 
-    pub(crate) fn deregister(mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.stream);
-    }
-
-    /// Reads once into the (empty) inbox.
-    pub(crate) fn read(&mut self) -> Read {
-        match self.inbox.fill(&mut self.stream) {
-            Ok(0) => Read::Closed,
-            Ok(_) => Read::Data,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::WouldBlock,
-            Err(_) => Read::Closed,
-        }
-    }
-
-    /// Queues a frame and writes what the socket takes now. A peer that
-    /// has left bytes unread for [`WRITE_TIMEOUT`], or so many that the
-    /// queue would pass [`MAX_UNSENT`], stopped reading: an error, which
-    /// ends the session.
-    pub(crate) fn send(&mut self, registry: &Registry, frame: &[u8]) -> io::Result<()> {
-        let stalled = self
-            .stalled_since
-            .is_some_and(|t| t.elapsed() >= WRITE_TIMEOUT);
-        if stalled || self.out.len() - self.sent + frame.len() > MAX_UNSENT {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer stopped reading its control socket",
-            ));
-        }
-        self.out.extend_from_slice(frame);
-        self.flush(registry)
-    }
-
-    /// Writes what is queued; asks for a writable event if some is left.
-    pub(crate) fn flush(&mut self, registry: &Registry) -> io::Result<()> {
-        while self.sent < self.out.len() {
-            match send_some(self.stream.as_fd(), &self.out[self.sent..]) {
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+impl Io for MioIo<'_> {
+    fn watch(&mut self, source: Source, fd: BorrowedFd<'_>, write: bool) -> io::Result<()> {
+        let token = self.token(source)?;
+        let raw = fd.as_raw_fd();
+        let interest = if write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let mut sfd = SourceFd(&raw);
+        // The same descriptor again only changes its interest. Should the
+        // kernel disagree with our record (the descriptor was closed and
+        // its number reused without an unwatch, which drops it from epoll;
+        // or a new one was watched under a source still recorded), the
+        // other call is the right one.
+        let result = if self.registered.fd(source) == Some(raw) {
+            match self.registry.reregister(&mut sfd, token, interest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.registry.register(&mut sfd, token, interest)
+                }
+                r => r,
             }
-        }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-            self.stalled_since = None;
-        } else if self.stalled_since.is_none() {
-            self.stalled_since = Some(std::time::Instant::now());
-        }
-        let want = !self.out.is_empty();
-        if want != self.wants_write {
-            let interest = if want {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            registry.reregister(&mut self.stream, self.token, interest)?;
-            self.wants_write = want;
-        }
+        } else {
+            match self.registry.register(&mut sfd, token, interest) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    self.registry.reregister(&mut sfd, token, interest)
+                }
+                r => r,
+            }
+        };
+        result?;
+        self.registered.set(source, raw);
         Ok(())
     }
+
+    fn unwatch(&mut self, source: Source, fd: BorrowedFd<'_>) {
+        if self.registered.fd(source).is_some() {
+            // Fails only if the descriptor is not registered, which is
+            // what was wanted.
+            let _ = self.registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
+            self.registered.forget(source);
+        }
+    }
+}
+
+/// What a mio event means for a driver: `(writable, readable)`. A
+/// hang-up or an error counts as readable, since a read is what finds out
+/// about it.
+pub(crate) fn readiness(event: &mio::event::Event) -> (bool, bool) {
+    (
+        event.is_writable(),
+        event.is_readable() || event.is_read_closed() || event.is_error(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
 
     #[test]
-    fn a_peer_that_stops_reading_ends_the_session_instead_of_growing_a_buffer() {
+    fn watching_again_changes_the_interest_and_unwatch_deregisters() {
         let poll = mio::Poll::new().unwrap();
         let (ours, _theirs) = UnixStream::pair().unwrap();
-        let mut conn = Conn::register(ours, poll.registry(), Token(0)).unwrap();
-        // Heartbeat-sized frames to a peer that never reads: the socket
-        // buffer fills, then the queue, and then a send fails.
-        let frame = [0u8; 14];
-        let mut queued = 0usize;
-        let failed = (0..1_000_000).find(|_| {
-            let r = conn.send(poll.registry(), &frame);
-            queued += frame.len();
-            r.is_err()
-        });
+        let tokens = [(Source::Control, Token(7))];
+        let mut registered = Registered::default();
+        let mut io = MioIo {
+            registry: poll.registry(),
+            tokens: &tokens,
+            registered: &mut registered,
+        };
+        io.watch(Source::Control, ours.as_fd(), false).unwrap();
+        io.watch(Source::Control, ours.as_fd(), true).unwrap();
+        io.watch(Source::Control, ours.as_fd(), false).unwrap();
         assert!(
-            failed.is_some(),
-            "{queued} bytes queued to a peer that reads nothing"
+            io.watch(Source::Listener, ours.as_fd(), false).is_err(),
+            "a source without a token"
         );
-        assert!(conn.out.len() - conn.sent <= MAX_UNSENT);
+        io.unwatch(Source::Control, ours.as_fd());
+        assert_eq!(registered.fd(Source::Control), None);
+        // Deregistered: registering it afresh works.
+        poll.registry()
+            .register(
+                &mut SourceFd(&ours.as_raw_fd()),
+                Token(8),
+                Interest::READABLE,
+            )
+            .unwrap();
     }
 }

@@ -1,11 +1,15 @@
 //! # handoff-mio
 //!
-//! [`handoff_core`]'s three machines driven from the caller's `mio::Poll`,
-//! with the operating-system layer of [`handoff_std::os`]. Nothing here
-//! waits on the network or on a peer in the loop; the exceptions are a
+//! [`handoff_driver`]'s drivers run from the caller's `mio::Poll`. The
+//! drivers carry out the protocol (connects, bounded writes, reads, the
+//! lock, spawning, signals, the journal); this crate only registers the
+//! descriptors they ask it to watch under the caller's tokens, passes
+//! mio's events and the loop's timeouts back to them, and turns the
+//! incumbent's hooks into events for the daemon's loop. Nothing here waits
+//! on the network or on a peer in the loop; the exceptions are a
 //! supervisor with a journal, which writes it on a thread of its own (and,
-//! when a handoff starts or ends, waits for the previous handoff's last
-//! record to be on disk), and reaping a successor that was sent `SIGKILL`:
+//! when a handoff starts, waits for the previous handoff's last record to
+//! be on disk), and reaping a successor that was sent `SIGKILL`:
 //!
 //! - [`MioIncumbent`]: the control listener and the current session under
 //!   two of the caller's tokens; drain, seal and resume come out as
@@ -23,8 +27,10 @@
 //! `poll_event`.
 //!
 //! ```no_run
+//! use handoff_core::DrainReport;
+//! use handoff_driver::SealOutput;
 //! use handoff_mio::{IncumbentEvent, MioIncumbent};
-//! use handoff_std::{DataDirLock, DrainReport, SealOutput};
+//! use handoff_os::lock::DataDirLock;
 //! use mio::{Events, Poll, Token};
 //! use std::path::Path;
 //!

@@ -1,32 +1,30 @@
 //! A supervisor for many services in one mio loop. Each service is a
-//! [`handoff_std::Supervisor`] (its control socket, listeners, journal and
-//! timings); any number of them may be handing off at once, each handoff a
-//! core machine with its two connections and a pidfd for its successor
-//! registered in the caller's `Poll` under tokens from the caller's range.
-//! Other threads start handoffs through a [`Remote`] (a channel and a
-//! `mio::Waker`).
+//! [`handoff_driver::Supervisor`] (its control socket, listeners, journal
+//! and timings); any number of them may be handing off at once, each
+//! handoff a [`SupervisorDriver`] whose two connections and successor's
+//! pidfd are registered in the caller's `Poll` under tokens from the
+//! caller's range. Other threads start handoffs through a [`Remote`] (a
+//! channel and a `mio::Waker`).
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use handoff_core::{Peer, SupervisorHandoff, SupervisorOutput};
-use handoff_std::crash;
-use handoff_std::os::process::{EXIT_POLL_INTERVAL, ExitWatch};
-use handoff_std::{
-    HandoffLedger, HandoffOutcome, LedgerStep, SharedHandoffSlot, SpawnSpec, Supervisor,
-    SupervisorError, clock,
+use handoff_driver::{
+    HandoffOutcome, SharedHandoffSlot, Source, SpawnSpec, Supervisor, SupervisorDriver,
+    SupervisorError,
 };
 use mio::event::Event;
-use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token, Waker};
+use mio::{Registry, Token, Waker};
 
-use crate::conn::{Conn, Read};
+use crate::conn::{MioIo, Registered, readiness};
 
 /// Tokens each handoff uses: the incumbent, the successor, its exit.
 const TOKENS_PER_HANDOFF: usize = 3;
+
+/// What each of a handoff's tokens stands for, in token order.
+const SOURCES: [Source; TOKENS_PER_HANDOFF] = [Source::Incumbent, Source::Successor, Source::Exit];
 
 /// A service added to a [`MioSupervisor`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,16 +42,12 @@ pub enum SupervisorEvent {
 
 struct Run {
     service: ServiceId,
-    spec: SpawnSpec,
-    machine: SupervisorHandoff<Vec<u8>>,
-    /// Dropped with the run (a loop dropped with handoffs in flight), it
-    /// stops the successor and clears the journal record; first, so that
-    /// the successor is gone before the incumbent's session closes and it
-    /// takes the lock back.
-    ledger: HandoffLedger<Arc<Supervisor>>,
-    incumbent: Option<Conn>,
-    successor: Option<Conn>,
-    exit: Option<ExitWatch>,
+    /// The handoff. Declared before the claim, so dropped first: a loop
+    /// dropped with handoffs in flight stops each successor and clears its
+    /// journal record while the slot is still held.
+    driver: SupervisorDriver<Arc<Supervisor>>,
+    /// What the driver has registered, kept between calls.
+    registered: Registered,
     /// The supervisor's in-flight slot, given back when the run ends.
     _claim: SharedHandoffSlot,
 }
@@ -69,7 +63,6 @@ struct RemoteEnd {
 /// Many services' handoffs in one event loop.
 pub struct MioSupervisor {
     services: Vec<Arc<Supervisor>>,
-    busy: Vec<bool>,
     runs: Vec<Option<Run>>,
     token_base: usize,
     max_handoffs: usize,
@@ -110,7 +103,6 @@ impl MioSupervisor {
     pub fn new(token_base: usize, max_handoffs: usize) -> MioSupervisor {
         MioSupervisor {
             services: Vec::new(),
-            busy: Vec::new(),
             runs: (0..max_handoffs).map(|_| None).collect(),
             token_base,
             max_handoffs,
@@ -123,7 +115,6 @@ impl MioSupervisor {
     /// other adapters between this loop's handoffs).
     pub fn add_service(&mut self, service: impl Into<Arc<Supervisor>>) -> ServiceId {
         self.services.push(service.into());
-        self.busy.push(false);
         ServiceId(self.services.len() - 1)
     }
 
@@ -161,7 +152,8 @@ impl MioSupervisor {
         Ok(Remote { tx, waker })
     }
 
-    /// Starts handing off `service` to `spec`.
+    /// Starts handing off `service` to `spec`. With a journal, this waits
+    /// until the previous handoff's last record of this service is on disk.
     pub fn start_handoff(
         &mut self,
         registry: &Registry,
@@ -174,11 +166,9 @@ impl MioSupervisor {
                 format!("no service {}", service.0),
             )));
         };
-        if self.busy[service.0] {
-            return Err(SupervisorError::HandoffInProgress);
-        }
-        // The supervisor's own slot too: another adapter (a trigger served on
-        // a thread, say) may share this supervisor.
+        // The supervisor's own slot, not a flag of this loop's: another
+        // adapter (a trigger served on a thread, say) may share this
+        // supervisor, and one handoff at a time holds across them.
         let claim = sup.claim_shared()?;
         let Some(slot) = self.runs.iter().position(|r| r.is_none()) else {
             return Err(SupervisorError::Io(io::Error::other(format!(
@@ -186,21 +176,13 @@ impl MioSupervisor {
                 self.max_handoffs
             ))));
         };
-        let machine = sup.new_handoff(&spec);
-        self.busy[service.0] = true;
         self.runs[slot] = Some(Run {
             service,
-            spec,
-            machine,
-            incumbent: None,
-            successor: None,
-            exit: None,
-            // Its journal is written off the loop: fsyncs never stall other
-            // services.
-            ledger: HandoffLedger::new(sup.clone()),
+            driver: SupervisorDriver::new(sup.clone(), spec),
+            registered: Registered::default(),
             _claim: claim,
         });
-        self.pump(registry, slot);
+        self.drive(registry, slot, |driver, io| driver.start(io));
         Ok(())
     }
 
@@ -211,48 +193,22 @@ impl MioSupervisor {
 
     /// The earliest deadline of all handoffs in flight.
     pub fn timeout(&self) -> Option<std::time::Instant> {
-        // A successor whose exit cannot be watched (no pidfd) is looked at
-        // this often, as the blocking adapter does.
-        let poll_child = self
-            .runs
-            .iter()
-            .flatten()
-            .any(|r| r.ledger.has_successor() && r.exit.is_none())
-            .then(|| std::time::Instant::now() + EXIT_POLL_INTERVAL);
         self.runs
             .iter()
             .flatten()
-            .filter_map(|r| r.machine.poll_timeout())
-            .min()
-            .map(clock::to_std)
-            .into_iter()
-            .chain(poll_child)
+            .filter_map(|r| r.driver.poll_timeout())
             .min()
     }
 
-    /// Time passed.
+    /// Time passed; early or repeated calls do nothing.
     pub fn handle_timeout(&mut self, registry: &Registry) {
-        let now = clock::now();
         for slot in 0..self.runs.len() {
-            if let Some(run) = self.runs[slot].as_mut() {
-                if run.exit.is_none()
-                    && let Some(child) = run.ledger.successor()
-                    && matches!(child.try_wait(), Ok(Some(_)))
-                {
-                    // No pidfd on this kernel: the child is looked at on
-                    // every timeout instead.
-                    run.ledger.reap();
-                    run.machine.handle_successor_exited(now);
-                }
-                run.machine.handle_timeout(now);
-                self.pump(registry, slot);
-            }
+            self.drive(registry, slot, |driver, io| driver.handle_timeout(io));
         }
     }
 
     /// Handles `event` if it is one of ours; returns whether it was.
     pub fn handle_event(&mut self, registry: &Registry, event: &Event) -> bool {
-        let token = event.token().0;
         if self
             .remote
             .as_ref()
@@ -261,52 +217,25 @@ impl MioSupervisor {
             self.take_commands(registry);
             return true;
         }
+        let token = event.token().0;
         if token < self.token_base
             || token >= self.token_base + TOKENS_PER_HANDOFF * self.max_handoffs
         {
             return false;
         }
         let slot = (token - self.token_base) / TOKENS_PER_HANDOFF;
-        let which = (token - self.token_base) % TOKENS_PER_HANDOFF;
-        let Some(run) = self.runs[slot].as_mut() else {
-            // A stale event for a handoff that just ended.
-            return true;
-        };
-        match which {
-            0 | 1 => {
-                let peer = if which == 0 {
-                    Peer::Incumbent
-                } else {
-                    Peer::Successor
-                };
-                if event.is_writable() {
-                    let (conn, machine) = split(run, peer);
-                    if let Some(c) = conn.as_mut()
-                        && c.flush(registry).is_err()
-                    {
-                        if let Some(c) = conn.take() {
-                            c.deregister(registry);
-                        }
-                        machine.handle_closed(clock::now(), peer);
-                    }
-                }
-                self.read(registry, slot, peer);
+        let source = SOURCES[(token - self.token_base) % TOKENS_PER_HANDOFF];
+        let (writable, readable) = readiness(event);
+        // A stale event for a handoff that just ended finds no run, or the
+        // next handoff in the slot, which reads nothing from it.
+        self.drive(registry, slot, |driver, io| {
+            if writable {
+                driver.handle_writable(io, source);
             }
-            _ => {
-                if let Some(watch) = run.exit.take() {
-                    let _ = registry.deregister(&mut SourceFd(&watch.as_fd().as_raw_fd()));
-                }
-                run.ledger.reap();
-                run.machine.handle_successor_exited(clock::now());
+            if readable {
+                driver.handle_readable(io, source);
             }
-        }
-        // After every wake-up, as every adapter does: a peer that never
-        // stops sending must not hold off the deadlines, whatever the
-        // caller's loop does (an early call does nothing).
-        if let Some(run) = self.runs[slot].as_mut() {
-            run.machine.handle_timeout(clock::now());
-        }
-        self.pump(registry, slot);
+        });
         true
     }
 
@@ -323,143 +252,39 @@ impl MioSupervisor {
         }
     }
 
-    fn read(&mut self, registry: &Registry, slot: usize, peer: Peer) {
-        loop {
-            let Some(run) = self.runs[slot].as_mut() else {
-                return;
-            };
-            let (conn, machine) = split(run, peer);
-            let Some(c) = conn.as_mut() else { return };
-            if c.inbox.is_empty() {
-                match c.read() {
-                    Read::Data => {}
-                    Read::WouldBlock => return,
-                    Read::Closed => {
-                        if let Some(c) = conn.take() {
-                            c.deregister(registry);
-                        }
-                        machine.handle_closed(clock::now(), peer);
-                        self.pump(registry, slot);
-                        return;
-                    }
-                }
-            }
-            let used = machine.handle_input(clock::now(), peer, c.inbox.pending());
-            c.inbox.consume(used);
-            self.pump(registry, slot);
-        }
+    /// The tokens of the handoff in `slot`, by source.
+    fn tokens(&self, slot: usize) -> [(Source, Token); TOKENS_PER_HANDOFF] {
+        let base = self.token_base + slot * TOKENS_PER_HANDOFF;
+        std::array::from_fn(|i| (SOURCES[i], Token(base + i)))
     }
 
-    fn token(&self, slot: usize, which: usize) -> Token {
-        Token(self.token_base + slot * TOKENS_PER_HANDOFF + which)
-    }
-
-    /// Carries out the outputs of the handoff in `slot`.
-    fn pump(&mut self, registry: &Registry, slot: usize) {
-        loop {
-            let tokens = (
-                self.token(slot, 0),
-                self.token(slot, 1),
-                self.token(slot, 2),
-            );
-            let Some(run) = self.runs[slot].as_mut() else {
-                return;
-            };
-            let sup = &self.services[run.service.0];
-            let Some(out) = run.machine.poll_output() else {
-                return;
-            };
-            let now = clock::now();
-            match out {
-                SupervisorOutput::ConnectIncumbent => {
-                    let connected = mio::net::UnixStream::connect(sup.control_socket());
-                    run.incumbent =
-                        run.ledger
-                            .connected(&mut run.machine, connected)
-                            .and_then(|s| match Conn::register(s, registry, tokens.0) {
-                                Ok(conn) => Some(conn),
-                                Err(e) => {
-                                    run.ledger.note(format!("registering the connection: {e}"));
-                                    run.machine.handle_closed(now, Peer::Incumbent);
-                                    None
-                                }
-                            });
-                }
-                SupervisorOutput::Transmit { to, frame } => {
-                    // Fields, not a helper: `frame` borrows the machine.
-                    let conn = match to {
-                        Peer::Incumbent => &mut run.incumbent,
-                        Peer::Successor => &mut run.successor,
-                    };
-                    let failed = match conn.as_mut() {
-                        Some(c) => c.send(registry, frame).is_err(),
-                        None => true,
-                    };
-                    if failed {
-                        if let Some(c) = conn.take() {
-                            c.deregister(registry);
-                        }
-                        run.machine.handle_closed(now, to);
-                    } else {
-                        crash::frame('s', true, frame);
-                    }
-                }
-                SupervisorOutput::SpawnSuccessor => {
-                    let spawned = run.ledger.spawn(&mut run.machine, &run.spec, |stream| {
-                        stream.set_nonblocking(true)?;
-                        Conn::register(mio::net::UnixStream::from_std(stream), registry, tokens.1)
-                    });
-                    if let Some((conn, pid)) = spawned {
-                        run.exit = ExitWatch::new(pid).ok().filter(|w| {
-                            registry
-                                .register(
-                                    &mut SourceFd(&w.as_fd().as_raw_fd()),
-                                    tokens.2,
-                                    Interest::READABLE,
-                                )
-                                .is_ok()
-                        });
-                        run.successor = Some(conn);
-                    }
-                }
-                SupervisorOutput::Disconnect(peer) => {
-                    if let Some(c) = split(run, peer).0.take() {
-                        c.deregister(registry);
-                    }
-                }
-                SupervisorOutput::Finished(o) => {
-                    let outcome = run.ledger.finish(&o);
-                    let Some(mut run) = self.runs[slot].take() else {
-                        return;
-                    };
-                    for conn in [run.incumbent.take(), run.successor.take()]
-                        .into_iter()
-                        .flatten()
-                    {
-                        conn.deregister(registry);
-                    }
-                    if let Some(watch) = run.exit.take() {
-                        let _ = registry.deregister(&mut SourceFd(&watch.as_fd().as_raw_fd()));
-                    }
-                    self.busy[run.service.0] = false;
-                    self.events
-                        .push_back(SupervisorEvent::Finished(run.service, Box::new(outcome)));
-                    return;
-                }
-                other => {
-                    if run.ledger.carry_out(&other) == LedgerStep::JournalFailed {
-                        run.machine.handle_journal_failed(now);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The connection to `peer` and the machine, borrowed apart.
-fn split(run: &mut Run, peer: Peer) -> (&mut Option<Conn>, &mut SupervisorHandoff<Vec<u8>>) {
-    match peer {
-        Peer::Incumbent => (&mut run.incumbent, &mut run.machine),
-        Peer::Successor => (&mut run.successor, &mut run.machine),
+    /// Runs `f` on the driver in `slot` with this call's [`MioIo`]; once
+    /// the handoff is over, frees the slot and reports its outcome.
+    fn drive(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        f: impl FnOnce(&mut SupervisorDriver<Arc<Supervisor>>, &mut MioIo<'_>),
+    ) {
+        let tokens = self.tokens(slot);
+        let Some(run) = self.runs[slot].as_mut() else {
+            return;
+        };
+        let mut io = MioIo {
+            registry,
+            tokens: &tokens,
+            registered: &mut run.registered,
+        };
+        f(&mut run.driver, &mut io);
+        let Some(outcome) = run.driver.take_outcome() else {
+            return;
+        };
+        let service = run.service;
+        // The driver has deregistered everything by now. Dropped before
+        // the outcome is reported, so that the supervisor's slot is free
+        // for a handoff the caller starts on hearing of it.
+        self.runs[slot] = None;
+        self.events
+            .push_back(SupervisorEvent::Finished(service, Box::new(outcome)));
     }
 }

@@ -1,19 +1,27 @@
 //! # handoff-smol
 //!
-//! [`handoff_core`]'s machines as async fns on `async-io`, with the
-//! operating-system layer of [`handoff_std::os`]: they run under smol and
-//! under any executor that polls async-io futures, and block nothing.
+//! The async adapter of handoff: [`handoff_driver`]'s drivers run as async
+//! fns on `async-io`, so they run under smol and under any executor that
+//! polls async-io futures, and block nothing. The drivers carry out every
+//! protocol step (the same for every runtime); this crate only waits on
+//! the descriptors they watch, runs the daemon's hooks as futures and keeps
+//! their timers. What a daemon needs is re-exported, so a smol daemon needs
+//! only this crate.
 //!
-//! - [`perform_handoff`]: a supervisor's handoff, given a
-//!   [`handoff_std::Supervisor`] for the listeners, journal and timings.
+//! - [`perform_handoff`]: a supervisor's handoff, given a [`Supervisor`]
+//!   for the listeners, journal and timings.
 //! - [`serve`]: an incumbent's control sessions over an [`AsyncDrainable`],
 //!   whose hooks are async fns that run concurrently with the session.
-//! - [`handshake`] → [`Handshook::wait_for_begin`] → [`Begun::start_up`] →
-//!   [`Begun::announce_and_bind`]: the successor.
+//! - [`detect_role`] first thing in `main`; then, for a successor,
+//!   [`handshake`] → [`Handshook::wait_for_begin`] → [`Begun::start_up`] →
+//!   [`Begun::announce_and_bind`], and [`serve`] the [`Endpoint`] it returns.
 //!
 //! ```no_run
-//! use handoff_smol::{AsyncDrainable, serve};
-//! use handoff_std::{DataDirLock, DrainReport, HookError, Incumbent, SealOutput};
+//! use handoff_smol::os::listeners::Mode;
+//! use handoff_smol::{
+//!     AsyncDrainable, DataDirLock, DrainReport, Endpoint, HookError, Readiness, Role,
+//!     SealOutput, detect_role, handshake, serve,
+//! };
 //! use std::path::Path;
 //!
 //! struct Db;
@@ -29,25 +37,56 @@
 //!     }
 //! }
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! async_io::block_on(async {
-//!     let lock = DataDirLock::acquire(Path::new("/var/lib/app"))?;
-//!     let incumbent = Incumbent::bind_cold_start(Path::new("/run/app/ctl.sock"), lock)?;
-//!     serve(incumbent, &Db).await?;
-//!     Ok(())
-//! })
-//! # }
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let (data, ctl) = (Path::new("/var/lib/app"), Path::new("/run/app/ctl.sock"));
+//!     let role = detect_role()?;
+//!     async_io::block_on(async {
+//!         let endpoint = match role {
+//!             Role::ColdStart { mut listeners } => {
+//!                 let lock = DataDirLock::acquire(data)?;
+//!                 let _tcp = listeners.take_tcp("app", Mode::NonBlocking)?;
+//!                 // open the state, start serving on `_tcp` …
+//!                 Endpoint::bind_cold_start(ctl, lock)?
+//!             }
+//!             Role::Successor(launch) => {
+//!                 // warm caches here: the old binary still serves meanwhile
+//!                 let mut begun = handshake(launch, b"v2").await?.wait_for_begin(data).await?;
+//!                 let _tcp = begun.listeners().take_tcp("app", Mode::NonBlocking)?;
+//!                 // open the sealed state, start serving on `_tcp` …
+//!                 begun.start_up(async { /* open the state */ }).await?;
+//!                 let ready = Readiness { healthz_ok: true, ..Readiness::default() };
+//!                 begun.announce_and_bind(ready, ctl).await?
+//!             }
+//!         };
+//!         serve(endpoint, &Db).await?; // returns once a successor has taken over
+//!         Ok(())
+//!     })
+//! }
 //! ```
 
 // Every unsafe block of the project's libraries and binaries is in
 // handoff-os (the benchmarks' allocator and echo server aside).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 
-mod conn;
 mod incumbent;
 mod successor;
 mod supervisor;
+mod watched;
 
+/// The operating-system layer, [`handoff_os`] (listeners, the lock, the
+/// control socket, signals).
+pub use handoff_os as os;
+
+pub use handoff_core::{
+    AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentFate, SessionEnd,
+    SuccessorConfig, SuccessorFailure, SuccessorFate, SupervisorConfig,
+};
+pub use handoff_driver::{
+    Endpoint, HandoffOutcome, HookError, Launch, Readiness, Role, SealOutput, ServeEnd, ServeError,
+    SpawnSpec, StateSnapshot, SuccessorError, Supervisor, SupervisorError, detect_role,
+};
+pub use handoff_os::control::PeerPolicy;
+pub use handoff_os::lock::DataDirLock;
 pub use incumbent::{AsyncDrainable, serve, serve_with};
-pub use successor::{Begun, Handshook, handshake};
+pub use successor::{AnnounceError, Begun, Handshook, handshake};
 pub use supervisor::perform_handoff;

@@ -1,81 +1,114 @@
 //! The successor's typestates as async fns: [`handshake`] →
 //! [`Handshook::wait_for_begin`] → (take listeners, open the state inside
-//! [`Begun::start_up`]) → [`Begun::announce_and_bind`]. `start_up` runs the
-//! daemon's start-up future concurrently with the protocol in the same
-//! task, so heartbeats go out and an abort stops the wait.
+//! [`Begun::start_up`]) → [`Begun::announce_and_bind`], which returns the
+//! [`Endpoint`] to serve. A [`SuccessorDriver`] speaks the protocol; this
+//! waits on async-io for its control socket and its deadlines. `start_up`
+//! runs the daemon's start-up future concurrently with the protocol in the
+//! same task, so heartbeats go out and an abort stops the wait.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures_lite::future;
-use handoff_core::{HandoffId, SuccessorConfig, SuccessorEnd, SuccessorOutput, SuccessorSession};
-use handoff_std::os::control::stage_control_socket;
-use handoff_std::os::listeners::InheritedListeners;
-use handoff_std::os::lock::DataDirLock;
-use handoff_std::{AnnounceError, Incumbent, Readiness, Successor, SuccessorError, clock, crash};
+use handoff_core::{HandoffId, SuccessorEnd};
+use handoff_driver::{
+    Endpoint, Launch, Readiness, SuccessorDriver, SuccessorError, SuccessorReport,
+};
+use handoff_os::listeners::InheritedListeners;
+use handoff_os::lock::DataDirLock;
 
-use crate::conn::{AsyncConn, Read, readable, timer};
+use crate::watched::{NoExtra, Watched};
 
-/// Says `Hello` for `successor` and waits for the supervisor's answer.
-/// `config` is the one used, in place of any given to
-/// `Successor::with_config`.
+/// Says `Hello` for `successor` (a [`Launch`] from
+/// [`handoff_driver::detect_role`], or a `handoff_std::Successor`) with
+/// `build_id`, and waits for the supervisor's answer. The protocol timings
+/// are the launch's (see [`Launch::with_config`]). Do the start-up work
+/// that needs no lock before this: the old binary still serves meanwhile.
 pub async fn handshake(
-    successor: Successor,
+    successor: impl Into<Launch>,
     build_id: &[u8],
-    config: SuccessorConfig,
 ) -> Result<Handshook, SuccessorError> {
-    let (control, listeners) = successor.into_parts();
-    let conn = AsyncConn::new(control).map_err(SuccessorError::Io)?;
-    let mut driver = Driver {
-        conn: Some(conn),
-        machine: SuccessorSession::new(clock::now(), config, std::process::id(), build_id),
-        data_dir: None,
-        lock: None,
-        ended: None,
+    let launch = successor.into();
+    let config = launch.config();
+    let (control, listeners) = launch.into_parts();
+    let mut io = Watched::default();
+    let driver =
+        SuccessorDriver::new(&mut io, control, config, build_id).map_err(SuccessorError::Io)?;
+    let mut session = Session {
+        driver,
+        io,
+        begun: false,
     };
-    driver.run(Goal::Acked).await?;
-    Ok(Handshook { driver, listeners })
+    while !session.driver.acked() {
+        session.check()?;
+        session.turn().await;
+    }
+    Ok(Handshook { session, listeners })
 }
 
 /// `Hello` answered; waiting for `Begin`.
 pub struct Handshook {
-    driver: Driver,
+    session: Session,
     listeners: InheritedListeners,
 }
 
-impl std::fmt::Debug for Handshook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handshook").finish_non_exhaustive()
+impl fmt::Debug for Handshook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshook")
+            .field("driver", &self.session.driver)
+            .finish_non_exhaustive()
     }
 }
 
 impl Handshook {
     /// The handoff's id.
     pub fn handoff_id(&self) -> Option<HandoffId> {
-        self.driver.machine.handoff_id()
+        self.session.driver.handoff_id()
     }
 
-    /// Waits for `Begin` and takes the data-dir lock of `data_dir`.
+    /// The listeners that came with the process.
+    pub fn listener_names(&self) -> Vec<&str> {
+        self.listeners.names()
+    }
+
+    /// Waits for `Begin`, then takes the data-dir lock of `data_dir` (the
+    /// incumbent released it when it sealed). From the returned state on,
+    /// the process may open the state and serve.
     pub async fn wait_for_begin(mut self, data_dir: &Path) -> Result<Begun, SuccessorError> {
-        self.driver.data_dir = Some(data_dir.to_path_buf());
-        self.driver.run(Goal::Started).await?;
+        let s = &mut self.session;
+        s.driver.set_data_dir(&mut s.io, data_dir);
+        s.take_reports();
+        loop {
+            s.check()?;
+            if s.begun {
+                break;
+            }
+            s.turn().await;
+        }
         Ok(Begun {
-            driver: self.driver,
+            session: self.session,
             listeners: self.listeners,
         })
     }
 }
 
-/// `Begin` received and the lock held.
+/// `Begin` received and the lock held: take the listeners, open the state
+/// (inside [`Begun::start_up`]), start serving, then announce.
+///
+/// Dropped without announcing, it closes the control socket: the
+/// supervisor sees the successor give up, and the old binary resumes.
 pub struct Begun {
-    driver: Driver,
+    session: Session,
     listeners: InheritedListeners,
 }
 
-impl std::fmt::Debug for Begun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Begun").finish_non_exhaustive()
+impl fmt::Debug for Begun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Begun")
+            .field("driver", &self.session.driver)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,193 +120,180 @@ impl Begun {
 
     /// The data-dir lock this process now holds.
     pub fn lock(&self) -> Option<&DataDirLock> {
-        self.driver.lock.as_ref()
+        self.session.driver.lock()
+    }
+
+    /// The handoff's id.
+    pub fn handoff_id(&self) -> Option<HandoffId> {
+        self.session.driver.handoff_id()
     }
 
     /// Runs the daemon's start-up (open the state, start serving) while the
     /// protocol goes on: heartbeats to the supervisor, and an `Abort`, which
-    /// ends the wait with an error (drop the half-started state and exit).
+    /// ends the wait with an error (drop the half-started state, then this,
+    /// and exit).
     pub async fn start_up<T>(
         &mut self,
         work: impl Future<Output = T>,
     ) -> Result<T, SuccessorError> {
+        let s = &mut self.session;
         let protocol = async {
-            // Only the machine's end (an abort) finishes this.
-            Err(match self.driver.run(Goal::Authoritative).await {
-                Err(e) => e,
-                Ok(()) => SuccessorError::Io(io::Error::other("the handoff ended during start-up")),
-            })
+            loop {
+                s.check()?;
+                if s.driver.end().is_some() {
+                    // Authoritative needs a `Ready`, which only
+                    // `announce_and_bind` sends.
+                    return Err(SuccessorError::Io(io::Error::other(
+                        "the handoff ended during start-up",
+                    )));
+                }
+                s.turn().await;
+            }
         };
+        // The daemon's work first: once it is done, it is not dropped for
+        // a protocol step that came at the same moment.
         future::or(async { Ok(work.await) }, protocol).await
     }
 
-    /// Sends `Ready`, takes over the control socket path, and returns the
-    /// incumbent to serve with. On failure the error still holds the lock:
-    /// stop anything that may write before dropping it.
+    /// Binds a new control socket beside `socket_path`, sends `Ready`, then
+    /// takes over the path (renaming the socket over the old incumbent's),
+    /// and returns the [`Endpoint`] to serve with. A path that cannot be
+    /// bound fails here, before `Ready`, while the old binary can still
+    /// resume. If the supervisor aborted the handoff meanwhile (even with
+    /// an `Abort` not yet read), nothing is sent and the error says why.
+    /// The error still holds the data-dir lock: stop anything that may
+    /// write, then drop it (or exit), so the old binary never writes while
+    /// this one still does.
     pub async fn announce_and_bind(
         mut self,
         readiness: Readiness,
         socket_path: &Path,
-    ) -> Result<Incumbent, AnnounceError> {
-        match self.announce(readiness, socket_path).await {
-            Ok(incumbent) => Ok(incumbent),
+    ) -> Result<Endpoint, AnnounceError> {
+        match self.announce(&readiness, socket_path).await {
+            Ok(ep) => Ok(ep),
             Err(error) => Err(AnnounceError {
                 error,
-                lock: self.driver.lock.take(),
+                lock: self.session.driver.take_lock(),
             }),
         }
     }
 
     async fn announce(
         &mut self,
-        readiness: Readiness,
+        readiness: &Readiness,
         socket_path: &Path,
-    ) -> Result<Incumbent, SuccessorError> {
-        // Bound before `Ready`: a path that cannot be bound fails the
-        // handoff while the old binary can still resume.
-        let staged = stage_control_socket(socket_path).map_err(SuccessorError::Io)?;
-        // What the supervisor already sent goes first: an `Abort` queued
-        // while the daemon started up ends the handoff here, before a
-        // `Ready` goes out.
-        self.driver.run(Goal::Settled).await?;
-        readiness.report_to(&mut self.driver.machine, clock::now());
-        self.driver.run(Goal::Authoritative).await?;
-        let lock = self.driver.lock.take().ok_or_else(|| {
+    ) -> Result<Endpoint, SuccessorError> {
+        let s = &mut self.session;
+        s.check()?;
+        s.driver
+            .ready(&mut s.io, readiness, socket_path)
+            .map_err(SuccessorError::Io)?;
+        s.take_reports();
+        loop {
+            s.check()?;
+            if let Some(SuccessorEnd::Authoritative { .. }) = s.driver.end() {
+                break;
+            }
+            s.turn().await;
+        }
+        let (listener, path) = s.driver.install(&mut s.io).map_err(SuccessorError::Io)?;
+        let lock = s.driver.take_lock().ok_or_else(|| {
             SuccessorError::Io(io::Error::other(
                 "the lock was reported held but is missing",
             ))
         })?;
-        let listener = staged.install_as_successor().map_err(SuccessorError::Io)?;
-        Ok(Incumbent::from_parts(listener, socket_path, lock))
+        Ok(Endpoint::from_parts(listener, &path, lock))
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Goal {
-    Acked,
-    Started,
-    Authoritative,
-    /// Everything the supervisor sent so far handed to the machine,
-    /// nothing waited for.
-    Settled,
+/// [`Begun::announce_and_bind`] failed; the lock is still held here.
+#[derive(Debug)]
+pub struct AnnounceError {
+    /// What failed.
+    pub error: SuccessorError,
+    /// The data-dir lock, released when this is dropped.
+    pub lock: Option<DataDirLock>,
 }
 
-struct Driver {
-    conn: Option<AsyncConn>,
-    machine: SuccessorSession<Vec<u8>>,
-    data_dir: Option<PathBuf>,
-    lock: Option<DataDirLock>,
-    /// How the machine ended, once it has: a later `run` reports it again
-    /// instead of waiting on a session that is over.
-    ended: Option<SuccessorEnd>,
+impl fmt::Display for AnnounceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
 }
 
-impl Driver {
-    fn failed(&self, failure: handoff_core::SuccessorFailure) -> SuccessorError {
-        SuccessorError::Failed {
-            failure,
-            abort_reason: self.machine.abort_reason().to_owned(),
+impl std::error::Error for AnnounceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The driver and what this adapter watches for it, from `Hello` to the
+/// end of the handoff.
+struct Session {
+    driver: SuccessorDriver,
+    io: Watched,
+    /// `Begin` came and the lock is held.
+    begun: bool,
+}
+
+impl Session {
+    /// The error of a handoff that failed.
+    fn check(&self) -> Result<(), SuccessorError> {
+        match self.driver.error() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
-    async fn run(&mut self, goal: Goal) -> Result<(), SuccessorError> {
-        'run: loop {
-            match self.ended {
-                Some(SuccessorEnd::Authoritative { .. }) => return Ok(()),
-                Some(SuccessorEnd::Failed(failure)) => return Err(self.failed(failure)),
-                None => {}
+    /// Notes what the driver reported. Its ends are read back from it
+    /// ([`SuccessorDriver::end`], [`SuccessorDriver::error`]); only
+    /// `Begun` is kept here.
+    fn take_reports(&mut self) {
+        while let Some(report) = self.driver.poll_report() {
+            if report == SuccessorReport::Begun {
+                self.begun = true;
             }
-            while let Some(out) = self.machine.poll_output() {
-                let now = clock::now();
-                match out {
-                    SuccessorOutput::Transmit(frame) => {
-                        let sent = match self.conn.as_ref() {
-                            Some(c) => c.send(frame).await.is_ok(),
-                            None => false,
-                        };
-                        if sent {
-                            crash::frame('n', true, frame);
-                        } else {
-                            self.conn = None;
-                            self.machine.handle_closed(now);
-                        }
-                    }
-                    SuccessorOutput::AcquireLock => {
-                        let lock = self.data_dir.as_deref().map(DataDirLock::acquire);
-                        match lock {
-                            Some(Ok(lock)) => {
-                                self.lock = Some(lock);
-                                crash::at("n-after-lock-acquired");
-                                self.machine.handle_lock_acquired(now);
-                            }
-                            _ => self.machine.handle_lock_busy(now),
-                        }
-                    }
-                    SuccessorOutput::Start => {
-                        if goal == Goal::Started {
-                            return Ok(());
-                        }
-                    }
-                    // The lock stays with the caller's state until it is
-                    // dropped, after whatever may write has stopped.
-                    SuccessorOutput::Finished(end) => {
-                        self.ended = Some(end);
-                        continue 'run;
-                    }
-                }
-            }
-            if goal == Goal::Acked && self.machine.version().is_some() {
-                return Ok(());
-            }
-            if let Some(c) = self.conn.as_mut()
-                && !c.inbox.is_empty()
-            {
-                let used = self.machine.handle_input(clock::now(), c.inbox.pending());
-                c.inbox.consume(used);
+        }
+    }
+
+    /// One wait on the control socket, until it is ready or the driver's
+    /// next deadline; passes on what was found. Cancel-safe: only the wait
+    /// is awaited.
+    async fn turn(&mut self) {
+        let woken = self
+            .io
+            .wait::<(), NoExtra>(self.driver.poll_timeout(), None)
+            .await;
+        for r in woken.ready {
+            if !self.io.is_watching(r.source) {
                 continue;
             }
-            if goal == Goal::Settled {
-                // Whatever is readable now, without waiting for more.
-                let Some(c) = self.conn.as_mut() else {
-                    return Ok(());
-                };
-                match c.read() {
-                    Read::Data => continue,
-                    Read::WouldBlock => return Ok(()),
-                    Read::Closed => {
-                        self.conn = None;
-                        self.machine.handle_closed(clock::now());
-                        continue;
-                    }
-                }
+            if r.writable {
+                self.driver.handle_writable(&mut self.io, r.source);
             }
-            let deadline = self.machine.poll_timeout();
-            let input = future::or(
-                async {
-                    readable(self.conn.as_ref()).await;
-                    true
-                },
-                async {
-                    timer(deadline).await;
-                    false
-                },
-            )
-            .await;
-            let now = clock::now();
-            if input {
-                if let Some(c) = self.conn.as_mut() {
-                    match c.read() {
-                        Read::Data | Read::WouldBlock => {}
-                        Read::Closed => {
-                            self.conn = None;
-                            self.machine.handle_closed(now);
-                        }
-                    }
-                }
+            if r.readable {
+                self.driver.handle_readable(&mut self.io, r.source);
             }
-            // Also after input: a peer that never stops sending must not
-            // hold off the deadlines (an early call does nothing).
-            self.machine.handle_timeout(clock::now());
         }
+        self.driver.handle_timeout(&mut self.io);
+        self.take_reports();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn the_successor_futures_can_move_between_threads() {
+        // Only the types are looked at (nothing is called), for executors
+        // that move tasks between threads.
+        let _ = |launch: Launch| assert_send(&handshake(launch, b"v2"));
+        let _ = |h: Handshook| assert_send(&h.wait_for_begin(Path::new("/")));
+        let _ = |b: Begun| {
+            assert_send(&b.announce_and_bind(Readiness::default(), Path::new("/")));
+        };
     }
 }

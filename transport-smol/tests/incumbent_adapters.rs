@@ -2,7 +2,7 @@
 //! over a real control socket (here, beside the cross-adapter conformance
 //! suite):
 //! - what a daemon sets on a handoff-std `Incumbent` still holds once an
-//!   adapter takes it over (`MioIncumbent::from_std`, `handoff_smol::serve`):
+//!   adapter takes it over (`MioIncumbent::new`, `handoff_smol::serve`):
 //!   the build id and the capabilities of the config are in the `Hello`;
 //! - a hook that panics is a failed hook in the std and smol adapters: the
 //!   daemon resumes, keeps its lock and stays reachable for handoffs;
@@ -87,7 +87,7 @@ fn hello(decoder: &mut FrameDecoder, read: &[u8]) -> Option<(Vec<u8>, Capabiliti
 /// Serves `incumbent` from a mio loop until a supervisor connecting now
 /// reads its `Hello`; what that `Hello` announced.
 fn mio_hello(incumbent: Incumbent, control_path: &std::path::Path) -> (Vec<u8>, Capabilities) {
-    let mut control = MioIncumbent::from_std(incumbent).unwrap();
+    let mut control = MioIncumbent::new(incumbent).unwrap();
     let mut poll = Poll::new().unwrap();
     let mut events = Events::with_capacity(16);
     control
@@ -121,7 +121,7 @@ fn mio_hello(incumbent: Incumbent, control_path: &std::path::Path) -> (Vec<u8>, 
 }
 
 #[test]
-fn mio_from_std_keeps_the_build_id_and_the_config() {
+fn mio_new_keeps_the_build_id_and_the_config() {
     let dir = TempDir::new("mio-settings");
     let got = mio_hello(dir.incumbent(), &dir.control());
     assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
@@ -526,7 +526,7 @@ fn smol_a_heartbeat_flood_does_not_hold_off_the_deadline() {
 /// must still run while events never stop coming.
 fn serve_mio(incumbent: Incumbent, daemon: &Prompt) {
     use handoff_mio::IncumbentEvent;
-    let mut control = MioIncumbent::from_std(incumbent).unwrap();
+    let mut control = MioIncumbent::new(incumbent).unwrap();
     let mut poll = Poll::new().unwrap();
     let mut events = Events::with_capacity(16);
     control

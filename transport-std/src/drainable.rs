@@ -4,28 +4,7 @@ use std::sync::mpsc;
 
 use handoff_core::DrainReport;
 
-/// The error a hook returns: anything that can say what went wrong.
-pub type HookError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What the seal hook reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SealOutput {
-    /// The last revision of each shard, as sealed.
-    pub last_revision_per_shard: Vec<u64>,
-    /// A fingerprint of the sealed data directory (a hash of its contents).
-    pub data_dir_fingerprint: [u8; 32],
-}
-
-/// A view of the daemon's state, for logs and checks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StateSnapshot {
-    /// Shards in all.
-    pub shard_count: u32,
-    /// Client connections open.
-    pub open_conns: u32,
-    /// The last revision of each shard.
-    pub last_revision_per_shard: Vec<u64>,
-}
+pub use handoff_driver::{HookError, SealOutput, StateSnapshot};
 
 /// The incumbent's hooks. They run on a thread of the library's own while
 /// the control loop keeps answering the supervisor, sending heartbeats and
@@ -57,8 +36,8 @@ pub trait Drainable: Sync {
 /// Reports seal progress to the supervisor (each report also counts as a
 /// heartbeat).
 pub struct SealProgress {
-    pub(crate) tx: mpsc::Sender<(u32, u32, u64)>,
-    pub(crate) wake: Box<dyn Fn() + Send + Sync>,
+    tx: mpsc::Sender<(u32, u32, u64)>,
+    wake: Box<dyn Fn() + Send + Sync>,
 }
 
 impl SealProgress {

@@ -1,10 +1,12 @@
 //! # handoff-std
 //!
-//! The blocking adapter of [`handoff_core`], and the operating-system layer
-//! ([`os`]) that every adapter uses.
+//! The blocking adapter of handoff: [`handoff_driver`]'s drivers run on
+//! the calling thread with `poll(2)`, and the daemon's hooks on a thread of
+//! the library's own. The operating-system layer ([`os`]) and the driver's
+//! types are re-exported, so a blocking daemon needs only this crate.
 //!
 //! - A supervisor holds the listeners and runs handoffs with
-//!   [`Supervisor::perform_handoff`].
+//!   [`PerformHandoff::perform_handoff`].
 //! - A daemon calls [`detect_role`] first thing in `main`. Started cold, it
 //!   takes its [`DataDirLock`], binds its control socket with
 //!   [`Incumbent::bind_cold_start`], and runs [`Incumbent::serve`] with its
@@ -57,7 +59,7 @@ pub use handoff_os as os;
 /// Crash points for tests, [`handoff_os::crash`].
 pub use handoff_os::crash;
 
-pub mod clock;
+pub use handoff_driver::clock;
 pub mod conn;
 mod drainable;
 mod incumbent;
@@ -70,16 +72,17 @@ pub use handoff_core::{
     JournalRecord, PhaseTimings, SessionEnd, Signal, SuccessorConfig, SuccessorFailure,
     SuccessorFate, SupervisorConfig,
 };
-pub use incumbent::{Incumbent, ServeEnd, ServeError};
+pub use handoff_driver::{
+    Endpoint, HandoffOutcome, HandoffSlot, Launch, ServeEnd, ServeError, SharedHandoffSlot,
+    SpawnSpec, Supervisor, SupervisorError, handoff_config, spawn_for_handoff,
+};
+pub use incumbent::Incumbent;
 pub use os::lock::DataDirLock;
 pub use successor::{
     AnnounceError, BegunSuccessor, HandshookSuccessor, Readiness, Role, Successor, SuccessorError,
     detect_role,
 };
-pub use supervisor::{
-    HandoffLedger, HandoffOutcome, HandoffSlot, LedgerStep, SharedHandoffSlot, SpawnSpec,
-    Supervisor, SupervisorError, handoff_config, spawn_for_handoff,
-};
+pub use supervisor::PerformHandoff;
 
 /// The project README's integrator example, compiled as a doctest so that
 /// it cannot drift from this crate's API.

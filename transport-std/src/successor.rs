@@ -6,32 +6,31 @@
 //! calling them out of order does not compile.
 //!
 //! Between `Begin` and `Ready` the daemon opens its state, which may take a
-//! while; a thread of the library's own drives the protocol meanwhile
-//! (heartbeats, an `Abort` from the supervisor), so a slow start is bounded
-//! by the supervisor's deadline rather than cut at its liveness limit.
+//! while; a thread of the library's own runs the [`SuccessorDriver`]
+//! meanwhile (heartbeats, an `Abort` from the supervisor), so a slow start
+//! is bounded by the supervisor's deadline rather than cut at its liveness
+//! limit.
 
 use std::fmt;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use handoff_core::{
-    Buffer, HandoffId, Instant, ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd,
-    SuccessorFailure, SuccessorOutput, SuccessorSession,
-};
+use handoff_core::{HandoffId, SuccessorConfig, SuccessorEnd};
+use handoff_driver::{Launch, SuccessorDriver, SuccessorReport};
+use handoff_os::control::send_some;
+use handoff_os::env::EnvError;
+use handoff_os::listeners::InheritedListeners;
+use handoff_os::lock::DataDirLock;
 
-use crate::clock;
-use crate::conn::{self, Inbox};
-use crate::crash;
+pub use handoff_driver::{Readiness, SuccessorError};
+
+use crate::conn::Watched;
 use crate::incumbent::Incumbent;
-use crate::os::control::{self, send_frame, send_some};
-use crate::os::env::{EnvError, take_startup_env};
-use crate::os::listeners::InheritedListeners;
-use crate::os::lock::{DataDirLock, LockError};
 
 /// How this process was started.
 #[derive(Debug)]
@@ -47,146 +46,83 @@ pub enum Role {
 }
 
 /// Reads, once, how this process was started, and removes the variables
-/// that said so (see [`crate::os::env::take_startup_env`]). Call it first
+/// that said so (see [`handoff_os::env::take_startup_env`]). Call it first
 /// thing in `main`, before starting threads.
 pub fn detect_role() -> Result<Role, EnvError> {
-    let env = take_startup_env()?;
-    Ok(match env.control {
-        Some(control) => Role::Successor(Successor {
-            control,
-            listeners: env.listeners,
-            config: SuccessorConfig::default(),
-        }),
-        None => Role::ColdStart {
-            listeners: env.listeners,
-        },
+    Ok(match handoff_driver::detect_role()? {
+        handoff_driver::Role::ColdStart { listeners } => Role::ColdStart { listeners },
+        handoff_driver::Role::Successor(launch) => Role::Successor(Successor { launch }),
     })
-}
-
-/// Why the successor cannot take over. In every case the process should
-/// exit without having written anything; the old binary keeps serving.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum SuccessorError {
-    /// The protocol ended it (the supervisor aborted, went away, broke the
-    /// protocol, or the lock stayed busy).
-    Failed {
-        /// Why.
-        failure: SuccessorFailure,
-        /// The supervisor's reason, if it sent `Abort`.
-        abort_reason: String,
-    },
-    /// The control socket failed.
-    Io(io::Error),
-}
-
-impl fmt::Display for SuccessorError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SuccessorError::Failed {
-                failure,
-                abort_reason,
-            } if !abort_reason.is_empty() => write!(f, "{failure}: {abort_reason}"),
-            SuccessorError::Failed { failure, .. } => write!(f, "{failure}"),
-            SuccessorError::Io(e) => write!(f, "control socket: {e}"),
-        }
-        .and_then(|()| f.write_str("; exit without touching the data"))
-    }
-}
-
-impl std::error::Error for SuccessorError {}
-
-/// What the successor reports with `Ready`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Readiness {
-    /// Where it serves.
-    pub listening_on: Vec<String>,
-    /// Its own health check.
-    pub healthz_ok: bool,
-    /// The revision of each shard it opened.
-    pub advertised_revision_per_shard: Vec<u64>,
-}
-
-impl Readiness {
-    /// Reports this to a successor machine, which then queues `Ready` (for
-    /// adapters that drive the machine themselves).
-    pub fn report_to<B: Buffer>(&self, machine: &mut SuccessorSession<B>, now: Instant) {
-        let listening: Vec<&str> = self.listening_on.iter().map(String::as_str).collect();
-        machine.handle_ready(
-            now,
-            ReadyReport {
-                listening_on: Strings::from_slice(&listening),
-                healthz_ok: self.healthz_ok,
-                advertised_revision_per_shard: Revisions::from_slice(
-                    &self.advertised_revision_per_shard,
-                ),
-            },
-        );
-    }
 }
 
 /// Started by a supervisor; not yet announced.
 #[derive(Debug)]
 pub struct Successor {
-    control: UnixStream,
-    listeners: InheritedListeners,
-    config: SuccessorConfig,
+    launch: Launch,
+}
+
+impl From<Successor> for Launch {
+    fn from(s: Successor) -> Launch {
+        s.launch
+    }
 }
 
 impl Successor {
     /// The listeners that came with the process.
     pub fn listener_names(&self) -> Vec<&str> {
-        self.listeners.names()
+        self.launch.listener_names()
     }
 
-    /// The control socket and the listeners, for an adapter that drives the
-    /// successor machine itself.
+    /// The control socket and the listeners, for a caller that speaks the
+    /// protocol itself.
     pub fn into_parts(self) -> (UnixStream, InheritedListeners) {
-        (self.control, self.listeners)
+        self.launch.into_parts()
     }
 
     /// Overrides the protocol timings.
-    pub fn with_config(mut self, config: SuccessorConfig) -> Self {
-        self.config = config;
-        self
+    pub fn with_config(self, config: SuccessorConfig) -> Self {
+        Successor {
+            launch: self.launch.with_config(config),
+        }
     }
 
     /// Says `Hello` and waits for the supervisor's `HelloAck`. Do the
     /// start-up work that needs no lock before this: the old binary still
     /// serves meanwhile.
     pub fn handshake(self, build_id: &[u8]) -> Result<HandshookSuccessor, SuccessorError> {
-        conn::configure(&self.control).map_err(SuccessorError::Io)?;
-        let machine =
-            SuccessorSession::new(clock::now(), self.config, std::process::id(), build_id);
-        let mut driver = Driver {
-            control: Some(self.control),
-            machine,
-            inbox: Inbox::new(),
-            data_dir: None,
-            lock: None,
-            wake: None,
-        };
-        // `Hello` goes out first; the thread that will drive the machine
+        let config = self.launch.config();
+        let (control, listeners) = self.launch.into_parts();
+        let mut io = Watched::default();
+        // `Hello` goes out here; the thread that will drive the machine
         // during start-up is created while the supervisor answers and the
         // incumbent drains, off the path to `Ready`.
-        driver.run_until(Milestone::Flushed)?;
+        let driver =
+            SuccessorDriver::new(&mut io, control, config, build_id).map_err(SuccessorError::Io)?;
+        let mut driven = Driven {
+            driver,
+            io,
+            begun: false,
+        };
         let (pump, started) = Pump::spawn()?;
-        match driver.run_until(Milestone::Acked)? {
-            Milestone::Acked => Ok(HandshookSuccessor {
-                driver,
-                listeners: self.listeners,
-                pump,
-                started,
-            }),
-            _ => unreachable_milestone(),
+        while !driven.driver.acked() {
+            if let Some(e) = driven.driver.error() {
+                return Err(e);
+            }
+            driven.turn(&[]).map_err(SuccessorError::Io)?;
         }
+        Ok(HandshookSuccessor {
+            driven: Box::new(driven),
+            listeners,
+            pump,
+            started,
+        })
     }
 }
 
 /// `Hello` answered; waiting for `Begin`.
 #[derive(Debug)]
 pub struct HandshookSuccessor {
-    driver: Driver,
+    driven: Box<Driven>,
     listeners: InheritedListeners,
     pump: Pump,
     started: Started,
@@ -195,8 +131,8 @@ pub struct HandshookSuccessor {
 impl HandshookSuccessor {
     /// The handoff's id.
     pub fn handoff_id(&self) -> HandoffId {
-        self.driver
-            .machine
+        self.driven
+            .driver
             .handoff_id()
             .unwrap_or(HandoffId::from_bytes([0; 16]))
     }
@@ -209,11 +145,10 @@ impl HandshookSuccessor {
     /// Waits for `Begin`, then takes the data-dir lock of `data_dir` (the
     /// incumbent released it when it sealed). From the returned state on,
     /// the process may open the state and serve.
-    pub fn wait_for_begin(mut self, data_dir: &Path) -> Result<BegunSuccessor, SuccessorError> {
-        self.driver.data_dir = Some(data_dir.to_path_buf());
+    pub fn wait_for_begin(self, data_dir: &Path) -> Result<BegunSuccessor, SuccessorError> {
         let handoff_id = self.handoff_id();
         let mut pump = self.pump;
-        pump.hand_over(self.driver)?;
+        pump.hand_over(self.driven, data_dir.to_path_buf())?;
         let lock = match self.started.recv() {
             Ok(Ok(lock)) => lock,
             Ok(Err(error)) => return Err(error),
@@ -264,18 +199,18 @@ impl BegunSuccessor {
     /// takes over the path (renaming the socket over the old incumbent's),
     /// and returns the [`Incumbent`] to serve with. A path that cannot be
     /// bound fails here, before `Ready`, while the old binary can still
-    /// resume. If the supervisor aborted the handoff
-    /// meanwhile, nothing is sent and the error says why. The error still
-    /// holds the data-dir lock: stop anything that may write, then drop it
-    /// (or exit), so the old binary never writes while this one still does.
+    /// resume. If the supervisor aborted the handoff meanwhile, nothing is
+    /// sent and the error says why. The error still holds the data-dir
+    /// lock: stop anything that may write, then drop it (or exit), so the
+    /// old binary never writes while this one still does.
     pub fn announce_and_bind(
         self,
         readiness: Readiness,
         socket_path: &Path,
     ) -> Result<Incumbent, AnnounceError> {
         let lock = self.lock;
-        match announce(self.pump, readiness, socket_path) {
-            Ok(listener) => Ok(Incumbent::from_parts(listener, socket_path, lock)),
+        match self.pump.finish(readiness, socket_path.to_path_buf()) {
+            Ok((listener, path)) => Ok(Incumbent::from_parts(listener, &path, lock)),
             Err(error) => Err(AnnounceError {
                 error,
                 lock: Some(lock),
@@ -305,190 +240,57 @@ impl std::error::Error for AnnounceError {
     }
 }
 
-fn announce(
-    pump: Pump,
-    readiness: Readiness,
-    socket_path: &Path,
-) -> Result<std::os::unix::net::UnixListener, SuccessorError> {
-    // Bound before `Ready`: a path that cannot be bound fails the handoff
-    // while the old binary can still resume, not after it has been told to
-    // exit.
-    let staged = control::stage_control_socket(socket_path).map_err(SuccessorError::Io)?;
-    pump.finish(readiness)?;
-    staged.install_as_successor().map_err(SuccessorError::Io)
-}
-
 fn pump_died() -> SuccessorError {
     SuccessorError::Io(io::Error::other(
         "the thread driving the handoff during start-up panicked",
     ))
 }
 
-#[cold]
-fn unreachable_milestone() -> ! {
-    unreachable!("run_until returns only the milestone asked for")
+/// The driver and what the blocking adapter watches for it, moved from the
+/// daemon's thread to the pump's.
+struct Driven {
+    driver: SuccessorDriver,
+    io: Watched,
+    /// `Begin` came and the lock is held.
+    begun: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Milestone {
-    /// Every queued frame is on the wire.
-    Flushed,
-    Acked,
-    Started,
-    Authoritative,
-    /// The owner of the wake socket asked for attention; see [`Pump`].
-    Woken,
-}
-
-/// The successor machine and its socket, driven on whichever thread owns
-/// them.
-struct Driver {
-    control: Option<UnixStream>,
-    machine: SuccessorSession<Vec<u8>>,
-    inbox: Inbox,
-    data_dir: Option<PathBuf>,
-    lock: Option<DataDirLock>,
-    /// While pumped in the background: the socket the daemon's thread
-    /// writes to when it has something for the pump (readiness, or stop).
-    wake: Option<UnixStream>,
-}
-
-impl fmt::Debug for Driver {
+impl fmt::Debug for Driven {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Driver")
-            .field("step", &self.machine.step())
+        f.debug_struct("Driven")
+            .field("driver", &self.driver)
             .finish_non_exhaustive()
     }
 }
 
-impl Driver {
-    fn failed(&self, failure: SuccessorFailure) -> SuccessorError {
-        SuccessorError::Failed {
-            failure,
-            abort_reason: self.machine.abort_reason().to_owned(),
-        }
-    }
-
-    /// Turns the machine until `goal` (or its end). With a wake socket, also
-    /// returns [`Milestone::Woken`] when it is written to: see [`Pump`].
-    fn run_until(&mut self, goal: Milestone) -> Result<Milestone, SuccessorError> {
-        loop {
-            while let Some(out) = self.machine.poll_output() {
-                let now = clock::now();
-                match out {
-                    SuccessorOutput::Transmit(frame) => {
-                        let sent = self
-                            .control
-                            .as_ref()
-                            .is_some_and(|s| send_frame(s, frame).is_ok());
-                        if sent {
-                            crash::frame('n', true, frame);
-                        } else {
-                            self.control = None;
-                            self.machine.handle_closed(now);
-                        }
-                    }
-                    SuccessorOutput::AcquireLock => {
-                        let Some(dir) = self.data_dir.as_deref() else {
-                            self.machine.handle_lock_busy(now);
-                            continue;
-                        };
-                        match DataDirLock::acquire(dir) {
-                            Ok(lock) => {
-                                self.lock = Some(lock);
-                                crash::at("n-after-lock-acquired");
-                                self.machine.handle_lock_acquired(now);
-                            }
-                            Err(LockError::Busy { .. } | LockError::HolderAlive { .. }) => {
-                                self.machine.handle_lock_busy(now)
-                            }
-                            Err(_) => self.machine.handle_lock_busy(now),
-                        }
-                    }
-                    SuccessorOutput::Start => {
-                        if goal == Milestone::Started {
-                            return Ok(Milestone::Started);
-                        }
-                    }
-                    SuccessorOutput::Finished(SuccessorEnd::Authoritative { .. }) => {
-                        return Ok(Milestone::Authoritative);
-                    }
-                    SuccessorOutput::Finished(SuccessorEnd::Failed(failure)) => {
-                        return Err(self.failed(failure));
-                    }
-                }
+impl Driven {
+    /// One wait on the driver's descriptors and `extra` (read only), with
+    /// the driver's next deadline; passes on what was ready. Returns which
+    /// of `extra` were readable.
+    fn turn(&mut self, extra: &[RawFd]) -> io::Result<Vec<bool>> {
+        let (ready, woken) = self.io.wait(extra, self.driver.poll_timeout())?;
+        for (source, r) in ready {
+            if r.writable {
+                self.driver.handle_writable(&mut self.io, source);
             }
-            if goal == Milestone::Flushed {
-                return Ok(Milestone::Flushed);
-            }
-            if goal == Milestone::Acked && self.machine.version().is_some() {
-                return Ok(Milestone::Acked);
-            }
-            if !self.inbox.is_empty() {
-                let used = self
-                    .machine
-                    .handle_input(clock::now(), self.inbox.pending());
-                self.inbox.consume(used);
-                continue;
-            }
-            if self.wait()? {
-                return Ok(Milestone::Woken);
+            if r.readable {
+                self.driver.handle_readable(&mut self.io, source);
             }
         }
-    }
-
-    /// Waits for input, the machine's next deadline or the wake socket;
-    /// `true` if woken (the byte is consumed).
-    fn wait(&mut self) -> Result<bool, SuccessorError> {
-        let deadline = self.machine.poll_timeout();
-        let ready = conn::wait(
-            &[
-                self.control.as_ref().map(|s| s.as_fd()),
-                self.wake.as_ref().map(|wake| wake.as_fd()),
-            ],
-            deadline,
-        )
-        .map_err(SuccessorError::Io)?;
-        let now = clock::now();
-        // The supervisor's bytes first: an `Abort` already queued must reach
-        // the machine before a `Ready` the daemon asks for is sent.
-        if ready[0]
-            && let Some(s) = self.control.as_mut()
-        {
-            match self.inbox.fill(s) {
-                Ok(n) if n > 0 => {}
-                _ => {
-                    self.control = None;
-                    self.machine.handle_closed(now);
-                }
+        self.driver.handle_timeout(&mut self.io);
+        while let Some(report) = self.driver.poll_report() {
+            if report == SuccessorReport::Begun {
+                self.begun = true;
             }
         }
-        // Also when something was ready: a peer that never stops sending
-        // must not hold off the deadlines (an early call does nothing).
-        self.machine.handle_timeout(clock::now());
-        if ready[1]
-            && let Some(wake) = self.wake.as_mut()
-        {
-            // Readable: a byte, or the other end closed. Either way the
-            // pump looks at its commands next, and the machine must have
-            // seen what the supervisor sent by then (an `Abort` queued
-            // before the daemon's `Ready` makes that `Ready` moot).
-            let _ = wake.read(&mut [0u8; 8]);
-            while !self.inbox.is_empty() {
-                let used = self
-                    .machine
-                    .handle_input(clock::now(), self.inbox.pending());
-                self.inbox.consume(used);
-            }
-            return Ok(true);
-        }
-        Ok(false)
+        Ok(woken)
     }
 }
 
-/// Drives the successor machine on a background thread (started during the
-/// handshake) from `wait_for_begin` until the end of the handoff, so heartbeats go out and an
-/// `Abort` is noticed however long the daemon takes to start.
+/// Drives the successor on a background thread (started during the
+/// handshake) from `wait_for_begin` until the end of the handoff, so
+/// heartbeats go out and an `Abort` is noticed however long the daemon
+/// takes to start.
 ///
 /// The daemon's thread never joins it on the way to `Ready`: it learns of
 /// `Begin` (and gets the lock) over a channel, and hands the readiness over
@@ -496,12 +298,12 @@ impl Driver {
 /// window in which no process accepts writes.
 struct Pump {
     /// Takes the driver to the thread, once.
-    hand: Option<mpsc::Sender<Driver>>,
+    hand: Option<mpsc::Sender<(Box<Driven>, PathBuf)>>,
     /// Written to after queueing a command, so the thread's wait ends.
     wake: UnixStream,
     commands: mpsc::Sender<Command>,
     /// The thread's result once it has ended.
-    ended: mpsc::Receiver<Result<(), SuccessorError>>,
+    ended: mpsc::Receiver<Result<(UnixListener, PathBuf), SuccessorError>>,
     /// Set when the handoff failed while the daemon was starting up.
     finished: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -509,8 +311,9 @@ struct Pump {
 
 /// What the daemon's thread asks of the pump.
 enum Command {
-    /// Send `Ready` with this, then drive the machine to its end.
-    Ready(Readiness),
+    /// Send `Ready` with this and bind the control socket at the path,
+    /// then drive the machine to its end.
+    Ready(Readiness, PathBuf),
 }
 
 impl fmt::Debug for Pump {
@@ -529,7 +332,7 @@ impl Pump {
         let finished = Arc::new(AtomicBool::new(false));
         let (wake, theirs) = UnixStream::pair().map_err(SuccessorError::Io)?;
         theirs.set_nonblocking(true).map_err(SuccessorError::Io)?;
-        let (hand, handed) = mpsc::channel::<Driver>();
+        let (hand, handed) = mpsc::channel::<(Box<Driven>, PathBuf)>();
         let (started_tx, started) = mpsc::channel();
         let (commands, inbox) = mpsc::channel();
         let (ended_tx, ended) = mpsc::channel();
@@ -538,25 +341,19 @@ impl Pump {
             .name("handoff-successor".into())
             .spawn(move || {
                 // No driver: the daemon gave up before waiting for `Begin`.
-                let Ok(mut driver) = handed.recv() else {
+                let Ok((mut driven, data_dir)) = handed.recv() else {
                     return;
                 };
-                driver.wake = Some(theirs);
-                let Some(lock) = pump_until_started(&mut driver, &inbox) else {
+                let d = &mut *driven;
+                d.driver.set_data_dir(&mut d.io, &data_dir);
+                let Some(lock) = pump_until_started(d, &theirs, &inbox) else {
                     return;
                 };
-                let lock = lock.and_then(|()| {
-                    driver.lock.take().ok_or_else(|| {
-                        SuccessorError::Io(io::Error::other(
-                            "the lock was reported held but is missing",
-                        ))
-                    })
-                });
                 let failed = lock.is_err();
                 if started_tx.send(lock).is_err() || failed {
                     return;
                 }
-                let result = pump_to_the_end(&mut driver, &inbox);
+                let result = pump_to_the_end(d, &theirs, &inbox, &done);
                 if result.is_err() {
                     done.store(true, Ordering::Release);
                 }
@@ -578,22 +375,27 @@ impl Pump {
         ))
     }
 
-    /// Gives the thread the machine to drive, from waiting for `Begin` on.
-    fn hand_over(&mut self, driver: Driver) -> Result<(), SuccessorError> {
+    /// Gives the thread the driver, from waiting for `Begin` on.
+    fn hand_over(&mut self, driven: Box<Driven>, data_dir: PathBuf) -> Result<(), SuccessorError> {
         match self.hand.take() {
-            Some(hand) if hand.send(driver).is_ok() => Ok(()),
+            Some(hand) if hand.send((driven, data_dir)).is_ok() => Ok(()),
             _ => Err(pump_died()),
         }
     }
 
-    /// Hands the readiness to the thread, which first hands the machine
-    /// what the supervisor already sent (an `Abort` there wins), then sends
-    /// `Ready`; waits until it is written (the successor is authoritative
-    /// from then on) or the handoff fails.
-    fn finish(mut self, readiness: Readiness) -> Result<(), SuccessorError> {
+    /// Hands the readiness to the thread, which binds the control socket,
+    /// hands the machine what the supervisor already sent (an `Abort` there
+    /// wins), then sends `Ready`; waits until it is written and the socket
+    /// took the path over (the successor is authoritative from then on) or
+    /// the handoff fails.
+    fn finish(
+        mut self,
+        readiness: Readiness,
+        socket_path: PathBuf,
+    ) -> Result<(UnixListener, PathBuf), SuccessorError> {
         // If the handoff already failed, the thread has ended and its error
         // is waiting below; `Ready` is then never sent.
-        let _ = self.commands.send(Command::Ready(readiness));
+        let _ = self.commands.send(Command::Ready(readiness, socket_path));
         let _ = send_some(self.wake.as_fd(), &[1]);
         let result = self.ended.recv().unwrap_or_else(|_| Err(pump_died()));
         // The thread has nothing left to do; it is not waited for.
@@ -602,22 +404,40 @@ impl Pump {
     }
 }
 
-/// Runs the machine until `Begin` has been received and the lock taken.
+/// Empties the wake socket.
+fn drain_wake(wake: &UnixStream) {
+    let mut sink = [0u8; 8];
+    while matches!((&mut &*wake).read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// Runs the driver until `Begin` has been received and the lock taken.
 /// `None` if the daemon gave up meanwhile (its side of the channel is gone).
 fn pump_until_started(
-    driver: &mut Driver,
+    d: &mut Driven,
+    wake: &UnixStream,
     inbox: &mpsc::Receiver<Command>,
-) -> Option<Result<(), SuccessorError>> {
+) -> Option<Result<DataDirLock, SuccessorError>> {
     loop {
-        match driver.run_until(Milestone::Started) {
-            Ok(Milestone::Started) => return Some(Ok(())),
-            Ok(_) => {
+        if let Some(e) = d.driver.error() {
+            return Some(Err(e));
+        }
+        if d.begun {
+            return Some(d.driver.take_lock().ok_or_else(|| {
+                SuccessorError::Io(io::Error::other(
+                    "the lock was reported held but is missing",
+                ))
+            }));
+        }
+        match d.turn(&[wake.as_raw_fd()]) {
+            Err(e) => return Some(Err(SuccessorError::Io(e))),
+            Ok(woken) if woken.first() == Some(&true) => {
+                drain_wake(wake);
                 // Woken before `Begin`: only a daemon that gave up does that.
                 if let Err(mpsc::TryRecvError::Disconnected) = inbox.try_recv() {
                     return None;
                 }
             }
-            Err(e) => return Some(Err(e)),
+            Ok(_) => {}
         }
     }
 }
@@ -625,26 +445,40 @@ fn pump_until_started(
 /// Keeps the machine alive during the daemon's start-up, sends `Ready` when
 /// told to, and runs to the end of the handoff.
 fn pump_to_the_end(
-    driver: &mut Driver,
+    d: &mut Driven,
+    wake: &UnixStream,
     inbox: &mpsc::Receiver<Command>,
-) -> Result<(), SuccessorError> {
+    failed: &AtomicBool,
+) -> Result<(UnixListener, PathBuf), SuccessorError> {
     loop {
-        match driver.run_until(Milestone::Authoritative)? {
-            Milestone::Authoritative => return Ok(()),
-            _ => match inbox.try_recv() {
-                Ok(Command::Ready(readiness)) => {
-                    readiness.report_to(&mut driver.machine, clock::now());
-                }
-                Err(mpsc::TryRecvError::Empty) => {}
-                // The daemon dropped its state without announcing: close the
-                // control socket (dropping the driver) so the supervisor
-                // sees the successor give up.
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err(SuccessorError::Io(io::Error::other(
-                        "the daemon gave up before announcing",
-                    )));
-                }
-            },
+        if let Some(e) = d.driver.error() {
+            // Seen by `aborted` before the daemon announces.
+            failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        if let Some(SuccessorEnd::Authoritative { .. }) = d.driver.end() {
+            return d.driver.install(&mut d.io).map_err(SuccessorError::Io);
+        }
+        let woken = d.turn(&[wake.as_raw_fd()]).map_err(SuccessorError::Io)?;
+        if woken.first() != Some(&true) {
+            continue;
+        }
+        drain_wake(wake);
+        match inbox.try_recv() {
+            Ok(Command::Ready(readiness, path)) => {
+                d.driver
+                    .ready(&mut d.io, &readiness, &path)
+                    .map_err(SuccessorError::Io)?;
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+            // The daemon dropped its state without announcing: close the
+            // control socket (dropping the driver) so the supervisor sees
+            // the successor give up.
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err(SuccessorError::Io(io::Error::other(
+                    "the daemon gave up before announcing",
+                )));
+            }
         }
     }
 }

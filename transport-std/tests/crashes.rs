@@ -7,6 +7,7 @@
 
 mod common;
 
+use handoff_std::PerformHandoff;
 use std::io::BufReader;
 use std::process::{Command, Stdio};
 use std::sync::Once;

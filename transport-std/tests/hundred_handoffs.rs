@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use handoff_std::PerformHandoff;
 
 /// Live children of this process, zombies included.
 fn child_count() -> usize {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use handoff_std::PerformHandoff;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;

@@ -48,7 +48,7 @@ pub(super) fn serve_mio(
     daemon: &Arc<Daemon>,
     incumbent: Incumbent,
 ) -> Result<ServeEnd, ServeError> {
-    let control = MioIncumbent::from_std(incumbent).map_err(ServeError::Io)?;
+    let control = MioIncumbent::new(incumbent).map_err(ServeError::Io)?;
     serve_mio_control(daemon, control)
 }
 
@@ -323,13 +323,7 @@ pub(super) fn serve_smol(
 /// The successor's side as async fns.
 pub(super) fn take_over_smol(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
     async_io::block_on(async {
-        let handshook = match handoff_smol::handshake(
-            successor,
-            args.version.as_bytes(),
-            SuccessorConfig::default(),
-        )
-        .await
-        {
+        let handshook = match handoff_smol::handshake(successor, args.version.as_bytes()).await {
             Ok(h) => h,
             Err(e) => {
                 log(format_args!("successor: {e}"));

@@ -153,7 +153,7 @@ fn serve(runtime: Runtime, incumbent: Incumbent, service: Arc<Service>) -> i32 {
                 10
             }
         },
-        Runtime::Mio => serve_mio(MioIncumbent::from_std(incumbent).unwrap(), service),
+        Runtime::Mio => serve_mio(MioIncumbent::new(incumbent).unwrap(), service),
         Runtime::Smol => {
             match async_io::block_on(handoff_smol::serve(incumbent, &SmolHooks(service))) {
                 Ok(_) => 0,
@@ -383,13 +383,7 @@ impl handoff_smol::AsyncDrainable for SmolHooks {
 
 fn successor_smol(successor: Successor, args: &Args) -> i32 {
     async_io::block_on(async {
-        let handshook = match handoff_smol::handshake(
-            successor,
-            b"conformance-smol",
-            SuccessorConfig::default(),
-        )
-        .await
-        {
+        let handshook = match handoff_smol::handshake(successor, b"conformance-smol").await {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("smol successor: {e}");

@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod service;
 
+use handoff_std::PerformHandoff;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;

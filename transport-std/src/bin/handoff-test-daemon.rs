@@ -19,6 +19,7 @@
 // handoff-os (the benchmarks' allocator and echo server aside).
 #![forbid(unsafe_code)]
 
+use handoff_std::PerformHandoff;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};

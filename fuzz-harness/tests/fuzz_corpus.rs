@@ -1,17 +1,17 @@
 //! The fuzz corpora, replayed on stable: every file under
 //! `fuzz/corpus/<target>/` goes through the same body the cargo-fuzz target
-//! runs (`handoff_core::fuzzing::<target>`), so `cargo test --workspace`
+//! runs (`handoff_fuzz_harness::<target>`), so `cargo test --workspace`
 //! re-checks every input the fuzzer ever kept, crash reproducers included.
 //!
 //! The committed seeds are made by `fuzz_seeds`. After a change to the
 //! machines or the scripts, write them again with
-//! `FUZZ_WRITE_SEEDS=1 cargo test -p handoff-core --test fuzz_corpus`.
+//! `FUZZ_WRITE_SEEDS=1 cargo test -p handoff-fuzz-harness --test fuzz_corpus`.
 
 mod fuzz_seeds;
 
 use std::path::PathBuf;
 
-use handoff_core::fuzzing::{
+use handoff_fuzz_harness::{
     Chunk, DecoderChoice, FrameDecoderInput, FuzzClock, FuzzId, FuzzMessage, FuzzPeer, FuzzPid,
     IncumbentInput, SuccessorInput, SupervisorInput, TARGETS, parse_script, unparse_script,
 };
@@ -64,7 +64,7 @@ fn the_committed_seeds_are_the_generated_ones() {
     assert!(
         stale.is_empty(),
         "{} seed files missing or out of date, e.g. {:?}; regenerate them with \
-         FUZZ_WRITE_SEEDS=1 cargo test -p handoff-core --test fuzz_corpus",
+         FUZZ_WRITE_SEEDS=1 cargo test -p handoff-fuzz-harness --test fuzz_corpus",
         stale.len(),
         &stale[..stale.len().min(5)]
     );
@@ -235,9 +235,9 @@ fn every_input_variant_reads_back_unchanged() {
         supervisor
     );
     // And they run: every variant reaches its driver.
-    handoff_core::fuzzing::incumbent(&unparse_script(&incumbent));
-    handoff_core::fuzzing::successor(&unparse_script(&successor));
-    handoff_core::fuzzing::supervisor(&unparse_script(&supervisor));
+    handoff_fuzz_harness::incumbent(&unparse_script(&incumbent));
+    handoff_fuzz_harness::successor(&unparse_script(&successor));
+    handoff_fuzz_harness::supervisor(&unparse_script(&supervisor));
     for decoder in [
         DecoderChoice::Default,
         DecoderChoice::Small,
@@ -256,6 +256,6 @@ fn every_input_variant_reads_back_unchanged() {
             header
         );
         assert_eq!(u.take_rest(), b"\x04\x00\x00\x00\x01\x00\x0d\x01");
-        handoff_core::fuzzing::frame_decoder(&data);
+        handoff_fuzz_harness::frame_decoder(&data);
     }
 }

@@ -3,15 +3,14 @@
 //! the checker which message (if any) each input carried, and the strict
 //! reading of every frame a machine sends.
 
-use alloc::vec::Vec;
-use core::time::Duration;
+use std::time::Duration;
 
-use crate::buffer::Buffer;
-use crate::error::FrameError;
-use crate::frame::FrameDecoder;
-use crate::message::Message;
-use crate::wire::MessageKind;
-use crate::wire::{HandoffId, LEN_PREFIX, MAX_FRAME_LEN, PROTO_MAX, VERSION_FIELD};
+use handoff_core::Buffer;
+use handoff_core::FrameDecoder;
+use handoff_core::FrameError;
+use handoff_core::Message;
+use handoff_core::MessageKind;
+use handoff_core::{HandoffId, LEN_PREFIX, MAX_FRAME_LEN, PROTO_MAX, VERSION_FIELD};
 
 /// What one `handle_input` call delivered to the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +79,7 @@ impl<B: Buffer> Shadow<B> {
             Ok(None) => Received::Nothing,
             Err(e) => Received::Broken(e),
             Ok(Some(frame)) => {
-                let mut payload = alloc::vec![0; frame.message.encoded_len()];
+                let mut payload = vec![0; frame.message.encoded_len()];
                 let n = frame
                     .message
                     .encode(&mut payload)

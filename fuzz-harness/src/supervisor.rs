@@ -10,24 +10,22 @@
 //! cleared before the end; and an outcome that matches what happened, with
 //! no connection or spawn left behind.
 
-use alloc::vec::Vec;
-
 use super::shadow::{Received, Shadow, consumed, millis, sent};
 use super::{
     Chunk, Clocked, FuzzBuffer, FuzzPeer, FuzzPid, INCUMBENT_PID, MACHINE, SHADOW,
     SUPERVISOR_RANDOM, SUPERVISOR_STARTED_UNIX_MS, StepEnd, SupervisorInput, check_step_end, clock,
     clocked_driver, held,
 };
-use crate::journal::{JournalPhase, JournalRecord};
-use crate::machine::defaults;
-use crate::message::Message;
-use crate::supervisor::{
+use handoff_core::Instant;
+use handoff_core::Message;
+use handoff_core::MessageKind;
+use handoff_core::defaults;
+use handoff_core::{
     AbortReason, IncumbentFate, Outcome, Peer, Signal, SuccessorFate, SupervisorConfig,
     SupervisorHandoff, SupervisorOutput, SupervisorStep,
 };
-use crate::time::Instant;
-use crate::wire::MessageKind;
-use crate::wire::{HandoffId, PROTO_MAX, Side};
+use handoff_core::{HandoffId, PROTO_MAX, Side};
+use handoff_core::{JournalPhase, JournalRecord};
 
 /// Runs `script` against a fresh handoff with buffers `B`.
 pub(super) fn run<B: FuzzBuffer>(script: &[SupervisorInput]) {
@@ -193,7 +191,7 @@ impl<B: FuzzBuffer> Driver<B> {
 
     fn settle(&mut self, call: Call, before: SupervisorStep, timeout_before: Option<Instant>) {
         let after = self.m.step();
-        let received = core::mem::replace(&mut self.check.received, Received::Nothing);
+        let received = std::mem::replace(&mut self.check.received, Received::Nothing);
         let answered = self.check.answer(call);
         let c = self
             .check
@@ -407,14 +405,14 @@ impl<B: FuzzBuffer> Check<B> {
                 answered
             }
             Call::Spawned(pid) => {
-                let answered = core::mem::replace(&mut self.spawn_out, false);
+                let answered = std::mem::replace(&mut self.spawn_out, false);
                 if answered {
                     self.successor_pid = Some(pid);
                     self.open[1] = true;
                 }
                 answered
             }
-            Call::SpawnFailed => core::mem::replace(&mut self.spawn_out, false),
+            Call::SpawnFailed => std::mem::replace(&mut self.spawn_out, false),
             Call::SuccessorExited => {
                 let answered = self.successor_pid.is_some() && !self.successor_exited;
                 self.successor_exited |= answered;
@@ -579,7 +577,7 @@ impl<B: FuzzBuffer> Check<B> {
         );
         self.step_bytes += frame.len();
         let msg = sent(frame);
-        let announce = core::mem::take(&mut self.announce_beat[slot(to)]);
+        let announce = std::mem::take(&mut self.announce_beat[slot(to)]);
         assert!(
             !announce || matches!(msg, Message::Heartbeat { .. }),
             "{:?} to the {to} right after its HelloAck, not a heartbeat",

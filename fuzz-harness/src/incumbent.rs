@@ -7,22 +7,19 @@
 //! closes, the daemon is resumed only with the lock, and the session ends
 //! once, never while a hook it asked for still runs.
 
-use alloc::string::String;
-use core::time::Duration;
+use std::time::Duration;
 
 use super::shadow::{Received, Shadow, consumed, sent};
 use super::{
     Chunk, Clocked, FuzzBuffer, INCUMBENT_BUILD_ID, INCUMBENT_PID, IncumbentInput, MACHINE,
     PLACEHOLDER_ID, SHADOW, StepEnd, check_step_end, clock, clocked_driver, held,
 };
-use crate::incumbent::{
-    IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd,
-};
-use crate::machine::{DrainReport, SealFailure, SealReport};
-use crate::message::{Message, Revisions};
-use crate::time::Instant;
-use crate::wire::MessageKind;
-use crate::wire::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
+use handoff_core::Instant;
+use handoff_core::MessageKind;
+use handoff_core::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
+use handoff_core::{DrainReport, SealFailure, SealReport};
+use handoff_core::{IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd};
+use handoff_core::{Message, Revisions};
 
 /// Runs `script` against a fresh session with buffers `B`.
 pub(super) fn run<B: FuzzBuffer>(script: &[IncumbentInput]) {
@@ -193,7 +190,7 @@ impl<B: FuzzBuffer> Driver<B> {
         timeout_before: Option<Instant>,
     ) {
         let after = self.m.step();
-        let received = core::mem::replace(&mut self.check.received, Received::Nothing);
+        let received = std::mem::replace(&mut self.check.received, Received::Nothing);
         let answered = self.check.answer(call);
         let c = Ctx {
             call,
@@ -329,7 +326,7 @@ impl<B: FuzzBuffer> Check<B> {
 
     /// Marks the request `call` answers as answered; whether there was one.
     fn answer(&mut self, call: Call) -> bool {
-        let take = |flag: &mut bool| core::mem::replace(flag, false);
+        let take = |flag: &mut bool| std::mem::replace(flag, false);
         match call {
             Call::Drained | Call::DrainFailed => take(&mut self.drain_out),
             Call::Sealed | Call::SealFailed => take(&mut self.seal_out),

@@ -1,6 +1,6 @@
-//! The hidden fuzzing surface: everything the cargo-fuzz targets in `fuzz/`
-//! and their corpus replay test share, behind the `fuzzing` feature and out
-//! of the documented API (it changes whenever the machines do).
+//! The fuzzing harness: everything the cargo-fuzz targets in `fuzz/` and
+//! their corpus replay test share, outside the core library (it needs only
+//! the core's public API, and changes whenever the machines do).
 //!
 //! Each target's whole body is one function here taking the fuzzer's raw
 //! bytes ([`frame_decoder`], [`message_roundtrip`], [`supervisor()`],
@@ -17,18 +17,16 @@
 //! Seed inputs are made from recorded handoffs: [`Unparse`] writes a script
 //! as the very bytes `arbitrary` reads back into it.
 
-use alloc::string::String;
-use alloc::vec::Vec;
-use core::cell::Cell;
-use core::time::Duration;
+use std::cell::Cell;
+use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::buffer::{Buffer, DefaultBuffer};
-use crate::frame::{encode_frame, encoded_frame_len};
-use crate::message::{Message, Revisions, Strings};
-use crate::time::Instant;
-use crate::wire::{Capabilities, HandoffId, Side};
+use handoff_core::Instant;
+use handoff_core::{Buffer, DefaultBuffer};
+use handoff_core::{Capabilities, HandoffId, Side};
+use handoff_core::{Message, Revisions, Strings};
+use handoff_core::{encode_frame, encoded_frame_len};
 
 mod incumbent;
 mod shadow;
@@ -185,7 +183,7 @@ macro_rules! unparse_enum {
                 };
                 match self {
                     $($ty::$v $(($($t),*))? $({ $($f),* })? => {
-                        $crate::fuzzing::variant(out, index(stringify!($v)), VARIANTS.len() as u32);
+                        $crate::variant(out, index(stringify!($v)), VARIANTS.len() as u32);
                         $($($t.unparse(out);)*)?
                         $($($f.unparse(out);)*)?
                     })*
@@ -346,7 +344,7 @@ impl FuzzMessage {
             FuzzId::Other(b) => HandoffId::from_bytes([b; 16]),
         };
         let frame = |msg: &Message<'_>| {
-            let mut out = alloc::vec![0; encoded_frame_len(msg)];
+            let mut out = vec![0; encoded_frame_len(msg)];
             match encode_frame(version, msg, &mut out) {
                 Ok(n) => out.truncate(n),
                 Err(_) => out.clear(),
@@ -830,7 +828,7 @@ pub(crate) struct StepEnd<'a, S> {
     /// "session" or "handoff", for the messages.
     pub machine: &'static str,
     /// The call the step was, for the messages.
-    pub call: &'a dyn core::fmt::Debug,
+    pub call: &'a dyn std::fmt::Debug,
     /// The role's transition table allows `before -> after`.
     pub legal: bool,
     /// The call answered nothing the machine asked for (or is one the
@@ -862,7 +860,7 @@ pub(crate) struct StepEnd<'a, S> {
 /// transition; an inert call or an early `handle_timeout` does nothing;
 /// `Done` exactly once `Finished` came out, and then no timer; no more
 /// bytes held than the frames account for.
-pub(crate) fn check_step_end<S: PartialEq + core::fmt::Debug>(s: StepEnd<'_, S>) {
+pub(crate) fn check_step_end<S: PartialEq + std::fmt::Debug>(s: StepEnd<'_, S>) {
     let StepEnd {
         machine,
         call,

@@ -10,16 +10,16 @@
 
 use std::collections::BTreeSet;
 
-use handoff_core::fuzzing::{
-    Chunk, DecoderChoice, FrameDecoderInput, FuzzClock, FuzzId, FuzzMessage, FuzzPeer, FuzzPid,
-    INCUMBENT_BUILD_ID, INCUMBENT_PID, IncumbentInput, SUCCESSOR_BUILD_ID, SUCCESSOR_PID,
-    SUPERVISOR_RANDOM, SUPERVISOR_STARTED_UNIX_MS, SuccessorInput, SupervisorInput, unparse_script,
-};
 use handoff_core::{
     Capabilities, DrainReport, HandoffId, IncumbentConfig, IncumbentOutput, IncumbentSession,
     Instant, JournalPhase, JournalRecord, Message, Peer, ReadyReport, Revisions, SealFailure,
     SealReport, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput,
     SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput, encode_frame,
+};
+use handoff_fuzz_harness::{
+    Chunk, DecoderChoice, FrameDecoderInput, FuzzClock, FuzzId, FuzzMessage, FuzzPeer, FuzzPid,
+    INCUMBENT_BUILD_ID, INCUMBENT_PID, IncumbentInput, SUCCESSOR_BUILD_ID, SUCCESSOR_PID,
+    SUPERVISOR_RANDOM, SUPERVISOR_STARTED_UNIX_MS, SuccessorInput, SupervisorInput, unparse_script,
 };
 
 /// One seed file: target, file name, contents.

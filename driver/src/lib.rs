@@ -1,0 +1,52 @@
+//! # handoff-driver
+//!
+//! The one place where each role's outputs are carried out, for every
+//! runtime. [`handoff_core`]'s machines decide what happens; a driver here
+//! does it through [`handoff_os`] (connects that never wait, bounded
+//! writes, reads, the data-dir lock, the control path, spawning, signals,
+//! the journal) and asks its adapter only to watch descriptors
+//! ([`Io`]), run the incumbent's hooks ([`IncumbentIo`]) and keep time.
+//! The blocking (`handoff-std`), mio (`handoff-mio`) and smol
+//! (`handoff-smol`) adapters are that glue and nothing more, so a rule
+//! decided here holds under each of them:
+//!
+//! | rule | where |
+//! |---|---|
+//! | the connect to the incumbent never waits; retried within the hello timeout | [`SupervisorDriver`] with the core |
+//! | a peer that stops reading is hung up on after [`link::WRITE_TIMEOUT`] or [`link::MAX_UNSENT`] | [`link`] |
+//! | an `Abort` the supervisor queued before the daemon's `Ready` wins | [`SuccessorDriver::ready`] |
+//! | a spawned successor whose socket cannot be watched is killed and reaped | [`SupervisorDriver`] |
+//! | the deadlines are looked at after every wake-up | every driver's `handle_*` |
+//! | peer credentials, one session at a time, the control path taken back after a failed seal | [`IncumbentDriver`] |
+//!
+//! The calling pattern is the same for the three drivers: create, `start`,
+//! then pass on readiness (`handle_readable`, `handle_writable`) and time
+//! (`handle_timeout` once `poll_timeout` has passed), and look at what the
+//! driver reports. Nothing in a driver blocks, except that a supervisor
+//! with a journal waits, when a handoff starts, for the previous
+//! handoff's last record to be on disk.
+//!
+//! docs/PROTOCOL.md is the protocol these follow; ARCHITECTURE.md maps the
+//! crates to it.
+
+// Every unsafe block of the project's libraries and binaries is in
+// handoff-os (the benchmarks' allocator and echo server aside).
+#![forbid(unsafe_code)]
+
+pub mod clock;
+mod hooks;
+pub mod incumbent;
+pub mod link;
+pub mod successor;
+pub mod supervisor;
+
+pub use hooks::{Hook, HookDone, HookError, SealOutput, StateSnapshot};
+pub use incumbent::{Endpoint, IncumbentDriver, IncumbentIo, ServeEnd, ServeError, SessionReport};
+pub use link::{Inbox, Io, Source};
+pub use successor::{
+    Launch, Readiness, Role, SuccessorDriver, SuccessorError, SuccessorReport, detect_role,
+};
+pub use supervisor::{
+    HandoffOutcome, HandoffSlot, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorDriver,
+    SupervisorError, handoff_config, spawn_for_handoff,
+};
