@@ -14,8 +14,8 @@ use futures_lite::AsyncReadExt;
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::{InheritedListeners, Mode};
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, Role, SealOutput,
-    SealProgress, SessionEnd, Successor, SuccessorConfig, Supervisor, detect_role,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, Readiness, Role,
+    SealOutput, SealProgress, SessionEnd, Successor, SuccessorConfig, Supervisor, detect_role,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -61,6 +61,9 @@ pub fn main(raw: &str) -> i32 {
     if args.mode == "supervise" {
         return supervise(&args);
     }
+    if args.mode == "probe" {
+        return probe(&args);
+    }
     // Read before detect_role takes it: `ready-after-abort` watches it.
     let sock_fd: Option<i32> = std::env::var("HANDOFF_SOCK_FD")
         .ok()
@@ -73,7 +76,9 @@ pub fn main(raw: &str) -> i32 {
         Role::ColdStart { mut listeners } => {
             let listener = listeners.take_tcp("main", Mode::Blocking).expect("main");
             let lock = DataDirLock::acquire_or_break_stale(&args.data).expect("lock");
-            let incumbent = Incumbent::bind_cold_start(&args.control, lock).expect("control");
+            let incumbent = Incumbent::bind_cold_start(&args.control, lock)
+                .expect("control")
+                .with_config(incumbent_config());
             let service = Service::open(&args.data);
             service.start(listener);
             println!("ready {}", std::process::id());
@@ -87,6 +92,7 @@ pub fn main(raw: &str) -> i32 {
                 return 3;
             }
             SOCK_FD.store(sock_fd.unwrap_or(-1), std::sync::atomic::Ordering::Relaxed);
+            let successor = successor.with_config(successor_config());
             match args.runtime {
                 Runtime::Std => successor_std(successor, &args),
                 Runtime::Mio => successor_mio(successor, &args),
@@ -94,6 +100,31 @@ pub fn main(raw: &str) -> i32 {
             }
         }
     }
+}
+
+/// The incumbent's timings: `heartbeat-ms=N` sets how often it heartbeats
+/// while a hook runs.
+fn incumbent_config() -> IncumbentConfig {
+    let mut c = IncumbentConfig::default();
+    if let Some(ms) = super::service::number("heartbeat-ms") {
+        c.heartbeat_interval = Duration::from_millis(ms);
+    }
+    c
+}
+
+/// The successor's timings: `heartbeat-ms=N` as for the incumbent.
+fn successor_config() -> SuccessorConfig {
+    let mut c = SuccessorConfig::default();
+    if let Some(ms) = super::service::number("heartbeat-ms") {
+        c.heartbeat_interval = Duration::from_millis(ms);
+    }
+    c
+}
+
+/// `open-ms=N`: opening the state after `Begin` takes this long, while the
+/// protocol goes on (unlike `hang-after-begin`, which stops the daemon).
+fn open_delay() -> Option<Duration> {
+    super::service::number("open-ms").map(Duration::from_millis)
 }
 
 /// The successor's end of its control socketpair, for `ready-after-abort`.
@@ -204,6 +235,9 @@ fn successor_std(successor: Successor, args: &Args) -> i32 {
         return code;
     }
     let listener = take_main(begun.listeners());
+    if let Some(d) = open_delay() {
+        std::thread::sleep(d);
+    }
     let service = Service::open(&args.data);
     let ready = readiness(&listener, &service);
     service.start(listener);
@@ -303,21 +337,40 @@ fn successor_mio(successor: Successor, args: &Args) -> i32 {
         SUCCESSOR,
         b"conformance-mio",
         &args.data,
-        SuccessorConfig::default(),
+        successor_config(),
     )
     .unwrap();
     let mut service: Option<Arc<Service>> = None;
+    // With `open-ms`, when the state is open and `ready` may be called.
+    let mut open_at: Option<std::time::Instant> = None;
     loop {
-        wait(&mut poll, &mut events, s.timeout());
+        let t = [s.timeout(), open_at].into_iter().flatten().min();
+        wait(&mut poll, &mut events, t);
         for event in &events {
             s.handle_event(poll.registry(), event);
         }
         s.handle_timeout(poll.registry());
+        if open_at.is_some_and(|t| t <= std::time::Instant::now()) {
+            open_at = None;
+            let listener = take_main(s.listeners());
+            let svc = Service::open(&args.data);
+            let ready = readiness(&listener, &svc);
+            svc.start(listener);
+            service = Some(svc);
+            if let Err(e) = s.ready(poll.registry(), &ready, &args.control) {
+                eprintln!("mio successor: control socket: {e}");
+                return 4;
+            }
+        }
         while let Some(event) = s.poll_event() {
             match event {
                 SuccessorEvent::Begun => {
                     if let Some(code) = after_begin() {
                         return code;
+                    }
+                    if let Some(d) = open_delay() {
+                        open_at = Some(std::time::Instant::now() + d);
+                        continue;
                     }
                     let listener = take_main(s.listeners());
                     let svc = Service::open(&args.data);
@@ -402,7 +455,13 @@ fn successor_smol(successor: Successor, args: &Args) -> i32 {
         }
         let listener = take_main(begun.listeners());
         let data = args.data.clone();
-        let service = match begun.start_up(async move { Service::open(&data) }).await {
+        let open = async move {
+            if let Some(d) = open_delay() {
+                async_io::Timer::after(d).await;
+            }
+            Service::open(&data)
+        };
+        let service = match begun.start_up(open).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("smol successor: {e}");
@@ -428,6 +487,35 @@ fn successor_smol(successor: Successor, args: &Args) -> i32 {
             }
         }
     })
+}
+
+// ---------------------------------------------------------------- probe
+
+/// Connects to the control socket as whoever runs this, and says how many
+/// bytes came before the incumbent hung up (or the first read, if it did
+/// not): a supervisor it does not permit reads 0.
+fn probe(args: &Args) -> i32 {
+    let mut s = match UnixStream::connect(&args.control) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("probe connect failed: {e}");
+            return 1;
+        }
+    };
+    s.set_read_timeout(Some(super::BOUND)).unwrap();
+    let mut buf = [0u8; 256];
+    let n = loop {
+        match std::io::Read::read(&mut s, &mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(n) => break n,
+            Err(e) => {
+                println!("probe read failed: {e}");
+                return 1;
+            }
+        }
+    };
+    println!("probe read {n} bytes");
+    0
 }
 
 // ------------------------------------------------------------ supervise
