@@ -260,6 +260,20 @@ fn fake_incumbent(tag: &str, config: SupervisorConfig) -> FakeIncumbent {
     }
 }
 
+/// Runs a handoff of `sup` on a thread; its outcome comes on the channel.
+fn handoff_in_background(
+    rt: Runtime,
+    sup: &Arc<Supervisor>,
+    spec: handoff_std::SpawnSpec,
+) -> std::sync::mpsc::Receiver<handoff_std::HandoffOutcome> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sup = sup.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(run_handoff(rt, &sup, spec));
+    });
+    rx
+}
+
 fn supervisor_hangs_up_on_an_incumbent_that_stops_reading(rt: Runtime) {
     let fake = fake_incumbent(
         &format!("stall-s-{}", rt.name()),
@@ -279,14 +293,15 @@ fn supervisor_hangs_up_on_an_incumbent_that_stops_reading(rt: Runtime) {
     );
     spec.deadline = Duration::from_secs(120);
     spec.startup_budget = Duration::from_secs(100);
-    let sup = fake.sup.clone();
-    let handoff = std::thread::spawn(move || run_handoff(rt, &sup, spec));
+    let handoff = handoff_in_background(rt, &fake.sup, spec);
     let (mut s, _) = fake.listener.accept().unwrap();
     send(&mut s, hello(Side::Incumbent));
     // It heartbeats, so it is alive, but reads nothing: the supervisor's
     // `HelloAck` and heartbeats every 2 ms pile up.
     let took = write_until_hung_up(&s, &heartbeat(), Duration::from_millis(100));
-    let outcome = handoff.join().unwrap();
+    let outcome = handoff
+        .recv_timeout(BOUND)
+        .unwrap_or_else(|_| panic!("{rt:?}: the handoff did not end"));
     assert!(
         took.is_some(),
         "{rt:?}: the supervisor kept writing to an incumbent that reads nothing"
@@ -324,13 +339,14 @@ fn supervisor_keeps_the_drain_deadline_through_a_flood(rt: Runtime) {
     );
     spec.deadline = Duration::from_secs(120);
     spec.drain_grace = Duration::from_secs(1);
-    let sup = fake.sup.clone();
-    let handoff = std::thread::spawn(move || run_handoff(rt, &sup, spec));
+    let handoff = handoff_in_background(rt, &fake.sup, spec);
     let (mut s, _) = fake.listener.accept().unwrap();
     send(&mut s, hello(Side::Incumbent));
     // Never `Drained`; heartbeats without a pause instead.
     let took = write_until_hung_up(&s, &flood(), Duration::ZERO);
-    let outcome = handoff.join().unwrap();
+    let outcome = handoff
+        .recv_timeout(BOUND)
+        .unwrap_or_else(|_| panic!("{rt:?}: the handoff did not end"));
     assert!(took.is_some(), "{rt:?}: the flood held the supervisor off");
     assert_eq!(outcome.result, Err(AbortReason::DrainTimeout), "{rt:?}");
 }
