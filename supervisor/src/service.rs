@@ -23,7 +23,7 @@ use crate::error::ServiceError;
 use crate::handoff::HandoffReport;
 use crate::listeners;
 use crate::notify::Notifier;
-use crate::state::{Inner, State, Status, Waker, lock};
+use crate::state::{Inner, LoopWaker, State, Status, lock};
 use crate::trigger;
 
 /// How long a new daemon may take to answer on its control socket, by
@@ -110,7 +110,7 @@ impl ServiceBuilder {
 pub struct Service {
     inner: Arc<Inner>,
     listener_addrs: Vec<(String, String)>,
-    trigger_wake: Waker,
+    trigger_wake: LoopWaker,
     threads: Vec<JoinHandle<()>>,
     stopped: bool,
     /// Dropped after `Drop::drop` has stopped the daemons.
@@ -196,8 +196,8 @@ impl Service {
             }
         }
 
-        let (monitor_wake, monitor_rx) = Waker::pair().map_err(ServiceError::Io)?;
-        let (trigger_wake, trigger_rx) = Waker::pair().map_err(ServiceError::Io)?;
+        let (monitor_wake, monitor_rx) = LoopWaker::pair().map_err(ServiceError::Io)?;
+        let (trigger_wake, trigger_rx) = LoopWaker::pair().map_err(ServiceError::Io)?;
         let trigger = trigger::TriggerSocket::bind(&config.trigger_socket, &config.allowed_uids)
             .map_err(|source| ServiceError::TriggerSocket {
                 path: config.trigger_socket.clone(),

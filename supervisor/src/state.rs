@@ -60,15 +60,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One end of a wake-up pipe, written to say "look again".
 #[derive(Debug)]
-pub(crate) struct Waker(UnixStream);
+pub(crate) struct LoopWaker(UnixStream);
 
-impl Waker {
+impl LoopWaker {
     /// A waker and the end to poll.
-    pub(crate) fn pair() -> io::Result<(Waker, UnixStream)> {
+    pub(crate) fn pair() -> io::Result<(LoopWaker, UnixStream)> {
         let (tx, rx) = UnixStream::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        Ok((Waker(tx), rx))
+        Ok((LoopWaker(tx), rx))
     }
 
     pub(crate) fn wake(&self) {
@@ -117,7 +117,7 @@ pub(crate) struct Inner {
     pub(crate) request_timeout: Duration,
     pub(crate) startup_timeout: Duration,
     pub(crate) stop_grace: Duration,
-    pub(crate) monitor_wake: Waker,
+    pub(crate) monitor_wake: LoopWaker,
 }
 
 impl Inner {

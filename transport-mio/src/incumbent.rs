@@ -1,6 +1,6 @@
 //! The incumbent in the caller's mio loop: an [`IncumbentDriver`] whose
 //! control listener and current session are registered under the caller's
-//! two tokens, whose timers come out through [`MioIncumbent::timeout`],
+//! two tokens, whose timers come out through [`MioIncumbent::poll_timeout`],
 //! and whose hooks (drain, seal, resume) come out as [`IncumbentEvent`]s
 //! that the daemon completes whenever it is ready. Nothing here blocks or
 //! spawns a thread.
@@ -285,7 +285,7 @@ impl MioIncumbent {
 
     /// The next instant at which [`MioIncumbent::handle_timeout`] must be
     /// called (use it for the `Poll::poll` timeout).
-    pub fn timeout(&self) -> Option<std::time::Instant> {
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
         match &self.stage {
             Stage::Registered { driver, .. } => driver.poll_timeout(),
             _ => None,

@@ -22,8 +22,8 @@
 //!
 //! The calling pattern is the same for all three: register, then in the
 //! loop pass every event to `handle_event` (it says whether the event was
-//! its own), call `handle_timeout` when `timeout()` has passed (use the
-//! earliest `timeout()` as the `Poll::poll` timeout), and drain
+//! its own), call `handle_timeout` when `poll_timeout()` has passed (use the
+//! earliest `poll_timeout()` as the `Poll::poll` timeout), and drain
 //! `poll_event`.
 //!
 //! ```no_run
@@ -41,7 +41,7 @@
 //! control.register(poll.registry(), Token(100), Token(101))?;
 //! let mut events = Events::with_capacity(64);
 //! loop {
-//!     let timeout = control.timeout().map(|t| t.saturating_duration_since(std::time::Instant::now()));
+//!     let timeout = control.poll_timeout().map(|t| t.saturating_duration_since(std::time::Instant::now()));
 //!     if let Err(e) = poll.poll(&mut events, timeout) {
 //!         // epoll_wait is not restarted after the process is stopped and
 //!         // continued (SIGSTOP, `systemctl freeze`): a wake-up, not a failure.

@@ -153,7 +153,7 @@ impl MioSuccessor {
     }
 
     /// When [`MioSuccessor::handle_timeout`] must be called next.
-    pub fn timeout(&self) -> Option<std::time::Instant> {
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
         self.driver.poll_timeout()
     }
 

@@ -192,7 +192,7 @@ impl MioSupervisor {
     }
 
     /// The earliest deadline of all handoffs in flight.
-    pub fn timeout(&self) -> Option<std::time::Instant> {
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
         self.runs
             .iter()
             .flatten()

@@ -67,7 +67,7 @@ fn daemon(dir: &Path) -> i32 {
             .unwrap();
             loop {
                 let t = s
-                    .timeout()
+                    .poll_timeout()
                     .map(|t| t.saturating_duration_since(Instant::now()));
                 wait(&mut poll, &mut events, t);
                 for e in &events {
@@ -92,7 +92,7 @@ fn daemon(dir: &Path) -> i32 {
         .unwrap();
     loop {
         let t = control
-            .timeout()
+            .poll_timeout()
             .map(|t| t.saturating_duration_since(Instant::now()));
         wait(&mut poll, &mut events, t);
         for e in &events {
@@ -214,7 +214,7 @@ fn one_loop_hands_off_200_daemons_25_at_a_time() {
         max_in_flight = max_in_flight.max(sup.in_flight());
         peak_rss = peak_rss.max(rss_kib());
         let t = sup
-            .timeout()
+            .poll_timeout()
             .map(|t| t.saturating_duration_since(Instant::now()));
         wait(&mut poll, &mut events, t);
         for e in &events {
@@ -312,7 +312,7 @@ fn a_remote_starts_handoffs_from_another_thread_and_hears_refusals() {
     let started = Instant::now();
     while finished + rejected < 2 {
         let t = sup
-            .timeout()
+            .poll_timeout()
             .map(|t| t.saturating_duration_since(Instant::now()));
         wait(&mut poll, &mut events, t.or(Some(BOUND)));
         for e in &events {

@@ -50,7 +50,7 @@ pub trait AsyncDrainable {
 /// Answers supervisors until a handoff commits, as the blocking adapter's
 /// `Incumbent::serve` does, on async-io. Take the endpoint from
 /// [`Endpoint::bind_cold_start`], from a successor's
-/// [`crate::Begun::announce_and_bind`], or a `handoff_std::Incumbent`; the
+/// [`crate::BegunSuccessor::announce_and_bind`], or a `handoff_std::Incumbent`; the
 /// timings, build id and peer policy set on it hold here too.
 ///
 /// Sessions that end any other way leave the daemon serving (lock held,

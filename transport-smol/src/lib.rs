@@ -13,8 +13,8 @@
 //! - [`serve`]: an incumbent's control sessions over an [`AsyncDrainable`],
 //!   whose hooks are async fns that run concurrently with the session.
 //! - [`detect_role`] first thing in `main`; then, for a successor,
-//!   [`handshake`] → [`Handshook::wait_for_begin`] → [`Begun::start_up`] →
-//!   [`Begun::announce_and_bind`], and [`serve`] the [`Endpoint`] it returns.
+//!   [`handshake`] → [`HandshookSuccessor::wait_for_begin`] → [`BegunSuccessor::start_up`] →
+//!   [`BegunSuccessor::announce_and_bind`], and [`serve`] the [`Endpoint`] it returns.
 //!
 //! ```no_run
 //! use handoff_smol::os::listeners::Mode;
@@ -88,5 +88,5 @@ pub use handoff_driver::{
 pub use handoff_os::control::PeerPolicy;
 pub use handoff_os::lock::DataDirLock;
 pub use incumbent::{AsyncDrainable, serve, serve_with};
-pub use successor::{AnnounceError, Begun, Handshook, handshake};
+pub use successor::{AnnounceError, BegunSuccessor, HandshookSuccessor, handshake};
 pub use supervisor::perform_handoff;

@@ -1,6 +1,6 @@
 //! The successor's typestates as async fns: [`handshake`] →
-//! [`Handshook::wait_for_begin`] → (take listeners, open the state inside
-//! [`Begun::start_up`]) → [`Begun::announce_and_bind`], which returns the
+//! [`HandshookSuccessor::wait_for_begin`] → (take listeners, open the state inside
+//! [`BegunSuccessor::start_up`]) → [`BegunSuccessor::announce_and_bind`], which returns the
 //! [`Endpoint`] to serve. A [`SuccessorDriver`] speaks the protocol; this
 //! waits on async-io for its control socket and its deadlines. `start_up`
 //! runs the daemon's start-up future concurrently with the protocol in the
@@ -29,7 +29,7 @@ use crate::watched::{NoExtra, Watched};
 pub async fn handshake(
     successor: impl Into<Launch>,
     build_id: &[u8],
-) -> Result<Handshook, SuccessorError> {
+) -> Result<HandshookSuccessor, SuccessorError> {
     let launch = successor.into();
     let config = launch.config();
     let (control, listeners) = launch.into_parts();
@@ -45,24 +45,24 @@ pub async fn handshake(
         session.check()?;
         session.turn().await;
     }
-    Ok(Handshook { session, listeners })
+    Ok(HandshookSuccessor { session, listeners })
 }
 
 /// `Hello` answered; waiting for `Begin`.
-pub struct Handshook {
+pub struct HandshookSuccessor {
     session: Session,
     listeners: InheritedListeners,
 }
 
-impl fmt::Debug for Handshook {
+impl fmt::Debug for HandshookSuccessor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handshook")
+        f.debug_struct("HandshookSuccessor")
             .field("driver", &self.session.driver)
             .finish_non_exhaustive()
     }
 }
 
-impl Handshook {
+impl HandshookSuccessor {
     /// The handoff's id.
     pub fn handoff_id(&self) -> Option<HandoffId> {
         self.session.driver.handoff_id()
@@ -76,7 +76,10 @@ impl Handshook {
     /// Waits for `Begin`, then takes the data-dir lock of `data_dir` (the
     /// incumbent released it when it sealed). From the returned state on,
     /// the process may open the state and serve.
-    pub async fn wait_for_begin(mut self, data_dir: &Path) -> Result<Begun, SuccessorError> {
+    pub async fn wait_for_begin(
+        mut self,
+        data_dir: &Path,
+    ) -> Result<BegunSuccessor, SuccessorError> {
         let s = &mut self.session;
         s.driver.set_data_dir(&mut s.io, data_dir);
         s.take_reports();
@@ -87,7 +90,7 @@ impl Handshook {
             }
             s.turn().await;
         }
-        Ok(Begun {
+        Ok(BegunSuccessor {
             session: self.session,
             listeners: self.listeners,
         })
@@ -95,24 +98,24 @@ impl Handshook {
 }
 
 /// `Begin` received and the lock held: take the listeners, open the state
-/// (inside [`Begun::start_up`]), start serving, then announce.
+/// (inside [`BegunSuccessor::start_up`]), start serving, then announce.
 ///
 /// Dropped without announcing, it closes the control socket: the
 /// supervisor sees the successor give up, and the old binary resumes.
-pub struct Begun {
+pub struct BegunSuccessor {
     session: Session,
     listeners: InheritedListeners,
 }
 
-impl fmt::Debug for Begun {
+impl fmt::Debug for BegunSuccessor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Begun")
+        f.debug_struct("BegunSuccessor")
             .field("driver", &self.session.driver)
             .finish_non_exhaustive()
     }
 }
 
-impl Begun {
+impl BegunSuccessor {
     /// The inherited listeners, to take by name.
     pub fn listeners(&mut self) -> &mut InheritedListeners {
         &mut self.listeners
@@ -206,7 +209,7 @@ impl Begun {
     }
 }
 
-/// [`Begun::announce_and_bind`] failed; the lock is still held here.
+/// [`BegunSuccessor::announce_and_bind`] failed; the lock is still held here.
 #[derive(Debug)]
 pub struct AnnounceError {
     /// What failed.
@@ -247,7 +250,7 @@ impl Session {
 
     /// Notes what the driver reported. Its ends are read back from it
     /// ([`SuccessorDriver::end`], [`SuccessorDriver::error`]); only
-    /// `Begun` is kept here.
+    /// `BegunSuccessor` is kept here.
     fn take_reports(&mut self) {
         while let Some(report) = self.driver.poll_report() {
             if report == SuccessorReport::Begun {
@@ -291,8 +294,8 @@ mod tests {
         // Only the types are looked at (nothing is called), for executors
         // that move tasks between threads.
         let _ = |launch: Launch| assert_send(&handshake(launch, b"v2"));
-        let _ = |h: Handshook| assert_send(&h.wait_for_begin(Path::new("/")));
-        let _ = |b: Begun| {
+        let _ = |h: HandshookSuccessor| assert_send(&h.wait_for_begin(Path::new("/")));
+        let _ = |b: BegunSuccessor| {
             assert_send(&b.announce_and_bind(Readiness::default(), Path::new("/")));
         };
     }

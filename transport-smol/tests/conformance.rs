@@ -610,7 +610,7 @@ fn a_mio_loop_dropped_with_a_handoff_in_flight_stops_its_successor_and_clears_it
     while !journal.exists() || support::daemons_of(&rig).len() < 2 {
         assert!(t0.elapsed() < BOUND, "the handoff never got going");
         let t = ms
-            .timeout()
+            .poll_timeout()
             .map(|t| t.saturating_duration_since(std::time::Instant::now()))
             .unwrap_or(std::time::Duration::from_millis(10))
             .min(std::time::Duration::from_millis(10));

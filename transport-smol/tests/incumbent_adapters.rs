@@ -534,7 +534,7 @@ fn serve_mio(incumbent: Incumbent, daemon: &Prompt) {
         .unwrap();
     while !control.is_done() {
         let timeout = control
-            .timeout()
+            .poll_timeout()
             .map(|t| t.saturating_duration_since(Instant::now()));
         if let Err(e) = poll.poll(&mut events, timeout) {
             assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");

@@ -116,7 +116,7 @@ impl Incumbent {
         let (wake_rx, wake_tx) = UnixStream::pair().map_err(ServeError::Io)?;
         wake_rx.set_nonblocking(true).map_err(ServeError::Io)?;
         wake_tx.set_nonblocking(true).map_err(ServeError::Io)?;
-        let waker = Waker(Arc::new(wake_tx));
+        let waker = HookWaker(Arc::new(wake_tx));
         let (done_tx, done_rx) = mpsc::channel::<HookDone>();
         let (progress_tx, progress_rx) = mpsc::channel::<(u32, u32, u64)>();
         std::thread::scope(|scope| {
@@ -188,9 +188,9 @@ fn run_hook<T>(f: impl FnOnce() -> Result<T, HookError>) -> Result<T, String> {
 
 /// Wakes the serve loop from a hook thread.
 #[derive(Clone)]
-struct Waker(Arc<UnixStream>);
+struct HookWaker(Arc<UnixStream>);
 
-impl Waker {
+impl HookWaker {
     fn wake(&self) {
         // A full pipe already holds a wake-up; nothing is lost.
         let _ = control::send_some(self.0.as_fd(), &[1]);
@@ -202,7 +202,7 @@ struct HookContext<'d, D> {
     daemon: &'d D,
     done: mpsc::Sender<HookDone>,
     progress: mpsc::Sender<(u32, u32, u64)>,
-    waker: Waker,
+    waker: HookWaker,
 }
 
 /// Runs one hook of `daemon`; seal progress goes to `progress`, `wake`
@@ -211,7 +211,7 @@ fn run_job<D: Drainable>(
     daemon: &D,
     hook: Hook,
     progress: &mpsc::Sender<(u32, u32, u64)>,
-    wake: &Waker,
+    wake: &HookWaker,
 ) -> HookDone {
     match hook {
         Hook::Drain { deadline } => HookDone::Drained(run_hook(|| daemon.drain(deadline))),

@@ -71,7 +71,7 @@ fn serve_mio_control(
         });
     };
     loop {
-        wait(&mut poll, &mut events, control.timeout());
+        wait(&mut poll, &mut events, control.poll_timeout());
         for event in &events {
             control.handle_event(poll.registry(), event);
         }
@@ -173,7 +173,7 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
     };
     let mut daemon: Option<Arc<Daemon>> = None;
     loop {
-        wait(&mut poll, &mut events, s.timeout());
+        wait(&mut poll, &mut events, s.poll_timeout());
         for event in &events {
             s.handle_event(poll.registry(), event);
         }

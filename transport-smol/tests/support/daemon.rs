@@ -281,7 +281,7 @@ fn serve_mio(mut control: MioIncumbent, service: Arc<Service>) -> i32 {
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
     let (tx, rx) = mpsc::channel::<Done>();
     loop {
-        wait(&mut poll, &mut events, control.timeout());
+        wait(&mut poll, &mut events, control.poll_timeout());
         for event in &events {
             control.handle_event(poll.registry(), event);
         }
@@ -344,7 +344,7 @@ fn successor_mio(successor: Successor, args: &Args) -> i32 {
     // With `open-ms`, when the state is open and `ready` may be called.
     let mut open_at: Option<std::time::Instant> = None;
     loop {
-        let t = [s.timeout(), open_at].into_iter().flatten().min();
+        let t = [s.poll_timeout(), open_at].into_iter().flatten().min();
         wait(&mut poll, &mut events, t);
         for event in &events {
             s.handle_event(poll.registry(), event);

@@ -107,7 +107,7 @@ pub fn run_handoff(runtime: Runtime, sup: &Arc<Supervisor>, spec: SpawnSpec) -> 
                     return *outcome;
                 }
                 let t = ms
-                    .timeout()
+                    .poll_timeout()
                     .map(|t| t.saturating_duration_since(std::time::Instant::now()));
                 if let Err(e) = poll.poll(&mut events, t) {
                     // epoll_wait is not restarted after a stop and continue.
