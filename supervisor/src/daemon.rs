@@ -178,7 +178,7 @@ pub(crate) fn probe(control_socket: &Path, deadline: Instant) -> Option<u32> {
     read_hello_pid(&mut stream)
 }
 
-/// Reads one frame and, if it is an incumbent's `Hello` (SPEC section 2),
+/// Reads one frame and, if it is an incumbent's `Hello` (docs/PROTOCOL.md section 2),
 /// returns the pid it announces. Framing and decoding are handoff-core's
 /// `FrameDecoder`, in a fixed buffer: a hostile peer's length prefix costs
 /// no allocation.
