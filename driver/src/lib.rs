@@ -44,7 +44,8 @@ pub use hooks::{Hook, HookDone, HookError, SealOutput, StateSnapshot};
 pub use incumbent::{Endpoint, IncumbentDriver, IncumbentIo, ServeEnd, ServeError, SessionReport};
 pub use link::{Inbox, Io, Source};
 pub use successor::{
-    Launch, Readiness, Role, SuccessorDriver, SuccessorError, SuccessorReport, detect_role,
+    AnnounceError, Launch, Readiness, Role, SuccessorDriver, SuccessorError, SuccessorReport,
+    detect_role,
 };
 pub use supervisor::{
     HandoffOutcome, HandoffSlot, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorDriver,

@@ -116,6 +116,28 @@ impl fmt::Display for SuccessorError {
 
 impl std::error::Error for SuccessorError {}
 
+/// An adapter's `announce_and_bind` failed; the lock is still held here.
+#[derive(Debug)]
+pub struct AnnounceError {
+    /// What failed.
+    pub error: SuccessorError,
+    /// The data-dir lock, released when this is dropped: stop whatever
+    /// may write first.
+    pub lock: Option<DataDirLock>,
+}
+
+impl fmt::Display for AnnounceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for AnnounceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// What the successor reports with `Ready`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Readiness {

@@ -154,33 +154,13 @@ fn timeout_ms(left: Duration) -> libc::c_int {
 /// hung up or in error). `None` waits forever. `EINTR` is retried with the
 /// time left.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pollfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // A deadline too far to represent is as good as none.
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => timeout_ms(d.saturating_duration_since(Instant::now())),
-        };
-        // SAFETY: `pollfds` is a live, initialised array of exactly
-        // `pollfds.len()` entries, and every descriptor in it is borrowed
-        // for the duration of the call.
-        let ret = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
-        match cvt(ret) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    let ready = libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
-    Ok(pollfds.iter().map(|p| p.revents & ready != 0).collect())
+    // Borrowed for the whole call, so the numbers stay theirs throughout.
+    let raw: Vec<(std::os::fd::RawFd, bool)> =
+        fds.iter().map(|fd| (fd.as_raw_fd(), false)).collect();
+    Ok(poll_ready(&raw, timeout)?
+        .into_iter()
+        .map(|r| r.readable)
+        .collect())
 }
 
 /// What [`poll_ready`] found for one descriptor.
@@ -216,6 +196,7 @@ pub fn poll_ready(
             revents: 0,
         })
         .collect();
+    // A deadline too far to represent is as good as none.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
         let ms = match deadline {

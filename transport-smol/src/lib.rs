@@ -81,6 +81,7 @@ pub use handoff_core::{
     AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentFate, SessionEnd,
     SuccessorConfig, SuccessorFailure, SuccessorFate, SupervisorConfig,
 };
+pub use handoff_driver::AnnounceError;
 pub use handoff_driver::{
     Endpoint, HandoffOutcome, HookError, Launch, Readiness, Role, SealOutput, ServeEnd, ServeError,
     SpawnSpec, StateSnapshot, SuccessorError, Supervisor, SupervisorError, detect_role,
@@ -88,5 +89,5 @@ pub use handoff_driver::{
 pub use handoff_os::control::PeerPolicy;
 pub use handoff_os::lock::DataDirLock;
 pub use incumbent::{AsyncDrainable, serve, serve_with};
-pub use successor::{AnnounceError, BegunSuccessor, HandshookSuccessor, handshake};
+pub use successor::{BegunSuccessor, HandshookSuccessor, handshake};
 pub use supervisor::perform_handoff;

@@ -14,7 +14,7 @@ use std::path::Path;
 use futures_lite::future;
 use handoff_core::{HandoffId, SuccessorEnd};
 use handoff_driver::{
-    Endpoint, Launch, Readiness, SuccessorDriver, SuccessorError, SuccessorReport,
+    AnnounceError, Endpoint, Launch, Readiness, SuccessorDriver, SuccessorError, SuccessorReport,
 };
 use handoff_os::listeners::InheritedListeners;
 use handoff_os::lock::DataDirLock;
@@ -206,27 +206,6 @@ impl BegunSuccessor {
             ))
         })?;
         Ok(Endpoint::from_parts(listener, &path, lock))
-    }
-}
-
-/// [`BegunSuccessor::announce_and_bind`] failed; the lock is still held here.
-#[derive(Debug)]
-pub struct AnnounceError {
-    /// What failed.
-    pub error: SuccessorError,
-    /// The data-dir lock, released when this is dropped.
-    pub lock: Option<DataDirLock>,
-}
-
-impl fmt::Display for AnnounceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl std::error::Error for AnnounceError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
     }
 }
 

@@ -27,7 +27,7 @@ use handoff_os::env::EnvError;
 use handoff_os::listeners::InheritedListeners;
 use handoff_os::lock::DataDirLock;
 
-pub use handoff_driver::{Readiness, SuccessorError};
+pub use handoff_driver::{AnnounceError, Readiness, SuccessorError};
 
 use crate::conn::Watched;
 use crate::incumbent::Incumbent;
@@ -216,27 +216,6 @@ impl BegunSuccessor {
                 lock: Some(lock),
             }),
         }
-    }
-}
-
-/// `announce_and_bind` failed; the lock is still held here.
-#[derive(Debug)]
-pub struct AnnounceError {
-    /// What failed.
-    pub error: SuccessorError,
-    /// The data-dir lock, released when this is dropped.
-    pub lock: Option<DataDirLock>,
-}
-
-impl fmt::Display for AnnounceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl std::error::Error for AnnounceError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
     }
 }
 
