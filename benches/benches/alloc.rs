@@ -14,8 +14,8 @@ use std::time::Instant as StdInstant;
 use handoff_benches::counting::{CountingAlloc, thread_allocations};
 use handoff_benches::frames::{self, ADDRESS, FINGERPRINT, NAMES, REVISIONS, VERSION};
 use handoff_core::{
-    DrainReport, FrameDecoder, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, Peer,
-    ReadyReport, Revisions, SealReport, SessionEnd, Strings, SuccessorConfig, SuccessorEnd,
+    DrainReport, FrameDecoder, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant,
+    ReadyReport, Revisions, SealReport, SessionEnd, Side, Strings, SuccessorConfig, SuccessorEnd,
     SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
     encode_frame,
 };
@@ -109,8 +109,8 @@ fn full_handoff() -> Result<(), &'static str> {
                     sup.handle_connected(now);
                 }
                 SupervisorOutput::Transmit { to, frame } => match to {
-                    Peer::Incumbent => s_to_o.push(frame)?,
-                    Peer::Successor => s_to_n.push(frame)?,
+                    Side::Incumbent => s_to_o.push(frame)?,
+                    Side::Successor => s_to_n.push(frame)?,
                 },
                 SupervisorOutput::SpawnSuccessor => {
                     suc = Some(SuccessorSession::new(
@@ -194,12 +194,12 @@ fn full_handoff() -> Result<(), &'static str> {
             moved = true;
         }
         if !o_to_s.pending().is_empty() {
-            let n = sup.handle_input(now, Peer::Incumbent, o_to_s.pending());
+            let n = sup.handle_input(now, Side::Incumbent, o_to_s.pending());
             o_to_s.consume(n);
             moved = true;
         }
         if !n_to_s.pending().is_empty() {
-            let n = sup.handle_input(now, Peer::Successor, n_to_s.pending());
+            let n = sup.handle_input(now, Side::Successor, n_to_s.pending());
             n_to_s.consume(n);
             moved = true;
         }

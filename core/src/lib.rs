@@ -104,10 +104,7 @@
 //! use std::os::unix::net::UnixStream;
 //! use std::time::Duration;
 //!
-//! use handoff_core::{
-//!     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, Revisions,
-//!     SealReport, SessionEnd,
-//! };
+//! use handoff_core::{//!     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, Revisions, //!     SealReport, SessionEnd, //!};
 //!
 //! /// What the daemon does when asked; a stand-in for your own code.
 //! trait Daemon {
@@ -274,7 +271,7 @@ pub use successor::{
     SuccessorStep,
 };
 pub use supervisor::{
-    AbortReason, IncumbentFate, Outcome, Peer, PeerInfo, PhaseTimings, Signal, SuccessorFate,
+    AbortReason, IncumbentFate, Outcome, PeerInfo, PhaseTimings, Signal, SuccessorFate,
     SupervisorConfig, SupervisorHandoff, SupervisorOutput, SupervisorStep,
 };
 pub use time::Instant;

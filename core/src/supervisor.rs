@@ -29,24 +29,6 @@ use crate::wire::{
     negotiate_version,
 };
 
-/// One of the supervisor's two peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Peer {
-    /// The running binary, reached over its control socket.
-    Incumbent,
-    /// The spawned binary, reached over its end of the socketpair.
-    Successor,
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Peer::Incumbent => "incumbent",
-            Peer::Successor => "successor",
-        })
-    }
-}
-
 /// A signal for the successor process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Signal {
@@ -193,14 +175,14 @@ pub enum AbortReason {
     /// A peer speaks no protocol version in common with this supervisor.
     VersionMismatch {
         /// The peer.
-        peer: Peer,
+        peer: Side,
         /// Both ranges.
         mismatch: VersionMismatch,
     },
     /// A peer broke the protocol.
     ProtocolViolation {
         /// The peer.
-        peer: Peer,
+        peer: Side,
         /// What it did.
         violation: Violation,
     },
@@ -429,7 +411,7 @@ pub enum SupervisorOutput<'a> {
     /// [`SupervisorHandoff::handle_closed`].
     Transmit {
         /// The peer.
-        to: Peer,
+        to: Side,
         /// One complete frame.
         frame: &'a [u8],
     },
@@ -441,7 +423,7 @@ pub enum SupervisorOutput<'a> {
     /// Signal the successor process.
     Signal(Signal),
     /// Close the connection to this peer; nothing more will be sent to it.
-    Disconnect(Peer),
+    Disconnect(Side),
     /// Write this journal record atomically; report a failure with
     /// [`SupervisorHandoff::handle_journal_failed`]. Nothing in the protocol
     /// waits for it (the journal is for diagnosis after a crash), so an
@@ -459,7 +441,7 @@ enum Action {
     Connect,
     Spawn,
     Signal(Signal),
-    Disconnect(Peer),
+    Disconnect(Side),
     Journal(JournalRecord),
     ClearJournal,
     Finished,
@@ -575,7 +557,7 @@ struct Core<B: Buffer> {
     started_unix_ms: u64,
     deadline_at: Instant,
     step: SupervisorStep,
-    out: Outbox<Peer, Action, B>,
+    out: Outbox<Side, Action, B>,
     stash: Stash<B>,
     o: IncumbentPeer,
     n: SuccessorPeer,
@@ -731,7 +713,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
         match c.expected_incumbent {
             Some(incumbent_pid) if incumbent_pid != listener_pid => {
                 // Never open for the machine: the adapter only drops it.
-                c.out.act(Action::Disconnect(Peer::Incumbent));
+                c.out.act(Action::Disconnect(Side::Incumbent));
                 c.missed_incumbent(
                     now,
                     AbortReason::ControlSocketNotIncumbent {
@@ -767,12 +749,12 @@ impl<B: Buffer> SupervisorHandoff<B> {
     /// Bytes arrived from a peer. At most one frame is taken per call; the
     /// return value is how many bytes were consumed (at least one if `bytes`
     /// is not empty). Poll the outputs, then call again with the rest.
-    pub fn handle_input(&mut self, now: Instant, from: Peer, bytes: &[u8]) -> usize {
+    pub fn handle_input(&mut self, now: Instant, from: Side, bytes: &[u8]) -> usize {
         if self.core.step == SupervisorStep::Done {
             return bytes.len();
         }
         match from {
-            Peer::Incumbent => {
+            Side::Incumbent => {
                 if !self.core.o.open {
                     return bytes.len();
                 }
@@ -780,7 +762,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
                 self.core.on_incumbent_frame(now, frame);
                 used
             }
-            Peer::Successor => {
+            Side::Successor => {
                 if !self.core.n.open {
                     return bytes.len();
                 }
@@ -792,7 +774,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
     }
 
     /// The peer closed its end (EOF), or reading or writing it failed.
-    pub fn handle_closed(&mut self, now: Instant, peer: Peer) {
+    pub fn handle_closed(&mut self, now: Instant, peer: Side) {
         self.core.on_closed(now, peer);
     }
 
@@ -867,20 +849,20 @@ impl<B: Buffer> SupervisorHandoff<B> {
 }
 
 impl<B: Buffer> Core<B> {
-    fn send(&mut self, to: Peer, msg: &Message<'_>) {
+    fn send(&mut self, to: Side, msg: &Message<'_>) {
         let version = match to {
-            Peer::Incumbent => self.o.version,
-            Peer::Successor => self.n.version,
+            Side::Incumbent => self.o.version,
+            Side::Successor => self.n.version,
         };
         // Frames here are the supervisor's own small messages; they fit any
         // buffer the frame limit allows.
         let _ = self.out.send(to, version.unwrap_or(PROTO_MAX), msg);
     }
 
-    fn disconnect(&mut self, peer: Peer) {
+    fn disconnect(&mut self, peer: Side) {
         let open = match peer {
-            Peer::Incumbent => &mut self.o.open,
-            Peer::Successor => &mut self.n.open,
+            Side::Incumbent => &mut self.o.open,
+            Side::Successor => &mut self.n.open,
         };
         if *open {
             *open = false;
@@ -977,11 +959,11 @@ impl<B: Buffer> Core<B> {
                 let version = match negotiate_version(PROTO_MIN, PROTO_MAX, proto_min, proto_max) {
                     Ok(v) => v,
                     Err(mismatch) => {
-                        self.disconnect(Peer::Incumbent);
+                        self.disconnect(Side::Incumbent);
                         return self.abort(
                             now,
                             AbortReason::VersionMismatch {
-                                peer: Peer::Incumbent,
+                                peer: Side::Incumbent,
                                 mismatch,
                             },
                         );
@@ -993,7 +975,7 @@ impl<B: Buffer> Core<B> {
                 self.o.build_id = self.stash.put(build_id, 0);
                 self.marks.incumbent_hello = Some(now);
                 self.send(
-                    Peer::Incumbent,
+                    Side::Incumbent,
                     &Message::HelloAck {
                         proto_version_chosen: version,
                         handoff_id: self.id,
@@ -1004,7 +986,7 @@ impl<B: Buffer> Core<B> {
                 // from the start instead of only to the deadline (as it must
                 // a reference supervisor, which never heartbeats).
                 self.send(
-                    Peer::Incumbent,
+                    Side::Incumbent,
                     &Message::Heartbeat {
                         ts_ms: now.as_millis(),
                     },
@@ -1027,7 +1009,7 @@ impl<B: Buffer> Core<B> {
                 self.marks.drained = Some(now);
                 self.journal(JournalPhase::Draining);
                 self.send(
-                    Peer::Incumbent,
+                    Side::Incumbent,
                     &Message::SealRequest {
                         handoff_id: self.id,
                     },
@@ -1062,7 +1044,7 @@ impl<B: Buffer> Core<B> {
                 // same step, at the cost of two more fsyncs on the critical
                 // path.
                 self.send(
-                    Peer::Successor,
+                    Side::Successor,
                     &Message::Begin {
                         handoff_id: self.id,
                     },
@@ -1107,17 +1089,17 @@ impl<B: Buffer> Core<B> {
                 // broken incumbent is as good as a dead one from here on.
                 self.o.fate = IncumbentFate::Gone;
                 self.beat_incumbent.stop();
-                self.disconnect(Peer::Incumbent);
+                self.disconnect(Side::Incumbent);
             }
             _ => {
                 if self.o.prepared {
                     self.o.fate = IncumbentFate::Gone;
                 }
-                self.disconnect(Peer::Incumbent);
+                self.disconnect(Side::Incumbent);
                 self.abort(
                     now,
                     AbortReason::ProtocolViolation {
-                        peer: Peer::Incumbent,
+                        peer: Side::Incumbent,
                         violation,
                     },
                 );
@@ -1169,7 +1151,7 @@ impl<B: Buffer> Core<B> {
                         return self.abort(
                             now,
                             AbortReason::VersionMismatch {
-                                peer: Peer::Successor,
+                                peer: Side::Successor,
                                 mismatch,
                             },
                         );
@@ -1180,7 +1162,7 @@ impl<B: Buffer> Core<B> {
                 self.n.build_id = self.stash.put(build_id, 0);
                 self.marks.successor_hello = Some(now);
                 self.send(
-                    Peer::Successor,
+                    Side::Successor,
                     &Message::HelloAck {
                         proto_version_chosen: version,
                         handoff_id: self.id,
@@ -1190,7 +1172,7 @@ impl<B: Buffer> Core<B> {
                 // heartbeat waits for `Begin` without a limit, and a
                 // supervisor frozen before its first beat would strand it.
                 self.send(
-                    Peer::Successor,
+                    Side::Successor,
                     &Message::Heartbeat {
                         ts_ms: now.as_millis(),
                     },
@@ -1198,7 +1180,7 @@ impl<B: Buffer> Core<B> {
                 self.journal(JournalPhase::Negotiating);
                 let left = self.deadline_at.saturating_duration_since(now);
                 self.send(
-                    Peer::Incumbent,
+                    Side::Incumbent,
                     &Message::PrepareHandoff {
                         handoff_id: self.id,
                         successor_pid: pid,
@@ -1251,7 +1233,7 @@ impl<B: Buffer> Core<B> {
         self.abort(
             now,
             AbortReason::ProtocolViolation {
-                peer: Peer::Successor,
+                peer: Side::Successor,
                 violation,
             },
         );
@@ -1262,7 +1244,7 @@ impl<B: Buffer> Core<B> {
         // incumbent now, whatever happens to the old one.
         if self.o.open {
             self.send(
-                Peer::Incumbent,
+                Side::Incumbent,
                 &Message::Commit {
                     handoff_id: self.id,
                 },
@@ -1271,8 +1253,8 @@ impl<B: Buffer> Core<B> {
         } else {
             self.o.fate = IncumbentFate::Gone;
         }
-        self.disconnect(Peer::Incumbent);
-        self.disconnect(Peer::Successor);
+        self.disconnect(Side::Incumbent);
+        self.disconnect(Side::Successor);
         // Nothing is left to recover once `Commit` is out: the record goes
         // (a `Committed` record deleted right after would be two fsyncs for
         // nothing).
@@ -1315,7 +1297,7 @@ impl<B: Buffer> Core<B> {
         if self.o.open && !self.o.sealed {
             if self.o.prepared && !self.o.seal_failed {
                 self.send(
-                    Peer::Incumbent,
+                    Side::Incumbent,
                     &Message::Abort {
                         handoff_id: self.id,
                         reason: text.as_str(),
@@ -1323,7 +1305,7 @@ impl<B: Buffer> Core<B> {
                 );
                 self.o.fate = IncumbentFate::ToldToResume;
             }
-            self.disconnect(Peer::Incumbent);
+            self.disconnect(Side::Incumbent);
         }
 
         if self.n.pid.is_some() && !self.n.exited {
@@ -1335,14 +1317,14 @@ impl<B: Buffer> Core<B> {
     fn stop_successor(&mut self, now: Instant, reason: &str) {
         if self.n.open && self.n.version.is_some() {
             self.send(
-                Peer::Successor,
+                Side::Successor,
                 &Message::Abort {
                     handoff_id: self.id,
                     reason,
                 },
             );
         }
-        self.disconnect(Peer::Successor);
+        self.disconnect(Side::Successor);
         self.out.act(Action::Signal(Signal::Terminate));
         self.kill_at = Some(now + self.cfg.kill_grace);
     }
@@ -1361,28 +1343,28 @@ impl<B: Buffer> Core<B> {
                 self.journal(JournalPhase::ResumingAfterAbort);
             }
             self.send(
-                Peer::Incumbent,
+                Side::Incumbent,
                 &Message::ResumeAfterAbort {
                     handoff_id: self.id,
                 },
             );
             self.o.fate = IncumbentFate::ToldToResume;
-            self.disconnect(Peer::Incumbent);
+            self.disconnect(Side::Incumbent);
         }
-        self.disconnect(Peer::Successor);
+        self.disconnect(Side::Successor);
         if self.journaled {
             self.out.act(Action::ClearJournal);
         }
         self.finish(now);
     }
 
-    fn on_closed(&mut self, now: Instant, peer: Peer) {
+    fn on_closed(&mut self, now: Instant, peer: Side) {
         match peer {
-            Peer::Incumbent => {
+            Side::Incumbent => {
                 if !self.o.open {
                     return;
                 }
-                self.disconnect(Peer::Incumbent);
+                self.disconnect(Side::Incumbent);
                 match self.step {
                     SupervisorStep::Done => {}
                     SupervisorStep::Aborting | SupervisorStep::AwaitingReady => {
@@ -1401,11 +1383,11 @@ impl<B: Buffer> Core<B> {
                     }
                 }
             }
-            Peer::Successor => {
+            Side::Successor => {
                 if !self.n.open {
                     return;
                 }
-                self.disconnect(Peer::Successor);
+                self.disconnect(Side::Successor);
                 match self.step {
                     SupervisorStep::Done | SupervisorStep::Aborting => {}
                     step => self.abort(now, AbortReason::SuccessorClosed { step }),
@@ -1545,22 +1527,22 @@ impl<B: Buffer> Core<B> {
             } else {
                 let step = self.step;
                 self.o.fate = IncumbentFate::Unresponsive;
-                self.disconnect(Peer::Incumbent);
+                self.disconnect(Side::Incumbent);
                 self.abort(now, AbortReason::IncumbentUnresponsive { step });
             }
         }
         if self.beat_incumbent.fire(now) {
-            self.beat(now, Peer::Incumbent);
+            self.beat(now, Side::Incumbent);
         }
         if self.beat_successor.fire(now) {
-            self.beat(now, Peer::Successor);
+            self.beat(now, Side::Successor);
         }
     }
 
-    fn beat(&mut self, now: Instant, to: Peer) {
+    fn beat(&mut self, now: Instant, to: Side) {
         let (open, version) = match to {
-            Peer::Incumbent => (self.o.open, self.o.version),
-            Peer::Successor => (self.n.open, self.n.version),
+            Side::Incumbent => (self.o.open, self.o.version),
+            Side::Successor => (self.n.open, self.n.version),
         };
         if open {
             self.out.heartbeat(to, version.unwrap_or(PROTO_MAX), now);

@@ -5,7 +5,7 @@
 
 use handoff_core::{
     AbortReason, Capabilities, DrainReport, EndCause, FrameError, HandoffId, IncumbentConfig,
-    IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, Peer, ReadyReport, Revisions,
+    IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, ReadyReport, Revisions,
     SealReport, SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
     SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
     SupervisorStep, Violation, defaults, encode_frame,
@@ -542,10 +542,10 @@ fn a_sealed_incumbent_whose_lock_stays_taken_reports_it_is_superseded() {
 #[derive(Debug, PartialEq)]
 enum SOut {
     Connect,
-    Frame(Peer, MessageKind),
+    Frame(Side, MessageKind),
     Spawn,
     Signal(Signal),
-    Disconnect(Peer),
+    Disconnect(Side),
     Journal,
     ClearJournal,
     Finished(Result<(), AbortReason>),
@@ -571,7 +571,7 @@ fn drain_supervisor(s: &mut SupervisorHandoff) -> Vec<SOut> {
 fn feed_supervisor(
     s: &mut SupervisorHandoff,
     now: Instant,
-    from: Peer,
+    from: Side,
     mut bytes: &[u8],
 ) -> Vec<SOut> {
     let mut outs = Vec::new();
@@ -608,29 +608,29 @@ fn draining_supervisor() -> SupervisorHandoff {
     feed_supervisor(
         &mut s,
         t(2),
-        Peer::Incumbent,
+        Side::Incumbent,
         &hello(Side::Incumbent, 7, 1, 1),
     );
     s.handle_spawned(t(3), 99);
     let outs = feed_supervisor(
         &mut s,
         t(4),
-        Peer::Successor,
+        Side::Successor,
         &hello(Side::Successor, 99, 1, 1),
     );
     assert_eq!(
         outs,
         vec![
-            SOut::Frame(Peer::Successor, MessageKind::HelloAck),
-            SOut::Frame(Peer::Successor, MessageKind::Heartbeat),
+            SOut::Frame(Side::Successor, MessageKind::HelloAck),
+            SOut::Frame(Side::Successor, MessageKind::Heartbeat),
             SOut::Journal,
-            SOut::Frame(Peer::Incumbent, MessageKind::PrepareHandoff),
+            SOut::Frame(Side::Incumbent, MessageKind::PrepareHandoff),
         ]
     );
     s
 }
 
-fn violation_of(outs: &[SOut], peer: Peer) -> Violation {
+fn violation_of(outs: &[SOut], peer: Side) -> Violation {
     match outs.last() {
         Some(SOut::Finished(Err(AbortReason::ProtocolViolation { peer: p, violation })))
             if *p == peer =>
@@ -647,13 +647,13 @@ fn supervisor_given_garbage_instead_of_hello_aborts_without_spawning() {
     let outs = feed_supervisor(
         &mut s,
         t(2),
-        Peer::Incumbent,
+        Side::Incumbent,
         &[0x05, 0, 0, 0, 1, 0, 0xff, 0xff, 0xff],
     );
     assert!(!outs.contains(&SOut::Spawn));
-    assert!(outs.contains(&SOut::Disconnect(Peer::Incumbent)));
+    assert!(outs.contains(&SOut::Disconnect(Side::Incumbent)));
     assert!(matches!(
-        violation_of(&outs, Peer::Incumbent),
+        violation_of(&outs, Side::Incumbent),
         Violation::Frame(FrameError::Malformed(_))
     ));
 }
@@ -661,9 +661,9 @@ fn supervisor_given_garbage_instead_of_hello_aborts_without_spawning() {
 #[test]
 fn supervisor_refuses_a_2_mib_frame_from_its_length_alone() {
     let mut s = connected_supervisor();
-    let outs = feed_supervisor(&mut s, t(2), Peer::Incumbent, &(2u32 << 20).to_le_bytes());
+    let outs = feed_supervisor(&mut s, t(2), Side::Incumbent, &(2u32 << 20).to_le_bytes());
     assert_eq!(
-        violation_of(&outs, Peer::Incumbent),
+        violation_of(&outs, Side::Incumbent),
         Violation::Frame(FrameError::TooLarge {
             len: 2 << 20,
             limit: 4096
@@ -675,25 +675,25 @@ fn supervisor_refuses_a_2_mib_frame_from_its_length_alone() {
 fn supervisor_accepts_heartbeats_at_any_point_even_before_hello() {
     let mut s = connected_supervisor();
     let hb = frame(Message::Heartbeat { ts_ms: 5 });
-    assert!(feed_supervisor(&mut s, t(2), Peer::Incumbent, &hb).is_empty());
+    assert!(feed_supervisor(&mut s, t(2), Side::Incumbent, &hb).is_empty());
     let outs = feed_supervisor(
         &mut s,
         t(3),
-        Peer::Incumbent,
+        Side::Incumbent,
         &hello(Side::Incumbent, 7, 1, 1),
     );
     assert_eq!(
         outs,
         vec![
-            SOut::Frame(Peer::Incumbent, MessageKind::HelloAck),
+            SOut::Frame(Side::Incumbent, MessageKind::HelloAck),
             // At once: the incumbent learns this supervisor heartbeats.
-            SOut::Frame(Peer::Incumbent, MessageKind::Heartbeat),
+            SOut::Frame(Side::Incumbent, MessageKind::Heartbeat),
             SOut::Spawn
         ]
     );
     s.handle_spawned(t(4), 99);
-    assert!(feed_supervisor(&mut s, t(5), Peer::Successor, &hb).is_empty());
-    assert!(feed_supervisor(&mut s, t(5), Peer::Incumbent, &hb).is_empty());
+    assert!(feed_supervisor(&mut s, t(5), Side::Successor, &hb).is_empty());
+    assert!(feed_supervisor(&mut s, t(5), Side::Incumbent, &hb).is_empty());
 }
 
 #[test]
@@ -702,11 +702,11 @@ fn supervisor_rejects_an_incumbent_that_announces_itself_as_successor() {
     let outs = feed_supervisor(
         &mut s,
         t(2),
-        Peer::Incumbent,
+        Side::Incumbent,
         &hello(Side::Successor, 7, 1, 1),
     );
     assert_eq!(
-        violation_of(&outs, Peer::Incumbent),
+        violation_of(&outs, Side::Incumbent),
         Violation::WrongRole {
             got: Side::Successor
         }
@@ -719,13 +719,13 @@ fn supervisor_closes_on_a_version_mismatch_before_any_handoff_begins() {
     let outs = feed_supervisor(
         &mut s,
         t(2),
-        Peer::Incumbent,
+        Side::Incumbent,
         &hello(Side::Incumbent, 7, 2, 3),
     );
     assert!(!outs.contains(&SOut::Spawn));
     assert!(matches!(
         outs.last(),
-        Some(SOut::Finished(Err(AbortReason::VersionMismatch { peer: Peer::Incumbent, mismatch })))
+        Some(SOut::Finished(Err(AbortReason::VersionMismatch { peer: Side::Incumbent, mismatch })))
             if mismatch.their_min == 2
     ));
 }
@@ -736,15 +736,15 @@ fn supervisor_rejects_a_supervisor_only_message_from_the_incumbent() {
     let begin = frame(Message::Begin {
         handoff_id: s.handoff_id(),
     });
-    let outs = feed_supervisor(&mut s, t(5), Peer::Incumbent, &begin);
-    assert!(outs.contains(&SOut::Disconnect(Peer::Incumbent)));
+    let outs = feed_supervisor(&mut s, t(5), Side::Incumbent, &begin);
+    assert!(outs.contains(&SOut::Disconnect(Side::Incumbent)));
     // The successor is stopped and the handoff ends only once it exited.
     assert!(outs.contains(&SOut::Signal(Signal::Terminate)));
     assert!(!outs.iter().any(|o| matches!(o, SOut::Finished(_))));
     s.handle_successor_exited(t(6));
     let outs = drain_supervisor(&mut s);
     assert!(matches!(
-        violation_of(&outs, Peer::Incumbent),
+        violation_of(&outs, Side::Incumbent),
         Violation::Unexpected {
             message: MessageKind::Begin,
             ..
@@ -759,7 +759,7 @@ fn supervisor_checks_the_handoff_id_of_seal_complete() {
     feed_supervisor(
         &mut s,
         t(5),
-        Peer::Incumbent,
+        Side::Incumbent,
         &frame(Message::Drained {
             open_conns_remaining: 0,
             accept_closed: true,
@@ -770,12 +770,12 @@ fn supervisor_checks_the_handoff_id_of_seal_complete() {
         last_revision_per_shard: Revisions::EMPTY,
         data_dir_fingerprint: [0; 32],
     });
-    let outs = feed_supervisor(&mut s, t(6), Peer::Incumbent, &bad);
-    assert!(!outs.contains(&SOut::Frame(Peer::Successor, MessageKind::Begin)));
+    let outs = feed_supervisor(&mut s, t(6), Side::Incumbent, &bad);
+    assert!(!outs.contains(&SOut::Frame(Side::Successor, MessageKind::Begin)));
     s.handle_successor_exited(t(7));
     let outs = drain_supervisor(&mut s);
     assert_eq!(
-        violation_of(&outs, Peer::Incumbent),
+        violation_of(&outs, Side::Incumbent),
         Violation::WrongHandoffId {
             got: OTHER_ID,
             expected: id
@@ -790,7 +790,7 @@ fn a_ready_with_the_wrong_id_is_an_abort_and_the_sealed_incumbent_is_told_to_res
     feed_supervisor(
         &mut s,
         t(5),
-        Peer::Incumbent,
+        Side::Incumbent,
         &frame(Message::Drained {
             open_conns_remaining: 0,
             accept_closed: true,
@@ -801,20 +801,20 @@ fn a_ready_with_the_wrong_id_is_an_abort_and_the_sealed_incumbent_is_told_to_res
         last_revision_per_shard: Revisions::EMPTY,
         data_dir_fingerprint: [0; 32],
     });
-    let outs = feed_supervisor(&mut s, t(6), Peer::Incumbent, &complete);
-    assert!(outs.contains(&SOut::Frame(Peer::Successor, MessageKind::Begin)));
+    let outs = feed_supervisor(&mut s, t(6), Side::Incumbent, &complete);
+    assert!(outs.contains(&SOut::Frame(Side::Successor, MessageKind::Begin)));
     let ready = frame(Message::Ready {
         handoff_id: OTHER_ID,
         listening_on: Strings::EMPTY,
         healthz_ok: true,
         advertised_revision_per_shard: Revisions::EMPTY,
     });
-    let outs = feed_supervisor(&mut s, t(7), Peer::Successor, &ready);
+    let outs = feed_supervisor(&mut s, t(7), Side::Successor, &ready);
     assert_eq!(
         outs,
         vec![
-            SOut::Frame(Peer::Successor, MessageKind::Abort),
-            SOut::Disconnect(Peer::Successor),
+            SOut::Frame(Side::Successor, MessageKind::Abort),
+            SOut::Disconnect(Side::Successor),
             SOut::Signal(Signal::Terminate),
         ],
         "the incumbent waits until the successor is gone"
@@ -825,13 +825,13 @@ fn a_ready_with_the_wrong_id_is_an_abort_and_the_sealed_incumbent_is_told_to_res
         &outs[..4],
         &[
             SOut::Journal,
-            SOut::Frame(Peer::Incumbent, MessageKind::ResumeAfterAbort),
-            SOut::Disconnect(Peer::Incumbent),
+            SOut::Frame(Side::Incumbent, MessageKind::ResumeAfterAbort),
+            SOut::Disconnect(Side::Incumbent),
             SOut::ClearJournal,
         ]
     );
     assert!(matches!(
-        violation_of(&outs, Peer::Successor),
+        violation_of(&outs, Side::Successor),
         Violation::WrongHandoffId { got: OTHER_ID, .. }
     ));
 }
@@ -842,18 +842,18 @@ fn supervisor_rejects_a_message_in_the_wrong_direction_from_the_successor() {
     let outs = feed_supervisor(
         &mut s,
         t(5),
-        Peer::Successor,
+        Side::Successor,
         &frame(Message::Drained {
             open_conns_remaining: 0,
             accept_closed: false,
         }),
     );
     // The drained incumbent holds its lock: it is told to resume at once.
-    assert!(outs.contains(&SOut::Frame(Peer::Incumbent, MessageKind::Abort)));
+    assert!(outs.contains(&SOut::Frame(Side::Incumbent, MessageKind::Abort)));
     s.handle_successor_exited(t(6));
     let outs = drain_supervisor(&mut s);
     assert!(matches!(
-        violation_of(&outs, Peer::Successor),
+        violation_of(&outs, Side::Successor),
         Violation::Unexpected {
             message: MessageKind::Drained,
             ..
@@ -866,7 +866,7 @@ fn an_incumbent_silent_while_it_owes_drained_is_declared_gone_at_the_liveness_li
     let mut s = draining_supervisor();
     // Heartbeats from it keep it alive.
     let hb = frame(Message::Heartbeat { ts_ms: 1 });
-    feed_supervisor(&mut s, t(8_000), Peer::Incumbent, &hb);
+    feed_supervisor(&mut s, t(8_000), Side::Incumbent, &hb);
     s.handle_timeout(t(17_000));
     assert!(
         !drain_supervisor(&mut s)
@@ -875,7 +875,7 @@ fn an_incumbent_silent_while_it_owes_drained_is_declared_gone_at_the_liveness_li
     );
     s.handle_timeout(t(18_000));
     let outs = drain_supervisor(&mut s);
-    assert!(outs.contains(&SOut::Disconnect(Peer::Incumbent)));
+    assert!(outs.contains(&SOut::Disconnect(Side::Incumbent)));
     assert!(outs.contains(&SOut::Signal(Signal::Terminate)));
     s.handle_successor_exited(t(18_001));
     assert!(matches!(
@@ -1151,7 +1151,7 @@ fn a_control_socket_of_another_process_is_hung_up_on_and_tried_again() {
     s.handle_connected_to(t(1), 6);
     assert_eq!(
         drain_supervisor(&mut s),
-        vec![SOut::Disconnect(Peer::Incumbent)]
+        vec![SOut::Disconnect(Side::Incumbent)]
     );
     assert_eq!(s.step(), SupervisorStep::ConnectingIncumbent);
     let retry = s.poll_timeout().unwrap();
@@ -1174,7 +1174,7 @@ fn a_control_socket_of_another_process_is_hung_up_on_and_tried_again() {
     let outs = feed_supervisor(
         &mut s,
         t(21),
-        Peer::Incumbent,
+        Side::Incumbent,
         &hello(Side::Incumbent, 7, 1, 1),
     );
     assert!(outs.contains(&SOut::Spawn), "{outs:?}");
@@ -1200,7 +1200,7 @@ fn a_path_that_never_names_the_incumbent_gives_up_at_the_hello_timeout() {
             );
             break;
         }
-        assert_eq!(outs, vec![SOut::Disconnect(Peer::Incumbent)]);
+        assert_eq!(outs, vec![SOut::Disconnect(Side::Incumbent)]);
         now = s.poll_timeout().unwrap();
         s.handle_timeout(now);
         assert_eq!(drain_supervisor(&mut s), vec![SOut::Connect]);
@@ -1239,11 +1239,11 @@ fn an_incumbent_hello_from_another_pid_than_expected_aborts() {
     let outs = feed_supervisor(
         &mut s,
         t(2),
-        Peer::Incumbent,
+        Side::Incumbent,
         &hello(Side::Incumbent, 8, 1, 1),
     );
     assert_eq!(
-        violation_of(&outs, Peer::Incumbent),
+        violation_of(&outs, Side::Incumbent),
         Violation::WrongPid {
             announced: 8,
             expected: 7

@@ -830,13 +830,13 @@ fn no_acknowledged_write_is_lost_across_aborted_handoffs() {
     let marker = rig.dir.0.join("marker");
     let spec = rig
         .spec("v2")
-        .env("HANDOFF_CRASH_AT", "n-after-lock-acquired")
+        .env("HANDOFF_CRASH_AT", "successor-after-lock-acquired")
         .env("HANDOFF_CRASH_MARKER", &marker);
     let outcome = rig.supervisor.perform_handoff(spec).unwrap();
     assert!(!outcome.committed());
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
-        "n-after-lock-acquired",
+        "successor-after-lock-acquired",
         "the successor crashed where intended (crash points compiled in)"
     );
     assert!(
@@ -859,7 +859,10 @@ fn no_acknowledged_write_is_lost_across_aborted_handoffs() {
 fn no_acknowledged_write_is_lost_across_a_killed_supervisor() {
     let _serial = serial();
     become_subreaper();
-    for point in ["s-after-seal-request-sent", "s-after-begin-sent"] {
+    for point in [
+        "supervisor-after-seal-request-sent",
+        "supervisor-after-begin-sent",
+    ] {
         let rig = Rig::start("s-kill");
         let load = rig.load(22);
         assert_writes_flow(&load, 100, point);

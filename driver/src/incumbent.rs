@@ -592,7 +592,7 @@ impl IncumbentDriver {
                             None => false,
                         };
                         if sent {
-                            crash::frame('o', true, frame);
+                            crash::frame("incumbent", true, frame);
                         } else {
                             hang_up(s, io);
                         }
@@ -604,7 +604,7 @@ impl IncumbentDriver {
                     IncumbentOutput::Resume => io.run_hook(Hook::Resume),
                     IncumbentOutput::ReleaseLock => {
                         self.ep.lock = None;
-                        crash::at("o-after-lock-released");
+                        crash::at("incumbent-after-lock-released");
                     }
                     IncumbentOutput::AcquireLock => match DataDirLock::acquire(&self.ep.data_dir) {
                         Ok(lock) => {
@@ -638,7 +638,7 @@ impl IncumbentDriver {
                     }
                     IncumbentOutput::Finished(end) => {
                         if end == SessionEnd::Committed {
-                            crash::at("o-after-commit-received");
+                            crash::at("incumbent-after-commit-received");
                         }
                         if let Some(l) = s.link.take() {
                             l.close(io);

@@ -465,7 +465,7 @@ impl SuccessorDriver {
         match DataDirLock::acquire(dir) {
             Ok(lock) => {
                 self.lock = Some(lock);
-                crash::at("n-after-lock-acquired");
+                crash::at("successor-after-lock-acquired");
                 self.machine.handle_lock_acquired(now);
             }
             Err(_) => self.machine.handle_lock_busy(now),
@@ -485,7 +485,7 @@ impl SuccessorDriver {
                             None => false,
                         };
                         if sent {
-                            crash::frame('n', true, frame);
+                            crash::frame("successor", true, frame);
                         } else {
                             self.hang_up(io);
                         }

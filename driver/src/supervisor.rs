@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use handoff_core::{
-    AbortReason, DrainReport, HandoffId, IncumbentFate, JournalRecord, Peer, PhaseTimings,
+    AbortReason, DrainReport, HandoffId, IncumbentFate, JournalRecord, PhaseTimings, Side,
     SuccessorFate, SupervisorConfig, SupervisorHandoff, SupervisorOutput, defaults,
 };
 
@@ -585,7 +585,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
             Ok((conn, child)) => {
                 let pid = child.id();
                 self.child = Some(child);
-                crash::at("s-after-spawn");
+                crash::at("supervisor-after-spawn");
                 machine.handle_spawned(clock::now(), pid);
                 Some((conn, pid))
             }
@@ -773,10 +773,10 @@ impl<S: std::ops::Deref<Target = Supervisor>> fmt::Debug for SupervisorDriver<S>
     }
 }
 
-fn index(peer: Peer) -> usize {
+fn index(peer: Side) -> usize {
     match peer {
-        Peer::Incumbent => 0,
-        Peer::Successor => 1,
+        Side::Incumbent => 0,
+        Side::Successor => 1,
     }
 }
 
@@ -843,8 +843,8 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
     /// `source` is readable (or hung up).
     pub fn handle_readable(&mut self, io: &mut impl Io, source: Source) {
         match source {
-            Source::Incumbent => self.read(io, Peer::Incumbent),
-            Source::Successor => self.read(io, Peer::Successor),
+            Source::Incumbent => self.read(io, Side::Incumbent),
+            Source::Successor => self.read(io, Side::Successor),
             Source::Exit => {
                 // Only while watched: readiness left over from a batch the
                 // adapter collected earlier says nothing about a successor
@@ -863,8 +863,8 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
     /// `source` has room to write.
     pub fn handle_writable(&mut self, io: &mut impl Io, source: Source) {
         let peer = match source {
-            Source::Incumbent => Peer::Incumbent,
-            Source::Successor => Peer::Successor,
+            Source::Incumbent => Side::Incumbent,
+            Source::Successor => Side::Successor,
             _ => return,
         };
         let now = clock::now();
@@ -882,7 +882,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
             return;
         }
         let now = clock::now();
-        for peer in [Peer::Incumbent, Peer::Successor] {
+        for peer in [Side::Incumbent, Side::Successor] {
             if self.link(peer).as_ref().is_some_and(|l| l.stalled(now)) {
                 self.hang_up(io, peer);
             }
@@ -896,7 +896,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
             self.ledger.reap();
             self.machine.handle_successor_exited(now);
         }
-        for peer in [Peer::Incumbent, Peer::Successor] {
+        for peer in [Side::Incumbent, Side::Successor] {
             if std::mem::take(&mut self.unread[index(peer)]) {
                 self.read(io, peer);
             }
@@ -915,16 +915,16 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
         self.settle(io);
     }
 
-    fn link(&mut self, peer: Peer) -> &mut Option<Link> {
+    fn link(&mut self, peer: Side) -> &mut Option<Link> {
         match peer {
-            Peer::Incumbent => &mut self.incumbent,
-            Peer::Successor => &mut self.successor,
+            Side::Incumbent => &mut self.incumbent,
+            Side::Successor => &mut self.successor,
         }
     }
 
     /// The connection to `peer` failed or its peer stopped reading: close
     /// it and tell the machine.
-    fn hang_up(&mut self, io: &mut impl Io, peer: Peer) {
+    fn hang_up(&mut self, io: &mut impl Io, peer: Side) {
         if let Some(link) = self.link(peer).take() {
             link.close(io);
         }
@@ -933,7 +933,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
 
     /// Reads what `peer` sent, up to the read budget, and hands it to the
     /// machine frame by frame.
-    fn read(&mut self, io: &mut impl Io, peer: Peer) {
+    fn read(&mut self, io: &mut impl Io, peer: Side) {
         let mut budget = READ_BUDGET;
         loop {
             if self.finished {
@@ -969,10 +969,10 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
             if self.finished {
                 return;
             }
-            let fed = [Peer::Incumbent, Peer::Successor].into_iter().any(|peer| {
+            let fed = [Side::Incumbent, Side::Successor].into_iter().any(|peer| {
                 let link = match peer {
-                    Peer::Incumbent => &mut self.incumbent,
-                    Peer::Successor => &mut self.successor,
+                    Side::Incumbent => &mut self.incumbent,
+                    Side::Successor => &mut self.successor,
                 };
                 match link {
                     Some(l) if !l.inbox.is_empty() => {
@@ -1012,22 +1012,22 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
                         Err(e) => {
                             self.ledger
                                 .note(format!("watching the connection to the incumbent: {e}"));
-                            self.machine.handle_closed(now, Peer::Incumbent);
+                            self.machine.handle_closed(now, Side::Incumbent);
                         }
                     }
                 }
                 SupervisorOutput::Transmit { to, frame } => {
                     // Fields, not `link()`: `frame` borrows the machine.
                     let link = match to {
-                        Peer::Incumbent => &mut self.incumbent,
-                        Peer::Successor => &mut self.successor,
+                        Side::Incumbent => &mut self.incumbent,
+                        Side::Successor => &mut self.successor,
                     };
                     let sent = match link.as_mut() {
                         Some(l) => l.send(io, now, frame).is_ok(),
                         None => false,
                     };
                     if sent {
-                        crash::frame('s', true, frame);
+                        crash::frame("supervisor", true, frame);
                     } else {
                         if let Some(l) = link.take() {
                             l.close(io);
@@ -1051,8 +1051,8 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
                 }
                 SupervisorOutput::Disconnect(peer) => {
                     let link = match peer {
-                        Peer::Incumbent => &mut self.incumbent,
-                        Peer::Successor => &mut self.successor,
+                        Side::Incumbent => &mut self.incumbent,
+                        Side::Successor => &mut self.successor,
                     };
                     if let Some(l) = link.take() {
                         l.close(io);

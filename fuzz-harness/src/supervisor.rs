@@ -21,10 +21,10 @@ use handoff_core::Message;
 use handoff_core::MessageKind;
 use handoff_core::defaults;
 use handoff_core::{
-    AbortReason, IncumbentFate, Outcome, Peer, Signal, SuccessorFate, SupervisorConfig,
+    AbortReason, IncumbentFate, Outcome, Side, Signal, SuccessorFate, SupervisorConfig,
     SupervisorHandoff, SupervisorOutput, SupervisorStep,
 };
-use handoff_core::{HandoffId, PROTO_MAX, Side};
+use handoff_core::{HandoffId, PROTO_MAX};
 use handoff_core::{JournalPhase, JournalRecord};
 
 /// Runs `script` against a fresh handoff with buffers `B`.
@@ -51,25 +51,25 @@ pub(super) fn run<B: FuzzBuffer>(script: &[SupervisorInput]) {
     }
 }
 
-fn peer(p: FuzzPeer) -> Peer {
+fn peer(p: FuzzPeer) -> Side {
     match p {
-        FuzzPeer::Incumbent => Peer::Incumbent,
-        FuzzPeer::Successor => Peer::Successor,
+        FuzzPeer::Incumbent => Side::Incumbent,
+        FuzzPeer::Successor => Side::Successor,
     }
 }
 
-fn slot(p: Peer) -> usize {
+fn slot(p: Side) -> usize {
     match p {
-        Peer::Incumbent => 0,
-        Peer::Successor => 1,
+        Side::Incumbent => 0,
+        Side::Successor => 1,
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Call {
     New,
-    Input(Peer),
-    Closed(Peer),
+    Input(Side),
+    Closed(Side),
     Connected,
     /// Connected, and the listener is (`true`) or is not the incumbent.
     ConnectedTo(bool),
@@ -154,14 +154,14 @@ impl<B: FuzzBuffer> Driver<B> {
     }
 
     /// The pid a peer's `Hello` announces when the fuzzer says `Expected`.
-    fn expected_pid(&self, from: Peer) -> u32 {
+    fn expected_pid(&self, from: Side) -> u32 {
         match from {
-            Peer::Incumbent => INCUMBENT_PID,
-            Peer::Successor => self.m.successor_pid().unwrap_or(0),
+            Side::Incumbent => INCUMBENT_PID,
+            Side::Successor => self.m.successor_pid().unwrap_or(0),
         }
     }
 
-    fn feed(&mut self, from: Peer, bytes: &[u8]) {
+    fn feed(&mut self, from: Side, bytes: &[u8]) {
         let now = self.check.now;
         let mut rest = bytes;
         loop {
@@ -170,8 +170,8 @@ impl<B: FuzzBuffer> Driver<B> {
             let used = self.m.handle_input(now, from, rest);
             let listening = self.check.listening(from);
             let shadow = match from {
-                Peer::Incumbent => &mut self.check.shadow_o,
-                Peer::Successor => &mut self.check.shadow_n,
+                Side::Incumbent => &mut self.check.shadow_o,
+                Side::Successor => &mut self.check.shadow_n,
             };
             self.check.received = consumed(used, rest, listening.then_some(shadow));
             self.settle(Call::Input(from), before, timeout);
@@ -381,7 +381,7 @@ impl<B: FuzzBuffer> Check<B> {
         }
     }
 
-    fn listening(&self, p: Peer) -> bool {
+    fn listening(&self, p: Side) -> bool {
         self.open[slot(p)] && !self.finished
     }
 
@@ -463,8 +463,8 @@ impl<B: FuzzBuffer> Check<B> {
             }
             _ => false,
         };
-        let o = from == Some(Peer::Incumbent);
-        let n = from == Some(Peer::Successor);
+        let o = from == Some(Side::Incumbent);
+        let n = from == Some(Side::Successor);
         let from_o = |step: SupervisorStep, kind: MessageKind| {
             o && before == step && received.valid(kind, id).is_some()
         };
@@ -570,7 +570,7 @@ impl<B: FuzzBuffer> Check<B> {
         }
     }
 
-    fn transmit(&mut self, c: &Ctx, to: Peer, frame: &[u8]) {
+    fn transmit(&mut self, c: &Ctx, to: Side, frame: &[u8]) {
         assert!(
             self.open[slot(to)],
             "a frame to the {to} while not connected"
@@ -595,8 +595,8 @@ impl<B: FuzzBuffer> Check<B> {
                 },
             ) => {
                 let hello = match to {
-                    Peer::Incumbent => c.incumbent_hello,
-                    Peer::Successor => c.successor_hello,
+                    Side::Incumbent => c.incumbent_hello,
+                    Side::Successor => c.successor_hello,
                 };
                 assert!(hello, "HelloAck to the {to} without its Hello");
                 assert_eq!(proto_version_chosen, PROTO_MAX);
@@ -608,7 +608,7 @@ impl<B: FuzzBuffer> Check<B> {
                 self.announce_beat[s] = true;
             }
             (
-                Peer::Incumbent,
+                Side::Incumbent,
                 Message::PrepareHandoff {
                     successor_pid,
                     deadline_ms,
@@ -631,22 +631,22 @@ impl<B: FuzzBuffer> Check<B> {
                     "PrepareHandoff misstates the time left"
                 );
             }
-            (Peer::Incumbent, Message::SealRequest { .. }) => {
+            (Side::Incumbent, Message::SealRequest { .. }) => {
                 assert!(c.drained, "SealRequest without Drained");
                 assert!(self.prepare_sent && !self.seal_request_sent);
                 self.seal_request_sent = true;
             }
-            (Peer::Successor, Message::Begin { .. }) => {
+            (Side::Successor, Message::Begin { .. }) => {
                 assert!(c.seal_complete, "Begin before SealComplete");
                 assert!(self.seal_request_sent && !self.begin_sent);
                 self.begin_sent = true;
             }
-            (Peer::Incumbent, Message::Commit { .. }) => {
+            (Side::Incumbent, Message::Commit { .. }) => {
                 assert!(c.ready, "Commit without Ready");
                 assert!(self.begin_sent && !self.commit_sent);
                 self.commit_sent = true;
             }
-            (Peer::Incumbent, Message::Abort { .. }) => {
+            (Side::Incumbent, Message::Abort { .. }) => {
                 assert!(self.prepare_sent, "Abort to an incumbent never prepared");
                 assert!(
                     !self.sealed && !self.seal_failed,
@@ -655,12 +655,12 @@ impl<B: FuzzBuffer> Check<B> {
                 assert!(!self.commit_sent && !self.abort_sent[0]);
                 self.abort_sent[0] = true;
             }
-            (Peer::Successor, Message::Abort { .. }) => {
+            (Side::Successor, Message::Abort { .. }) => {
                 assert!(self.helloack[1], "Abort to a successor before its HelloAck");
                 assert!(!c.ready && !self.abort_sent[1]);
                 self.abort_sent[1] = true;
             }
-            (Peer::Incumbent, Message::ResumeAfterAbort { .. }) => {
+            (Side::Incumbent, Message::ResumeAfterAbort { .. }) => {
                 self.expect_resume = false;
                 assert!(
                     self.sealed,

@@ -141,9 +141,9 @@ impl StagedControlSocket {
 
     /// [`StagedControlSocket::install`] for a successor past `Ready`, the
     /// one that every adapter's successor takes the path over with: it
-    /// passes the crash point `n-before-control-path-taken` first.
+    /// passes the crash point `successor-before-control-path-taken` first.
     pub fn install_as_successor(self) -> io::Result<UnixListener> {
-        crate::crash::at("n-before-control-path-taken");
+        crate::crash::at("successor-before-control-path-taken");
         self.install()
     }
 

@@ -4,10 +4,10 @@
 //! Without the feature every call compiles to nothing.
 //!
 //! Points are named after protocol events: `<role>-after-<message>-sent`
-//! and `<role>-after-<message>-received` for every frame (role `s`, `o` or
-//! `n`, message in kebab case, e.g. `s-after-prepare-handoff-sent`), plus
-//! `o-after-lock-released`, `n-after-lock-acquired` and
-//! `n-before-control-path-taken` (a successor past `Ready`, about to rename
+//! and `<role>-after-<message>-received` for every frame (role `supervisor`,
+//! `incumbent` or `successor`, message in kebab case, e.g. `supervisor-after-prepare-handoff-sent`), plus
+//! `incumbent-after-lock-released`, `successor-after-lock-acquired` and
+//! `successor-before-control-path-taken` (a successor past `Ready`, about to rename
 //! its control socket over the path). If
 //! `HANDOFF_CRASH_MARKER` names a file, the point's name is written there
 //! first, so a test can tell the crash happened where it meant it to.
@@ -23,7 +23,7 @@ pub fn at(point: &str) {
 
 /// `role` just wrote (`sent == true`) or read this frame.
 #[inline]
-pub fn frame(role: char, sent: bool, frame: &[u8]) {
+pub fn frame(role: &str, sent: bool, frame: &[u8]) {
     #[cfg(feature = "crash-points")]
     enabled::frame(role, sent, frame);
     #[cfg(not(feature = "crash-points"))]
@@ -72,7 +72,7 @@ mod enabled {
         };
     }
 
-    pub(super) fn frame(role: char, sent: bool, frame: &[u8]) {
+    pub(super) fn frame(role: &str, sent: bool, frame: &[u8]) {
         let Some(wanted) = wanted() else { return };
         let Some(kind) = frame
             .get(6..)

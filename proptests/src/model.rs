@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use handoff_core::{
     AbortReason, EndCause, FrameDecoder, IncumbentOutput, IncumbentStep, Instant, JournalPhase,
-    MessageKind, Peer, SessionEnd, Side, Signal, SuccessorEnd, SuccessorFailure, SuccessorOutput,
+    MessageKind, SessionEnd, Side, Signal, SuccessorEnd, SuccessorFailure, SuccessorOutput,
     SuccessorStep, SupervisorOutput, SupervisorStep,
 };
 
@@ -817,8 +817,8 @@ pub mod supervisor {
     pub enum Input {
         Connected,
         ConnectFailed,
-        Frame(Peer, Frame),
-        Closed(Peer),
+        Frame(Side, Frame),
+        Closed(Side),
         Spawned(u32),
         SpawnFailed,
         SuccessorExited,
@@ -862,10 +862,10 @@ pub mod supervisor {
         }
     }
 
-    fn peer_name(p: Peer) -> &'static str {
+    fn peer_name(p: Side) -> &'static str {
         match p {
-            Peer::Incumbent => "incumbent",
-            Peer::Successor => "successor",
+            Side::Incumbent => "incumbent",
+            Side::Successor => "successor",
         }
     }
 
@@ -902,10 +902,10 @@ pub mod supervisor {
     #[allow(missing_docs)] // each is the machine's output of the same name
     pub enum Out {
         Connect,
-        Transmit(Peer, MessageKind),
+        Transmit(Side, MessageKind),
         Spawn,
         Signal(Signal),
-        Disconnect(Peer),
+        Disconnect(Side),
         Journal(JournalPhase),
         ClearJournal,
         Finished(Result<(), Reason>),
@@ -1034,10 +1034,10 @@ pub mod supervisor {
             .fold(None, min)
         }
 
-        fn disconnect(&mut self, out: &mut Vec<Out>, peer: Peer) {
+        fn disconnect(&mut self, out: &mut Vec<Out>, peer: Side) {
             let open = match peer {
-                Peer::Incumbent => &mut self.o.open,
-                Peer::Successor => &mut self.n.open,
+                Side::Incumbent => &mut self.o.open,
+                Side::Successor => &mut self.n.open,
             };
             if std::mem::take(open) {
                 out.push(Out::Disconnect(peer));
@@ -1061,10 +1061,10 @@ pub mod supervisor {
             // docs/PROTOCOL.md section 3.1, step 10: from Ready the successor is authoritative;
             // Commit to the old binary is best effort.
             if self.o.open {
-                out.push(Out::Transmit(Peer::Incumbent, MessageKind::Commit));
+                out.push(Out::Transmit(Side::Incumbent, MessageKind::Commit));
             }
-            self.disconnect(out, Peer::Incumbent);
-            self.disconnect(out, Peer::Successor);
+            self.disconnect(out, Side::Incumbent);
+            self.disconnect(out, Side::Successor);
             // Nothing is left to recover: the record goes, with no
             // `Committed` record before it.
             out.push(Out::ClearJournal);
@@ -1073,9 +1073,9 @@ pub mod supervisor {
 
         fn stop_successor(&mut self, now: Instant, out: &mut Vec<Out>) {
             if self.n.open && self.n.negotiated {
-                out.push(Out::Transmit(Peer::Successor, MessageKind::Abort));
+                out.push(Out::Transmit(Side::Successor, MessageKind::Abort));
             }
-            self.disconnect(out, Peer::Successor);
+            self.disconnect(out, Side::Successor);
             out.push(Out::Signal(Signal::Terminate));
             self.kill_at = Some(now + KILL_GRACE);
         }
@@ -1094,9 +1094,9 @@ pub mod supervisor {
             self.beat_successor = None;
             if self.o.open && !self.o.sealed {
                 if self.o.prepared && !self.o.seal_failed {
-                    out.push(Out::Transmit(Peer::Incumbent, MessageKind::Abort));
+                    out.push(Out::Transmit(Side::Incumbent, MessageKind::Abort));
                 }
-                self.disconnect(out, Peer::Incumbent);
+                self.disconnect(out, Side::Incumbent);
             }
             if self.n.pid.is_some() && !self.n.exited {
                 self.stop_successor(now, out);
@@ -1117,12 +1117,12 @@ pub mod supervisor {
                     self.journal(out, JournalPhase::ResumingAfterAbort);
                 }
                 out.push(Out::Transmit(
-                    Peer::Incumbent,
+                    Side::Incumbent,
                     MessageKind::ResumeAfterAbort,
                 ));
-                self.disconnect(out, Peer::Incumbent);
+                self.disconnect(out, Side::Incumbent);
             }
-            self.disconnect(out, Peer::Successor);
+            self.disconnect(out, Side::Successor);
             if self.journaled {
                 out.push(Out::ClearJournal);
             }
@@ -1152,19 +1152,19 @@ pub mod supervisor {
                         self.abort(now, o, reason("IncumbentUnreachable"));
                     }
                 }
-                Input::Frame(Peer::Incumbent, f) => {
+                Input::Frame(Side::Incumbent, f) => {
                     if self.o.open {
                         self.on_incumbent_frame(now, f, o);
                     }
                 }
-                Input::Frame(Peer::Successor, f) => {
+                Input::Frame(Side::Successor, f) => {
                     if self.n.open {
                         self.on_successor_frame(now, f, o);
                     }
                 }
-                Input::Closed(Peer::Incumbent) => {
+                Input::Closed(Side::Incumbent) => {
                     if self.o.open {
-                        self.disconnect(o, Peer::Incumbent);
+                        self.disconnect(o, Side::Incumbent);
                         match self.step {
                             Done => {}
                             Aborting | AwaitingReady => self.beat_incumbent = None,
@@ -1172,9 +1172,9 @@ pub mod supervisor {
                         }
                     }
                 }
-                Input::Closed(Peer::Successor) => {
+                Input::Closed(Side::Successor) => {
                     if self.n.open {
-                        self.disconnect(o, Peer::Successor);
+                        self.disconnect(o, Side::Successor);
                         match self.step {
                             Done | Aborting => {}
                             step => self.abort(now, o, reason_at("SuccessorClosed", step)),
@@ -1250,10 +1250,10 @@ pub mod supervisor {
                 // broken incumbent changes nothing.
                 AwaitingReady => {
                     self.beat_incumbent = None;
-                    self.disconnect(out, Peer::Incumbent);
+                    self.disconnect(out, Side::Incumbent);
                 }
                 _ => {
-                    self.disconnect(out, Peer::Incumbent);
+                    self.disconnect(out, Side::Incumbent);
                     self.abort(
                         now,
                         out,
@@ -1304,7 +1304,7 @@ pub mod supervisor {
                         return self.incumbent_violation(now, out);
                     }
                     if !(*proto_min..=*proto_max).contains(&VERSION) {
-                        self.disconnect(out, Peer::Incumbent);
+                        self.disconnect(out, Side::Incumbent);
                         return self.abort(
                             now,
                             out,
@@ -1315,23 +1315,23 @@ pub mod supervisor {
                         );
                     }
                     self.o.negotiated = true;
-                    out.push(Out::Transmit(Peer::Incumbent, MessageKind::HelloAck));
+                    out.push(Out::Transmit(Side::Incumbent, MessageKind::HelloAck));
                     // Announces that this supervisor heartbeats.
-                    out.push(Out::Transmit(Peer::Incumbent, MessageKind::Heartbeat));
+                    out.push(Out::Transmit(Side::Incumbent, MessageKind::Heartbeat));
                     self.step = SpawningSuccessor;
                     self.n.spawn_pending = true;
                     out.push(Out::Spawn);
                 }
                 (Draining, OwnedMessage::Drained { .. }) => {
                     self.journal(out, JournalPhase::Draining);
-                    out.push(Out::Transmit(Peer::Incumbent, MessageKind::SealRequest));
+                    out.push(Out::Transmit(Side::Incumbent, MessageKind::SealRequest));
                     self.step = Sealing;
                 }
                 (Draining | Sealing, OwnedMessage::SealProgress { .. }) => {}
                 (Sealing, OwnedMessage::SealComplete { .. }) => {
                     self.o.sealed = true;
                     // One record for the seal and the `Begin` sent with it.
-                    out.push(Out::Transmit(Peer::Successor, MessageKind::Begin));
+                    out.push(Out::Transmit(Side::Successor, MessageKind::Begin));
                     self.journal(out, JournalPhase::AwaitingReady);
                     self.step = AwaitingReady;
                     self.beat_successor = None;
@@ -1380,10 +1380,10 @@ pub mod supervisor {
                     }
                     self.n.negotiated = true;
                     self.successor_hello_at = Some(now);
-                    out.push(Out::Transmit(Peer::Successor, MessageKind::HelloAck));
-                    out.push(Out::Transmit(Peer::Successor, MessageKind::Heartbeat));
+                    out.push(Out::Transmit(Side::Successor, MessageKind::HelloAck));
+                    out.push(Out::Transmit(Side::Successor, MessageKind::Heartbeat));
                     self.journal(out, JournalPhase::Negotiating);
-                    out.push(Out::Transmit(Peer::Incumbent, MessageKind::PrepareHandoff));
+                    out.push(Out::Transmit(Side::Incumbent, MessageKind::PrepareHandoff));
                     self.o.prepared = true;
                     self.o.last_heard = Some(now);
                     self.step = Draining;
@@ -1421,25 +1421,25 @@ pub mod supervisor {
                 self.abort(now, out, why);
             } else if due(self.liveness(), now) {
                 let step = self.step;
-                self.disconnect(out, Peer::Incumbent);
+                self.disconnect(out, Side::Incumbent);
                 self.abort(now, out, reason_at("IncumbentUnresponsive", step));
             }
             // A heartbeat is not queued behind another frame to the same
             // peer: any frame proves liveness.
-            let queued = |out: &Vec<Out>, p: Peer| {
+            let queued = |out: &Vec<Out>, p: Side| {
                 out.iter()
                     .any(|o| matches!(o, Out::Transmit(to, _) if *to == p))
             };
             if due(self.beat_incumbent, now) {
                 self.beat_incumbent = Some(now + HEARTBEAT);
-                if self.o.open && !queued(out, Peer::Incumbent) {
-                    out.push(Out::Transmit(Peer::Incumbent, MessageKind::Heartbeat));
+                if self.o.open && !queued(out, Side::Incumbent) {
+                    out.push(Out::Transmit(Side::Incumbent, MessageKind::Heartbeat));
                 }
             }
             if due(self.beat_successor, now) {
                 self.beat_successor = Some(now + HEARTBEAT);
-                if self.n.open && !queued(out, Peer::Successor) {
-                    out.push(Out::Transmit(Peer::Successor, MessageKind::Heartbeat));
+                if self.n.open && !queued(out, Side::Successor) {
+                    out.push(Out::Transmit(Side::Successor, MessageKind::Heartbeat));
                 }
             }
         }

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use handoff_core::{
-    IncumbentConfig, IncumbentSession, Instant, MessageKind, Peer, Side, SuccessorConfig,
+    IncumbentConfig, IncumbentSession, Instant, MessageKind, Side, SuccessorConfig,
     SuccessorSession, SupervisorConfig, SupervisorHandoff,
 };
 use handoff_proptests::model::{Frame, VERSION, incumbent, successor, supervisor};
@@ -584,7 +584,7 @@ enum SupChoice {
     ConnectFailed,
     O(FromO),
     N(FromN),
-    Closed(Peer),
+    Closed(Side),
     Spawned,
     SpawnFailed,
     SuccessorExited,
@@ -635,8 +635,8 @@ fn sup_choice() -> impl Strategy<Value = SupChoice> {
         1 => Just(ConnectFailed),
         4 => from_o().prop_map(O),
         4 => from_n().prop_map(N),
-        1 => Just(Closed(Peer::Incumbent)),
-        1 => Just(Closed(Peer::Successor)),
+        1 => Just(Closed(Side::Incumbent)),
+        1 => Just(Closed(Side::Successor)),
         1 => Just(Spawned),
         1 => Just(SpawnFailed),
         1 => Just(SuccessorExited),
@@ -677,7 +677,7 @@ fn sup_input(
                     role_ok: true,
                     version_ok: true,
                 }),
-                &[C::Time(None), C::Closed(Peer::Incumbent)],
+                &[C::Time(None), C::Closed(Side::Incumbent)],
             ),
             S::SpawningSuccessor => (C::Spawned, &[C::SpawnFailed, C::Time(None)]),
             S::AwaitingSuccessorHello => (
@@ -686,14 +686,14 @@ fn sup_input(
                     pid_ok: true,
                     version_ok: true,
                 }),
-                &[exited, C::Closed(Peer::Successor), C::Time(None)],
+                &[exited, C::Closed(Side::Successor), C::Time(None)],
             ),
             S::Draining => (
                 C::O(FromO::Drained),
                 &[
                     C::O(FromO::Heartbeat),
                     C::Time(None),
-                    C::Closed(Peer::Incumbent),
+                    C::Closed(Side::Incumbent),
                     exited,
                 ],
             ),
@@ -703,7 +703,7 @@ fn sup_input(
                     C::O(FromO::SealFailed { right_id: true }),
                     C::O(FromO::SealProgress),
                     C::Time(None),
-                    C::Closed(Peer::Incumbent),
+                    C::Closed(Side::Incumbent),
                 ],
             ),
             S::AwaitingReady => (
@@ -711,8 +711,8 @@ fn sup_input(
                 &[
                     C::Time(None),
                     exited,
-                    C::Closed(Peer::Successor),
-                    C::Closed(Peer::Incumbent),
+                    C::Closed(Side::Successor),
+                    C::Closed(Side::Incumbent),
                 ],
             ),
             S::Aborting => (C::SuccessorExited, &[C::Time(None)]),
@@ -727,7 +727,7 @@ fn sup_input(
         SupChoice::Connected => I::Connected,
         SupChoice::ConnectFailed => I::ConnectFailed,
         SupChoice::O(o) => I::Frame(
-            Peer::Incumbent,
+            Side::Incumbent,
             match o {
                 FromO::Hello {
                     role_ok,
@@ -755,7 +755,7 @@ fn sup_input(
             },
         ),
         SupChoice::N(n) => I::Frame(
-            Peer::Successor,
+            Side::Successor,
             match n {
                 FromN::Hello {
                     role_ok,
@@ -906,7 +906,7 @@ fn guided_scripts_walk_each_happy_path_to_its_end() {
     let (m, outs) = run_supervisor([9; 16], &vec![(1, SupChoice::Time(Some(0))); 8]).unwrap();
     assert_eq!(m.step, SupervisorStep::Done);
     assert!(outs.contains(&supervisor::Out::Transmit(
-        Peer::Successor,
+        Side::Successor,
         MessageKind::Begin
     )));
     assert_eq!(outs.last(), Some(&supervisor::Out::Finished(Ok(()))));

@@ -83,7 +83,7 @@ fn an_incumbent_frozen_mid_handoff_is_not_taken_for_gone() {
     let layout = Layout::new("frozen");
     let (sup, notify) = start_running(
         &layout,
-        r#"env = [["HANDOFF_CRASH_AT", "o-after-drained-sent"], ["HANDOFF_CRASH_MODE", "stop"]]"#,
+        r#"env = [["HANDOFF_CRASH_AT", "incumbent-after-drained-sent"], ["HANDOFF_CRASH_MODE", "stop"]]"#,
     );
     let addr = main_addr_from_log(&sup);
     let pid = ping(&addr);

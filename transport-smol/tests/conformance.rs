@@ -173,7 +173,10 @@ fn start_supervise(
 }
 
 fn supervisor_killed(c: Combo) {
-    for point in ["s-after-seal-request-sent", "s-after-begin-sent"] {
+    for point in [
+        "supervisor-after-seal-request-sent",
+        "supervisor-after-begin-sent",
+    ] {
         let rig = Rig::start(&c.tag(), c.incumbent, "");
         let journal = format!("--journal {}", rig.dir.0.join("journal").display());
         let crash = [("HANDOFF_CRASH_AT", point)];
@@ -231,7 +234,7 @@ fn supervisor_frozen_past_the_deadline(c: Combo) {
     let rig = Rig::start(&c.tag(), c.incumbent, "");
     assert_eq!(rig.request("INC"), "OK 1");
     let stop = [
-        ("HANDOFF_CRASH_AT", "s-after-seal-request-sent"),
+        ("HANDOFF_CRASH_AT", "supervisor-after-seal-request-sent"),
         ("HANDOFF_CRASH_MODE", "stop"),
     ];
     let sup = start_supervise(&rig, c, "--deadline-ms 1500", &stop, Stdio::piped());
@@ -371,7 +374,7 @@ fn back_to_back_handoff_waits_for_the_path(c: Combo) {
     assert_eq!(rig.request("INC"), "OK 1");
     let held = rig
         .spec(c.successor, "")
-        .env("HANDOFF_CRASH_AT", "n-before-control-path-taken")
+        .env("HANDOFF_CRASH_AT", "successor-before-control-path-taken")
         .env("HANDOFF_CRASH_MODE", "stop");
     let mut first = run_handoff(c.supervisor, &rig.supervisor, held);
     assert!(

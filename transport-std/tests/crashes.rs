@@ -149,12 +149,12 @@ fn supervisor_killed_at_every_step_recovers_to_one_incumbent() {
     let _serial = serial();
     become_subreaper();
     for point in [
-        "s-after-hello-ack-sent",
-        "s-after-spawn",
-        "s-after-prepare-handoff-sent",
-        "s-after-seal-request-sent",
-        "s-after-begin-sent",
-        "s-after-commit-sent",
+        "supervisor-after-hello-ack-sent",
+        "supervisor-after-spawn",
+        "supervisor-after-prepare-handoff-sent",
+        "supervisor-after-seal-request-sent",
+        "supervisor-after-begin-sent",
+        "supervisor-after-commit-sent",
     ] {
         let mut rig = Rig::start("s-crash");
         let marker = rig.dir.0.join("marker");
@@ -190,7 +190,8 @@ fn supervisor_killed_at_every_step_recovers_to_one_incumbent() {
         // the journal, written behind the protocol, had got), once.
         let record = rig.supervisor.resume_from_journal().unwrap();
         if let Some(r) = record {
-            let early = point == "s-after-hello-ack-sent" || point == "s-after-spawn";
+            let early =
+                point == "supervisor-after-hello-ack-sent" || point == "supervisor-after-spawn";
             assert!(
                 !early,
                 "{point}: nothing is journaled before both Hellos: {r:?}"
@@ -219,11 +220,11 @@ fn incumbent_killed_at_every_step_recovers_to_one_incumbent() {
     let _serial = serial();
     become_subreaper();
     for point in [
-        "o-after-hello-sent",
-        "o-after-drained-sent",
-        "o-after-lock-released",
-        "o-after-seal-complete-sent",
-        "o-after-commit-received",
+        "incumbent-after-hello-sent",
+        "incumbent-after-drained-sent",
+        "incumbent-after-lock-released",
+        "incumbent-after-seal-complete-sent",
+        "incumbent-after-commit-received",
     ] {
         let mut rig = Rig::start_with("o-crash", &[("HANDOFF_CRASH_AT", point)]);
         let outcome = rig.supervisor.perform_handoff(rig.spec("")).unwrap();
@@ -247,9 +248,9 @@ fn successor_killed_at_every_step_recovers_to_one_incumbent() {
     let _serial = serial();
     become_subreaper();
     for point in [
-        "n-after-hello-sent",
-        "n-after-lock-acquired",
-        "n-after-ready-sent",
+        "successor-after-hello-sent",
+        "successor-after-lock-acquired",
+        "successor-after-ready-sent",
     ] {
         let mut rig = Rig::start("n-crash");
         let spec = rig.spec("").env("HANDOFF_CRASH_AT", point);

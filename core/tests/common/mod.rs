@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use handoff_core::{
     AbortReason, DrainReport, IncumbentConfig, IncumbentFate, IncumbentOutput, IncumbentSession,
-    Instant, JournalPhase, JournalRecord, Peer, ReadyReport, Revisions, SealFailure, SealReport,
-    SessionEnd, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFate, SuccessorOutput,
-    SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
+    Instant, JournalPhase, JournalRecord, ReadyReport, Revisions, SealFailure, SealReport,
+    SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFate,
+    SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
 };
 
 pub const O_PID: u32 = 1000;
@@ -578,8 +578,8 @@ impl World {
                 SupervisorOutput::Transmit { to, frame } => {
                     let frame = frame.to_vec();
                     let pipe = match to {
-                        Peer::Incumbent => &mut self.s_to_o,
-                        Peer::Successor => &mut self.s_to_n,
+                        Side::Incumbent => &mut self.s_to_o,
+                        Side::Successor => &mut self.s_to_n,
                     };
                     if !pipe.closed {
                         pipe.bytes.extend(&frame);
@@ -622,8 +622,8 @@ impl World {
                 SupervisorOutput::Disconnect(peer) => {
                     self.log(format!("S disconnects {peer:?}"));
                     match peer {
-                        Peer::Incumbent => self.s_to_o.closed = true,
-                        Peer::Successor => self.s_to_n.closed = true,
+                        Side::Incumbent => self.s_to_o.closed = true,
+                        Side::Successor => self.s_to_n.closed = true,
                     }
                 }
                 SupervisorOutput::WriteJournal(rec) => {
@@ -802,12 +802,12 @@ impl World {
                     .supervisor
                     .as_mut()
                     .unwrap()
-                    .handle_input(now, Peer::Incumbent, b),
+                    .handle_input(now, Side::Incumbent, b),
                 None => {
                     self.supervisor
                         .as_mut()
                         .unwrap()
-                        .handle_closed(now, Peer::Incumbent);
+                        .handle_closed(now, Side::Incumbent);
                     0
                 }
             });
@@ -816,12 +816,12 @@ impl World {
                     .supervisor
                     .as_mut()
                     .unwrap()
-                    .handle_input(now, Peer::Successor, b),
+                    .handle_input(now, Side::Successor, b),
                 None => {
                     self.supervisor
                         .as_mut()
                         .unwrap()
-                        .handle_closed(now, Peer::Successor);
+                        .handle_closed(now, Side::Successor);
                     0
                 }
             });

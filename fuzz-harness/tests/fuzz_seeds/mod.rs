@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 
 use handoff_core::{
     Capabilities, DrainReport, HandoffId, IncumbentConfig, IncumbentOutput, IncumbentSession,
-    Instant, JournalPhase, JournalRecord, Message, Peer, ReadyReport, Revisions, SealFailure,
-    SealReport, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput,
-    SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput, encode_frame,
+    Instant, JournalPhase, JournalRecord, Message, ReadyReport, Revisions, SealFailure, SealReport,
+    Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput, SuccessorSession,
+    SupervisorConfig, SupervisorHandoff, SupervisorOutput, encode_frame,
 };
 use handoff_fuzz_harness::{
     Chunk, DecoderChoice, FrameDecoderInput, FuzzClock, FuzzId, FuzzMessage, FuzzPeer, FuzzPid,
@@ -354,10 +354,10 @@ fn record(sc: Scenario) -> Recorded {
 /// An output of the supervisor, copied out of its borrow.
 enum SupOut {
     Connect,
-    Transmit(Peer, Vec<u8>),
+    Transmit(Side, Vec<u8>),
     Spawn,
     Signal(Signal),
-    Disconnect(Peer),
+    Disconnect(Side),
     Finished,
 }
 
@@ -510,8 +510,8 @@ impl World {
                 }
                 SupOut::Transmit(to, frame) => {
                     match to {
-                        Peer::Incumbent => self.s_o.write(&frame),
-                        Peer::Successor => self.s_n.write(&frame),
+                        Side::Incumbent => self.s_o.write(&frame),
+                        Side::Successor => self.s_n.write(&frame),
                     }
                     self.sup_frames += 1;
                     if self.sc.supervisor_dies_after == Some(self.sup_frames) {
@@ -542,8 +542,8 @@ impl World {
                     }
                 }
                 SupOut::Disconnect(p) => match p {
-                    Peer::Incumbent => self.s_o.eof = true,
-                    Peer::Successor => self.s_n.eof = true,
+                    Side::Incumbent => self.s_o.eof = true,
+                    Side::Successor => self.s_n.eof = true,
                 },
                 SupOut::Finished => self.rec_sup.done = true,
             }
@@ -735,8 +735,8 @@ impl World {
             && let Some(s) = self.sup.as_mut()
         {
             for (peer, fp, p) in [
-                (Peer::Incumbent, FuzzPeer::Incumbent, &mut self.o_s),
-                (Peer::Successor, FuzzPeer::Successor, &mut self.n_s),
+                (Side::Incumbent, FuzzPeer::Incumbent, &mut self.o_s),
+                (Side::Successor, FuzzPeer::Successor, &mut self.n_s),
             ] {
                 if !p.bytes.is_empty() {
                     let n = chunk.min(p.bytes.len());

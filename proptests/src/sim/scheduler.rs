@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use handoff_core::{Instant, Peer};
+use handoff_core::{Instant, Side};
 
 use super::Role;
 use super::daemon::Daemon;
@@ -29,7 +29,7 @@ const ACTION_LIMIT: u32 = 500_000;
 #[derive(Clone, Copy, Debug)]
 enum Act {
     SupPump,
-    SupRead(Peer),
+    SupRead(Side),
     SupTimeout,
     SupExitReport,
     SupThaw,
@@ -144,7 +144,7 @@ impl World {
                     if run.dirty {
                         v.push(Act::SupPump);
                     } else if !run.finished {
-                        for peer in [Peer::Incumbent, Peer::Successor] {
+                        for peer in [Side::Incumbent, Side::Successor] {
                             if let Some(c) = run.conn(peer)
                                 && self.conns[c].to_s.readable(now) != Readable::Nothing
                             {

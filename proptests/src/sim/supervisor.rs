@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use handoff_core::{
-    AbortReason, Instant, JournalRecord, Peer, Signal, SupervisorHandoff, SupervisorOutput,
+    AbortReason, Instant, JournalRecord, Side, Signal, SupervisorHandoff, SupervisorOutput,
 };
 
 use super::daemon::{COLD_LOCK_WINDOW, COLD_STARTUP_MAX_MS};
@@ -83,10 +83,10 @@ impl Run {
         }
     }
 
-    pub(super) fn conn(&self, peer: Peer) -> Option<ConnId> {
+    pub(super) fn conn(&self, peer: Side) -> Option<ConnId> {
         match peer {
-            Peer::Incumbent => self.o_conn,
-            Peer::Successor => self.n_conn,
+            Side::Incumbent => self.o_conn,
+            Side::Successor => self.n_conn,
         }
     }
 }
@@ -122,10 +122,10 @@ pub(super) struct Outcome {
 // carrying it out needs the whole world.
 enum SupOut {
     Connect,
-    Transmit(Peer, Vec<u8>),
+    Transmit(Side, Vec<u8>),
     Spawn,
     Signal(Signal),
-    Disconnect(Peer),
+    Disconnect(Side),
     Journal(JournalRecord),
     ClearJournal,
     Finished(Outcome),
@@ -334,7 +334,7 @@ impl World {
         Ok(())
     }
 
-    pub(super) fn sup_read(&mut self, peer: Peer) -> Res {
+    pub(super) fn sup_read(&mut self, peer: Side) -> Res {
         let now = self.now;
         let c = self
             .sup
