@@ -15,9 +15,9 @@ use handoff_benches::counting::{CountingAlloc, thread_allocations};
 use handoff_benches::frames::{self, ADDRESS, FINGERPRINT, NAMES, REVISIONS, VERSION};
 use handoff_core::{
     DrainReport, FrameDecoder, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant,
-    ReadyReport, Revisions, SealReport, SessionEnd, Side, Strings, SuccessorConfig, SuccessorEnd,
-    SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
-    encode_frame,
+    ReadyReportRef, Revisions, SealReportRef, SessionEnd, Side, Strings, SuccessorConfig,
+    SuccessorEnd, SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff,
+    SupervisorOutput, encode_frame,
 };
 
 #[global_allocator]
@@ -145,7 +145,7 @@ fn full_handoff() -> Result<(), &'static str> {
                     ),
                     IncumbentOutput::Seal => inc.handle_sealed(
                         now,
-                        SealReport {
+                        SealReportRef {
                             last_revision_per_shard: Revisions::from_slice(&REVISIONS),
                             data_dir_fingerprint: FINGERPRINT,
                         },
@@ -165,7 +165,7 @@ fn full_handoff() -> Result<(), &'static str> {
                     SuccessorOutput::AcquireLock => suc.handle_lock_acquired(now),
                     SuccessorOutput::Start => suc.handle_ready(
                         now,
-                        ReadyReport {
+                        ReadyReportRef {
                             listening_on: Strings::from_slice(&ADDRESSES),
                             healthz_ok: true,
                             advertised_revision_per_shard: Revisions::from_slice(&REVISIONS),

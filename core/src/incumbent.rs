@@ -17,7 +17,7 @@ use crate::buffer::{Buffer, DefaultBuffer};
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
 use crate::machine::{
-    Beat, DrainReport, Outbox, Popped, SealFailure, SealReport, ShortText, Violation, defaults,
+    Beat, DrainReport, Outbox, Popped, SealFailure, SealReportRef, ShortText, Violation, defaults,
     outbox_with_hello,
 };
 use crate::message::Message;
@@ -378,7 +378,7 @@ impl<B: Buffer> IncumbentSession<B> {
 
     /// The seal hook finished: the writer state is flushed and closed. The
     /// lock is released next, then `SealComplete` is sent.
-    pub fn handle_sealed(&mut self, now: Instant, report: SealReport<'_>) {
+    pub fn handle_sealed(&mut self, now: Instant, report: SealReportRef<'_>) {
         let c = &mut self.core;
         if c.step != IncumbentStep::Sealing {
             return;

@@ -104,7 +104,7 @@
 //! use std::os::unix::net::UnixStream;
 //! use std::time::Duration;
 //!
-//! use handoff_core::{//!     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, Revisions, //!     SealReport, SessionEnd, //!};
+//! use handoff_core::{//!     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, Revisions, //!     SealReportRef, SessionEnd, //!};
 //!
 //! /// What the daemon does when asked; a stand-in for your own code.
 //! trait Daemon {
@@ -139,7 +139,7 @@
 //!                 IncumbentOutput::Seal => match daemon.seal() {
 //!                     Ok((revisions, fingerprint)) => session.handle_sealed(
 //!                         now(),
-//!                         SealReport {
+//!                         SealReportRef {
 //!                             last_revision_per_shard: Revisions::from_slice(&revisions),
 //!                             data_dir_fingerprint: fingerprint,
 //!                         },
@@ -263,7 +263,7 @@ pub use incumbent::{
 };
 pub use journal::{JournalPhase, JournalRecord};
 pub use machine::{
-    DrainReport, ReadyReport, SealFailure, SealReport, ShortText, Violation, defaults,
+    DrainReport, ReadyReportRef, SealFailure, SealReportRef, ShortText, Violation, defaults,
 };
 pub use message::{Message, Revisions, RevisionsIter, Strings, StringsIter};
 pub use successor::{
@@ -271,7 +271,7 @@ pub use successor::{
     SuccessorStep,
 };
 pub use supervisor::{
-    AbortReason, IncumbentFate, Outcome, PeerInfo, PhaseTimings, Signal, SuccessorFate,
+    AbortReason, HandoffOutcomeRef, IncumbentFate, PeerInfo, PhaseTimings, Signal, SuccessorFate,
     SupervisorConfig, SupervisorHandoff, SupervisorOutput, SupervisorStep,
 };
 pub use time::Instant;

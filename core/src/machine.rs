@@ -136,7 +136,7 @@ pub struct DrainReport {
 
 /// What the incumbent's seal hook reports (`SealComplete`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SealReport<'a> {
+pub struct SealReportRef<'a> {
     /// The last revision of each shard.
     pub last_revision_per_shard: Revisions<'a>,
     /// A fingerprint of the sealed data directory.
@@ -154,7 +154,7 @@ pub struct SealFailure<'a> {
 
 /// What the successor reports when it serves (`Ready`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadyReport<'a> {
+pub struct ReadyReportRef<'a> {
     /// Addresses it serves on.
     pub listening_on: Strings<'a>,
     /// Its own health check.

@@ -21,7 +21,7 @@ use crate::buffer::{Buffer, DefaultBuffer};
 use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
 use crate::machine::{
-    Beat, Outbox, Popped, ReadyReport, ShortText, Violation, defaults, outbox_with_hello,
+    Beat, Outbox, Popped, ReadyReportRef, ShortText, Violation, defaults, outbox_with_hello,
 };
 use crate::message::{Message, Revisions, Strings};
 use crate::time::{Instant, earliest};
@@ -299,7 +299,7 @@ impl<B: Buffer> SuccessorSession<B> {
     }
 
     /// The daemon serves: send `Ready`.
-    pub fn handle_ready(&mut self, _now: Instant, report: ReadyReport<'_>) {
+    pub fn handle_ready(&mut self, _now: Instant, report: ReadyReportRef<'_>) {
         let c = &mut self.core;
         if c.step != SuccessorStep::Starting {
             return;

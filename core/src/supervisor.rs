@@ -19,8 +19,8 @@ use crate::error::FrameError;
 use crate::frame::{Frame, FrameDecoder};
 use crate::journal::{JournalPhase, JournalRecord};
 use crate::machine::{
-    Beat, DrainReport, Outbox, Popped, ReadyReport, SealFailure, SealReport, ShortText, Violation,
-    defaults,
+    Beat, DrainReport, Outbox, Popped, ReadyReportRef, SealFailure, SealReportRef, ShortText,
+    Violation, defaults,
 };
 use crate::message::{Message, Revisions, Strings};
 use crate::time::{Instant, earliest};
@@ -351,7 +351,7 @@ pub struct PeerInfo<'a> {
 
 /// The result of one handoff, with everything the peers reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome<'a> {
+pub struct HandoffOutcomeRef<'a> {
     /// The handoff.
     pub handoff_id: HandoffId,
     /// `Ok` if committed, otherwise why not.
@@ -365,11 +365,11 @@ pub struct Outcome<'a> {
     /// The last `SealProgress`: shards sealed, shards in all, last revision.
     pub seal_progress: Option<(u32, u32, u64)>,
     /// What the incumbent's `SealComplete` said.
-    pub sealed: Option<SealReport<'a>>,
+    pub sealed: Option<SealReportRef<'a>>,
     /// What the incumbent's `SealFailed` said.
     pub seal_failure: Option<SealFailure<'a>>,
     /// What the successor's `Ready` said.
-    pub ready: Option<ReadyReport<'a>>,
+    pub ready: Option<ReadyReportRef<'a>>,
     /// What became of the incumbent.
     pub incumbent_fate: IncumbentFate,
     /// What became of the successor.
@@ -387,7 +387,7 @@ pub struct Outcome<'a> {
     pub timings: PhaseTimings,
 }
 
-impl Outcome<'_> {
+impl HandoffOutcomeRef<'_> {
     /// Whether the handoff committed.
     pub fn committed(&self) -> bool {
         self.result.is_ok()
@@ -433,7 +433,7 @@ pub enum SupervisorOutput<'a> {
     /// Delete the journal.
     ClearJournal,
     /// The handoff is over; close whatever is still open. Emitted once.
-    Finished(Outcome<'a>),
+    Finished(HandoffOutcomeRef<'a>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -843,7 +843,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
     }
 
     /// The outcome so far (final once `Finished` was emitted).
-    pub fn outcome(&self) -> Outcome<'_> {
+    pub fn outcome(&self) -> HandoffOutcomeRef<'_> {
         self.core.outcome()
     }
 }
@@ -1549,7 +1549,7 @@ impl<B: Buffer> Core<B> {
         }
     }
 
-    fn outcome(&self) -> Outcome<'_> {
+    fn outcome(&self) -> HandoffOutcomeRef<'_> {
         let m = &self.marks;
         let between = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
             (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
@@ -1579,7 +1579,7 @@ impl<B: Buffer> Core<B> {
             SuccessorFate::Serving
         };
         let r = &self.reports;
-        Outcome {
+        HandoffOutcomeRef {
             handoff_id: self.id,
             result: match self.abort {
                 Some(reason) => Err(reason),
@@ -1599,7 +1599,7 @@ impl<B: Buffer> Core<B> {
             },
             drained: r.drained,
             seal_progress: r.seal_progress,
-            sealed: r.seal.map(|(span, fp)| SealReport {
+            sealed: r.seal.map(|(span, fp)| SealReportRef {
                 last_revision_per_shard: self.stash.revisions(span),
                 data_dir_fingerprint: fp,
             }),
@@ -1607,7 +1607,7 @@ impl<B: Buffer> Core<B> {
                 error: self.stash.str(e),
                 partial_state: self.stash.str(p),
             }),
-            ready: r.ready.map(|(l, healthz_ok, revs)| ReadyReport {
+            ready: r.ready.map(|(l, healthz_ok, revs)| ReadyReportRef {
                 listening_on: self.stash.strings(l),
                 healthz_ok,
                 advertised_revision_per_shard: self.stash.revisions(revs),

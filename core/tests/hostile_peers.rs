@@ -5,10 +5,10 @@
 
 use handoff_core::{
     AbortReason, Capabilities, DrainReport, EndCause, FrameError, HandoffId, IncumbentConfig,
-    IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, ReadyReport, Revisions,
-    SealReport, SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
-    SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
-    SupervisorStep, Violation, defaults, encode_frame,
+    IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, ReadyReportRef, Revisions,
+    SealReportRef, SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd,
+    SuccessorFailure, SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff,
+    SupervisorOutput, SupervisorStep, Violation, defaults, encode_frame,
 };
 
 const ID: HandoffId = HandoffId::from_bytes([0x11; 16]);
@@ -266,7 +266,7 @@ fn a_malformed_frame_after_the_seal_makes_the_incumbent_retake_its_lock() {
     );
     s.handle_sealed(
         t(5),
-        SealReport {
+        SealReportRef {
             last_revision_per_shard: Revisions::from_slice(&[1]),
             data_dir_fingerprint: [0; 32],
         },
@@ -410,7 +410,7 @@ fn a_sealed_incumbent_resumes_at_the_deadline_when_a_silent_supervisor_never_hea
     );
     s.handle_sealed(
         t(5),
-        SealReport {
+        SealReportRef {
             last_revision_per_shard: Revisions::EMPTY,
             data_dir_fingerprint: [0; 32],
         },
@@ -508,7 +508,7 @@ fn a_sealed_incumbent_whose_lock_stays_taken_reports_it_is_superseded() {
     );
     s.handle_sealed(
         t(5),
-        SealReport {
+        SealReportRef {
             last_revision_per_shard: Revisions::EMPTY,
             data_dir_fingerprint: [0; 32],
         },
@@ -1039,7 +1039,7 @@ fn successor_heartbeats_while_it_starts_up_after_begin() {
     assert_eq!(beats, 14, "one every 2 s for 30 s");
     s.handle_ready(
         t(30_000),
-        ReadyReport {
+        ReadyReportRef {
             listening_on: Strings::from_slice(&["127.0.0.1:1"]),
             healthz_ok: true,
             advertised_revision_per_shard: Revisions::EMPTY,
@@ -1089,7 +1089,7 @@ fn successor_holding_the_lock_serves_on_when_the_supervisor_vanishes() {
     assert!(drain_successor(&mut s).is_empty(), "no reason to exit");
     s.handle_ready(
         t(13),
-        ReadyReport {
+        ReadyReportRef {
             listening_on: Strings::EMPTY,
             healthz_ok: true,
             advertised_revision_per_shard: Revisions::EMPTY,

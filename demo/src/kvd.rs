@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use handoff_std::os::listeners::Mode;
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Role, SealOutput, SealProgress,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Role, SealProgress, SealReport,
     ServeEnd, ServeError, SpawnSpec, StateSnapshot, Supervisor, detect_role,
 };
 
@@ -838,7 +838,7 @@ impl Drainable for Daemon {
         })
     }
 
-    fn seal(&self, progress: &SealProgress) -> Result<SealOutput, HookError> {
+    fn seal(&self, progress: &SealProgress) -> Result<SealReport, HookError> {
         let store = {
             let mut st = lock_state(&self.state);
             if st.phase != Phase::Sealed {
@@ -862,7 +862,7 @@ impl Drainable for Daemon {
         }
         progress.report(1, 1, sealed.revision);
         lock_state(&self.state).last_revision = sealed.revision;
-        Ok(SealOutput {
+        Ok(SealReport {
             last_revision_per_shard: vec![sealed.revision],
             data_dir_fingerprint: sealed.fingerprint,
         })

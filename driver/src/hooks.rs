@@ -9,7 +9,7 @@ pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the seal hook reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SealOutput {
+pub struct SealReport {
     /// The last revision of each shard, as sealed.
     pub last_revision_per_shard: Vec<u64>,
     /// A fingerprint of the sealed data directory (a hash of its contents).
@@ -55,7 +55,7 @@ pub enum HookDone {
     /// The drain's report, or why it failed.
     Drained(Result<DrainReport, String>),
     /// What was sealed, or why the seal failed.
-    Sealed(Result<SealOutput, String>),
+    Sealed(Result<SealReport, String>),
     /// The resume, or why it failed.
     Resumed(Result<(), String>),
 }

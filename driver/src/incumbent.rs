@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use handoff_core::{
     EndCause, IncumbentConfig, IncumbentOutput, IncumbentSession, Revisions, SealFailure,
-    SealReport, SessionEnd,
+    SealReportRef, SessionEnd,
 };
 use handoff_os::control::{self, AcceptRetry, PeerPolicy, peer_credentials};
 use handoff_os::crash;
@@ -420,7 +420,7 @@ impl IncumbentDriver {
                 HookDone::Drained(Err(_)) => m.handle_drain_failed(now),
                 HookDone::Sealed(Ok(sealed)) => m.handle_sealed(
                     now,
-                    SealReport {
+                    SealReportRef {
                         last_revision_per_shard: Revisions::from_slice(
                             &sealed.last_revision_per_shard,
                         ),

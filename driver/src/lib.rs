@@ -40,11 +40,11 @@ pub mod link;
 pub mod successor;
 pub mod supervisor;
 
-pub use hooks::{Hook, HookDone, HookError, SealOutput, StateSnapshot};
+pub use hooks::{Hook, HookDone, HookError, SealReport, StateSnapshot};
 pub use incumbent::{Endpoint, IncumbentDriver, IncumbentIo, ServeEnd, ServeError, SessionReport};
 pub use link::{Inbox, Io, Source};
 pub use successor::{
-    AnnounceError, Launch, Readiness, Role, SuccessorDriver, SuccessorError, SuccessorReport,
+    AnnounceError, Launch, ReadyReport, Role, SuccessorDriver, SuccessorError, SuccessorReport,
     detect_role,
 };
 pub use supervisor::{

@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use handoff_core::{
-    HandoffId, ReadyReport, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
+    HandoffId, ReadyReportRef, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
     SuccessorOutput, SuccessorSession,
 };
 use handoff_os::control::{StagedControlSocket, stage_control_socket};
@@ -140,7 +140,7 @@ impl std::error::Error for AnnounceError {
 
 /// What the successor reports with `Ready`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Readiness {
+pub struct ReadyReport {
     /// Where it serves.
     pub listening_on: Vec<String>,
     /// Its own health check.
@@ -349,7 +349,7 @@ impl SuccessorDriver {
     pub fn ready(
         &mut self,
         io: &mut impl Io,
-        readiness: &Readiness,
+        readiness: &ReadyReport,
         socket_path: &Path,
     ) -> io::Result<()> {
         let staged = match stage_control_socket(socket_path) {
@@ -367,7 +367,7 @@ impl SuccessorDriver {
             let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
             self.machine.handle_ready(
                 clock::now(),
-                ReadyReport {
+                ReadyReportRef {
                     listening_on: Strings::from_slice(&listening),
                     healthz_ok: readiness.healthz_ok,
                     advertised_revision_per_shard: Revisions::from_slice(

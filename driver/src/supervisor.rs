@@ -467,7 +467,10 @@ pub fn spawn_for_handoff(
 impl HandoffOutcome {
     /// The owned form of the core's outcome; `child` is attached by the
     /// caller. Shared by every adapter.
-    pub fn from_core(o: &handoff_core::Outcome<'_>, detail: Option<String>) -> HandoffOutcome {
+    pub fn from_core(
+        o: &handoff_core::HandoffOutcomeRef<'_>,
+        detail: Option<String>,
+    ) -> HandoffOutcome {
         HandoffOutcome {
             handoff_id: o.handoff_id,
             result: o.result,
@@ -689,7 +692,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
     /// goes to the outcome; any other is killed if still running and reaped:
     /// the machine finishes an abort only once it is gone or SIGKILL went
     /// unanswered, and a zombie is never left either way.
-    pub(crate) fn finish(&mut self, o: &handoff_core::Outcome<'_>) -> HandoffOutcome {
+    pub(crate) fn finish(&mut self, o: &handoff_core::HandoffOutcomeRef<'_>) -> HandoffOutcome {
         let mut outcome = HandoffOutcome::from_core(o, self.detail.take());
         outcome.timings = outcome.timings.with_total(self.started.elapsed());
         if let Some(j) = self.journal.take()

@@ -17,7 +17,7 @@ use super::{
 use handoff_core::Instant;
 use handoff_core::MessageKind;
 use handoff_core::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
-use handoff_core::{DrainReport, SealFailure, SealReport};
+use handoff_core::{DrainReport, SealFailure, SealReportRef};
 use handoff_core::{IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd};
 use handoff_core::{Message, Revisions};
 
@@ -111,7 +111,7 @@ impl<B: FuzzBuffer> Driver<B> {
             } => self.call(Call::Sealed, i, |m| {
                 m.handle_sealed(
                     now,
-                    SealReport {
+                    SealReportRef {
                         last_revision_per_shard: Revisions::from_slice(revisions),
                         data_dir_fingerprint: [*fingerprint; 32],
                     },

@@ -12,7 +12,7 @@ use super::{
 };
 use handoff_core::Instant;
 use handoff_core::MessageKind;
-use handoff_core::ReadyReport;
+use handoff_core::ReadyReportRef;
 use handoff_core::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
 use handoff_core::{Message, Revisions, Strings};
 use handoff_core::{
@@ -97,7 +97,7 @@ impl<B: FuzzBuffer> Driver<B> {
                 self.call(Call::Ready, i, |m| {
                     m.handle_ready(
                         now,
-                        ReadyReport {
+                        ReadyReportRef {
                             listening_on: Strings::from_slice(&strs),
                             healthz_ok: *healthz_ok,
                             advertised_revision_per_shard: Revisions::from_slice(revisions),

@@ -21,7 +21,7 @@ use handoff_core::Message;
 use handoff_core::MessageKind;
 use handoff_core::defaults;
 use handoff_core::{
-    AbortReason, IncumbentFate, Outcome, Side, Signal, SuccessorFate, SupervisorConfig,
+    AbortReason, HandoffOutcomeRef, IncumbentFate, Side, Signal, SuccessorFate, SupervisorConfig,
     SupervisorHandoff, SupervisorOutput, SupervisorStep,
 };
 use handoff_core::{HandoffId, PROTO_MAX};
@@ -773,7 +773,7 @@ impl<B: FuzzBuffer> Check<B> {
         self.journal.push(r.phase);
     }
 
-    fn finish(&mut self, c: &Ctx, o: &Outcome<'_>) {
+    fn finish(&mut self, c: &Ctx, o: &HandoffOutcomeRef<'_>) {
         self.expect_finished = false;
         assert!(!self.spawn_out, "Finished with a spawn in flight");
         assert!(

@@ -165,7 +165,7 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::R
 
 /// What [`poll_ready`] found for one descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Readiness {
+pub struct FdReadiness {
     /// Readable, hung up or in error: a read will not wait.
     pub readable: bool,
     /// Room to write (or in error: a write will not wait).
@@ -183,7 +183,7 @@ pub struct Readiness {
 pub fn poll_ready(
     fds: &[(std::os::fd::RawFd, bool)],
     timeout: Option<Duration>,
-) -> io::Result<Vec<Readiness>> {
+) -> io::Result<Vec<FdReadiness>> {
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&(fd, write)| libc::pollfd {
@@ -216,7 +216,7 @@ pub fn poll_ready(
     let failed = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
     Ok(pollfds
         .iter()
-        .map(|p| Readiness {
+        .map(|p| FdReadiness {
             readable: p.revents & (libc::POLLIN | failed) != 0,
             writable: p.revents & (libc::POLLOUT | failed) != 0,
         })

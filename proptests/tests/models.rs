@@ -254,7 +254,7 @@ fn suc_apply(
     now: Instant,
     input: &successor::Input,
 ) -> Vec<successor::Out> {
-    use handoff_core::{ReadyReport, Revisions, Strings};
+    use handoff_core::{ReadyReportRef, Revisions, Strings};
     use successor::Input as I;
     match input {
         I::Frame(f) => {
@@ -267,7 +267,7 @@ fn suc_apply(
         I::LockBusy => real.handle_lock_busy(now),
         I::Ready => real.handle_ready(
             now,
-            ReadyReport {
+            ReadyReportRef {
                 listening_on: Strings::from_slice(&["127.0.0.1:1"]),
                 healthz_ok: true,
                 advertised_revision_per_shard: Revisions::from_slice(&[1]),
@@ -475,7 +475,7 @@ fn inc_apply(
     now: Instant,
     input: &incumbent::Input,
 ) -> Vec<incumbent::Out> {
-    use handoff_core::{DrainReport, Revisions, SealFailure, SealReport};
+    use handoff_core::{DrainReport, Revisions, SealFailure, SealReportRef};
     use incumbent::Input as I;
     match input {
         I::Frame(f) => {
@@ -494,7 +494,7 @@ fn inc_apply(
         I::DrainFailed => real.handle_drain_failed(now),
         I::Sealed => real.handle_sealed(
             now,
-            SealReport {
+            SealReportRef {
                 last_revision_per_shard: Revisions::from_slice(&[1, 2]),
                 data_dir_fingerprint: [3; 32],
             },

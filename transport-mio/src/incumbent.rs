@@ -13,7 +13,7 @@ use std::path::Path;
 
 use handoff_core::{DrainReport, IncumbentConfig, SessionEnd};
 use handoff_driver::{
-    Endpoint, Hook, HookDone, IncumbentDriver, IncumbentIo, Io, SealOutput, SessionReport, Source,
+    Endpoint, Hook, HookDone, IncumbentDriver, IncumbentIo, Io, SealReport, SessionReport, Source,
 };
 use handoff_os::lock::DataDirLock;
 use mio::event::Event;
@@ -317,7 +317,7 @@ impl MioIncumbent {
     }
 
     /// The seal finished: the writer state is closed.
-    pub fn sealed(&mut self, registry: &Registry, output: &SealOutput) {
+    pub fn sealed(&mut self, registry: &Registry, output: &SealReport) {
         self.hook_done(registry, HookDone::Sealed(Ok(output.clone())));
     }
 

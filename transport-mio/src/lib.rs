@@ -28,7 +28,7 @@
 //!
 //! ```no_run
 //! use handoff_core::DrainReport;
-//! use handoff_driver::SealOutput;
+//! use handoff_driver::SealReport;
 //! use handoff_mio::{IncumbentEvent, MioIncumbent};
 //! use handoff_os::lock::DataDirLock;
 //! use mio::{Events, Poll, Token};
@@ -62,7 +62,7 @@
 //!                 // stop accepting; when in-flight requests are done:
 //!                 control.drained(poll.registry(), DrainReport::default());
 //!             }
-//!             IncumbentEvent::Seal => control.sealed(poll.registry(), &SealOutput::default()),
+//!             IncumbentEvent::Seal => control.sealed(poll.registry(), &SealReport::default()),
 //!             IncumbentEvent::Resume => control.resumed(poll.registry()),
 //!             IncumbentEvent::SessionEnded(end) if !end.keeps_serving() => return Ok(()),
 //!             _ => {}

@@ -13,7 +13,7 @@ use std::io;
 use std::path::Path;
 
 use handoff_core::{SuccessorConfig, SuccessorEnd, SuccessorFailure};
-use handoff_driver::{Endpoint, Launch, Readiness, Source, SuccessorDriver, SuccessorReport};
+use handoff_driver::{Endpoint, Launch, ReadyReport, Source, SuccessorDriver, SuccessorReport};
 use handoff_os::listeners::InheritedListeners;
 use mio::event::Event;
 use mio::{Registry, Token};
@@ -194,7 +194,7 @@ impl MioSuccessor {
     pub fn ready(
         &mut self,
         registry: &Registry,
-        readiness: &Readiness,
+        readiness: &ReadyReport,
         socket_path: &Path,
     ) -> io::Result<()> {
         self.drive(registry, |driver, io| {

@@ -17,7 +17,7 @@ use handoff_mio::{
 };
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Role, SealOutput, SpawnSpec, SuccessorConfig, Supervisor,
+    DataDirLock, DrainReport, Role, SealReport, SpawnSpec, SuccessorConfig, Supervisor,
 };
 use mio::{Events, Poll, Token};
 
@@ -103,7 +103,7 @@ fn daemon(dir: &Path) -> i32 {
             let r = poll.registry();
             match event {
                 IncumbentEvent::Drain { .. } => control.drained(r, DrainReport::default()),
-                IncumbentEvent::Seal => control.sealed(r, &SealOutput::default()),
+                IncumbentEvent::Seal => control.sealed(r, &SealReport::default()),
                 IncumbentEvent::Resume => control.resumed(r),
                 IncumbentEvent::SessionEnded(end) if !end.keeps_serving() => return 0,
                 _ => {}

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use futures_lite::FutureExt;
 use handoff_core::{DrainReport, IncumbentConfig};
 use handoff_driver::{
-    Endpoint, Hook, HookDone, HookError, IncumbentDriver, IncumbentIo, Io, SealOutput, ServeEnd,
+    Endpoint, Hook, HookDone, HookError, IncumbentDriver, IncumbentIo, Io, SealReport, ServeEnd,
     ServeError, Source, StateSnapshot,
 };
 use handoff_os::control::PeerPolicy;
@@ -35,7 +35,7 @@ pub trait AsyncDrainable {
     /// Flush and close the writer state, so that another process can open
     /// it. On success the data-dir lock is released; on error it is kept
     /// and [`AsyncDrainable::resume_after_abort`] follows.
-    fn seal(&self) -> impl Future<Output = Result<SealOutput, HookError>>;
+    fn seal(&self) -> impl Future<Output = Result<SealReport, HookError>>;
 
     /// Undo drain (and seal): reopen the writer state and accept again.
     /// Runs with the lock held.

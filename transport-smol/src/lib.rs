@@ -19,8 +19,8 @@
 //! ```no_run
 //! use handoff_smol::os::listeners::Mode;
 //! use handoff_smol::{
-//!     AsyncDrainable, DataDirLock, DrainReport, Endpoint, HookError, Readiness, Role,
-//!     SealOutput, detect_role, handshake, serve,
+//!     AsyncDrainable, DataDirLock, DrainReport, Endpoint, HookError, ReadyReport, Role,
+//!     SealReport, detect_role, handshake, serve,
 //! };
 //! use std::path::Path;
 //!
@@ -29,8 +29,8 @@
 //!     async fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
 //!         Ok(DrainReport::default())
 //!     }
-//!     async fn seal(&self) -> Result<SealOutput, HookError> {
-//!         Ok(SealOutput::default())
+//!     async fn seal(&self) -> Result<SealReport, HookError> {
+//!         Ok(SealReport::default())
 //!     }
 //!     async fn resume_after_abort(&self) -> Result<(), HookError> {
 //!         Ok(())
@@ -54,7 +54,7 @@
 //!                 let _tcp = begun.listeners().take_tcp("app", Mode::NonBlocking)?;
 //!                 // open the sealed state, start serving on `_tcp` …
 //!                 begun.start_up(async { /* open the state */ }).await?;
-//!                 let ready = Readiness { healthz_ok: true, ..Readiness::default() };
+//!                 let ready = ReadyReport { healthz_ok: true, ..ReadyReport::default() };
 //!                 begun.announce_and_bind(ready, ctl).await?
 //!             }
 //!         };
@@ -83,8 +83,8 @@ pub use handoff_core::{
 };
 pub use handoff_driver::AnnounceError;
 pub use handoff_driver::{
-    Endpoint, HandoffOutcome, HookError, Launch, Readiness, Role, SealOutput, ServeEnd, ServeError,
-    SpawnSpec, StateSnapshot, SuccessorError, Supervisor, SupervisorError, detect_role,
+    Endpoint, HandoffOutcome, HookError, Launch, ReadyReport, Role, SealReport, ServeEnd,
+    ServeError, SpawnSpec, StateSnapshot, SuccessorError, Supervisor, SupervisorError, detect_role,
 };
 pub use handoff_os::control::PeerPolicy;
 pub use handoff_os::lock::DataDirLock;

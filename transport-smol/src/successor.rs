@@ -14,7 +14,7 @@ use std::path::Path;
 use futures_lite::future;
 use handoff_core::{HandoffId, SuccessorEnd};
 use handoff_driver::{
-    AnnounceError, Endpoint, Launch, Readiness, SuccessorDriver, SuccessorError, SuccessorReport,
+    AnnounceError, Endpoint, Launch, ReadyReport, SuccessorDriver, SuccessorError, SuccessorReport,
 };
 use handoff_os::listeners::InheritedListeners;
 use handoff_os::lock::DataDirLock;
@@ -169,7 +169,7 @@ impl BegunSuccessor {
     /// this one still does.
     pub async fn announce_and_bind(
         mut self,
-        readiness: Readiness,
+        readiness: ReadyReport,
         socket_path: &Path,
     ) -> Result<Endpoint, AnnounceError> {
         match self.announce(&readiness, socket_path).await {
@@ -183,7 +183,7 @@ impl BegunSuccessor {
 
     async fn announce(
         &mut self,
-        readiness: &Readiness,
+        readiness: &ReadyReport,
         socket_path: &Path,
     ) -> Result<Endpoint, SuccessorError> {
         let s = &mut self.session;
@@ -275,7 +275,7 @@ mod tests {
         let _ = |launch: Launch| assert_send(&handshake(launch, b"v2"));
         let _ = |h: HandshookSuccessor| assert_send(&h.wait_for_begin(Path::new("/")));
         let _ = |b: BegunSuccessor| {
-            assert_send(&b.announce_and_bind(Readiness::default(), Path::new("/")));
+            assert_send(&b.announce_and_bind(ReadyReport::default(), Path::new("/")));
         };
     }
 }

@@ -23,8 +23,8 @@ use handoff_core::{Capabilities, FrameDecoder, HandoffId, Message, encode_frame}
 use handoff_mio::MioIncumbent;
 use handoff_smol::AsyncDrainable;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, SealOutput,
-    SealProgress,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, SealProgress,
+    SealReport,
 };
 use mio::{Events, Poll, Token};
 
@@ -157,7 +157,7 @@ impl AsyncDrainable for NoHooks {
     async fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
         unreachable!("no handoff is started")
     }
-    async fn seal(&self) -> Result<SealOutput, HookError> {
+    async fn seal(&self) -> Result<SealReport, HookError> {
         unreachable!("no handoff is started")
     }
     async fn resume_after_abort(&self) -> Result<(), HookError> {
@@ -210,7 +210,7 @@ impl Drainable for PanickingDrain {
     fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
         panic!("a bug in the drain hook (on purpose)")
     }
-    fn seal(&self, _progress: &SealProgress) -> Result<SealOutput, HookError> {
+    fn seal(&self, _progress: &SealProgress) -> Result<SealReport, HookError> {
         unreachable!("the drain never finishes")
     }
     fn resume_after_abort(&self) -> Result<(), HookError> {
@@ -222,7 +222,7 @@ impl AsyncDrainable for PanickingDrain {
     async fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
         panic!("a bug in the drain hook (on purpose)")
     }
-    async fn seal(&self) -> Result<SealOutput, HookError> {
+    async fn seal(&self) -> Result<SealReport, HookError> {
         unreachable!("the drain never finishes")
     }
     async fn resume_after_abort(&self) -> Result<(), HookError> {
@@ -351,8 +351,8 @@ impl Drainable for Prompt {
     fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
         Ok(DrainReport::default())
     }
-    fn seal(&self, _progress: &SealProgress) -> Result<SealOutput, HookError> {
-        Ok(SealOutput::default())
+    fn seal(&self, _progress: &SealProgress) -> Result<SealReport, HookError> {
+        Ok(SealReport::default())
     }
     fn resume_after_abort(&self) -> Result<(), HookError> {
         self.resumed()
@@ -363,8 +363,8 @@ impl AsyncDrainable for Prompt {
     async fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
         Ok(DrainReport::default())
     }
-    async fn seal(&self) -> Result<SealOutput, HookError> {
-        Ok(SealOutput::default())
+    async fn seal(&self) -> Result<SealReport, HookError> {
+        Ok(SealReport::default())
     }
     async fn resume_after_abort(&self) -> Result<(), HookError> {
         self.resumed()
@@ -550,7 +550,7 @@ fn serve_mio(incumbent: Incumbent, daemon: &Prompt) {
                 IncumbentEvent::Drain { .. } => {
                     control.drained(poll.registry(), DrainReport::default())
                 }
-                IncumbentEvent::Seal => control.sealed(poll.registry(), &SealOutput::default()),
+                IncumbentEvent::Seal => control.sealed(poll.registry(), &SealReport::default()),
                 IncumbentEvent::Resume => {
                     let _ = daemon.resumed();
                     control.resumed(poll.registry());

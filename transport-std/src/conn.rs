@@ -6,13 +6,13 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use handoff_driver::{Io, Source};
-use handoff_os::process::{Readiness, poll_ready};
+use handoff_os::process::{FdReadiness, poll_ready};
 
 pub use handoff_driver::link::{Inbox, MAX_UNSENT, WRITE_TIMEOUT};
 
 /// What [`Watched::wait`] found: the ready sources, and for each extra
 /// descriptor whether it is readable.
-pub(crate) type Found = (Vec<(Source, Readiness)>, Vec<bool>);
+pub(crate) type Found = (Vec<(Source, FdReadiness)>, Vec<bool>);
 
 /// The descriptors a driver watches, by source.
 #[derive(Debug, Default)]

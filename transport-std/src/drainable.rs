@@ -4,7 +4,7 @@ use std::sync::mpsc;
 
 use handoff_core::DrainReport;
 
-pub use handoff_driver::{HookError, SealOutput, StateSnapshot};
+pub use handoff_driver::{HookError, SealReport, StateSnapshot};
 
 /// The incumbent's hooks. They run on a thread of the library's own while
 /// the control loop keeps answering the supervisor, sending heartbeats and
@@ -21,7 +21,7 @@ pub trait Drainable: Sync {
     /// it. On success the library releases the data-dir lock and tells the
     /// supervisor; on error the lock is kept and [`Drainable::resume_after_abort`]
     /// follows. `progress` may be used to report progress of a long seal.
-    fn seal(&self, progress: &SealProgress) -> Result<SealOutput, HookError>;
+    fn seal(&self, progress: &SealProgress) -> Result<SealReport, HookError>;
 
     /// Undo drain (and seal): reopen the writer state and accept again. Runs
     /// with the lock held.

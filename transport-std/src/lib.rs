@@ -15,12 +15,12 @@
 //!   [`BegunSuccessor::announce_and_bind`], then serves the same way.
 //!
 //! ```no_run
-//! use handoff_std::{detect_role, DataDirLock, Incumbent, Readiness, Role};
-//! # use handoff_std::{Drainable, HookError, SealOutput, SealProgress, DrainReport};
+//! use handoff_std::{detect_role, DataDirLock, Incumbent, ReadyReport, Role};
+//! # use handoff_std::{Drainable, HookError, SealReport, SealProgress, DrainReport};
 //! # struct Db;
 //! # impl Drainable for Db {
 //! #     fn drain(&self, _: std::time::Instant) -> Result<DrainReport, HookError> { Ok(DrainReport::default()) }
-//! #     fn seal(&self, _: &SealProgress) -> Result<SealOutput, HookError> { Ok(SealOutput::default()) }
+//! #     fn seal(&self, _: &SealProgress) -> Result<SealReport, HookError> { Ok(SealReport::default()) }
 //! #     fn resume_after_abort(&self) -> Result<(), HookError> { Ok(()) }
 //! # }
 //! # fn open_db(_: &std::path::Path) -> Db { Db }
@@ -41,7 +41,7 @@
 //!             let mut begun = successor.handshake(b"v2")?.wait_for_begin(data)?;
 //!             let _tcp = begun.listeners().take_tcp("kv", Mode::Blocking)?;
 //!             // open the sealed state, start serving on `_tcp` …
-//!             begun.announce_and_bind(Readiness { healthz_ok: true, ..Readiness::default() }, ctl)?
+//!             begun.announce_and_bind(ReadyReport { healthz_ok: true, ..ReadyReport::default() }, ctl)?
 //!         }
 //!     };
 //!     let db = open_db(data);
@@ -66,7 +66,7 @@ mod incumbent;
 mod successor;
 mod supervisor;
 
-pub use drainable::{Drainable, HookError, SealOutput, SealProgress, StateSnapshot};
+pub use drainable::{Drainable, HookError, SealProgress, SealReport, StateSnapshot};
 pub use handoff_core::{
     AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentFate, JournalPhase,
     JournalRecord, PhaseTimings, SessionEnd, Signal, SuccessorConfig, SuccessorFailure,
@@ -79,8 +79,8 @@ pub use handoff_driver::{
 pub use incumbent::Incumbent;
 pub use os::lock::DataDirLock;
 pub use successor::{
-    AnnounceError, BegunSuccessor, HandshookSuccessor, Readiness, Role, Successor, SuccessorError,
-    detect_role,
+    AnnounceError, BegunSuccessor, HandshookSuccessor, ReadyReport, Role, Successor,
+    SuccessorError, detect_role,
 };
 pub use supervisor::PerformHandoff;
 

@@ -27,7 +27,7 @@ use handoff_os::env::EnvError;
 use handoff_os::listeners::InheritedListeners;
 use handoff_os::lock::DataDirLock;
 
-pub use handoff_driver::{AnnounceError, Readiness, SuccessorError};
+pub use handoff_driver::{AnnounceError, ReadyReport, SuccessorError};
 
 use crate::conn::Watched;
 use crate::incumbent::Incumbent;
@@ -205,7 +205,7 @@ impl BegunSuccessor {
     /// old binary never writes while this one still does.
     pub fn announce_and_bind(
         self,
-        readiness: Readiness,
+        readiness: ReadyReport,
         socket_path: &Path,
     ) -> Result<Incumbent, AnnounceError> {
         let lock = self.lock;
@@ -292,7 +292,7 @@ struct Pump {
 enum Command {
     /// Send `Ready` with this and bind the control socket at the path,
     /// then drive the machine to its end.
-    Ready(Readiness, PathBuf),
+    Ready(ReadyReport, PathBuf),
 }
 
 impl fmt::Debug for Pump {
@@ -369,7 +369,7 @@ impl Pump {
     /// the handoff fails.
     fn finish(
         mut self,
-        readiness: Readiness,
+        readiness: ReadyReport,
         socket_path: PathBuf,
     ) -> Result<(UnixListener, PathBuf), SuccessorError> {
         // If the handoff already failed, the thread has ended and its error

@@ -12,8 +12,8 @@ use handoff_benches::daemon::{self, Args, LISTENER, READY_LINE, SEALED_REVISIONS
 use handoff_benches::echo::{EchoServer, EchoState};
 use handoff_std::os::listeners::Mode;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, Role, SealOutput,
-    SealProgress, detect_role,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, ReadyReport, Role, SealProgress,
+    SealReport, detect_role,
 };
 
 /// The hooks: stop or resume accepting, and nothing to seal.
@@ -28,8 +28,8 @@ impl Drainable for Hooks {
         })
     }
 
-    fn seal(&self, _progress: &SealProgress) -> Result<SealOutput, HookError> {
-        Ok(SealOutput {
+    fn seal(&self, _progress: &SealProgress) -> Result<SealReport, HookError> {
+        Ok(SealReport {
             last_revision_per_shard: SEALED_REVISIONS.to_vec(),
             data_dir_fingerprint: [0; 32],
         })
@@ -78,7 +78,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             // supervisor commits on `Ready`, and from then on nobody else
             // will answer.
             let server = EchoServer::start(listener)?;
-            let readiness = Readiness {
+            let readiness = ReadyReport {
                 listening_on: vec![addr],
                 healthz_ok: true,
                 advertised_revision_per_shard: SEALED_REVISIONS.to_vec(),

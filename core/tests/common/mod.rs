@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use handoff_core::{
     AbortReason, DrainReport, IncumbentConfig, IncumbentFate, IncumbentOutput, IncumbentSession,
-    Instant, JournalPhase, JournalRecord, ReadyReport, Revisions, SealFailure, SealReport,
+    Instant, JournalPhase, JournalRecord, ReadyReportRef, Revisions, SealFailure, SealReportRef,
     SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFate,
     SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
 };
@@ -463,7 +463,7 @@ impl World {
                 let listening = ["127.0.0.1:7000", "[::1]:7000"];
                 n.session.as_mut().unwrap().handle_ready(
                     now,
-                    ReadyReport {
+                    ReadyReportRef {
                         listening_on: Strings::from_slice(&listening),
                         healthz_ok: b.healthz_ok,
                         advertised_revision_per_shard: Revisions::from_slice(&REVISIONS),
@@ -508,7 +508,7 @@ impl World {
                     o.writer_open = false;
                     s.handle_sealed(
                         now,
-                        SealReport {
+                        SealReportRef {
                             last_revision_per_shard: Revisions::from_slice(&REVISIONS),
                             data_dir_fingerprint: FINGERPRINT,
                         },

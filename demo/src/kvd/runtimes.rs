@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::Mode;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, SealOutput, SealProgress,
-    ServeEnd, ServeError, SessionEnd, StateSnapshot, SuccessorConfig,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, ReadyReport, SealProgress,
+    SealReport, ServeEnd, ServeError, SessionEnd, StateSnapshot, SuccessorConfig,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -28,7 +28,7 @@ const SUCCESSOR: Token = Token(3);
 /// A hook's result, from its thread.
 enum Done {
     Drained(Result<DrainReport, String>),
-    Sealed(Result<SealOutput, String>),
+    Sealed(Result<SealReport, String>),
     Resumed(Result<(), String>),
     Progress(u32, u32, u64),
 }
@@ -233,7 +233,7 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
 pub(super) fn start_successor(
     args: &ServeArgs,
     listeners: &mut handoff_std::os::listeners::InheritedListeners,
-) -> Result<(Arc<Daemon>, Readiness), i32> {
+) -> Result<(Arc<Daemon>, ReadyReport), i32> {
     let listener = listeners
         .take_tcp(LISTENER_NAME, Mode::Blocking)
         .map_err(|e| {
@@ -255,7 +255,7 @@ pub(super) fn start_successor(
     })?;
     Ok((
         daemon,
-        Readiness {
+        ReadyReport {
             listening_on: vec![addr],
             healthz_ok: true,
             advertised_revision_per_shard: vec![revision],
@@ -292,7 +292,7 @@ impl handoff_smol::AsyncDrainable for Threaded {
         unblock(move || d.drain(deadline)).await
     }
 
-    async fn seal(&self) -> Result<SealOutput, HookError> {
+    async fn seal(&self) -> Result<SealReport, HookError> {
         let d = self.0.clone();
         unblock(move || {
             let (tx, _rx) = mpsc::channel();

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 
 use handoff_core::{
     Capabilities, DrainReport, HandoffId, IncumbentConfig, IncumbentOutput, IncumbentSession,
-    Instant, JournalPhase, JournalRecord, Message, ReadyReport, Revisions, SealFailure, SealReport,
-    Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput, SuccessorSession,
-    SupervisorConfig, SupervisorHandoff, SupervisorOutput, encode_frame,
+    Instant, JournalPhase, JournalRecord, Message, ReadyReportRef, Revisions, SealFailure,
+    SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput,
+    SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput, encode_frame,
 };
 use handoff_fuzz_harness::{
     Chunk, DecoderChoice, FrameDecoderInput, FuzzClock, FuzzId, FuzzMessage, FuzzPeer, FuzzPid,
@@ -827,7 +827,7 @@ impl World {
                     );
                     s.handle_sealed(
                         now,
-                        SealReport {
+                        SealReportRef {
                             last_revision_per_shard: Revisions::from_slice(&REVISIONS),
                             data_dir_fingerprint: [FINGERPRINT; 32],
                         },
@@ -877,7 +877,7 @@ impl World {
                         );
                         s.handle_ready(
                             now,
-                            ReadyReport {
+                            ReadyReportRef {
                                 listening_on: Strings::from_slice(&listening),
                                 healthz_ok: true,
                                 advertised_revision_per_shard: Revisions::from_slice(&REVISIONS),

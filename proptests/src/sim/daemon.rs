@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use handoff_core::{
-    DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, ReadyReport,
-    Revisions, SealFailure, SealReport, SessionEnd, Strings, SuccessorConfig, SuccessorEnd,
+    DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, ReadyReportRef,
+    Revisions, SealFailure, SealReportRef, SessionEnd, Strings, SuccessorConfig, SuccessorEnd,
     SuccessorOutput, SuccessorSession,
 };
 
@@ -313,7 +313,7 @@ impl World {
                     d.sealed_ok = true;
                     m.handle_sealed(
                         now,
-                        SealReport {
+                        SealReportRef {
                             last_revision_per_shard: Revisions::from_slice(&[disk_len]),
                             data_dir_fingerprint: [0x5e; 32],
                         },
@@ -620,7 +620,7 @@ impl World {
         let listening = ["127.0.0.1:7000"];
         m.handle_ready(
             now,
-            ReadyReport {
+            ReadyReportRef {
                 listening_on: Strings::from_slice(&listening),
                 healthz_ok: true,
                 advertised_revision_per_shard: Revisions::from_slice(&[0]),

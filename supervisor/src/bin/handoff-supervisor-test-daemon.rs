@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use handoff_std::os::listeners::Mode;
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, Role, SealOutput,
-    SealProgress, detect_role,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, ReadyReport, Role, SealProgress,
+    SealReport, detect_role,
 };
 
 /// The variable that makes the daemon exit at once.
@@ -114,12 +114,12 @@ impl Drainable for Daemon {
         })
     }
 
-    fn seal(&self, progress: &SealProgress) -> Result<SealOutput, HookError> {
+    fn seal(&self, progress: &SealProgress) -> Result<SealReport, HookError> {
         if let Some(text) = std::env::var_os(SEAL_ERROR) {
             return Err(text.to_string_lossy().into_owned().into());
         }
         progress.report(1, 1, 0);
-        Ok(SealOutput {
+        Ok(SealReport {
             last_revision_per_shard: vec![0],
             data_dir_fingerprint: [0; 32],
         })
@@ -168,7 +168,7 @@ fn main() {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let readiness = Readiness {
+            let readiness = ReadyReport {
                 listening_on: vec![addr],
                 healthz_ok: true,
                 advertised_revision_per_shard: vec![0],

@@ -14,8 +14,8 @@ use futures_lite::AsyncReadExt;
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::{InheritedListeners, Mode};
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, Readiness, Role,
-    SealOutput, SealProgress, SessionEnd, Successor, SuccessorConfig, Supervisor, detect_role,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, ReadyReport, Role,
+    SealProgress, SealReport, SessionEnd, Successor, SuccessorConfig, Supervisor, detect_role,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -167,8 +167,8 @@ fn take_main(listeners: &mut InheritedListeners) -> TcpListener {
     listeners.take_tcp("main", Mode::Blocking).expect("main")
 }
 
-fn readiness(listener: &TcpListener, service: &Service) -> Readiness {
-    Readiness {
+fn readiness(listener: &TcpListener, service: &Service) -> ReadyReport {
+    ReadyReport {
         listening_on: vec![listener.local_addr().unwrap().to_string()],
         healthz_ok: true,
         advertised_revision_per_shard: vec![service.value()],
@@ -210,7 +210,7 @@ impl Drainable for StdHooks {
         })
     }
 
-    fn seal(&self, _progress: &SealProgress) -> Result<SealOutput, HookError> {
+    fn seal(&self, _progress: &SealProgress) -> Result<SealReport, HookError> {
         self.0.seal().map_err(Into::into)
     }
 
@@ -262,7 +262,7 @@ const SUCCESSOR: Token = Token(4);
 
 enum Done {
     Drained,
-    Sealed(Result<SealOutput, String>),
+    Sealed(Result<SealReport, String>),
 }
 
 fn wait(poll: &mut Poll, events: &mut Events, timeout: Option<std::time::Instant>) {
@@ -424,7 +424,7 @@ impl handoff_smol::AsyncDrainable for SmolHooks {
         })
     }
 
-    async fn seal(&self) -> Result<SealOutput, HookError> {
+    async fn seal(&self) -> Result<SealReport, HookError> {
         self.0.seal().map_err(Into::into)
     }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use handoff_std::SealOutput;
+use handoff_std::SealReport;
 use handoff_std::os::process::poll_readable;
 
 pub fn flag(name: &str) -> bool {
@@ -163,7 +163,7 @@ impl Service {
         }
     }
 
-    pub fn seal(&self) -> Result<SealOutput, String> {
+    pub fn seal(&self) -> Result<SealReport, String> {
         if flag("seal-fails") {
             return Err("disk full (test)".into());
         }
@@ -171,7 +171,7 @@ impl Service {
         if let Some(f) = c.file.take() {
             f.sync_all().map_err(|e| e.to_string())?;
         }
-        Ok(SealOutput {
+        Ok(SealReport {
             last_revision_per_shard: vec![c.value],
             data_dir_fingerprint: [c.value as u8; 32],
         })

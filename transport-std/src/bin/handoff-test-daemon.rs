@@ -32,8 +32,8 @@ use std::time::Duration;
 use handoff_std::os::listeners::Mode;
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Readiness, Role, SealOutput,
-    SealProgress, ServeEnd, SpawnSpec, StateSnapshot, Supervisor, detect_role,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, ReadyReport, Role, SealProgress,
+    SealReport, ServeEnd, SpawnSpec, StateSnapshot, Supervisor, detect_role,
 };
 
 fn flag(name: &str) -> bool {
@@ -223,7 +223,7 @@ impl Drainable for Daemon {
         })
     }
 
-    fn seal(&self, progress: &SealProgress) -> Result<SealOutput, HookError> {
+    fn seal(&self, progress: &SealProgress) -> Result<SealReport, HookError> {
         if let Some(ms) = number("seal-ms") {
             std::thread::sleep(Duration::from_millis(ms));
         }
@@ -235,7 +235,7 @@ impl Drainable for Daemon {
         if let Some(file) = st.file.take() {
             file.sync_all()?;
         }
-        Ok(SealOutput {
+        Ok(SealReport {
             last_revision_per_shard: vec![st.value],
             data_dir_fingerprint: fingerprint(st.value),
         })
@@ -341,7 +341,7 @@ fn serve(args: &[String]) -> i32 {
             let value = Daemon::open(&data)
                 .map(|d| d.state.lock().unwrap().value)
                 .unwrap_or(0);
-            let readiness = Readiness {
+            let readiness = ReadyReport {
                 listening_on: vec![addr],
                 healthz_ok: true,
                 advertised_revision_per_shard: vec![value],
