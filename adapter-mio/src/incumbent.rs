@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 
-use handoff_core::{DrainReport, IncumbentConfig, SessionEnd};
+use handoff_core::{DrainReport, IncumbentConfig, IncumbentEnd};
 use handoff_driver::{
     Endpoint, Hook, HookDone, IncumbentDriver, IncumbentIo, Io, SealReport, SessionReport, Source,
 };
@@ -38,10 +38,10 @@ pub enum IncumbentEvent {
     /// Reopen the writer state and accept again (the lock is held); then
     /// call [`MioIncumbent::resumed`] (or `resume_failed`).
     Resume,
-    /// A control session ended. After [`SessionEnd::Committed`] the
+    /// A control session ended. After [`IncumbentEnd::Committed`] the
     /// successor serves: finish the open connections and exit. After
     /// `Superseded` or `ResumeFailed`, exit. After `Serving`, go on.
-    SessionEnded(SessionEnd),
+    SessionEnded(IncumbentEnd),
     /// `accept` on the control socket failed in a way that does not pass
     /// (the text says how): no supervisor can reach this incumbent any more.
     /// The lock is still held, so serving on is safe, but no handoff can

@@ -78,7 +78,7 @@ mod watched;
 pub use handoff_os as os;
 
 pub use handoff_core::{
-    AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentFate, SessionEnd,
+    AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentEnd, IncumbentFate,
     SuccessorConfig, SuccessorFailure, SuccessorFate, SupervisorConfig,
 };
 pub use handoff_driver::AnnounceError;

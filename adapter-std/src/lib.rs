@@ -68,8 +68,8 @@ mod supervisor;
 
 pub use drainable::{Drainable, HookError, SealProgress, SealReport, StateSnapshot};
 pub use handoff_core::{
-    AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentFate, JournalPhase,
-    JournalRecord, PhaseTimings, SessionEnd, Signal, SuccessorConfig, SuccessorFailure,
+    AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentEnd, IncumbentFate,
+    JournalPhase, JournalRecord, PhaseTimings, Signal, SuccessorConfig, SuccessorFailure,
     SuccessorFate, SupervisorConfig,
 };
 pub use handoff_driver::{

@@ -14,8 +14,8 @@ use std::time::Instant as StdInstant;
 use handoff_benches::counting::{CountingAlloc, thread_allocations};
 use handoff_benches::frames::{self, ADDRESS, FINGERPRINT, NAMES, REVISIONS, VERSION};
 use handoff_core::{
-    DrainReport, FrameDecoder, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant,
-    ReadyReportRef, Revisions, SealReportRef, SessionEnd, Side, Strings, SuccessorConfig,
+    DrainReport, FrameDecoder, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession,
+    Instant, ReadyReportRef, Revisions, SealReportRef, Side, Strings, SuccessorConfig,
     SuccessorEnd, SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff,
     SupervisorOutput, encode_frame,
 };
@@ -69,7 +69,7 @@ impl Pipe {
 /// How the three machines ended.
 struct Ends {
     committed: bool,
-    incumbent: Option<SessionEnd>,
+    incumbent: Option<IncumbentEnd>,
     successor: Option<SuccessorEnd>,
 }
 
@@ -215,7 +215,7 @@ fn check(ends: &Ends) -> Result<(), &'static str> {
     if !ends.committed {
         return Err("the supervisor did not commit");
     }
-    if ends.incumbent != Some(SessionEnd::Committed) {
+    if ends.incumbent != Some(IncumbentEnd::Committed) {
         return Err("the incumbent did not end committed");
     }
     if !matches!(ends.successor, Some(SuccessorEnd::Authoritative { .. })) {

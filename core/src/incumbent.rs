@@ -149,7 +149,7 @@ impl fmt::Display for EndCause {
 
 /// How a session ended: what the daemon must do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionEnd {
+pub enum IncumbentEnd {
     /// The handoff committed: the successor serves. Finish the connections
     /// still open and exit.
     Committed,
@@ -165,25 +165,25 @@ pub enum SessionEnd {
     ResumeFailed(EndCause),
 }
 
-impl SessionEnd {
+impl IncumbentEnd {
     /// Whether the daemon goes on serving as the incumbent.
     pub fn keeps_serving(&self) -> bool {
-        matches!(self, SessionEnd::Serving(_))
+        matches!(self, IncumbentEnd::Serving(_))
     }
 }
 
-impl fmt::Display for SessionEnd {
+impl fmt::Display for IncumbentEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionEnd::Committed => {
+            IncumbentEnd::Committed => {
                 f.write_str("handoff committed; exit after the open connections")
             }
-            SessionEnd::Serving(c) => write!(f, "still serving: {c}"),
-            SessionEnd::Superseded(c) => write!(
+            IncumbentEnd::Serving(c) => write!(f, "still serving: {c}"),
+            IncumbentEnd::Superseded(c) => write!(
                 f,
                 "superseded: the data-dir lock is held by another process after {c}"
             ),
-            SessionEnd::ResumeFailed(c) => write!(f, "could not resume serving after {c}"),
+            IncumbentEnd::ResumeFailed(c) => write!(f, "could not resume serving after {c}"),
         }
     }
 }
@@ -219,7 +219,7 @@ pub enum IncumbentOutput<'a> {
     /// Close the control connection now; the session goes on without it.
     Close,
     /// The session is over; close the connection if still open. Emitted once.
-    Finished(SessionEnd),
+    Finished(IncumbentEnd),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -230,7 +230,7 @@ enum Action {
     AcquireLock,
     Resume,
     Close,
-    Finished(SessionEnd),
+    Finished(IncumbentEnd),
 }
 
 /// What a recovering session waits for.
@@ -480,7 +480,7 @@ impl<B: Buffer> IncumbentSession<B> {
         }
         if now >= c.lock_give_up_at {
             let cause = c.cause;
-            c.end(SessionEnd::Superseded(cause));
+            c.end(IncumbentEnd::Superseded(cause));
         } else {
             c.recovery = Recovery::LockRetryAt(now + c.cfg.lock_retry_interval);
         }
@@ -491,7 +491,7 @@ impl<B: Buffer> IncumbentSession<B> {
         let c = &mut self.core;
         if c.step == IncumbentStep::Recovering && c.recovery == Recovery::Resume {
             let cause = c.cause;
-            c.end(SessionEnd::Serving(cause));
+            c.end(IncumbentEnd::Serving(cause));
         }
     }
 
@@ -500,7 +500,7 @@ impl<B: Buffer> IncumbentSession<B> {
         let c = &mut self.core;
         if c.step == IncumbentStep::Recovering && c.recovery == Recovery::Resume {
             let cause = c.cause;
-            c.end(SessionEnd::ResumeFailed(cause));
+            c.end(IncumbentEnd::ResumeFailed(cause));
         }
     }
 
@@ -549,7 +549,7 @@ impl<B: Buffer> Core<B> {
         }
     }
 
-    fn end(&mut self, end: SessionEnd) {
+    fn end(&mut self, end: IncumbentEnd) {
         self.step = IncumbentStep::Done;
         self.heartbeat.stop();
         // `Finished` closes the connection; nothing more goes out.
@@ -576,7 +576,7 @@ impl<B: Buffer> Core<B> {
     fn fail(&mut self, now: Instant, cause: EndCause) {
         match self.step {
             IncumbentStep::AwaitingHelloAck | IncumbentStep::Idle => {
-                self.end(SessionEnd::Serving(cause))
+                self.end(IncumbentEnd::Serving(cause))
             }
             IncumbentStep::Draining | IncumbentStep::Sealing => {
                 // The hook cannot be interrupted; undo once it returns.
@@ -658,7 +658,7 @@ impl<B: Buffer> Core<B> {
                 self.out.act(Action::Seal);
                 self.heartbeat.start(now);
             }
-            (IncumbentStep::Sealed, Message::Commit { .. }) => self.end(SessionEnd::Committed),
+            (IncumbentStep::Sealed, Message::Commit { .. }) => self.end(IncumbentEnd::Committed),
             (
                 IncumbentStep::Idle
                 | IncumbentStep::Draining

@@ -104,7 +104,10 @@
 //! use std::os::unix::net::UnixStream;
 //! use std::time::Duration;
 //!
-//! use handoff_core::{//!     DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, Revisions, //!     SealReportRef, SessionEnd, //!};
+//! use handoff_core::{
+//!     DrainReport, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession, Instant,
+//!     Revisions, SealReportRef,
+//! };
 //!
 //! /// What the daemon does when asked; a stand-in for your own code.
 //! trait Daemon {
@@ -115,7 +118,7 @@
 //!     fn try_lock(&mut self) -> bool;
 //! }
 //!
-//! fn run_session(mut sock: UnixStream, daemon: &mut impl Daemon) -> std::io::Result<SessionEnd> {
+//! fn run_session(mut sock: UnixStream, daemon: &mut impl Daemon) -> std::io::Result<IncumbentEnd> {
 //!     let origin = std::time::Instant::now();
 //!     let now = || Instant::from_nanos(origin.elapsed().as_nanos() as u64);
 //!     let mut session: IncumbentSession =
@@ -259,7 +262,7 @@ pub use buffer::{Buffer, DefaultBuffer};
 pub use error::{DecodeError, DecodeErrorKind, EncodeError, FrameError};
 pub use frame::{Frame, FrameDecoder, encode_frame, encoded_frame_len};
 pub use incumbent::{
-    EndCause, IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd,
+    EndCause, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession, IncumbentStep,
 };
 pub use journal::{JournalPhase, JournalRecord};
 pub use machine::{

@@ -5,8 +5,8 @@
 
 use handoff_core::{
     AbortReason, Capabilities, DrainReport, EndCause, FrameError, HandoffId, IncumbentConfig,
-    IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, ReadyReportRef, Revisions,
-    SealReportRef, SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd,
+    IncumbentEnd, IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, ReadyReportRef,
+    Revisions, SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd,
     SuccessorFailure, SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff,
     SupervisorOutput, SupervisorStep, Violation, defaults, encode_frame,
 };
@@ -44,7 +44,7 @@ enum IOut {
     AcquireLock,
     Resume,
     Close,
-    Finished(SessionEnd),
+    Finished(IncumbentEnd),
 }
 
 fn drain_incumbent(s: &mut IncumbentSession) -> Vec<IOut> {
@@ -117,7 +117,7 @@ fn drained_incumbent() -> IncumbentSession {
 
 fn violation_end(outs: &[IOut]) -> Violation {
     match outs.last() {
-        Some(IOut::Finished(SessionEnd::Serving(EndCause::Violation(v)))) => *v,
+        Some(IOut::Finished(IncumbentEnd::Serving(EndCause::Violation(v)))) => *v,
         other => panic!("expected a violation ending, got {other:?} in {outs:?}"),
     }
 }
@@ -310,7 +310,7 @@ fn incumbent_refuses_a_version_it_does_not_speak() {
     );
     assert!(matches!(
         outs.last(),
-        Some(IOut::Finished(SessionEnd::Serving(EndCause::VersionMismatch(m)))) if m.their_min == 2
+        Some(IOut::Finished(IncumbentEnd::Serving(EndCause::VersionMismatch(m)))) if m.their_min == 2
     ));
 }
 
@@ -346,7 +346,7 @@ fn incumbent_closes_an_idle_session_whose_supervisor_went_silent() {
         drain_incumbent(&mut s),
         vec![
             IOut::Close,
-            IOut::Finished(SessionEnd::Serving(EndCause::SupervisorUnresponsive))
+            IOut::Finished(IncumbentEnd::Serving(EndCause::SupervisorUnresponsive))
         ]
     );
 }
@@ -364,7 +364,9 @@ fn incumbent_ends_a_session_that_never_acks_its_hello() {
     s.handle_timeout(t(5_000));
     assert_eq!(
         drain_incumbent(&mut s),
-        vec![IOut::Finished(SessionEnd::Serving(EndCause::HelloTimeout))]
+        vec![IOut::Finished(IncumbentEnd::Serving(
+            EndCause::HelloTimeout
+        ))]
     );
     assert_eq!(s.poll_timeout(), None);
 }
@@ -390,7 +392,7 @@ fn incumbent_enforces_the_deadline_against_a_supervisor_that_heartbeats_but_neve
     s.handle_resumed(t(now));
     assert_eq!(
         drain_incumbent(&mut s),
-        vec![IOut::Finished(SessionEnd::Serving(
+        vec![IOut::Finished(IncumbentEnd::Serving(
             EndCause::DeadlineExceeded
         ))]
     );
@@ -428,7 +430,7 @@ fn a_sealed_incumbent_resumes_at_the_deadline_when_a_silent_supervisor_never_hea
     s.handle_resumed(deadline);
     assert_eq!(
         drain_incumbent(&mut s),
-        vec![IOut::Finished(SessionEnd::Serving(
+        vec![IOut::Finished(IncumbentEnd::Serving(
             EndCause::DeadlineExceeded
         ))]
     );
@@ -472,7 +474,7 @@ fn a_drain_past_its_grace_closes_the_session_and_resumes_when_the_hook_returns()
     s.handle_resumed(t(9_001));
     assert_eq!(
         drain_incumbent(&mut s),
-        vec![IOut::Finished(SessionEnd::Serving(
+        vec![IOut::Finished(IncumbentEnd::Serving(
             EndCause::DrainOverGrace
         ))]
     );
@@ -525,7 +527,7 @@ fn a_sealed_incumbent_whose_lock_stays_taken_reports_it_is_superseded() {
     loop {
         s.handle_lock_busy(now);
         if let Some(IOut::Finished(end)) = drain_incumbent(&mut s).pop() {
-            assert_eq!(end, SessionEnd::Superseded(EndCause::SupervisorClosed));
+            assert_eq!(end, IncumbentEnd::Superseded(EndCause::SupervisorClosed));
             break;
         }
         now = s.poll_timeout().expect("a retry is scheduled");

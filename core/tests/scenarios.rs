@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use handoff_core::{
-    AbortReason, DrainReport, EndCause, IncumbentFate, IncumbentStep, JournalPhase, SessionEnd,
+    AbortReason, DrainReport, EndCause, IncumbentEnd, IncumbentFate, IncumbentStep, JournalPhase,
     Signal, SuccessorEnd, SuccessorFailure, SuccessorFate, SuccessorStep, SupervisorConfig,
     SupervisorStep, Violation,
 };
@@ -38,7 +38,7 @@ fn happy_path_commits_and_the_successor_serves_with_the_lock() {
     w.assert_handed_off();
     assert_eq!(out.incumbent_fate, IncumbentFate::Committed);
     assert_eq!(out.successor_fate, SuccessorFate::Serving);
-    assert_eq!(w.incumbent.ends, vec![SessionEnd::Committed]);
+    assert_eq!(w.incumbent.ends, vec![IncumbentEnd::Committed]);
     let n = w.successor.as_ref().unwrap();
     assert_eq!(
         n.end,
@@ -310,7 +310,7 @@ fn a_drain_longer_than_its_grace_aborts_and_the_incumbent_serves_on() {
     w.assert_rolled_back();
     assert_eq!(
         w.incumbent.ends,
-        vec![SessionEnd::Serving(EndCause::HandoffAborted)]
+        vec![IncumbentEnd::Serving(EndCause::HandoffAborted)]
     );
 }
 
@@ -412,7 +412,7 @@ fn seal_failure_keeps_the_lock_resumes_and_aborts_the_successor() {
     w.assert_rolled_back();
     assert_eq!(
         w.incumbent.ends,
-        vec![SessionEnd::Serving(EndCause::SealFailed)]
+        vec![IncumbentEnd::Serving(EndCause::SealFailed)]
     );
 }
 
@@ -465,7 +465,7 @@ fn supervisor_dies_while_the_incumbent_is_sealed_and_the_successor_not_begun() {
     );
     assert_eq!(
         w.incumbent.ends,
-        vec![SessionEnd::Serving(EndCause::SupervisorClosed)]
+        vec![IncumbentEnd::Serving(EndCause::SupervisorClosed)]
     );
 }
 
@@ -485,7 +485,7 @@ fn supervisor_dies_after_begin_and_the_successor_holding_the_lock_takes_over() {
     );
     assert!(matches!(
         w.incumbent.ends.as_slice(),
-        [SessionEnd::Superseded(EndCause::SupervisorClosed)]
+        [IncumbentEnd::Superseded(EndCause::SupervisorClosed)]
     ));
     assert_eq!(w.serving_count(), 1);
 }
@@ -567,7 +567,7 @@ fn a_silent_supervisor_cannot_strand_a_drained_incumbent() {
     assert!(w.incumbent.serving());
     assert_eq!(
         w.incumbent.ends,
-        vec![SessionEnd::Serving(EndCause::SupervisorUnresponsive)]
+        vec![IncumbentEnd::Serving(EndCause::SupervisorUnresponsive)]
     );
     assert_eq!(w.now, frozen_at + secs(10), "resumed at the liveness limit");
 }
@@ -592,7 +592,7 @@ fn a_silent_supervisor_cannot_strand_a_sealed_incumbent() {
     assert!(w.incumbent.serving());
     assert_eq!(
         w.incumbent.ends,
-        vec![SessionEnd::Serving(EndCause::SupervisorUnresponsive)]
+        vec![IncumbentEnd::Serving(EndCause::SupervisorUnresponsive)]
     );
     assert!(w.now <= frozen_at + secs(10));
 }

@@ -10,8 +10,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use handoff_core::{
-    EndCause, IncumbentConfig, IncumbentOutput, IncumbentSession, Revisions, SealFailure,
-    SealReportRef, SessionEnd,
+    EndCause, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession, Revisions,
+    SealFailure, SealReportRef,
 };
 use handoff_os::control::{self, AcceptRetry, PeerPolicy, peer_credentials};
 use handoff_os::crash;
@@ -144,7 +144,7 @@ pub enum SessionReport {
     /// finish the open connections and exit. After `Superseded` or
     /// `ResumeFailed`, exit. After `Serving`, go on: the next supervisor is
     /// accepted.
-    Ended(SessionEnd),
+    Ended(IncumbentEnd),
     /// `accept` on the control socket failed in a way that does not pass:
     /// no supervisor can reach this incumbent any more. The lock is still
     /// held, so serving on is safe, but no handoff can happen until the
@@ -249,7 +249,7 @@ pub struct IncumbentDriver {
     accept_retry_at: Option<std::time::Instant>,
     reports: VecDeque<SessionReport>,
     resume_error: Option<String>,
-    last_end: Option<SessionEnd>,
+    last_end: Option<IncumbentEnd>,
     /// The session's read budget ran out with bytes still waiting.
     unread: bool,
 }
@@ -314,7 +314,7 @@ impl IncumbentDriver {
     }
 
     /// How the last session ended, for logs.
-    pub fn last_session_end(&self) -> Option<SessionEnd> {
+    pub fn last_session_end(&self) -> Option<IncumbentEnd> {
         self.last_end
     }
 
@@ -328,15 +328,15 @@ impl IncumbentDriver {
     /// that stops serving.
     pub fn verdict(&mut self, report: SessionReport) -> Option<Result<(), ServeError>> {
         match report {
-            SessionReport::Ended(SessionEnd::Serving(_)) => None,
-            SessionReport::Ended(SessionEnd::Committed) => Some(Ok(())),
-            SessionReport::Ended(SessionEnd::Superseded(cause)) => {
+            SessionReport::Ended(IncumbentEnd::Serving(_)) => None,
+            SessionReport::Ended(IncumbentEnd::Committed) => Some(Ok(())),
+            SessionReport::Ended(IncumbentEnd::Superseded(cause)) => {
                 Some(Err(ServeError::Superseded {
                     cause,
                     holder_pid: DataDirLock::recorded_holder(&self.ep.data_dir),
                 }))
             }
-            SessionReport::Ended(SessionEnd::ResumeFailed(cause)) => {
+            SessionReport::Ended(IncumbentEnd::ResumeFailed(cause)) => {
                 Some(Err(ServeError::ResumeFailed {
                     cause,
                     error: self.resume_error.take().unwrap_or_default(),
@@ -637,7 +637,7 @@ impl IncumbentDriver {
                         }
                     }
                     IncumbentOutput::Finished(end) => {
-                        if end == SessionEnd::Committed {
+                        if end == IncumbentEnd::Committed {
                             crash::at("incumbent-after-commit-received");
                         }
                         if let Some(l) = s.link.take() {

@@ -18,7 +18,9 @@ use handoff_core::Instant;
 use handoff_core::MessageKind;
 use handoff_core::{Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, Side};
 use handoff_core::{DrainReport, SealFailure, SealReportRef};
-use handoff_core::{IncumbentConfig, IncumbentOutput, IncumbentSession, IncumbentStep, SessionEnd};
+use handoff_core::{
+    IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession, IncumbentStep,
+};
 use handoff_core::{Message, Revisions};
 
 /// Runs `script` against a fresh session with buffers `B`.
@@ -573,7 +575,7 @@ impl<B: FuzzBuffer> Check<B> {
         }
     }
 
-    fn finish(&mut self, c: &Ctx<'_>, end: SessionEnd) {
+    fn finish(&mut self, c: &Ctx<'_>, end: IncumbentEnd) {
         assert!(
             !self.drain_out && !self.seal_out,
             "Finished while a hook runs"
@@ -583,7 +585,7 @@ impl<B: FuzzBuffer> Check<B> {
             "Finished with a request unanswered"
         );
         match end {
-            SessionEnd::Committed => {
+            IncumbentEnd::Committed => {
                 assert_eq!(c.before, IncumbentStep::Sealed);
                 assert!(
                     c.received.valid(MessageKind::Commit, c.id).is_some(),
@@ -591,7 +593,7 @@ impl<B: FuzzBuffer> Check<B> {
                 );
                 assert!(!self.lock_held && self.seal_complete_sent);
             }
-            SessionEnd::Serving(_) => {
+            IncumbentEnd::Serving(_) => {
                 assert!(self.lock_held, "serving without the lock");
                 if self.drain_asked {
                     assert!(
@@ -605,7 +607,7 @@ impl<B: FuzzBuffer> Check<B> {
                     ));
                 }
             }
-            SessionEnd::Superseded(_) => {
+            IncumbentEnd::Superseded(_) => {
                 assert!(!self.lock_held);
                 assert!(c.call == Call::LockBusy && c.answered, "superseded unasked");
                 let from = self.lock_retry_from.expect("the lock was asked for");
@@ -614,7 +616,7 @@ impl<B: FuzzBuffer> Check<B> {
                     "gave up the lock before the retry window"
                 );
             }
-            SessionEnd::ResumeFailed(_) => {
+            IncumbentEnd::ResumeFailed(_) => {
                 assert!(self.lock_held);
                 assert!(c.call == Call::ResumeFailed && c.answered);
             }

@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use handoff_core::{
-    AbortReason, EndCause, FrameDecoder, IncumbentOutput, IncumbentStep, Instant, JournalPhase,
-    MessageKind, SessionEnd, Side, Signal, SuccessorEnd, SuccessorFailure, SuccessorOutput,
+    AbortReason, EndCause, FrameDecoder, IncumbentEnd, IncumbentOutput, IncumbentStep, Instant,
+    JournalPhase, MessageKind, Side, Signal, SuccessorEnd, SuccessorFailure, SuccessorOutput,
     SuccessorStep, SupervisorOutput, SupervisorStep,
 };
 
@@ -408,7 +408,7 @@ pub mod incumbent {
 
     /// How a session ended.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    #[allow(missing_docs)] // the variants are `SessionEnd`'s
+    #[allow(missing_docs)] // the variants are `IncumbentEnd`'s
     pub enum End {
         Committed,
         Serving(Cause),
@@ -458,10 +458,10 @@ pub mod incumbent {
             IncumbentOutput::Resume => Out::Resume,
             IncumbentOutput::Close => Out::Close,
             IncumbentOutput::Finished(end) => Out::Finished(match end {
-                SessionEnd::Committed => End::Committed,
-                SessionEnd::Serving(c) => End::Serving(cause(c)),
-                SessionEnd::Superseded(c) => End::Superseded(cause(c)),
-                SessionEnd::ResumeFailed(c) => End::ResumeFailed(cause(c)),
+                IncumbentEnd::Committed => End::Committed,
+                IncumbentEnd::Serving(c) => End::Serving(cause(c)),
+                IncumbentEnd::Superseded(c) => End::Superseded(cause(c)),
+                IncumbentEnd::ResumeFailed(c) => End::ResumeFailed(cause(c)),
             }),
         }
     }

@@ -14,8 +14,9 @@ use futures_lite::AsyncReadExt;
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::{InheritedListeners, Mode};
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, ReadyReport, Role,
-    SealProgress, SealReport, SessionEnd, Successor, SuccessorConfig, Supervisor, detect_role,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, IncumbentEnd,
+    ReadyReport, Role, SealProgress, SealReport, Successor, SuccessorConfig, Supervisor,
+    detect_role,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -316,8 +317,8 @@ fn serve_mio(mut control: MioIncumbent, service: Arc<Service>) -> i32 {
                     service.resume();
                     control.resumed(poll.registry());
                 }
-                IncumbentEvent::SessionEnded(SessionEnd::Serving(_)) => {}
-                IncumbentEvent::SessionEnded(SessionEnd::Committed) => return 0,
+                IncumbentEvent::SessionEnded(IncumbentEnd::Serving(_)) => {}
+                IncumbentEvent::SessionEnded(IncumbentEnd::Committed) => return 0,
                 IncumbentEvent::SessionEnded(other) => {
                     eprintln!("mio incumbent: {other}");
                     return 10;

@@ -12,9 +12,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use handoff_core::{
-    AbortReason, DrainReport, IncumbentConfig, IncumbentFate, IncumbentOutput, IncumbentSession,
-    Instant, JournalPhase, JournalRecord, ReadyReportRef, Revisions, SealFailure, SealReportRef,
-    SessionEnd, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFate,
+    AbortReason, DrainReport, IncumbentConfig, IncumbentEnd, IncumbentFate, IncumbentOutput,
+    IncumbentSession, Instant, JournalPhase, JournalRecord, ReadyReportRef, Revisions, SealFailure,
+    SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFate,
     SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
 };
 
@@ -150,7 +150,7 @@ pub struct IncumbentProc {
     pub writer_open: bool,
     pub holds_lock: bool,
     pub session: Option<IncumbentSession>,
-    pub ends: Vec<SessionEnd>,
+    pub ends: Vec<IncumbentEnd>,
     pub behavior: IncumbentBehavior,
     hooks: Vec<(Instant, Hook)>,
 }
@@ -727,7 +727,7 @@ impl World {
                     self.log(format!("O session finished: {end:?}"));
                     self.o_to_s.closed = true;
                     match end {
-                        SessionEnd::Serving(_) => {}
+                        IncumbentEnd::Serving(_) => {}
                         // It finishes its connections and exits.
                         _ => self.kill_incumbent(),
                     }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::Mode;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, ReadyReport, SealProgress,
-    SealReport, ServeEnd, ServeError, SessionEnd, StateSnapshot, SuccessorConfig,
+    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentEnd, ReadyReport,
+    SealProgress, SealReport, ServeEnd, ServeError, StateSnapshot, SuccessorConfig,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -119,19 +119,19 @@ fn serve_mio_control(
                         Done::Resumed(d.resume_after_abort().map_err(|e| e.to_string()))
                     }));
                 }
-                IncumbentEvent::SessionEnded(SessionEnd::Serving(_)) => {}
-                IncumbentEvent::SessionEnded(SessionEnd::Committed) => {
+                IncumbentEvent::SessionEnded(IncumbentEnd::Serving(_)) => {}
+                IncumbentEvent::SessionEnded(IncumbentEnd::Committed) => {
                     return Ok(ServeEnd::Committed {
                         snapshot: daemon.snapshot_state(),
                     });
                 }
-                IncumbentEvent::SessionEnded(SessionEnd::Superseded(cause)) => {
+                IncumbentEvent::SessionEnded(IncumbentEnd::Superseded(cause)) => {
                     return Err(ServeError::Superseded {
                         cause,
                         holder_pid: DataDirLock::recorded_holder(&daemon.data_dir),
                     });
                 }
-                IncumbentEvent::SessionEnded(SessionEnd::ResumeFailed(cause)) => {
+                IncumbentEvent::SessionEnded(IncumbentEnd::ResumeFailed(cause)) => {
                     return Err(ServeError::ResumeFailed {
                         cause,
                         error: "the resume hook failed".into(),

@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use handoff_core::{
-    DrainReport, IncumbentConfig, IncumbentOutput, IncumbentSession, Instant, ReadyReportRef,
-    Revisions, SealFailure, SealReportRef, SessionEnd, Strings, SuccessorConfig, SuccessorEnd,
+    DrainReport, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession, Instant,
+    ReadyReportRef, Revisions, SealFailure, SealReportRef, Strings, SuccessorConfig, SuccessorEnd,
     SuccessorOutput, SuccessorSession,
 };
 
@@ -180,7 +180,7 @@ enum IncOut {
     AcquireLock,
     Resume,
     Close,
-    Finished(SessionEnd),
+    Finished(IncumbentEnd),
 }
 
 enum SucOut {
@@ -474,7 +474,7 @@ impl World {
                 self.log(|| format!("pid {pid}'s session ends: {end:?}"));
                 let d = self.dm(pid);
                 match end {
-                    SessionEnd::Serving(_) => {
+                    IncumbentEnd::Serving(_) => {
                         if !d.serving() {
                             return Err(format!(
                                 "pid {pid}'s session ended {end:?} but it does not serve \
@@ -485,7 +485,7 @@ impl World {
                             ));
                         }
                     }
-                    SessionEnd::Committed => {
+                    IncumbentEnd::Committed => {
                         if d.holds_lock || d.writer.is_some() {
                             return Err(format!(
                                 "pid {pid} committed still holding the lock or its writer"
@@ -496,7 +496,7 @@ impl World {
                         let retire = self.rng.millis(0, RETIRE_MAX_MS);
                         self.dm(pid).retire_at = Some(now + retire);
                     }
-                    SessionEnd::Superseded(_) | SessionEnd::ResumeFailed(_) => {
+                    IncumbentEnd::Superseded(_) | IncumbentEnd::ResumeFailed(_) => {
                         self.kill(pid, "exits after its session");
                     }
                 }
