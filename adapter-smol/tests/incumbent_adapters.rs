@@ -478,6 +478,11 @@ fn smol_takes_its_control_path_back_after_an_aborted_seal() {
     the_path_is_taken_back_after_an_aborted_seal("smol-reclaim", serve_smol);
 }
 
+#[test]
+fn mio_takes_its_control_path_back_after_an_aborted_seal() {
+    the_path_is_taken_back_after_an_aborted_seal("mio-reclaim", serve_mio);
+}
+
 fn a_heartbeat_flood_does_not_hold_off_the_deadline(tag: &str, serve: fn(Incumbent, &Prompt)) {
     let dir = TempDir::new(tag);
     let incumbent = dir.incumbent().with_config(IncumbentConfig {
