@@ -12,8 +12,8 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use handoff_core::{SuccessorConfig, SuccessorEnd, SuccessorFailure};
-use handoff_driver::{Endpoint, Launch, ReadyReport, Source, SuccessorDriver, SuccessorReport};
+use handoff_core::{SuccessorConfig, SuccessorFailure};
+use handoff_driver::{Launch, ReadyReport, Source, SuccessorDriver, SuccessorReport};
 use handoff_os::listeners::InheritedListeners;
 use mio::event::Event;
 use mio::{Registry, Token};
@@ -213,22 +213,7 @@ impl MioSuccessor {
     /// before it (after `Failed`, the old incumbent serves on and keeps its
     /// control socket).
     pub fn into_incumbent(mut self, registry: &Registry) -> io::Result<MioIncumbent> {
-        if !matches!(self.driver.end(), Some(SuccessorEnd::Authoritative { .. })) {
-            return Err(io::Error::other(
-                "into_incumbent before SuccessorEvent::Authoritative: this process did not \
-                 take over (after Failed, stop whatever may write and exit)",
-            ));
-        }
-        // Checked before the rename: the path is not taken over by a
-        // process that could not serve on it.
-        if self.driver.lock().is_none() {
-            return Err(io::Error::other("into_incumbent before the lock was taken"));
-        }
-        let (listener, socket_path) = self.drive(registry, |driver, io| driver.install(io))?;
-        let lock = self
-            .driver
-            .take_lock()
-            .ok_or_else(|| io::Error::other("into_incumbent before the lock was taken"))?;
-        MioIncumbent::new(Endpoint::from_parts(listener, &socket_path, lock))
+        let endpoint = self.drive(registry, |driver, io| driver.into_endpoint(io))?;
+        MioIncumbent::new(endpoint)
     }
 }

@@ -199,13 +199,9 @@ impl BegunSuccessor {
             }
             s.turn().await;
         }
-        let (listener, path) = s.driver.install(&mut s.io).map_err(SuccessorError::Io)?;
-        let lock = s.driver.take_lock().ok_or_else(|| {
-            SuccessorError::Io(io::Error::other(
-                "the lock was reported held but is missing",
-            ))
-        })?;
-        Ok(Endpoint::from_parts(listener, &path, lock))
+        s.driver
+            .into_endpoint(&mut s.io)
+            .map_err(SuccessorError::Io)
     }
 }
 

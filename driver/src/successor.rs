@@ -411,6 +411,22 @@ impl SuccessorDriver {
         Ok((listener, path))
     }
 
+    /// [`SuccessorDriver::install`] for an adapter that left the lock in
+    /// the driver: the endpoint to serve on, made from the installed
+    /// listener and the lock. A lock that is not held fails before the
+    /// rename, so the path is never taken over by a process that could not
+    /// serve on it.
+    pub fn into_endpoint(&mut self, io: &mut impl Io) -> io::Result<crate::Endpoint> {
+        if self.lock.is_none() {
+            return Err(io::Error::other(
+                "the lock was reported held but is missing",
+            ));
+        }
+        let (listener, path) = self.install(io)?;
+        let lock = self.lock.take().expect("checked above");
+        Ok(crate::Endpoint::from_parts(listener, &path, lock))
+    }
+
     fn after_wake(&mut self, io: &mut impl Io) {
         // After every wake-up: a peer that never stops sending must not
         // hold off the deadlines (an early call does nothing).
