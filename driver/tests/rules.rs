@@ -122,6 +122,13 @@ fn a_successor_whose_socket_cannot_be_watched_is_killed_and_reaped() {
     assert_eq!(outcome.successor_pid, None);
     let detail = outcome.detail.unwrap_or_default();
     assert!(detail.contains("it was stopped"), "{detail}");
+    // `SIGKILL` takes effect a moment after `kill` returns, so the driver
+    // hands the dying child to a reaper thread rather than wait for it:
+    // wait, bounded, for that thread to have reaped it.
+    let gone = std::time::Instant::now();
+    while !children().is_empty() && gone.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(
         children(),
         Vec::<String>::new(),
