@@ -1,20 +1,21 @@
 //! # handoff-smol
 //!
-//! The async adapter of handoff: [`handoff_driver`]'s drivers run as async
-//! fns on `async-io`, so they run under smol and under any executor that
-//! polls async-io futures, and block nothing. The drivers carry out every
-//! protocol step (the same for every runtime); this crate only waits on
-//! the descriptors they watch, runs the daemon's hooks as futures and keeps
-//! their timers. What a daemon needs is re-exported, so a smol daemon needs
-//! only this crate.
+//! The async adapter of handoff on `async-io`: [`handoff_driver`]'s roles
+//! as futures ([`handoff_driver::reactor`]), with async-io's readiness and
+//! timers as their [`SmolReactor`]. They run under smol and under any
+//! executor that polls async-io futures, and block nothing. The driver
+//! carries out every protocol step (the same for every runtime); this
+//! crate is the reactor and nothing more. What a daemon needs is
+//! re-exported, so a smol daemon needs only this crate.
 //!
 //! - [`perform_handoff`]: a supervisor's handoff, given a [`Supervisor`]
 //!   for the listeners, journal and timings.
 //! - [`serve`]: an incumbent's control sessions over an [`AsyncDrainable`],
 //!   whose hooks are async fns that run concurrently with the session.
 //! - [`detect_role`] first thing in `main`; then, for a successor,
-//!   [`handshake`] → [`HandshookSuccessor::wait_for_begin`] → [`BegunSuccessor::start_up`] →
-//!   [`BegunSuccessor::announce_and_bind`], and [`serve`] the [`Endpoint`] it returns.
+//!   [`handshake`] → [`HandshookSuccessor::wait_for_begin`] →
+//!   [`BegunSuccessor::start_up`] → [`BegunSuccessor::announce_and_bind`],
+//!   and [`serve`] the [`Endpoint`] it returns.
 //!
 //! ```no_run
 //! use handoff_smol::os::listeners::Mode;
@@ -68,10 +69,9 @@
 // handoff-os (the benchmarks' allocator and echo server aside).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 
-mod incumbent;
-mod successor;
-mod supervisor;
-mod watched;
+mod reactor;
+
+use handoff_driver::reactor as roles;
 
 /// The operating-system layer, [`handoff_os`] (listeners, the lock, the
 /// control socket, signals).
@@ -81,13 +81,96 @@ pub use handoff_core::{
     AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentEnd, IncumbentFate,
     SuccessorConfig, SuccessorFailure, SuccessorFate, SupervisorConfig,
 };
-pub use handoff_driver::AnnounceError;
+pub use handoff_driver::reactor::AsyncDrainable;
 pub use handoff_driver::{
-    Endpoint, HandoffOutcome, HookError, Launch, ReadyReport, Role, SealReport, ServeEnd,
-    ServeError, SpawnSpec, StateSnapshot, SuccessorError, Supervisor, SupervisorError, detect_role,
+    AnnounceError, Endpoint, HandoffOutcome, HookError, Launch, ReadyReport, Role, SealReport,
+    ServeEnd, ServeError, SpawnSpec, StateSnapshot, SuccessorError, Supervisor, SupervisorError,
+    detect_role,
 };
 pub use handoff_os::control::PeerPolicy;
 pub use handoff_os::lock::DataDirLock;
-pub use incumbent::{AsyncDrainable, serve, serve_with};
-pub use successor::{BegunSuccessor, HandshookSuccessor, handshake};
-pub use supervisor::perform_handoff;
+pub use reactor::SmolReactor;
+
+/// `Hello` answered; waiting for `Begin` (see [`roles::HandshookSuccessor`]).
+pub type HandshookSuccessor = roles::HandshookSuccessor<SmolReactor>;
+
+/// `Begin` received and the lock held (see [`roles::BegunSuccessor`]).
+pub type BegunSuccessor = roles::BegunSuccessor<SmolReactor>;
+
+/// Runs one handoff of `supervisor`'s daemon to its end (see
+/// [`roles::perform_handoff`]): `Ok` holds the outcome whether it committed
+/// or rolled back. Dropping the future stops the successor and reaps it.
+pub async fn perform_handoff(
+    supervisor: &Supervisor,
+    spec: SpawnSpec,
+) -> Result<HandoffOutcome, SupervisorError> {
+    roles::perform_handoff(SmolReactor::default(), supervisor, spec).await
+}
+
+/// Answers supervisors until a handoff commits (see [`roles::serve`]).
+/// Take the endpoint from [`Endpoint::bind_cold_start`], from
+/// [`BegunSuccessor::announce_and_bind`], or a `handoff_std::Incumbent`.
+pub async fn serve(
+    incumbent: impl Into<Endpoint>,
+    daemon: &impl AsyncDrainable,
+) -> Result<ServeEnd, ServeError> {
+    roles::serve(SmolReactor::default(), incumbent.into(), daemon).await
+}
+
+/// [`serve`] with explicit timings, peer policy and build id, in place of
+/// those set on `incumbent`.
+pub async fn serve_with(
+    incumbent: impl Into<Endpoint>,
+    daemon: &impl AsyncDrainable,
+    config: IncumbentConfig,
+    policy: PeerPolicy,
+    build_id: &[u8],
+) -> Result<ServeEnd, ServeError> {
+    let ep = incumbent.into();
+    roles::serve_with(SmolReactor::default(), ep, daemon, config, policy, build_id).await
+}
+
+/// Says `Hello` for `successor` (a [`Launch`] from [`detect_role`], or a
+/// `handoff_std::Successor`) with `build_id`, and waits for the
+/// supervisor's answer (see [`roles::handshake`]).
+pub async fn handshake(
+    successor: impl Into<Launch>,
+    build_id: &[u8],
+) -> Result<HandshookSuccessor, SuccessorError> {
+    roles::handshake(SmolReactor::default(), successor.into(), build_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    struct Db;
+    impl AsyncDrainable for Db {
+        async fn drain(&self, _: std::time::Instant) -> Result<DrainReport, HookError> {
+            Ok(DrainReport::default())
+        }
+        async fn seal(&self) -> Result<SealReport, HookError> {
+            Ok(SealReport::default())
+        }
+        async fn resume_after_abort(&self) -> Result<(), HookError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_future_can_move_between_threads() {
+        // Only the types are looked at (nothing is polled), for executors
+        // that move tasks between threads.
+        let sup = Supervisor::new("/tmp/handoff-smol-never-bound.sock").unwrap();
+        assert_send(&perform_handoff(&sup, SpawnSpec::new("/bin/true")));
+        let _ = |ep: Endpoint| assert_send(&serve(ep, &Db));
+        let _ = |launch: Launch| assert_send(&handshake(launch, b"v2"));
+        let _ = |h: HandshookSuccessor| assert_send(&h.wait_for_begin(Path::new("/")));
+        let _ = |b: BegunSuccessor| {
+            assert_send(&b.announce_and_bind(ReadyReport::default(), Path::new("/")));
+        };
+    }
+}

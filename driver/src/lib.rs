@@ -6,8 +6,8 @@
 //! writes, reads, the data-dir lock, the control path, spawning, signals,
 //! the journal) and asks its adapter only to watch descriptors
 //! ([`Io`]), run the incumbent's hooks ([`IncumbentIo`]) and keep time.
-//! The blocking (`handoff-std`), mio (`handoff-mio`) and smol
-//! (`handoff-smol`) adapters are that glue and nothing more, so a rule
+//! The blocking (`handoff-std`), mio (`handoff-mio`), smol (`handoff-smol`)
+//! and tokio (`handoff-tokio`) adapters are that glue and nothing more, so a rule
 //! decided here holds under each of them:
 //!
 //! | rule | where |
@@ -18,6 +18,11 @@
 //! | a spawned successor whose socket cannot be watched is killed and reaped | [`SupervisorDriver`] |
 //! | the deadlines are looked at after every wake-up | every driver's `handle_*` |
 //! | peer credentials, one session at a time, the control path taken back after a failed seal | [`IncumbentDriver`] |
+//!
+//! For async runtimes, [`reactor`] holds the three roles as futures over a
+//! [`reactor::Reactor`] (register a descriptor, arm a waker): the smol and
+//! tokio adapters are a reactor each and the roles' entry points with it
+//! filled in.
 //!
 //! The calling pattern is the same for the three drivers: create, `start`,
 //! then pass on readiness (`handle_readable`, `handle_writable`) and time
@@ -37,6 +42,7 @@ pub mod clock;
 mod hooks;
 pub mod incumbent;
 pub mod link;
+pub mod reactor;
 pub mod successor;
 pub mod supervisor;
 

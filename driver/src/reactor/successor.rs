@@ -1,39 +1,58 @@
-//! The successor's typestates as async fns: [`handshake`] →
+//! The successor's typestates as futures: [`handshake`] →
 //! [`HandshookSuccessor::wait_for_begin`] → (take listeners, open the state inside
 //! [`BegunSuccessor::start_up`]) → [`BegunSuccessor::announce_and_bind`], which returns the
 //! [`Endpoint`] to serve. A [`SuccessorDriver`] speaks the protocol; this
-//! waits on async-io for its control socket and its deadlines. `start_up`
-//! runs the daemon's start-up future concurrently with the protocol in the
-//! same task, so heartbeats go out and an abort stops the wait.
+//! waits on the reactor for its control socket and its deadlines.
+//! `start_up` runs the daemon's start-up future concurrently with the
+//! protocol in the same task, so heartbeats go out and an abort stops the
+//! wait.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::time::Instant;
 
 use futures_lite::future;
 use handoff_core::{HandoffId, SuccessorEnd};
-use handoff_driver::{
-    AnnounceError, Endpoint, Launch, ReadyReport, SuccessorDriver, SuccessorError, SuccessorReport,
-};
 use handoff_os::listeners::InheritedListeners;
 use handoff_os::lock::DataDirLock;
 
-use crate::watched::{NoExtra, Watched};
+use super::{Driven, Reactor, Watching, turn};
+use crate::incumbent::Endpoint;
+use crate::link::{Io, Source};
+use crate::successor::{
+    AnnounceError, Launch, ReadyReport, SuccessorDriver, SuccessorError, SuccessorReport,
+};
 
-/// Says `Hello` for `successor` (a [`Launch`] from
-/// [`handoff_driver::detect_role`], or a `handoff_std::Successor`) with
-/// `build_id`, and waits for the supervisor's answer. The protocol timings
-/// are the launch's (see [`Launch::with_config`]). Do the start-up work
-/// that needs no lock before this: the old binary still serves meanwhile.
-pub async fn handshake(
-    successor: impl Into<Launch>,
+impl<I: Io> Driven<I> for SuccessorDriver {
+    fn poll_timeout(&self) -> Option<Instant> {
+        SuccessorDriver::poll_timeout(self)
+    }
+    fn handle_readable(&mut self, io: &mut I, source: Source) {
+        SuccessorDriver::handle_readable(self, io, source)
+    }
+    fn handle_writable(&mut self, io: &mut I, source: Source) {
+        SuccessorDriver::handle_writable(self, io, source)
+    }
+    fn handle_timeout(&mut self, io: &mut I) {
+        SuccessorDriver::handle_timeout(self, io)
+    }
+}
+
+/// Says `Hello` for `launch` (from [`crate::detect_role`]) with `build_id`
+/// on `reactor`, and waits for the supervisor's answer. The protocol
+/// timings are the launch's (see [`Launch::with_config`]). Do the start-up
+/// work that needs no lock before this: the old binary still serves
+/// meanwhile.
+pub async fn handshake<R: Reactor>(
+    reactor: R,
+    launch: Launch,
     build_id: &[u8],
-) -> Result<HandshookSuccessor, SuccessorError> {
-    let launch = successor.into();
+) -> Result<HandshookSuccessor<R>, SuccessorError> {
     let config = launch.config();
     let (control, listeners) = launch.into_parts();
-    let mut io = Watched::default();
+    let mut io = Watching::new(reactor);
     let driver =
         SuccessorDriver::new(&mut io, control, config, build_id).map_err(SuccessorError::Io)?;
     let mut session = Session {
@@ -49,12 +68,12 @@ pub async fn handshake(
 }
 
 /// `Hello` answered; waiting for `Begin`.
-pub struct HandshookSuccessor {
-    session: Session,
+pub struct HandshookSuccessor<R> {
+    session: Session<R>,
     listeners: InheritedListeners,
 }
 
-impl fmt::Debug for HandshookSuccessor {
+impl<R> fmt::Debug for HandshookSuccessor<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandshookSuccessor")
             .field("driver", &self.session.driver)
@@ -62,7 +81,7 @@ impl fmt::Debug for HandshookSuccessor {
     }
 }
 
-impl HandshookSuccessor {
+impl<R: Reactor> HandshookSuccessor<R> {
     /// The handoff's id.
     pub fn handoff_id(&self) -> Option<HandoffId> {
         self.session.driver.handoff_id()
@@ -79,7 +98,7 @@ impl HandshookSuccessor {
     pub async fn wait_for_begin(
         mut self,
         data_dir: &Path,
-    ) -> Result<BegunSuccessor, SuccessorError> {
+    ) -> Result<BegunSuccessor<R>, SuccessorError> {
         let s = &mut self.session;
         s.driver.set_data_dir(&mut s.io, data_dir);
         s.take_reports();
@@ -102,12 +121,12 @@ impl HandshookSuccessor {
 ///
 /// Dropped without announcing, it closes the control socket: the
 /// supervisor sees the successor give up, and the old binary resumes.
-pub struct BegunSuccessor {
-    session: Session,
+pub struct BegunSuccessor<R> {
+    session: Session<R>,
     listeners: InheritedListeners,
 }
 
-impl fmt::Debug for BegunSuccessor {
+impl<R> fmt::Debug for BegunSuccessor<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BegunSuccessor")
             .field("driver", &self.session.driver)
@@ -115,7 +134,7 @@ impl fmt::Debug for BegunSuccessor {
     }
 }
 
-impl BegunSuccessor {
+impl<R: Reactor> BegunSuccessor<R> {
     /// The inherited listeners, to take by name.
     pub fn listeners(&mut self) -> &mut InheritedListeners {
         &mut self.listeners
@@ -207,14 +226,14 @@ impl BegunSuccessor {
 
 /// The driver and what this adapter watches for it, from `Hello` to the
 /// end of the handoff.
-struct Session {
+struct Session<R> {
     driver: SuccessorDriver,
-    io: Watched,
+    io: Watching<R>,
     /// `Begin` came and the lock is held.
     begun: bool,
 }
 
-impl Session {
+impl<R: Reactor> Session<R> {
     /// The error of a handoff that failed.
     fn check(&self) -> Result<(), SuccessorError> {
         match self.driver.error() {
@@ -238,40 +257,7 @@ impl Session {
     /// next deadline; passes on what was found. Cancel-safe: only the wait
     /// is awaited.
     async fn turn(&mut self) {
-        let woken = self
-            .io
-            .wait::<(), NoExtra>(self.driver.poll_timeout(), None)
-            .await;
-        for r in woken.ready {
-            if !self.io.is_watching(r.source) {
-                continue;
-            }
-            if r.writable {
-                self.driver.handle_writable(&mut self.io, r.source);
-            }
-            if r.readable {
-                self.driver.handle_readable(&mut self.io, r.source);
-            }
-        }
-        self.driver.handle_timeout(&mut self.io);
+        turn(&mut self.driver, &mut self.io).await;
         self.take_reports();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn assert_send<T: Send>(_: &T) {}
-
-    #[test]
-    fn the_successor_futures_can_move_between_threads() {
-        // Only the types are looked at (nothing is called), for executors
-        // that move tasks between threads.
-        let _ = |launch: Launch| assert_send(&handshake(launch, b"v2"));
-        let _ = |h: HandshookSuccessor| assert_send(&h.wait_for_begin(Path::new("/")));
-        let _ = |b: BegunSuccessor| {
-            assert_send(&b.announce_and_bind(ReadyReport::default(), Path::new("/")));
-        };
     }
 }
