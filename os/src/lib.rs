@@ -17,7 +17,9 @@
 //! - [`process`]: signals and waiting for a child's exit without a thread,
 //!   the process's own ids and clock;
 //! - [`signals`]: signals blocked in every thread and taken with `sigwait`;
-//! - [`crash`]: crash points for tests (`HANDOFF_CRASH_AT`).
+//! - [`crash`]: crash points for tests (`HANDOFF_CRASH_AT`);
+//! - `tokio_fd` (feature `tokio`): a descriptor registered with tokio's
+//!   reactor, for handoff-tokio.
 //!
 //! Unsafe code of the project's libraries and binaries lives only here (the
 //! benchmarks' counting allocator and echo server aside), one block per
@@ -35,3 +37,5 @@ pub mod spawn;
 mod sys;
 #[cfg(test)]
 mod testutil;
+#[cfg(feature = "tokio")]
+pub mod tokio_fd;
