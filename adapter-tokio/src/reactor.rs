@@ -106,9 +106,8 @@ impl Reactor for TokioReactor {
         };
         let when = tokio::time::Instant::from_std(d);
         match self.sleep.as_mut() {
-            Some(s) if self.armed == Some(d) => {
-                let _ = s;
-            }
+            // Set to this deadline already: left as it is.
+            Some(_) if self.armed == Some(d) => {}
             Some(s) => s.as_mut().reset(when),
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(when))),
         }
