@@ -458,6 +458,10 @@ macro_rules! per_runtime {
                 fn smol() {
                     super::$scenario(Runtime::Smol)
                 }
+                #[test]
+                fn tokio() {
+                    super::$scenario(Runtime::Tokio)
+                }
             }
         )*
     };

@@ -2,9 +2,10 @@
 //! over a real control socket (here, beside the cross-adapter conformance
 //! suite):
 //! - what a daemon sets on a handoff-std `Incumbent` still holds once an
-//!   adapter takes it over (`MioIncumbent::new`, `handoff_smol::serve`):
+//!   adapter takes it over (`MioIncumbent::new`, `handoff_smol::serve`,
+//!   `handoff_tokio::serve`):
 //!   the build id and the capabilities of the config are in the `Hello`;
-//! - a hook that panics is a failed hook in the std and smol adapters: the
+//! - a hook that panics is a failed hook in the std, smol and tokio adapters: the
 //!   daemon resumes, keeps its lock and stays reachable for handoffs;
 //! - an incumbent that resumes after a seal takes its control socket path
 //!   back from a successor that took it over before it was stopped;
@@ -192,6 +193,40 @@ fn smol_serve_keeps_the_build_id_and_the_config() {
     assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
 }
 
+#[test]
+fn tokio_serve_keeps_the_build_id_and_the_config() {
+    use tokio::io::AsyncReadExt as _;
+    let dir = TempDir::new("tokio-settings");
+    let incumbent = dir.incumbent();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(async {
+        let supervisor = async {
+            let mut stream = tokio::net::UnixStream::connect(dir.control())
+                .await
+                .unwrap();
+            let mut decoder: FrameDecoder = FrameDecoder::new();
+            let mut buf = [0u8; 512];
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                if let Some(got) = hello(&mut decoder, &buf[..n]) {
+                    return got;
+                }
+            }
+        };
+        tokio::select! {
+            got = supervisor => got,
+            end = handoff_tokio::serve(incumbent, &NoHooks) => {
+                panic!("serve returned without a handoff: {end:?}")
+            }
+            _ = tokio::time::sleep(BOUND) => panic!("no Hello within {BOUND:?}"),
+        }
+    });
+    assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
+}
+
 /// A daemon whose drain hook panics; it counts the resumes that follow.
 #[derive(Default)]
 struct PanickingDrain {
@@ -325,6 +360,23 @@ fn serve_std<D: Drainable>(incumbent: Incumbent, daemon: &D) {
 fn serve_smol<D: AsyncDrainable>(incumbent: Incumbent, daemon: &D) {
     let end = async_io::block_on(handoff_smol::serve(incumbent, daemon));
     eprintln!("smol serve ended: {end:?}");
+}
+
+/// The tokio adapter serving `daemon` until it ends (how, on stderr), on
+/// the multi-thread runtime (its I/O and timers on the workers).
+fn serve_tokio<D: AsyncDrainable>(incumbent: Incumbent, daemon: &D) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let end = rt.block_on(handoff_tokio::serve(incumbent, daemon));
+    eprintln!("tokio serve ended: {end:?}");
+}
+
+#[test]
+fn tokio_a_panicking_hook_is_a_failed_hook() {
+    a_panicking_drain_is_a_failed_drain("tokio-panic", serve_tokio);
 }
 
 #[test]
@@ -469,6 +521,11 @@ fn the_path_is_taken_back_after_an_aborted_seal(tag: &str, serve: fn(Incumbent, 
 }
 
 #[test]
+fn tokio_takes_its_control_path_back_after_an_aborted_seal() {
+    the_path_is_taken_back_after_an_aborted_seal("tokio-reclaim", serve_tokio);
+}
+
+#[test]
 fn std_takes_its_control_path_back_after_an_aborted_seal() {
     the_path_is_taken_back_after_an_aborted_seal("std-reclaim", serve_std);
 }
@@ -514,6 +571,11 @@ fn a_heartbeat_flood_does_not_hold_off_the_deadline(tag: &str, serve: fn(Incumbe
     drop(s);
     flood.join().unwrap();
     outcome.expect("the incumbent resumes at its deadline despite the flood");
+}
+
+#[test]
+fn tokio_a_heartbeat_flood_does_not_hold_off_the_deadline() {
+    a_heartbeat_flood_does_not_hold_off_the_deadline("tokio-flood", serve_tokio);
 }
 
 #[test]

@@ -33,6 +33,10 @@ pub enum Runtime {
     Std,
     Mio,
     Smol,
+    /// tokio's multi-thread runtime, the role's future spawned on a worker.
+    Tokio,
+    /// tokio's current-thread runtime.
+    TokioCt,
 }
 
 impl Runtime {
@@ -40,6 +44,8 @@ impl Runtime {
         match s {
             "mio" => Runtime::Mio,
             "smol" => Runtime::Smol,
+            "tokio" => Runtime::Tokio,
+            "tokio-ct" => Runtime::TokioCt,
             _ => Runtime::Std,
         }
     }
@@ -49,6 +55,49 @@ impl Runtime {
             Runtime::Std => "std",
             Runtime::Mio => "mio",
             Runtime::Smol => "smol",
+            Runtime::Tokio => "tokio",
+            Runtime::TokioCt => "tokio-ct",
+        }
+    }
+
+    /// Two letters, for the names of a test's files.
+    pub fn code(self) -> &'static str {
+        match self {
+            Runtime::Std => "st",
+            Runtime::Mio => "mi",
+            Runtime::Smol => "sm",
+            Runtime::Tokio => "tk",
+            Runtime::TokioCt => "tc",
+        }
+    }
+
+    /// A tokio runtime of this flavour (`Tokio` or `TokioCt`).
+    pub fn tokio(self) -> tokio::runtime::Runtime {
+        let mut b = match self {
+            Runtime::TokioCt => tokio::runtime::Builder::new_current_thread(),
+            _ => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(2);
+                b
+            }
+        };
+        b.enable_all().build().expect("a tokio runtime")
+    }
+
+    /// Runs `f` to its end on this tokio flavour: spawned on a worker
+    /// (which needs it `Send`) on the multi-thread runtime, on this thread
+    /// on the current-thread one.
+    pub fn run_tokio<F>(self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let rt = self.tokio();
+        match self {
+            Runtime::TokioCt => rt.block_on(f),
+            _ => rt
+                .block_on(async { tokio::spawn(f).await })
+                .expect("the spawned task ended"),
         }
     }
 }
@@ -96,6 +145,12 @@ pub fn run_handoff(runtime: Runtime, sup: &Arc<Supervisor>, spec: SpawnSpec) -> 
     match runtime {
         Runtime::Std => sup.perform_handoff(spec).unwrap(),
         Runtime::Smol => async_io::block_on(handoff_smol::perform_handoff(sup, spec)).unwrap(),
+        Runtime::Tokio | Runtime::TokioCt => {
+            let sup = sup.clone();
+            runtime
+                .run_tokio(async move { handoff_tokio::perform_handoff(&sup, spec).await })
+                .unwrap()
+        }
         Runtime::Mio => {
             let mut poll = Poll::new().unwrap();
             let mut events = Events::with_capacity(16);

@@ -38,9 +38,9 @@ impl Combo {
     fn tag(&self) -> String {
         format!(
             "{}{}{}",
-            &self.supervisor.name()[..2],
-            &self.incumbent.name()[..2],
-            &self.successor.name()[..2]
+            self.supervisor.code(),
+            self.incumbent.code(),
+            self.successor.code()
         )
     }
 }
@@ -698,3 +698,8 @@ suite!(all_smol, Smol, Smol, Smol);
 suite!(mio_supervises_std_to_smol, Mio, Std, Smol);
 suite!(mio_supervises_mio_to_std, Mio, Mio, Std);
 suite!(smol_supervises_smol_to_mio, Smol, Smol, Mio);
+suite!(all_tokio, Tokio, Tokio, Tokio);
+suite!(all_tokio_current_thread, TokioCt, TokioCt, TokioCt);
+suite!(tokio_supervises_std_to_smol, Tokio, Std, Smol);
+suite!(std_supervises_tokio_to_mio, Std, TokioCt, Mio);
+suite!(mio_supervises_smol_to_tokio, Mio, Smol, Tokio);

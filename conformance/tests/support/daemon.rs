@@ -1,8 +1,7 @@
 //! The conformance daemon: the test binary re-executed with
 //! `HANDOFF_DAEMON_ARGS`, serving the counter [`Service`] with the handoff
-//! plumbing of one runtime (std, mio or smol), or supervising one handoff.
+//! plumbing of one runtime (std, mio, smol or tokio), or supervising one handoff.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -10,13 +9,13 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use futures_lite::AsyncReadExt;
+use handoff_driver::reactor::{self as roles, HandshookSuccessor, Reactor};
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::{InheritedListeners, Mode};
 use handoff_std::{
     DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentConfig, IncumbentEnd,
-    ReadyReport, Role, SealProgress, SealReport, Successor, SuccessorConfig, Supervisor,
-    detect_role,
+    ReadyReport, Role, SealProgress, SealReport, Successor, SuccessorConfig, SuccessorError,
+    Supervisor, detect_role,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -97,7 +96,21 @@ pub fn main(raw: &str) -> i32 {
             match args.runtime {
                 Runtime::Std => successor_std(successor, &args),
                 Runtime::Mio => successor_mio(successor, &args),
-                Runtime::Smol => successor_smol(successor, &args),
+                Runtime::Smol => async_io::block_on(successor_async(
+                    handoff_smol::handshake(successor, b"conformance-smol"),
+                    args.data.clone(),
+                    args.control.clone(),
+                    "smol",
+                )),
+                Runtime::Tokio | Runtime::TokioCt => {
+                    let (data, control) = (args.data.clone(), args.control.clone());
+                    args.runtime.run_tokio(successor_async(
+                        handoff_tokio::handshake(successor, b"conformance-tokio"),
+                        data,
+                        control,
+                        "tokio",
+                    ))
+                }
             }
         }
     }
@@ -143,6 +156,20 @@ fn after_begin() -> Option<i32> {
     if flag("exit-after-begin") {
         return Some(4);
     }
+    if let Some(path) = std::env::var_os("RENDEZVOUS") {
+        // Checks in with the test and waits for its word, which it gives
+        // only once every successor it expects has checked in: a closed
+        // connection instead means they never were all there at once.
+        let word = UnixStream::connect(&path).and_then(|mut s| {
+            s.set_read_timeout(Some(super::BOUND))?;
+            let mut b = [0u8; 1];
+            std::io::Read::read(&mut s, &mut b)
+        });
+        if !matches!(word, Ok(1)) {
+            eprintln!("rendezvous: no word from the test: {word:?}");
+            return Some(6);
+        }
+    }
     if flag("ready-after-abort") {
         // Holds `Ready` back until the supervisor has written again (its
         // `Abort` at the deadline) or hung up, without reading: the bytes
@@ -187,13 +214,26 @@ fn serve(runtime: Runtime, incumbent: Incumbent, service: Arc<Service>) -> i32 {
         },
         Runtime::Mio => serve_mio(MioIncumbent::new(incumbent).unwrap(), service),
         Runtime::Smol => {
-            match async_io::block_on(handoff_smol::serve(incumbent, &SmolHooks(service))) {
-                Ok(_) => 0,
-                Err(e) => {
-                    eprintln!("smol incumbent: {e}");
-                    10
-                }
-            }
+            let served = async_io::block_on(handoff_smol::serve(incumbent, &AsyncHooks(service)));
+            served_status("smol", served)
+        }
+        rt @ (Runtime::Tokio | Runtime::TokioCt) => {
+            let served =
+                rt.run_tokio(
+                    async move { handoff_tokio::serve(incumbent, &AsyncHooks(service)).await },
+                );
+            served_status("tokio", served)
+        }
+    }
+}
+
+/// An async incumbent's exit status.
+fn served_status(who: &str, served: Result<handoff_std::ServeEnd, handoff_std::ServeError>) -> i32 {
+    match served {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("{who} incumbent: {e}");
+            10
         }
     }
 }
@@ -402,23 +442,45 @@ fn successor_mio(successor: Successor, args: &Args) -> i32 {
     }
 }
 
-// ------------------------------------------------------------------ smol
+// ----------------------------------------------------------- smol, tokio
 
-struct SmolHooks(Arc<Service>);
+/// Runs `f` on a thread of its own and waits for it without blocking the
+/// executor, on any runtime: the thread wakes the task when it is done.
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = T> + Send {
+    type Slot<T> = Arc<std::sync::Mutex<(Option<T>, Option<std::task::Waker>)>>;
+    let slot: Slot<T> = Arc::default();
+    let theirs = slot.clone();
+    std::thread::spawn(move || {
+        let v = f();
+        let mut s = theirs.lock().unwrap();
+        s.0 = Some(v);
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    });
+    std::future::poll_fn(move |cx| {
+        let mut s = slot.lock().unwrap();
+        match s.0.take() {
+            Some(v) => std::task::Poll::Ready(v),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    })
+}
 
-impl handoff_smol::AsyncDrainable for SmolHooks {
+/// The service's hooks as async fns, for smol and tokio alike (the trait
+/// is the driver's, re-exported by both).
+struct AsyncHooks(Arc<Service>);
+
+impl handoff_smol::AsyncDrainable for AsyncHooks {
     async fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
-        // The blocking drain waits on the service's idle condvar; a thread
-        // runs it and writes to its end of the pair when done, which wakes
-        // this task.
-        let (done, mut done_tx) = UnixStream::pair()?;
-        let done = async_io::Async::new(done)?;
+        // The blocking drain waits on the service's idle condvar.
         let service = self.0.clone();
-        std::thread::spawn(move || {
-            service.drain_blocking();
-            let _ = done_tx.write_all(&[1]);
-        });
-        let _ = (&done).read(&mut [0u8; 1]).await;
+        on_thread(move || service.drain_blocking()).await;
         Ok(DrainReport {
             open_conns_remaining: 0,
             accept_closed: true,
@@ -435,59 +497,59 @@ impl handoff_smol::AsyncDrainable for SmolHooks {
     }
 }
 
-fn successor_smol(successor: Successor, args: &Args) -> i32 {
-    async_io::block_on(async {
-        let handshook = match handoff_smol::handshake(successor, b"conformance-smol").await {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("smol successor: {e}");
-                return 5;
-            }
-        };
-        let mut begun = match handshook.wait_for_begin(&args.data).await {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("smol successor: {e}");
-                return 5;
-            }
-        };
-        if let Some(code) = after_begin() {
-            return code;
+/// The successor's side on an async adapter, from its `handshake`.
+async fn successor_async<R: Reactor + Default>(
+    handshake: impl std::future::Future<Output = Result<HandshookSuccessor<R>, SuccessorError>>,
+    data: PathBuf,
+    control: PathBuf,
+    who: &'static str,
+) -> i32 {
+    let handshook = match handshake.await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("{who} successor: {e}");
+            return 5;
         }
-        let listener = take_main(begun.listeners());
-        let data = args.data.clone();
-        let open = async move {
-            if let Some(d) = open_delay() {
-                async_io::Timer::after(d).await;
-            }
-            Service::open(&data)
-        };
-        let service = match begun.start_up(open).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("smol successor: {e}");
-                return 5;
-            }
-        };
-        let ready = readiness(&listener, &service);
-        service.start(listener);
-        match begun.announce_and_bind(ready, &args.control).await {
-            Ok(incumbent) => {
-                mark_authoritative();
-                match handoff_smol::serve(incumbent, &SmolHooks(service)).await {
-                    Ok(_) => 0,
-                    Err(e) => {
-                        eprintln!("smol incumbent: {e}");
-                        10
-                    }
-                }
-            }
-            Err(e) => {
-                eprintln!("smol successor: {e}");
-                5
-            }
+    };
+    let mut begun = match handshook.wait_for_begin(&data).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{who} successor: {e}");
+            return 5;
         }
-    })
+    };
+    if let Some(code) = after_begin() {
+        return code;
+    }
+    let listener = take_main(begun.listeners());
+    let opened = data.clone();
+    let open = on_thread(move || {
+        if let Some(d) = open_delay() {
+            std::thread::sleep(d);
+        }
+        Service::open(&opened)
+    });
+    let service = match begun.start_up(open).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{who} successor: {e}");
+            return 5;
+        }
+    };
+    let ready = readiness(&listener, &service);
+    service.start(listener);
+    match begun.announce_and_bind(ready, &control).await {
+        Ok(incumbent) => {
+            mark_authoritative();
+            // What the adapter's `serve` is: the driver's, with its reactor.
+            let served = roles::serve(R::default(), incumbent, &AsyncHooks(service)).await;
+            served_status(who, served)
+        }
+        Err(e) => {
+            eprintln!("{who} successor: {e}");
+            5
+        }
+    }
 }
 
 // ---------------------------------------------------------------- probe
