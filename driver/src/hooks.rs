@@ -1,5 +1,5 @@
 //! What the incumbent's hooks report, the same for every adapter's hook
-//! trait (`handoff_std::Drainable`, `handoff_smol::AsyncDrainable`, mio's
+//! trait (`handoff_std::Drainable`, the async adapters' `AsyncDrainable`, mio's
 //! events).
 
 use handoff_core::DrainReport;

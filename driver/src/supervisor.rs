@@ -3,7 +3,7 @@
 //! out one handoff's outputs for every adapter. An adapter creates the
 //! driver, watches what it asks ([`Io`]) and passes on readiness and time;
 //! the blocking adapter runs it with `poll(2)`, mio in the caller's loop,
-//! smol as an async fn.
+//! smol and tokio as a future ([`crate::reactor::perform_handoff`]).
 
 use std::ffi::OsString;
 use std::fmt;

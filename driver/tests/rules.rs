@@ -2,7 +2,7 @@
 //! checked with real processes and sockets and an [`Io`] that refuses what
 //! a runtime may refuse. (The rules a peer can provoke are checked on every
 //! adapter in every role by the conformance suite in
-//! `adapter-smol/tests`.)
+//! `conformance/tests`.)
 
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;

@@ -2,7 +2,7 @@
 //!
 //! The operating-system layer of handoff (docs/PROTOCOL.md section 5 and 6):
 //! every mechanism a handoff needs from Unix, independent of how the
-//! protocol is driven, so the blocking, mio and smol adapters and the
+//! protocol is driven, so the blocking, mio, smol and tokio adapters and the
 //! supervisor binary share one implementation of each.
 //!
 //! - [`spawn`]: start the successor with the listeners at FDs 3.. and its end
