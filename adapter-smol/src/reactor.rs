@@ -11,19 +11,19 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Instant;
 
 use async_io::{Async, Timer};
 use futures_lite::Future;
 use handoff_driver::Source;
-use handoff_driver::reactor::{Reactor, Watch};
+use handoff_driver::reactor::{Reactor, Registrations, Watch, take_readiness};
 
 /// The [`Reactor`] of this adapter: async-io's readiness and timers. It
 /// works under any executor, as async-io runs its own reactor thread.
 #[derive(Debug)]
 pub struct SmolReactor {
-    handles: Vec<(Source, Async<OwnedFd>)>,
+    handles: Registrations<Async<OwnedFd>>,
     timer: Timer,
     /// The deadline `timer` is set to.
     armed: Option<Instant>,
@@ -32,50 +32,39 @@ pub struct SmolReactor {
 impl Default for SmolReactor {
     fn default() -> Self {
         SmolReactor {
-            handles: Vec::new(),
+            handles: Registrations::default(),
             timer: Timer::never(),
             armed: None,
         }
     }
 }
 
-/// Takes what readiness async-io holds for one direction and arms the
-/// waker for the next event (async-io reports each event once, then
-/// registers on `Pending`). A source that keeps reporting is left to the
-/// next turn, with the task woken to come back.
-fn rearm(cx: &mut Context<'_>, mut poll: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>) {
-    for _ in 0..4 {
-        if poll(cx).is_pending() {
-            return;
-        }
-    }
-    cx.waker().wake_by_ref();
-}
-
 impl Reactor for SmolReactor {
     fn add(&mut self, source: Source, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.remove(source);
         // `Async::new` also makes the descriptor non-blocking, which the
         // driver has already done (the flag is the open socket's, shared
         // with the duplicate).
         let handle = Async::new(fd.try_clone_to_owned()?)?;
-        self.handles.push((source, handle));
+        self.handles.insert(source, handle);
         Ok(())
     }
 
     fn remove(&mut self, source: Source) {
         // Dropping the duplicate deregisters and closes it.
-        self.handles.retain(|(s, _)| *s != source);
+        self.handles.remove(source);
     }
 
     fn arm(&mut self, cx: &mut Context<'_>, watches: &[Watch], deadline: Option<Instant>) -> bool {
         for w in watches {
-            let Some((_, h)) = self.handles.iter().find(|(s, _)| *s == w.source) else {
+            let Some(h) = self.handles.get(w.source) else {
                 continue;
             };
-            rearm(cx, |cx| h.poll_readable(cx));
+            // async-io reports each event once, then registers the waker
+            // on `Pending`; an error is left to the kernel check and the
+            // driver's own read.
+            take_readiness(cx, |cx| h.poll_readable(cx).map(drop));
             if w.write {
-                rearm(cx, |cx| h.poll_writable(cx));
+                take_readiness(cx, |cx| h.poll_writable(cx).map(drop));
             }
         }
         match deadline {
@@ -104,6 +93,7 @@ impl Reactor for SmolReactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::Poll;
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;

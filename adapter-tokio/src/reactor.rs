@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use handoff_driver::Source;
-use handoff_driver::reactor::{Reactor, Watch};
+use handoff_driver::reactor::{Reactor, Registrations, Watch, take_readiness};
 use tokio::io::unix::AsyncFd;
 use tokio::time::Sleep;
 
@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 /// current-thread or multi-thread.
 #[derive(Debug, Default)]
 pub struct TokioReactor {
-    handles: Vec<(Source, AsyncFd<OwnedFd>)>,
+    handles: Registrations<AsyncFd<OwnedFd>>,
     sleep: Option<Pin<Box<Sleep>>>,
     /// The deadline `sleep` is set to, until it fires.
     armed: Option<Instant>,
@@ -44,17 +44,21 @@ pub(crate) fn no_runtime() -> io::Error {
     )
 }
 
-/// Clears the readiness tokio has cached for one direction until it says
-/// `Pending`, which registers the task's waker for the next edge. A
-/// descriptor that keeps reporting is left to the next turn, with the task
-/// woken to come back.
-fn rearm(cx: &mut Context<'_>, mut poll_clear: impl FnMut(&mut Context<'_>) -> Poll<()>) {
-    for _ in 0..4 {
-        if poll_clear(cx).is_pending() {
-            return;
+/// One poll of a direction's readiness that clears what tokio had cached
+/// (the kernel is asked right after), for [`take_readiness`]. An error
+/// means the descriptor is unusable: the kernel check reports it and the
+/// driver's own read finds it.
+fn clear<T>(polled: Poll<io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, T>>>) -> Poll<()>
+where
+    T: std::os::fd::AsRawFd,
+{
+    match polled {
+        Poll::Ready(Ok(mut guard)) => {
+            guard.clear_ready();
+            Poll::Ready(())
         }
+        Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
     }
-    cx.waker().wake_by_ref();
 }
 
 impl Reactor for TokioReactor {
@@ -62,42 +66,26 @@ impl Reactor for TokioReactor {
         // `AsyncFd::new` panics outside a runtime; this is an error the
         // driver turns into a closed connection and a told machine.
         tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
-        self.remove(source);
         // The driver made the socket non-blocking, as `AsyncFd` requires
         // (the flag is the open socket's, shared with the duplicate).
         let handle = handoff_os::tokio_fd::register(fd.try_clone_to_owned()?)?;
-        self.handles.push((source, handle));
+        self.handles.insert(source, handle);
         Ok(())
     }
 
     fn remove(&mut self, source: Source) {
         // Dropping the `AsyncFd` deregisters and closes the duplicate.
-        self.handles.retain(|(s, _)| *s != source);
+        self.handles.remove(source);
     }
 
     fn arm(&mut self, cx: &mut Context<'_>, watches: &[Watch], deadline: Option<Instant>) -> bool {
         for w in watches {
-            let Some((_, h)) = self.handles.iter().find(|(s, _)| *s == w.source) else {
+            let Some(h) = self.handles.get(w.source) else {
                 continue;
             };
-            // An error from tokio means the descriptor is unusable; the
-            // kernel check that follows reports it, and the driver's own
-            // read finds the error.
-            rearm(cx, |cx| match h.poll_read_ready(cx) {
-                Poll::Ready(Ok(mut guard)) => {
-                    guard.clear_ready();
-                    Poll::Ready(())
-                }
-                Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
-            });
+            take_readiness(cx, |cx| clear(h.poll_read_ready(cx)));
             if w.write {
-                rearm(cx, |cx| match h.poll_write_ready(cx) {
-                    Poll::Ready(Ok(mut guard)) => {
-                        guard.clear_ready();
-                        Poll::Ready(())
-                    }
-                    Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
-                });
+                take_readiness(cx, |cx| clear(h.poll_write_ready(cx)));
             }
         }
         let Some(d) = deadline else {
@@ -206,7 +194,13 @@ mod tests {
         // tokio sees the byte and caches "readable"; "the driver" reads it.
         theirs.write_all(b"a").unwrap();
         rt.block_on(async {
-            let mut guard = r.handles[0].1.readable().await.unwrap();
+            let mut guard = r
+                .handles
+                .get(Source::Control)
+                .unwrap()
+                .readable()
+                .await
+                .unwrap();
             // Kept, as a caller that knows nothing of it would.
             guard.retain_ready();
         });
@@ -221,7 +215,13 @@ mod tests {
         r.arm(&mut cx, &watches, None);
         // Left cached, tokio would report it ready on every turn and the
         // loop would spin; cleared, it waits for the next edge.
-        assert!(r.handles[0].1.poll_read_ready(&mut cx).is_pending());
+        assert!(
+            r.handles
+                .get(Source::Control)
+                .unwrap()
+                .poll_read_ready(&mut cx)
+                .is_pending()
+        );
     }
 
     #[test]

@@ -39,6 +39,13 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+
+// For `async_adapter!`, whose expansion in an adapter names these crates
+// through this one.
+#[doc(hidden)]
+pub use handoff_core as __core;
+#[doc(hidden)]
+pub use handoff_os as __os;
 mod hooks;
 pub mod incumbent;
 pub mod link;

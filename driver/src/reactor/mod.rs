@@ -4,9 +4,10 @@
 //! descriptor, arm a waker for it and for a deadline).
 //!
 //! An async adapter (`handoff-smol`, `handoff-tokio`) implements
-//! [`Reactor`] on its runtime's readiness and timer types and exposes
-//! [`perform_handoff`], [`serve`] and [`handshake`] with its reactor
-//! filled in; nothing else in it runs the protocol.
+//! [`Reactor`] on its runtime's readiness and timer types, and
+//! [`crate::async_adapter`] gives it its public face: [`perform_handoff`],
+//! [`serve`] and [`handshake`] with its reactor filled in, and the types a
+//! daemon needs. Nothing else in it runs the protocol.
 //!
 //! Readiness is taken as a hint. After arming its wakers the loop asks the
 //! kernel (one `poll(2)` with no timeout) which watched descriptors are
@@ -17,6 +18,7 @@
 //! and an event that came between the arming and the check is not lost,
 //! because the arming came first.
 
+mod entry;
 mod incumbent;
 mod successor;
 mod supervisor;
@@ -73,6 +75,61 @@ pub trait Reactor {
     /// cleared here (the loop asks the kernel right after). Returns whether
     /// the runtime's timer says `deadline` has passed.
     fn arm(&mut self, cx: &mut Context<'_>, watches: &[Watch], deadline: Option<Instant>) -> bool;
+}
+
+/// For [`Reactor::arm`]: takes the readiness a runtime reports for one
+/// direction of one descriptor until it says `Pending`, which leaves the
+/// task's waker registered for the next event. `poll_take` polls once and
+/// consumes what it found (`Ready`), or registers the waker (`Pending`).
+/// A descriptor that keeps reporting is left to the next turn, with the
+/// task woken to come back, so this never loops for long.
+pub fn take_readiness(
+    cx: &mut Context<'_>,
+    mut poll_take: impl FnMut(&mut Context<'_>) -> Poll<()>,
+) {
+    for _ in 0..4 {
+        if poll_take(cx).is_pending() {
+            return;
+        }
+    }
+    cx.waker().wake_by_ref();
+}
+
+/// A reactor's registrations, one per [`Source`]: what `add` replaces,
+/// `remove` drops (closing whatever the registration owns) and `arm`
+/// looks up.
+#[derive(Debug)]
+pub struct Registrations<H> {
+    entries: Vec<(Source, H)>,
+}
+
+impl<H> Default for Registrations<H> {
+    fn default() -> Self {
+        Registrations {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<H> Registrations<H> {
+    /// Keeps `handle` for `source`, dropping the one it had.
+    pub fn insert(&mut self, source: Source, handle: H) {
+        self.remove(source);
+        self.entries.push((source, handle));
+    }
+
+    /// Drops the registration of `source`.
+    pub fn remove(&mut self, source: Source) {
+        self.entries.retain(|(s, _)| *s != source);
+    }
+
+    /// The registration of `source`.
+    pub fn get(&self, source: Source) -> Option<&H> {
+        self.entries
+            .iter()
+            .find(|(s, _)| *s == source)
+            .map(|(_, h)| h)
+    }
 }
 
 /// A source found ready.
