@@ -1,38 +1,29 @@
-//! What async-io gives the driver's futures: a registration per watched
-//! descriptor and a timer ([`handoff_driver::reactor::Reactor`]).
-//!
-//! async-io owns what it registers, while the driver keeps the real
-//! socket; so each registration is on a duplicate of the descriptor (the
-//! same open socket, so the same readiness). [`Reactor::remove`] drops the
-//! duplicate, and the driver removes a source before it closes its socket,
-//! so a duplicate never keeps a socket open past the driver's close: the
-//! peer sees EOF when the driver hangs up.
+//! What async-io gives the driver's futures
+//! ([`handoff_driver::reactor::Reactor`]): an `Async` registration per
+//! watched descriptor and a `Timer`.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::task::Context;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_io::{Async, Timer};
 use futures_lite::Future;
-use handoff_driver::Source;
-use handoff_driver::reactor::{Reactor, Registrations, Watch, take_readiness};
+use handoff_driver::reactor::Reactor;
 
 /// The [`Reactor`] of this adapter: async-io's readiness and timers. It
 /// works under any executor, as async-io runs its own reactor thread.
 #[derive(Debug)]
 pub struct SmolReactor {
-    handles: Registrations<Async<OwnedFd>>,
     timer: Timer,
-    /// The deadline `timer` is set to.
+    /// The deadline `timer` is set to, until it fires.
     armed: Option<Instant>,
 }
 
 impl Default for SmolReactor {
     fn default() -> Self {
         SmolReactor {
-            handles: Registrations::default(),
             timer: Timer::never(),
             armed: None,
         }
@@ -40,77 +31,52 @@ impl Default for SmolReactor {
 }
 
 impl Reactor for SmolReactor {
-    fn add(&mut self, source: Source, fd: BorrowedFd<'_>) -> io::Result<()> {
-        // `Async::new` also makes the descriptor non-blocking, which the
-        // driver has already done (the flag is the open socket's, shared
-        // with the duplicate).
-        let handle = Async::new(fd.try_clone_to_owned()?)?;
-        self.handles.insert(source, handle);
-        Ok(())
+    type Registration = Async<OwnedFd>;
+
+    fn register(&mut self, fd: OwnedFd) -> io::Result<Async<OwnedFd>> {
+        Async::new(fd)
     }
 
-    fn remove(&mut self, source: Source) {
-        // Dropping the duplicate deregisters and closes it.
-        self.handles.remove(source);
+    fn poll_event(&mut self, r: &Async<OwnedFd>, cx: &mut Context<'_>, write: bool) -> Poll<()> {
+        // async-io reports each event once, then registers the waker on
+        // `Pending`.
+        let polled = if write {
+            r.poll_writable(cx)
+        } else {
+            r.poll_readable(cx)
+        };
+        match polled {
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
     }
 
-    fn arm(&mut self, cx: &mut Context<'_>, watches: &[Watch], deadline: Option<Instant>) -> bool {
-        for w in watches {
-            let Some(h) = self.handles.get(w.source) else {
-                continue;
-            };
-            // async-io reports each event once, then registers the waker
-            // on `Pending`; an error is left to the kernel check and the
-            // driver's own read.
-            take_readiness(cx, |cx| h.poll_readable(cx).map(drop));
-            if w.write {
-                take_readiness(cx, |cx| h.poll_writable(cx).map(drop));
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> bool {
+        let Some(d) = deadline else {
+            if self.armed.take().is_some() {
+                self.timer = Timer::never();
             }
+            return false;
+        };
+        if self.armed != Some(d) {
+            self.timer.set_at(d);
+            self.armed = Some(d);
         }
-        match deadline {
-            Some(d) => {
-                if self.armed != Some(d) {
-                    self.timer.set_at(d);
-                    self.armed = Some(d);
-                }
-                let fired = Pin::new(&mut self.timer).poll(cx).is_ready();
-                if fired {
-                    // A fired timer stays quiet until set again.
-                    self.armed = None;
-                }
-                fired
-            }
-            None => {
-                if self.armed.take().is_some() {
-                    self.timer = Timer::never();
-                }
-                false
-            }
+        let fired = Pin::new(&mut self.timer).poll(cx).is_ready();
+        if fired {
+            // A fired timer stays quiet until set again.
+            self.armed = None;
         }
+        fired
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Poll;
-    use std::io::{Read, Write};
-    use std::os::fd::AsFd;
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
-
-    #[test]
-    fn removing_closes_the_duplicate_so_the_peer_sees_eof() {
-        let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let mut r = SmolReactor::default();
-        r.add(Source::Control, ours.as_fd()).unwrap();
-        r.remove(Source::Control);
-        drop(ours);
-        theirs
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(theirs.read(&mut [0u8; 1]).unwrap(), 0, "EOF");
-    }
 
     #[test]
     fn bytes_that_come_after_the_arming_wake_the_task() {
@@ -119,19 +85,14 @@ mod tests {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let mut r = SmolReactor::default();
-        r.add(Source::Control, ours.as_fd()).unwrap();
-        let watches = [Watch {
-            source: Source::Control,
-            fd: std::os::fd::AsRawFd::as_raw_fd(&ours),
-            write: false,
-        }];
+        let reg = r.register(OwnedFd::from(ours)).unwrap();
         let mut polls = 0;
         let woken = std::future::poll_fn(|cx| {
             polls += 1;
             if polls > 1 {
                 return Poll::Ready(true);
             }
-            r.arm(cx, &watches, None);
+            while r.poll_event(&reg, cx, false).is_ready() {}
             theirs.write_all(b"x").unwrap();
             Poll::Pending
         });
@@ -146,16 +107,18 @@ mod tests {
     }
 
     #[test]
-    fn the_deadline_fires_once_and_again_when_set_anew() {
+    fn the_deadline_fires_and_fires_again_when_set_anew() {
         let mut r = SmolReactor::default();
-        let d = Instant::now() + Duration::from_millis(10);
-        async_io::block_on(std::future::poll_fn(|cx| {
-            if r.arm(cx, &[], Some(d)) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }));
-        assert!(Instant::now() >= d);
+        for _ in 0..2 {
+            let d = Instant::now() + Duration::from_millis(10);
+            async_io::block_on(std::future::poll_fn(|cx| {
+                if r.poll_deadline(cx, Some(d)) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }));
+            assert!(Instant::now() >= d);
+        }
     }
 }

@@ -1,25 +1,20 @@
-//! What tokio gives the driver's futures: an `AsyncFd` per watched
-//! descriptor and a `Sleep` ([`handoff_driver::reactor::Reactor`]).
+//! What tokio gives the driver's futures
+//! ([`handoff_driver::reactor::Reactor`]): an `AsyncFd` per watched
+//! descriptor and a `Sleep`.
 //!
 //! tokio's readiness is edge-triggered and cached: once an `AsyncFd` says
-//! "readable" it goes on saying so until told otherwise. [`Reactor::arm`]
-//! clears what is cached and polls again, which registers the waker for
+//! "readable" it goes on saying so until told otherwise. Each poll here
+//! clears what was cached and polls again, which registers the waker for
 //! the next edge; the driver's futures then ask the kernel what is ready,
 //! so nothing cached goes stale and nothing that came meanwhile is lost.
-//!
-//! `AsyncFd` owns what it registers while the driver keeps the real
-//! socket, so each registration is on a duplicate of the descriptor (the
-//! same open socket). [`Reactor::remove`] drops the duplicate before the
-//! driver closes its socket, so the peer sees the close.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use handoff_driver::Source;
-use handoff_driver::reactor::{Reactor, Registrations, Watch, take_readiness};
+use handoff_driver::reactor::Reactor;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Sleep;
 
@@ -29,7 +24,6 @@ use tokio::time::Sleep;
 /// current-thread or multi-thread.
 #[derive(Debug, Default)]
 pub struct TokioReactor {
-    handles: Registrations<AsyncFd<OwnedFd>>,
     sleep: Option<Pin<Box<Sleep>>>,
     /// The deadline `sleep` is set to, until it fires.
     armed: Option<Instant>,
@@ -44,50 +38,32 @@ pub(crate) fn no_runtime() -> io::Error {
     )
 }
 
-/// One poll of a direction's readiness that clears what tokio had cached
-/// (the kernel is asked right after), for [`take_readiness`]. An error
-/// means the descriptor is unusable: the kernel check reports it and the
-/// driver's own read finds it.
-fn clear<T>(polled: Poll<io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, T>>>) -> Poll<()>
-where
-    T: std::os::fd::AsRawFd,
-{
-    match polled {
-        Poll::Ready(Ok(mut guard)) => {
-            guard.clear_ready();
-            Poll::Ready(())
-        }
-        Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
-    }
-}
-
 impl Reactor for TokioReactor {
-    fn add(&mut self, source: Source, fd: BorrowedFd<'_>) -> io::Result<()> {
-        // `AsyncFd::new` panics outside a runtime; this is an error the
+    type Registration = AsyncFd<OwnedFd>;
+
+    fn register(&mut self, fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+        // Registering panics outside a runtime; this is an error the
         // driver turns into a closed connection and a told machine.
         tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
-        // The driver made the socket non-blocking, as `AsyncFd` requires
-        // (the flag is the open socket's, shared with the duplicate).
-        let handle = handoff_os::tokio_fd::register(fd.try_clone_to_owned()?)?;
-        self.handles.insert(source, handle);
-        Ok(())
+        handoff_os::tokio_fd::register(fd)
     }
 
-    fn remove(&mut self, source: Source) {
-        // Dropping the `AsyncFd` deregisters and closes the duplicate.
-        self.handles.remove(source);
-    }
-
-    fn arm(&mut self, cx: &mut Context<'_>, watches: &[Watch], deadline: Option<Instant>) -> bool {
-        for w in watches {
-            let Some(h) = self.handles.get(w.source) else {
-                continue;
-            };
-            take_readiness(cx, |cx| clear(h.poll_read_ready(cx)));
-            if w.write {
-                take_readiness(cx, |cx| clear(h.poll_write_ready(cx)));
+    fn poll_event(&mut self, r: &AsyncFd<OwnedFd>, cx: &mut Context<'_>, write: bool) -> Poll<()> {
+        let polled = if write {
+            r.poll_write_ready(cx)
+        } else {
+            r.poll_read_ready(cx)
+        };
+        match polled {
+            Poll::Ready(Ok(mut guard)) => {
+                guard.clear_ready();
+                Poll::Ready(())
             }
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> bool {
         let Some(d) = deadline else {
             self.armed = None;
             return false;
@@ -115,7 +91,6 @@ impl Reactor for TokioReactor {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::os::fd::{AsFd, AsRawFd};
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
 
@@ -127,26 +102,10 @@ mod tests {
     }
 
     #[test]
-    fn removing_closes_the_duplicate_so_the_peer_sees_eof() {
-        let (ours, mut theirs) = UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let rt = current_thread();
-        let _in_runtime = rt.enter();
-        let mut r = TokioReactor::default();
-        r.add(Source::Control, ours.as_fd()).unwrap();
-        r.remove(Source::Control);
-        drop(ours);
-        theirs
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(theirs.read(&mut [0u8; 1]).unwrap(), 0, "EOF");
-    }
-
-    #[test]
-    fn outside_a_runtime_adding_is_an_error_not_a_panic() {
+    fn outside_a_runtime_registering_is_an_error_not_a_panic() {
         let (ours, _theirs) = UnixStream::pair().unwrap();
         let err = TokioReactor::default()
-            .add(Source::Control, ours.as_fd())
+            .register(OwnedFd::from(ours))
             .unwrap_err();
         assert!(err.to_string().contains("no tokio runtime"), "{err}");
     }
@@ -158,19 +117,14 @@ mod tests {
         let rt = current_thread();
         let _in_runtime = rt.enter();
         let mut r = TokioReactor::default();
-        r.add(Source::Control, ours.as_fd()).unwrap();
-        let watches = [Watch {
-            source: Source::Control,
-            fd: ours.as_raw_fd(),
-            write: false,
-        }];
+        let reg = r.register(OwnedFd::from(ours)).unwrap();
         let mut polls = 0;
         let woken = std::future::poll_fn(|cx| {
             polls += 1;
             if polls > 1 {
                 return Poll::Ready(true);
             }
-            r.arm(cx, &watches, None);
+            while r.poll_event(&reg, cx, false).is_ready() {}
             theirs.write_all(b"x").unwrap();
             Poll::Pending
         });
@@ -184,44 +138,30 @@ mod tests {
     }
 
     #[test]
-    fn arming_clears_the_readiness_tokio_cached_for_bytes_already_read() {
+    fn polling_clears_the_readiness_tokio_cached_for_bytes_already_read() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let rt = current_thread();
         let _in_runtime = rt.enter();
         let mut r = TokioReactor::default();
-        r.add(Source::Control, ours.as_fd()).unwrap();
+        // The same socket, for reading what tokio saw.
+        let reader = ours.try_clone().unwrap();
+        let reg = r.register(OwnedFd::from(ours)).unwrap();
         // tokio sees the byte and caches "readable"; "the driver" reads it.
         theirs.write_all(b"a").unwrap();
         rt.block_on(async {
-            let mut guard = r
-                .handles
-                .get(Source::Control)
-                .unwrap()
-                .readable()
-                .await
-                .unwrap();
+            let mut guard = reg.readable().await.unwrap();
             // Kept, as a caller that knows nothing of it would.
             guard.retain_ready();
         });
-        (&ours).read_exact(&mut [0u8; 1]).unwrap();
-        let watches = [Watch {
-            source: Source::Control,
-            fd: ours.as_raw_fd(),
-            write: false,
-        }];
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        r.arm(&mut cx, &watches, None);
-        // Left cached, tokio would report it ready on every turn and the
-        // loop would spin; cleared, it waits for the next edge.
-        assert!(
-            r.handles
-                .get(Source::Control)
-                .unwrap()
-                .poll_read_ready(&mut cx)
-                .is_pending()
-        );
+        (&reader).read_exact(&mut [0u8; 1]).unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // The cached event is taken once …
+        assert!(r.poll_event(&reg, &mut cx, false).is_ready());
+        // … and then gone: left cached, tokio would report it on every
+        // turn and the loop would spin; cleared, it waits for the next
+        // edge.
+        assert!(r.poll_event(&reg, &mut cx, false).is_pending());
     }
 
     #[test]
@@ -231,7 +171,7 @@ mod tests {
         for _ in 0..2 {
             let d = Instant::now() + Duration::from_millis(10);
             rt.block_on(std::future::poll_fn(|cx| {
-                if r.arm(cx, &[], Some(d)) {
+                if r.poll_deadline(cx, Some(d)) {
                     Poll::Ready(())
                 } else {
                     Poll::Pending

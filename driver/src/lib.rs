@@ -20,9 +20,9 @@
 //! | peer credentials, one session at a time, the control path taken back after a failed seal | [`IncumbentDriver`] |
 //!
 //! For async runtimes, [`reactor`] holds the three roles as futures over a
-//! [`reactor::Reactor`] (register a descriptor, arm a waker): the smol and
-//! tokio adapters are a reactor each and the roles' entry points with it
-//! filled in.
+//! [`reactor::Reactor`] (register a descriptor, poll it for an event, poll
+//! a timer): the smol and tokio adapters are a reactor each, and
+//! [`async_adapter!`] makes the roles' entry points with it filled in.
 //!
 //! The calling pattern is the same for the three drivers: create, `start`,
 //! then pass on readiness (`handle_readable`, `handle_writable`) and time

@@ -1,7 +1,7 @@
 //! The three roles as futures, for every async runtime: the loops that
 //! wait on what a driver watches and pass it on, written once over a
 //! [`Reactor`], the little an async runtime must provide (register a
-//! descriptor, arm a waker for it and for a deadline).
+//! descriptor, poll it once for an event, poll a timer).
 //!
 //! An async adapter (`handoff-smol`, `handoff-tokio`) implements
 //! [`Reactor`] on its runtime's readiness and timer types, and
@@ -25,7 +25,7 @@ mod supervisor;
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -40,96 +40,72 @@ pub use incumbent::{AsyncDrainable, serve, serve_with};
 pub use successor::{BegunSuccessor, HandshookSuccessor, handshake};
 pub use supervisor::perform_handoff;
 
-/// A descriptor a driver watches, as the loop passes it to
-/// [`Reactor::arm`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Watch {
-    /// What the descriptor is for.
-    pub source: Source,
-    /// The driver's descriptor (owned by the driver; valid until the
-    /// source is removed).
-    pub fd: RawFd,
-    /// Whether the driver waits for room to write, as well as for bytes.
-    pub write: bool,
-}
-
-/// What an async runtime gives the futures of this module.
+/// What an async runtime gives the futures of this module: a registration
+/// of a descriptor with its reactor, one poll of a registration for one
+/// direction, and a timer.
 ///
-/// The loop keeps the table of what is watched; the reactor keeps, per
-/// [`Source`], whatever its runtime needs to be woken by that descriptor
-/// (a registration, a duplicate it owns), and a timer.
+/// The futures keep the table of what is watched. For each watched
+/// descriptor they give the runtime a duplicate (the same open socket, so
+/// the same readiness) to own and register, since runtimes own what they
+/// register while the driver keeps the real socket; and they drop the
+/// registration, closing the duplicate, before the driver closes its own,
+/// so the peer sees the close.
 pub trait Reactor {
-    /// Registers `fd` for `source`, replacing what was registered for it.
-    /// An error fails what the descriptor was for (the driver closes it
-    /// and tells its machine), so a runtime that cannot take it is an
-    /// error here, never a panic.
-    fn add(&mut self, source: Source, fd: BorrowedFd<'_>) -> io::Result<()>;
+    /// The runtime's registration of one descriptor; it owns the
+    /// duplicate it was made from, and dropping it deregisters and closes
+    /// that.
+    type Registration;
 
-    /// Forgets `source`. Its descriptor is closed right after, so nothing
-    /// of it may be kept open (the peer must see the close).
-    fn remove(&mut self, source: Source);
+    /// Registers `fd` (already non-blocking). An error fails what the
+    /// descriptor was for (the driver closes it and tells its machine), so
+    /// a runtime that cannot take it is an error here, never a panic.
+    fn register(&mut self, fd: OwnedFd) -> io::Result<Self::Registration>;
 
-    /// Arranges for `cx` to be woken when any of `watches` may have become
-    /// readable (or writable, for those with `write` set), or when
-    /// `deadline` passes. Readiness the runtime has cached is to be
-    /// cleared here (the loop asks the kernel right after). Returns whether
-    /// the runtime's timer says `deadline` has passed.
-    fn arm(&mut self, cx: &mut Context<'_>, watches: &[Watch], deadline: Option<Instant>) -> bool;
+    /// Polls `registration` once for readability (or writability, with
+    /// `write`): `Ready` if the runtime reports an event, which this call
+    /// consumes (readiness the runtime had cached is cleared: the kernel
+    /// is asked right after); `Pending` with `cx`'s waker registered for
+    /// the next event otherwise. Errors are `Pending` too: the kernel check
+    /// reports a failed descriptor, and the driver's own read finds why.
+    fn poll_event(
+        &mut self,
+        registration: &Self::Registration,
+        cx: &mut Context<'_>,
+        write: bool,
+    ) -> Poll<()>;
+
+    /// Arranges for `cx` to be woken at `deadline` (never if `None`), and
+    /// returns whether the runtime's timer says it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> bool;
 }
 
-/// For [`Reactor::arm`]: takes the readiness a runtime reports for one
-/// direction of one descriptor until it says `Pending`, which leaves the
-/// task's waker registered for the next event. `poll_take` polls once and
-/// consumes what it found (`Ready`), or registers the waker (`Pending`).
-/// A descriptor that keeps reporting is left to the next turn, with the
-/// task woken to come back, so this never loops for long.
-pub fn take_readiness(
+/// Takes the events the reactor reports for one direction of one
+/// registration until it says `Pending`, which leaves the task's waker
+/// registered for the next. One that keeps reporting is left to the next
+/// turn, with the task woken to come back, so this never loops for long.
+fn take_events<R: Reactor>(
+    reactor: &mut R,
+    registration: &R::Registration,
     cx: &mut Context<'_>,
-    mut poll_take: impl FnMut(&mut Context<'_>) -> Poll<()>,
+    write: bool,
 ) {
     for _ in 0..4 {
-        if poll_take(cx).is_pending() {
+        if reactor.poll_event(registration, cx, write).is_pending() {
             return;
         }
     }
     cx.waker().wake_by_ref();
 }
 
-/// A reactor's registrations, one per [`Source`]: what `add` replaces,
-/// `remove` drops (closing whatever the registration owns) and `arm`
-/// looks up.
-#[derive(Debug)]
-pub struct Registrations<H> {
-    entries: Vec<(Source, H)>,
-}
-
-impl<H> Default for Registrations<H> {
-    fn default() -> Self {
-        Registrations {
-            entries: Vec::new(),
-        }
-    }
-}
-
-impl<H> Registrations<H> {
-    /// Keeps `handle` for `source`, dropping the one it had.
-    pub fn insert(&mut self, source: Source, handle: H) {
-        self.remove(source);
-        self.entries.push((source, handle));
-    }
-
-    /// Drops the registration of `source`.
-    pub fn remove(&mut self, source: Source) {
-        self.entries.retain(|(s, _)| *s != source);
-    }
-
-    /// The registration of `source`.
-    pub fn get(&self, source: Source) -> Option<&H> {
-        self.entries
-            .iter()
-            .find(|(s, _)| *s == source)
-            .map(|(_, h)| h)
-    }
+/// One descriptor a driver watches.
+struct Watch<G> {
+    source: Source,
+    /// The driver's descriptor (valid until it is unwatched).
+    fd: RawFd,
+    /// Whether the driver waits for room to write, as well as for bytes.
+    write: bool,
+    /// The runtime's registration of our duplicate.
+    registration: G,
 }
 
 /// A source found ready.
@@ -153,11 +129,18 @@ pub(crate) struct Woken<T> {
 
 /// The [`Io`] the drivers are given: the table of what they watch, over a
 /// runtime's [`Reactor`]; and, for the incumbent, the hook it asked for.
-#[derive(Debug)]
-pub struct Watching<R> {
+pub struct Watching<R: Reactor> {
     reactor: R,
-    watches: Vec<Watch>,
+    watches: Vec<Watch<R::Registration>>,
     requested: Option<Hook>,
+}
+
+impl<R: Reactor> std::fmt::Debug for Watching<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.watches.iter().map(|w| (w.source, w.write)))
+            .finish()
+    }
 }
 
 impl<R: Reactor> Watching<R> {
@@ -199,7 +182,13 @@ impl<R: Reactor> Watching<R> {
             {
                 extra_done = Some(v);
             }
-            let fired = self.reactor.arm(cx, &self.watches, deadline);
+            for w in &self.watches {
+                take_events(&mut self.reactor, &w.registration, cx, false);
+                if w.write {
+                    take_events(&mut self.reactor, &w.registration, cx, true);
+                }
+            }
+            let fired = self.reactor.poll_deadline(cx, deadline);
             let ready = self.ready_now();
             let passed = fired || deadline.is_some_and(|d| Instant::now() >= d);
             if passed || !ready.is_empty() || extra_done.is_some() {
@@ -251,19 +240,22 @@ impl<R: Reactor> Io for Watching<R> {
             w.write = write;
             return Ok(());
         }
+        // Another descriptor for this source: the old registration goes
+        // first.
         self.watches.retain(|w| w.source != source);
-        self.reactor.add(source, fd)?;
+        let registration = self.reactor.register(fd.try_clone_to_owned()?)?;
         self.watches.push(Watch {
             source,
             fd: raw,
             write,
+            registration,
         });
         Ok(())
     }
 
     fn unwatch(&mut self, source: Source, _fd: BorrowedFd<'_>) {
+        // Dropping the registration closes our duplicate.
         self.watches.retain(|w| w.source != source);
-        self.reactor.remove(source);
     }
 }
 
@@ -327,22 +319,29 @@ mod tests {
     use std::time::Duration;
 
     /// A reactor that never wakes anyone: only the kernel check and the
-    /// clock end a wait, which is what these tests look at.
+    /// clock end a wait, which is what these tests look at. It counts the
+    /// registrations alive.
     #[derive(Default)]
     struct Inert {
-        added: Vec<Source>,
+        alive: std::rc::Rc<()>,
     }
 
     impl Reactor for Inert {
-        fn add(&mut self, source: Source, _: BorrowedFd<'_>) -> io::Result<()> {
-            self.added.push(source);
-            Ok(())
+        type Registration = (OwnedFd, std::rc::Rc<()>);
+        fn register(&mut self, fd: OwnedFd) -> io::Result<Self::Registration> {
+            Ok((fd, self.alive.clone()))
         }
-        fn remove(&mut self, source: Source) {
-            self.added.retain(|s| *s != source);
+        fn poll_event(&mut self, _: &Self::Registration, _: &mut Context<'_>, _: bool) -> Poll<()> {
+            Poll::Pending
         }
-        fn arm(&mut self, _: &mut Context<'_>, _: &[Watch], _: Option<Instant>) -> bool {
+        fn poll_deadline(&mut self, _: &mut Context<'_>, _: Option<Instant>) -> bool {
             false
+        }
+    }
+
+    impl Inert {
+        fn registrations(&self) -> usize {
+            std::rc::Rc::strong_count(&self.alive) - 1
         }
     }
 
@@ -383,12 +382,27 @@ mod tests {
         // Same descriptor, flag off: nothing to report, nothing re-added.
         w.watch(Source::Control, ours.as_fd(), false).unwrap();
         assert!(poll_once(w.wait::<(), std::future::Pending<()>>(None, None)).is_pending());
-        assert_eq!(w.reactor.added, [Source::Control]);
+        assert_eq!(w.reactor.registrations(), 1);
         let (other, _o) = UnixStream::pair().unwrap();
         w.watch(Source::Control, other.as_fd(), false).unwrap();
-        assert_eq!(w.reactor.added, [Source::Control, Source::Control]);
+        assert_eq!(w.reactor.registrations(), 1, "the old one was dropped");
         w.unwatch(Source::Control, other.as_fd());
-        assert!(w.reactor.added.is_empty() && !w.is_watching(Source::Control));
+        assert_eq!(w.reactor.registrations(), 0);
+        assert!(!w.is_watching(Source::Control));
+    }
+
+    #[test]
+    fn unwatching_closes_the_duplicate_so_the_peer_sees_eof() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut w = Watching::new(Inert::default());
+        w.watch(Source::Control, ours.as_fd(), false).unwrap();
+        w.unwatch(Source::Control, ours.as_fd());
+        drop(ours);
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut theirs, &mut b).unwrap(), 0, "EOF");
     }
 
     #[test]

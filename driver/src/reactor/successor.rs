@@ -68,12 +68,12 @@ pub async fn handshake<R: Reactor>(
 }
 
 /// `Hello` answered; waiting for `Begin`.
-pub struct HandshookSuccessor<R> {
+pub struct HandshookSuccessor<R: Reactor> {
     session: Session<R>,
     listeners: InheritedListeners,
 }
 
-impl<R> fmt::Debug for HandshookSuccessor<R> {
+impl<R: Reactor> fmt::Debug for HandshookSuccessor<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandshookSuccessor")
             .field("driver", &self.session.driver)
@@ -121,12 +121,12 @@ impl<R: Reactor> HandshookSuccessor<R> {
 ///
 /// Dropped without announcing, it closes the control socket: the
 /// supervisor sees the successor give up, and the old binary resumes.
-pub struct BegunSuccessor<R> {
+pub struct BegunSuccessor<R: Reactor> {
     session: Session<R>,
     listeners: InheritedListeners,
 }
 
-impl<R> fmt::Debug for BegunSuccessor<R> {
+impl<R: Reactor> fmt::Debug for BegunSuccessor<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BegunSuccessor")
             .field("driver", &self.session.driver)
@@ -226,7 +226,7 @@ impl<R: Reactor> BegunSuccessor<R> {
 
 /// The driver and what this adapter watches for it, from `Hello` to the
 /// end of the handoff.
-struct Session<R> {
+struct Session<R: Reactor> {
     driver: SuccessorDriver,
     io: Watching<R>,
     /// `Begin` came and the lock is held.
