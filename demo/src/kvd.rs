@@ -1,4 +1,5 @@
-//! `kvd`: the key-value daemon of the demo, handed off with handoff-std.
+//! `kvd`: the key-value daemon of the demo, handed off with handoff-std
+//! (or, with `--runtime`, handoff-mio, handoff-smol or handoff-tokio).
 //!
 //! ```text
 //! kvd --control-socket PATH --data-dir PATH [--listen ADDR] [--version V]
@@ -74,7 +75,7 @@ const SEAL_WAIT: Duration = Duration::from_secs(10);
 /// The usage text.
 pub const USAGE: &str = "\
 usage: kvd --control-socket PATH --data-dir PATH [--listen ADDR] [--version V]
-           [--runtime std|mio|smol]
+           [--runtime std|mio|smol|tokio]
        kvd supervise --control-socket PATH --data-dir PATH --binary PATH
                      [--version V] [--journal PATH]
 
@@ -111,6 +112,9 @@ pub enum Runtime {
     /// handoff-smol: async fns on async-io; the hooks run on threads the
     /// futures await.
     Smol,
+    /// handoff-tokio: async fns spawned on a multi-thread tokio runtime;
+    /// the hooks run on its blocking pool.
+    Tokio,
 }
 
 impl std::str::FromStr for Runtime {
@@ -120,7 +124,10 @@ impl std::str::FromStr for Runtime {
             "std" => Ok(Runtime::Std),
             "mio" => Ok(Runtime::Mio),
             "smol" => Ok(Runtime::Smol),
-            other => Err(format!("--runtime {other:?}: expected std, mio or smol")),
+            "tokio" => Ok(Runtime::Tokio),
+            other => Err(format!(
+                "--runtime {other:?}: expected std, mio, smol or tokio"
+            )),
         }
     }
 }
@@ -258,6 +265,7 @@ fn serve(args: &ServeArgs) -> i32 {
         (Role::Successor(successor), Runtime::Std) => take_over(args, successor),
         (Role::Successor(successor), Runtime::Mio) => runtimes::take_over_mio(args, successor),
         (Role::Successor(successor), Runtime::Smol) => runtimes::take_over_smol(args, successor),
+        (Role::Successor(successor), Runtime::Tokio) => runtimes::take_over_tokio(args, successor),
     }
 }
 
@@ -381,6 +389,7 @@ fn run_incumbent(args: &ServeArgs, daemon: &Arc<Daemon>, incumbent: Incumbent) -
         Runtime::Std => incumbent.serve(&**daemon),
         Runtime::Mio => runtimes::serve_mio(daemon, incumbent),
         Runtime::Smol => runtimes::serve_smol(daemon, incumbent),
+        Runtime::Tokio => runtimes::serve_tokio(daemon, incumbent),
     };
     finish(daemon, served)
 }

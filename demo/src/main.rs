@@ -11,7 +11,7 @@
 //! lost or any handoff did not commit.
 //!
 //! ```text
-//! handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol]
+//! handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol|tokio]
 //! handoff-demo kvd …      (the daemon; see `kvd --help`)
 //! ```
 
@@ -28,7 +28,8 @@ use handoff_demo::{kvd, loadgen};
 use handoff_supervisor::client::{self, Reply};
 use handoff_supervisor::{Config, ListenerConfig, ListenerKind, Service};
 
-const USAGE: &str = "usage: handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol]";
+const USAGE: &str =
+    "usage: handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol|tokio]";
 
 struct Options {
     handoffs: usize,
@@ -67,9 +68,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if !["std", "mio", "smol"].contains(&o.runtime.as_str()) {
+    if !["std", "mio", "smol", "tokio"].contains(&o.runtime.as_str()) {
         return Err(format!(
-            "--runtime {}: expected std, mio or smol",
+            "--runtime {}: expected std, mio, smol or tokio",
             o.runtime
         ));
     }

@@ -51,11 +51,16 @@ fn the_demo_upgrades_kvd_on_smol_without_a_failed_request_or_a_lost_write() {
 }
 
 #[test]
+fn the_demo_upgrades_kvd_on_tokio_without_a_failed_request_or_a_lost_write() {
+    run_demo("tokio");
+}
+
+#[test]
 fn an_unknown_runtime_is_refused_with_the_choices() {
     let out = Command::new(env!("CARGO_BIN_EXE_handoff-demo"))
-        .args(["--runtime", "tokio"])
+        .args(["--runtime", "glommio"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected std, mio or smol"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected std, mio, smol or tokio"));
 }

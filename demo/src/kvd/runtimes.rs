@@ -1,20 +1,31 @@
-//! kvd's side of a handoff on handoff-mio and on handoff-smol. The data
-//! plane (connection threads, the store, what drain and seal do) is the
-//! same in every runtime; only the control plane changes. The hooks are
-//! blocking calls into the daemon, so each runs on a thread of its own that
-//! reports back: through a `mio::Waker` to the mio loop, through a socket
-//! the smol future awaits. Neither loop ever blocks on a hook.
+//! kvd's side of a handoff on handoff-mio, handoff-smol and handoff-tokio.
+//! The data plane (connection threads, the store, what drain and seal do)
+//! is the same in every runtime; only the control plane changes. The hooks
+//! are blocking calls into the daemon, so each runs off the loop and
+//! reports back: on a thread of its own through a `mio::Waker` to the mio
+//! loop, on a thread of its own through a socket the smol future awaits,
+//! on tokio's blocking pool through the task's `JoinHandle`. No loop ever
+//! blocks on a hook.
+//!
+//! smol and tokio share everything but that offloading ([`Offload`]): one
+//! hooks wrapper ([`Threaded`]) and one successor start-up
+//! ([`become_incumbent`]), generic over it and over the adapter's reactor.
 
+use std::future::Future;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use handoff_driver::reactor::{HandshookSuccessor, Reactor};
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::Mode;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, IncumbentEnd, ReadyReport,
-    SealProgress, SealReport, ServeEnd, ServeError, StateSnapshot, SuccessorConfig,
+    DataDirLock, DrainReport, Drainable, Endpoint, HookError, Incumbent, IncumbentEnd, ReadyReport,
+    SealProgress, SealReport, ServeEnd, ServeError, StateSnapshot, SuccessorConfig, SuccessorError,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -263,51 +274,164 @@ pub(super) fn start_successor(
     ))
 }
 
-/// Runs a blocking call on a thread of its own and awaits its result on
-/// async-io, so the executor is never blocked by a hook.
-async fn unblock<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
-    let (done_rx, done_tx) = UnixStream::pair().expect("socketpair");
-    let filled = slot.clone();
-    std::thread::spawn(move || {
-        let v = f();
-        *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
-        let _ = (&done_tx).write_all(&[1]);
-    });
-    let done_rx = async_io::Async::new(done_rx).expect("async socket");
-    loop {
-        if let Some(v) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return v;
-        }
-        let _ = done_rx.readable().await;
+/// A blocking call running off the executor, as [`Offload::offload`]
+/// returns it. Boxed, not an `impl Future`, for a rustc limitation
+/// (rust-lang/rust#110338): an async fn awaiting the unboxed future is
+/// checked for `Send` with its lifetimes erased, so `offload`'s `'static`
+/// bound on a closure returning a `HookError` cannot be shown, and
+/// `tokio::spawn` refuses `serve`'s future. One allocation per call is
+/// nothing next to handing the call to another thread.
+type Offloaded<T> = Pin<Box<dyn Future<Output = Result<T, HookError>> + Send>>;
+
+/// How an async runtime runs one of kvd's blocking calls (a hook, the
+/// start-up, the close) without blocking the threads that poll its
+/// futures, and awaits the result.
+trait Offload {
+    /// Runs `f` where it may block and resolves to what it returns, or to
+    /// an error if it panicked. Nothing starts until the future is first
+    /// polled; dropping the future leaves `f` running to its end.
+    fn offload<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Offloaded<T>;
+}
+
+/// smol's way: a thread of its own per call, which wakes the future through
+/// a socket pair registered with async-io.
+struct AsyncIoThread;
+
+impl Offload for AsyncIoThread {
+    fn offload<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Offloaded<T> {
+        Box::pin(async move {
+            let (done_rx, done_tx) = UnixStream::pair()?;
+            let done_rx = async_io::Async::new(done_rx)?;
+            let slot: Arc<Mutex<Option<std::thread::Result<T>>>> = Arc::new(Mutex::new(None));
+            let filled = slot.clone();
+            std::thread::Builder::new()
+                .name("kvd-hook".into())
+                .spawn(move || {
+                    // Caught, so the slot is always filled before the wake-up:
+                    // a thread that unwound would close the socket with the
+                    // slot empty, and the loop below would spin on the EOF.
+                    let v = panic::catch_unwind(AssertUnwindSafe(f));
+                    *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                    let _ = (&done_tx).write_all(&[1]);
+                })?;
+            loop {
+                if let Some(v) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    return v.map_err(|_| "the blocking call panicked".into());
+                }
+                let _ = done_rx.readable().await;
+            }
+        })
     }
 }
 
-/// kvd's blocking hooks as async ones.
-struct Threaded(Arc<Daemon>);
+/// tokio's way: its blocking pool, awaited through the task's `JoinHandle`.
+struct TokioBlockingPool;
 
-impl handoff_smol::AsyncDrainable for Threaded {
+impl Offload for TokioBlockingPool {
+    fn offload<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Offloaded<T> {
+        // Spawned when first polled, not when called, so the call needs no
+        // runtime context of its own. A `JoinError` means `f` panicked (or
+        // the runtime shut down under it); its text says which.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(HookError::from)
+        })
+    }
+}
+
+/// kvd's blocking hooks as async ones, each offloaded the runtime's way.
+struct Threaded<O> {
+    daemon: Arc<Daemon>,
+    offload: PhantomData<O>,
+}
+
+impl<O> Threaded<O> {
+    fn new(daemon: &Arc<Daemon>) -> Threaded<O> {
+        Threaded {
+            daemon: daemon.clone(),
+            offload: PhantomData,
+        }
+    }
+}
+
+impl<O: Offload> handoff_driver::reactor::AsyncDrainable for Threaded<O> {
     async fn drain(&self, deadline: std::time::Instant) -> Result<DrainReport, HookError> {
-        let d = self.0.clone();
-        unblock(move || d.drain(deadline)).await
+        let d = self.daemon.clone();
+        O::offload(move || d.drain(deadline)).await?
     }
 
     async fn seal(&self) -> Result<SealReport, HookError> {
-        let d = self.0.clone();
-        unblock(move || {
+        let d = self.daemon.clone();
+        O::offload(move || {
+            // The async adapters take no progress reports: they go nowhere.
             let (tx, _rx) = mpsc::channel();
             d.seal(&SealProgress::new(tx, Box::new(|| {})))
         })
-        .await
+        .await?
     }
 
     async fn resume_after_abort(&self) -> Result<(), HookError> {
-        let d = self.0.clone();
-        unblock(move || d.resume_after_abort()).await
+        let d = self.daemon.clone();
+        O::offload(move || d.resume_after_abort()).await?
     }
 
     fn snapshot_state(&self) -> StateSnapshot {
-        self.0.snapshot_state()
+        self.daemon.snapshot_state()
+    }
+}
+
+/// The successor's side on an async adapter, up to the moment it is the
+/// incumbent: awaits `handshake` (the adapter's, already called), waits for
+/// `Begin`, starts the daemon with the lock held (offloaded, while the
+/// protocol goes on), announces it and takes over the control socket.
+/// Returns the daemon, serving, and the endpoint to serve with; or the exit
+/// status, everything already stopped.
+async fn become_incumbent<R: Reactor, O: Offload>(
+    args: &ServeArgs,
+    handshake: impl Future<Output = Result<HandshookSuccessor<R>, SuccessorError>>,
+) -> Result<(Arc<Daemon>, Endpoint), i32> {
+    let failed = |e: &dyn std::fmt::Display| {
+        log(format_args!("successor: {e}"));
+        4
+    };
+    let handshook = handshake.await.map_err(|e| failed(&e))?;
+    // The lock is ours from here: only now may the sealed state be opened.
+    let mut begun = handshook
+        .wait_for_begin(&args.data_dir)
+        .await
+        .map_err(|e| failed(&e))?;
+    let owned = args.clone();
+    let mut listeners = std::mem::take(begun.listeners());
+    let started = begun
+        .start_up(O::offload(move || start_successor(&owned, &mut listeners)))
+        .await;
+    let (daemon, readiness) = match started {
+        Ok(Ok(started)) => started?,
+        // `start_successor` panicked: what it had opened went with it.
+        Ok(Err(e)) => return Err(failed(&format_args!("starting: {e}"))),
+        Err(e) => return Err(failed(&e)),
+    };
+    match begun
+        .announce_and_bind(readiness, &args.control_socket)
+        .await
+    {
+        Ok(endpoint) => {
+            daemon.set_phase(Phase::Serving);
+            Ok((daemon, endpoint.with_build_id(args.version.as_bytes())))
+        }
+        Err(e) => {
+            // Nothing was written (writes wait for `Serving`): stop, and
+            // only then let the lock go (it is dropped with `e`). Closing
+            // lingers, so it is offloaded like the hooks.
+            let code = failed(&e);
+            let d = daemon.clone();
+            if let Err(panicked) = O::offload(move || d.close(LINGER)).await {
+                log(format_args!("successor: closing: {panicked}"));
+            }
+            drop(e);
+            Err(code)
+        }
     }
 }
 
@@ -315,61 +439,111 @@ impl handoff_smol::AsyncDrainable for Threaded {
 /// set on `incumbent`.
 pub(super) fn serve_smol(
     daemon: &Arc<Daemon>,
-    incumbent: Incumbent,
+    incumbent: impl Into<Endpoint>,
 ) -> Result<ServeEnd, ServeError> {
-    async_io::block_on(handoff_smol::serve(incumbent, &Threaded(daemon.clone())))
+    let hooks = Threaded::<AsyncIoThread>::new(daemon);
+    async_io::block_on(handoff_smol::serve(incumbent, &hooks))
 }
 
-/// The successor's side as async fns.
+/// The successor's side as async fns on async-io.
 pub(super) fn take_over_smol(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
-    async_io::block_on(async {
-        let handshook = match handoff_smol::handshake(successor, args.version.as_bytes()).await {
-            Ok(h) => h,
-            Err(e) => {
-                log(format_args!("successor: {e}"));
-                return 4;
-            }
-        };
-        let mut begun = match handshook.wait_for_begin(&args.data_dir).await {
-            Ok(b) => b,
-            Err(e) => {
-                log(format_args!("successor: {e}"));
-                return 4;
-            }
-        };
-        let args_owned = args.clone();
-        let mut listeners = std::mem::take(begun.listeners());
-        let started = begun
-            .start_up(unblock(move || {
-                start_successor(&args_owned, &mut listeners)
-            }))
-            .await;
-        let (daemon, readiness) = match started {
-            Ok(Ok(x)) => x,
-            Ok(Err(code)) => return code,
-            Err(e) => {
-                log(format_args!("successor: {e}"));
-                return 4;
-            }
-        };
-        match begun
-            .announce_and_bind(readiness, &args.control_socket)
-            .await
-        {
-            Ok(incumbent) => {
-                daemon.set_phase(Phase::Serving);
-                let incumbent = incumbent.with_build_id(args.version.as_bytes());
-                let served = handoff_smol::serve(incumbent, &Threaded(daemon.clone())).await;
-                finish(&daemon, served)
-            }
-            Err(e) => {
-                // Nothing was written (writes wait for `Serving`): stop, and
-                // only then let the lock go (it is dropped with `e`).
-                log(format_args!("successor: {e}"));
-                daemon.close(LINGER);
-                drop(e);
-                4
-            }
+    let handshake = handoff_smol::handshake(successor, args.version.as_bytes());
+    match async_io::block_on(become_incumbent::<_, AsyncIoThread>(args, handshake)) {
+        Ok((daemon, endpoint)) => finish(&daemon, serve_smol(&daemon, endpoint)),
+        Err(code) => code,
+    }
+}
+
+/// The runtime kvd's tokio side runs on: two workers (the control session
+/// is one task; the hooks block on the blocking pool, not on a worker), the
+/// I/O and time drivers the adapter needs.
+fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kvd-tokio")
+        .enable_all()
+        .build()
+}
+
+/// Blocks on `task` and returns its output. A panic in it goes on
+/// unwinding here, as it would on a runtime that polls the future on this
+/// thread (the std, mio and smol paths).
+fn join<T>(rt: &tokio::runtime::Runtime, task: tokio::task::JoinHandle<T>) -> T {
+    match rt.block_on(task) {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => panic::resume_unwind(e.into_panic()),
+        // Only an aborted task or a runtime shut down is cancelled, and
+        // neither happens while this thread blocks on it.
+        Err(e) => panic!("kvd's tokio task was cancelled: {e}"),
+    }
+}
+
+/// Serves `endpoint` on `rt`: spawned, so the serve future runs on a
+/// worker thread (it is `Send`, hooks included), and blocked on.
+fn serve_on(
+    rt: &tokio::runtime::Runtime,
+    daemon: &Arc<Daemon>,
+    endpoint: Endpoint,
+) -> Result<ServeEnd, ServeError> {
+    let hooks = Threaded::<TokioBlockingPool>::new(daemon);
+    join(
+        rt,
+        rt.spawn(async move { handoff_tokio::serve(endpoint, &hooks).await }),
+    )
+}
+
+/// Serves the control socket as a task on a multi-thread tokio runtime,
+/// with the build id set on `incumbent`.
+pub(super) fn serve_tokio(
+    daemon: &Arc<Daemon>,
+    incumbent: impl Into<Endpoint>,
+) -> Result<ServeEnd, ServeError> {
+    let rt = tokio_runtime().map_err(ServeError::Io)?;
+    serve_on(&rt, daemon, incumbent.into())
+}
+
+/// The successor's side as tasks on a multi-thread tokio runtime: the
+/// start-up, then serving on the same runtime.
+pub(super) fn take_over_tokio(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
+    let rt = match tokio_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            // Dropping `successor` closes the control socket: the
+            // supervisor sees us give up, and the old binary resumes.
+            log(format_args!("successor: tokio runtime: {e}"));
+            return 4;
         }
-    })
+    };
+    // A spawned task must own what it uses.
+    let args = args.clone();
+    let task = rt.spawn(async move {
+        let handshake = handoff_tokio::handshake(successor, args.version.as_bytes());
+        become_incumbent::<_, TokioBlockingPool>(&args, handshake).await
+    });
+    match join(&rt, task) {
+        // The daemon is closed here, off the runtime: closing blocks while
+        // the connections linger.
+        Ok((daemon, endpoint)) => finish(&daemon, serve_on(&rt, &daemon, endpoint)),
+        Err(code) => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offloaded_call_returns_its_value_or_an_error_if_it_panicked() {
+        assert_eq!(async_io::block_on(AsyncIoThread::offload(|| 7)).unwrap(), 7);
+        // Before the panic was caught on the thread, this wait spun forever
+        // on the closed socket.
+        let panicked = async_io::block_on(AsyncIoThread::offload(|| panic!("in a hook")));
+        assert!(panicked.is_err());
+
+        let rt = tokio_runtime().unwrap();
+        assert_eq!(rt.block_on(TokioBlockingPool::offload(|| 7)).unwrap(), 7);
+        let panicked = rt.block_on(TokioBlockingPool::offload(|| panic!("in a hook")));
+        let e = panicked.unwrap_err().to_string();
+        assert!(e.contains("panicked") && e.contains("in a hook"), "{e}");
+    }
 }
