@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 
 use common::*;
+use handoff_std::os::crash::POINTS;
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 
 /// Orphans of a killed supervisor come back to this process, so the test
@@ -144,42 +145,233 @@ fn restart_cold(rig: &mut Rig) -> u32 {
     pid
 }
 
+/// The points of one role, in the order a committed handoff reaches them.
+fn points_of(role: &str) -> impl Iterator<Item = &'static str> {
+    let prefix = format!("{role}-");
+    POINTS
+        .iter()
+        .copied()
+        .filter(move |p| p.starts_with(&prefix))
+}
+
+/// The test daemon as a supervisor process running one handoff of `rig`'s
+/// daemon (its successor inherits `env` too).
+fn supervise(rig: &Rig, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
+    supervise_with(rig, env, Stdio::null(), Stdio::inherit())
+}
+
+/// [`supervise`], its standard output and error sent to `stdout` and
+/// `stderr`. It prints `outcome committed=…` when the handoff ends, then
+/// (if it committed) stays, as the new incumbent's parent.
+fn supervise_with(
+    rig: &Rig,
+    env: &[(&str, &std::ffi::OsStr)],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> std::process::Child {
+    let listener = rig.supervisor.listeners().next().unwrap();
+    let mut cmd = Command::new(daemon_bin());
+    cmd.arg("supervise")
+        .arg("--control-socket")
+        .arg(&rig.ctl)
+        .arg("--data-dir")
+        .arg(&rig.data)
+        .arg("--binary")
+        .arg(daemon_bin())
+        .arg("--journal")
+        .arg(rig.dir.0.join("journal"))
+        .envs(env.iter().copied())
+        .stdout(stdout)
+        .stderr(stderr);
+    spawn_cold(
+        cmd,
+        &[PassedListener {
+            name: "main",
+            fd: listener.fd,
+        }],
+    )
+    .unwrap()
+}
+
+/// A point's role, and for a frame point its message and whether it was
+/// sent.
+fn parse_point(point: &str) -> (&str, Option<(&str, bool)>) {
+    let (role, rest) = point.split_once('-').unwrap();
+    let frame = rest.strip_prefix("after-").and_then(|m| {
+        m.strip_suffix("-sent")
+            .map(|m| (m, true))
+            .or_else(|| m.strip_suffix("-received").map(|m| (m, false)))
+    });
+    // `after-spawn`, `after-lock-released`, … are not frames.
+    let frame = frame.filter(|(m, _)| !m.starts_with("lock-") && *m != "spawn");
+    (role, frame)
+}
+
+/// The other end of a frame `role` sends or receives as `msg`: the
+/// supervisor's first peer is the incumbent, `Begin` and `Ready` are the
+/// successor's.
+fn peer_of(role: &str, msg: &str) -> &'static str {
+    match role {
+        "supervisor" if msg == "begin" || msg == "ready" => "successor",
+        "supervisor" => "incumbent",
+        _ => "supervisor",
+    }
+}
+
+#[test]
+fn every_crash_point_fires_after_the_step_it_names_and_before_the_next() {
+    let _serial = serial();
+    become_subreaper();
+    for &point in POINTS {
+        let (role, frame) = parse_point(point);
+        let dir = TempDir::new("walk-files");
+        let (trace, marker) = (dir.0.join("trace"), dir.0.join("marker"));
+        let tracing = [("HANDOFF_CRASH_TRACE", trace.as_os_str())];
+        let crashing = [
+            ("HANDOFF_CRASH_TRACE", trace.as_os_str()),
+            ("HANDOFF_CRASH_AT", std::ffi::OsStr::new(point)),
+            ("HANDOFF_CRASH_MARKER", marker.as_os_str()),
+        ];
+        let incumbent_env: Vec<(&str, &str)> = if role == "incumbent" {
+            crashing
+                .iter()
+                .map(|(k, v)| (*k, v.to_str().unwrap()))
+                .collect()
+        } else {
+            tracing
+                .iter()
+                .map(|(k, v)| (*k, v.to_str().unwrap()))
+                .collect()
+        };
+        let mut rig = Rig::start_with("walk", &incumbent_env);
+        // The successor inherits the supervisor's environment.
+        let sup_env: &[_] = if role == "incumbent" {
+            &tracing
+        } else {
+            &crashing
+        };
+        let mut sup = supervise_with(&rig, sup_env, Stdio::piped(), Stdio::inherit());
+        if role == "supervisor" {
+            let status = wait_exit(&mut sup, BOUND)
+                .unwrap_or_else(|| panic!("{point}: the supervisor did not end"));
+            assert_eq!(status.code(), Some(99), "{point}: no crash");
+        } else {
+            // The handoff is over when the supervisor says how it ended.
+            let line = read_line_bounded(BufReader::new(sup.stdout.take().unwrap()));
+            assert!(
+                line.as_deref().is_some_and(|l| l.starts_with("outcome ")),
+                "{point}: the supervisor's handoff did not end: {line:?}"
+            );
+        }
+        if role == "incumbent" {
+            let status = wait_exit(&mut rig.incumbent, BOUND).expect("the incumbent ends");
+            assert_eq!(status.code(), Some(99), "{point}: no crash");
+        }
+        // Written just before the process exits: where it died.
+        assert_eq!(
+            std::fs::read_to_string(&marker).ok().as_deref(),
+            Some(point),
+            "{point}: the process did not crash there"
+        );
+        let seen = std::fs::read_to_string(&trace).unwrap_or_default();
+        let seen: Vec<&str> = seen.lines().collect();
+        // The step before: the frame reached its reader, or came from its
+        // sender; for the other points, the role's own step before it.
+        let before = match frame {
+            Some((msg, true)) => format!("{}-after-{msg}-received", peer_of(role, msg)),
+            Some((msg, false)) => format!("{}-after-{msg}-sent", peer_of(role, msg)),
+            None => {
+                let own: Vec<&str> = points_of(role).collect();
+                let i = own.iter().position(|p| *p == point).unwrap();
+                own[i - 1].to_owned()
+            }
+        };
+        assert!(
+            seen.contains(&before.as_str()),
+            "{point}: {before} did not happen first; seen: {seen:?}"
+        );
+        // The step after: nothing more of this role, and its next frame
+        // never reached its peer.
+        let own: Vec<&str> = points_of(role).collect();
+        let i = own.iter().position(|p| *p == point).unwrap();
+        if let Some(next) = own.get(i + 1) {
+            assert!(
+                !seen.contains(next),
+                "{point}: the process went on to {next}; seen: {seen:?}"
+            );
+        }
+        if let Some((_, Some((msg, true)))) = own[i + 1..]
+            .iter()
+            .map(|p| parse_point(p))
+            .find(|(_, f)| matches!(f, Some((_, true))))
+        {
+            let after = format!("{}-after-{msg}-received", peer_of(role, msg));
+            assert!(
+                !seen.contains(&after.as_str()),
+                "{point}: the peer saw the next step, {after}; seen: {seen:?}"
+            );
+        }
+        let _ = sup.kill();
+        let _ = sup.wait();
+        // Leave no process behind: whatever runs of this rig is stopped.
+        let needle = rig.ctl.to_string_lossy().into_owned();
+        for pid in live_processes_with(&needle) {
+            #[allow(unsafe_code)]
+            // SAFETY: kill takes integers only.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL)
+            };
+            assert!(wait_gone(pid, BOUND));
+        }
+        reap_orphans(&rig);
+    }
+}
+
+#[test]
+fn a_name_that_is_not_a_crash_point_is_refused_with_the_list() {
+    let rig = Rig::start("walk-refused");
+    // Sent, not received: the supervisor never receives `Begin`.
+    let wrong = std::ffi::OsStr::new("supervisor-after-begin-received");
+    let mut sup = supervise_with(
+        &rig,
+        &[("HANDOFF_CRASH_AT", wrong)],
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    let status = wait_exit(&mut sup, BOUND).expect("the supervisor stops");
+    assert_eq!(status.code(), Some(98), "{status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut sup.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("\"supervisor-after-begin-received\" is not a crash point")
+            && err.contains("supervisor-after-begin-sent"),
+        "{err}"
+    );
+    // Nothing of the handoff happened: the old daemon serves on.
+    assert_eq!(rig.serving_pid(), rig.incumbent_pid());
+}
+
 #[test]
 fn supervisor_killed_at_every_step_recovers_to_one_incumbent() {
     let _serial = serial();
     become_subreaper();
-    for point in [
+    // Nothing is journaled before the successor's `Hello`.
+    let early = [
+        "supervisor-after-hello-received",
         "supervisor-after-hello-ack-sent",
+        "supervisor-after-heartbeat-sent",
         "supervisor-after-spawn",
-        "supervisor-after-prepare-handoff-sent",
-        "supervisor-after-seal-request-sent",
-        "supervisor-after-begin-sent",
-        "supervisor-after-commit-sent",
-    ] {
+    ];
+    for point in points_of("supervisor") {
         let mut rig = Rig::start("s-crash");
         let marker = rig.dir.0.join("marker");
-        let listener = rig.supervisor.listeners().next().unwrap();
-        let mut cmd = Command::new(daemon_bin());
-        cmd.arg("supervise")
-            .arg("--control-socket")
-            .arg(&rig.ctl)
-            .arg("--data-dir")
-            .arg(&rig.data)
-            .arg("--binary")
-            .arg(daemon_bin())
-            .arg("--journal")
-            .arg(rig.dir.0.join("journal"))
-            .env("HANDOFF_CRASH_AT", point)
-            .env("HANDOFF_CRASH_MARKER", &marker)
-            .stdout(Stdio::null());
-        let mut supervisor = spawn_cold(
-            cmd,
-            &[PassedListener {
-                name: "main",
-                fd: listener.fd,
-            }],
-        )
-        .unwrap();
+        let mut supervisor = supervise(
+            &rig,
+            &[
+                ("HANDOFF_CRASH_AT", std::ffi::OsStr::new(point)),
+                ("HANDOFF_CRASH_MARKER", marker.as_os_str()),
+            ],
+        );
         let status = wait_exit(&mut supervisor, BOUND).expect("the supervisor ends");
         assert_eq!(status.code(), Some(99), "{point}: it must crash there");
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), point);
@@ -190,10 +382,8 @@ fn supervisor_killed_at_every_step_recovers_to_one_incumbent() {
         // the journal, written behind the protocol, had got), once.
         let record = rig.supervisor.resume_from_journal().unwrap();
         if let Some(r) = record {
-            let early =
-                point == "supervisor-after-hello-ack-sent" || point == "supervisor-after-spawn";
             assert!(
-                !early,
+                !early.contains(&point),
                 "{point}: nothing is journaled before both Hellos: {r:?}"
             );
             assert_eq!(r.incumbent_pid, rig.incumbent_pid(), "{point}");
@@ -219,13 +409,7 @@ fn supervisor_killed_at_every_step_recovers_to_one_incumbent() {
 fn incumbent_killed_at_every_step_recovers_to_one_incumbent() {
     let _serial = serial();
     become_subreaper();
-    for point in [
-        "incumbent-after-hello-sent",
-        "incumbent-after-drained-sent",
-        "incumbent-after-lock-released",
-        "incumbent-after-seal-complete-sent",
-        "incumbent-after-commit-received",
-    ] {
+    for point in points_of("incumbent") {
         let mut rig = Rig::start_with("o-crash", &[("HANDOFF_CRASH_AT", point)]);
         let outcome = rig.supervisor.perform_handoff(rig.spec("")).unwrap();
         let status = wait_exit(&mut rig.incumbent, BOUND).expect("the incumbent ends");
@@ -247,13 +431,13 @@ fn incumbent_killed_at_every_step_recovers_to_one_incumbent() {
 fn successor_killed_at_every_step_recovers_to_one_incumbent() {
     let _serial = serial();
     become_subreaper();
-    for point in [
-        "successor-after-hello-sent",
-        "successor-after-lock-acquired",
-        "successor-after-ready-sent",
-    ] {
+    for point in points_of("successor") {
         let mut rig = Rig::start("n-crash");
-        let spec = rig.spec("").env("HANDOFF_CRASH_AT", point);
+        let marker = rig.dir.0.join("marker");
+        let spec = rig
+            .spec("")
+            .env("HANDOFF_CRASH_AT", point)
+            .env("HANDOFF_CRASH_MARKER", &marker);
         let outcome = rig.supervisor.perform_handoff(spec).unwrap();
         if let Some(mut child) = outcome.child {
             let status = wait_exit(&mut child, BOUND).expect("the successor ends");
@@ -265,6 +449,11 @@ fn successor_killed_at_every_step_recovers_to_one_incumbent() {
         } else {
             assert!(!outcome.committed(), "{point}");
         }
+        assert_eq!(
+            std::fs::read_to_string(&marker).ok().as_deref(),
+            Some(point),
+            "{point}: the successor did not crash there"
+        );
         let survivor = settle_to_one(&rig);
         assert_one_serving_incumbent(&rig, survivor);
     }

@@ -269,6 +269,8 @@ impl IncumbentDriver {
     /// build id of at most [`handoff_core::MAX_BUILD_ID_LEN`] bytes.
     /// Nothing is accepted until [`IncumbentDriver::start`].
     pub fn new(ep: Endpoint) -> io::Result<IncumbentDriver> {
+        // A test's misspelt crash point stops the process here, not never.
+        crash::check();
         crate::link::check_build_id(&ep.build_id)?;
         if ep.lock.is_none() {
             return Err(io::Error::other("an incumbent must hold the data-dir lock"));
@@ -592,7 +594,7 @@ impl IncumbentDriver {
                             None => false,
                         };
                         if sent {
-                            crash::frame("incumbent", true, frame);
+                            crash::sent("incumbent", frame);
                         } else {
                             hang_up(s, io);
                         }
@@ -659,8 +661,7 @@ impl IncumbentDriver {
             }
             match s.link.as_mut() {
                 Some(l) if !l.inbox.is_empty() => {
-                    let used = s.machine.handle_input(clock::now(), l.inbox.pending());
-                    l.inbox.consume(used);
+                    l.feed("incumbent", |b| s.machine.handle_input(clock::now(), b));
                 }
                 _ => return,
             }

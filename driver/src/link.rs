@@ -149,6 +149,8 @@ pub(crate) struct Link {
     stream: UnixStream,
     source: Source,
     pub(crate) inbox: Inbox,
+    /// Where each frame the machine takes ends, for the crash points.
+    received: handoff_os::crash::Received,
     out: Vec<u8>,
     sent: usize,
     /// Whether the adapter watches for writability now.
@@ -158,6 +160,18 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Offers the machine what was read and not yet taken; `take` returns
+    /// how many bytes it took (at most one frame). The one place each
+    /// driver feeds its machine, so `<role>-after-<message>-received` is
+    /// reached here, once the machine has the frame and before anything
+    /// that follows from it is carried out.
+    pub(crate) fn feed(&mut self, role: &str, take: impl FnOnce(&[u8]) -> usize) {
+        let pending = self.inbox.pending();
+        let used = take(pending).min(pending.len());
+        self.received.took(role, &pending[..used]);
+        self.inbox.consume(used);
+    }
+
     /// Makes `stream` non-blocking and has the adapter watch it.
     pub(crate) fn open(io: &mut impl Io, source: Source, stream: UnixStream) -> io::Result<Link> {
         stream.set_nonblocking(true)?;
@@ -166,6 +180,7 @@ impl Link {
             stream,
             source,
             inbox: Inbox::new(),
+            received: handoff_os::crash::Received::default(),
             out: Vec::new(),
             sent: 0,
             writing: false,

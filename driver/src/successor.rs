@@ -219,6 +219,8 @@ impl SuccessorDriver {
         config: SuccessorConfig,
         build_id: &[u8],
     ) -> io::Result<SuccessorDriver> {
+        // A test's misspelt crash point stops the process here, not never.
+        crash::check();
         crate::link::check_build_id(build_id)?;
         let link = Link::open(io, Source::Control, control)?;
         let mut d = SuccessorDriver {
@@ -501,7 +503,7 @@ impl SuccessorDriver {
                             None => false,
                         };
                         if sent {
-                            crash::frame("successor", true, frame);
+                            crash::sent("successor", frame);
                         } else {
                             self.hang_up(io);
                         }
@@ -529,8 +531,7 @@ impl SuccessorDriver {
             }
             match self.link.as_mut() {
                 Some(l) if !l.inbox.is_empty() => {
-                    let used = self.machine.handle_input(clock::now(), l.inbox.pending());
-                    l.inbox.consume(used);
+                    l.feed("successor", |b| self.machine.handle_input(clock::now(), b));
                 }
                 _ => return,
             }

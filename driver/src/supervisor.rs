@@ -789,6 +789,8 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
     /// expects, and a journal writer once the previous handoff's journal is
     /// on disk. Nothing happens until [`SupervisorDriver::start`].
     pub fn new(sup: S, spec: SpawnSpec) -> Self {
+        // A test's misspelt crash point stops the process here, not never.
+        crash::check();
         let machine = sup.new_handoff(&spec);
         SupervisorDriver {
             ledger: HandoffLedger::new(sup),
@@ -979,10 +981,10 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
                 };
                 match link {
                     Some(l) if !l.inbox.is_empty() => {
-                        let used = self
-                            .machine
-                            .handle_input(clock::now(), peer, l.inbox.pending());
-                        l.inbox.consume(used);
+                        let machine = &mut self.machine;
+                        l.feed("supervisor", |b| {
+                            machine.handle_input(clock::now(), peer, b)
+                        });
                         true
                     }
                     _ => false,
@@ -1030,7 +1032,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
                         None => false,
                     };
                     if sent {
-                        crash::frame("supervisor", true, frame);
+                        crash::sent("supervisor", frame);
                     } else {
                         if let Some(l) = link.take() {
                             l.close(io);
