@@ -12,7 +12,9 @@
 //! - `tests/rules.rs`: the driver's rules as a hostile peer provokes them,
 //!   in every role;
 //! - `tests/concurrent.rs`: one async supervisor running several
-//!   services' handoffs at once.
+//!   services' handoffs at once;
+//! - `tests/crash_points.rs`: every crash point fires where its name
+//!   says, in every role, on every adapter.
 //!
 //! The daemons are the test binaries re-executed (`tests/support`).
 

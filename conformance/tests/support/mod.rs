@@ -212,13 +212,25 @@ pub struct Rig {
 
 impl Rig {
     pub fn start(tag: &str, runtime: Runtime, flags: &str) -> Rig {
+        Rig::start_with_env(tag, runtime, flags, &[])
+    }
+
+    /// [`Rig::start`], the incumbent started with `env` too.
+    pub fn start_with_env(
+        tag: &str,
+        runtime: Runtime,
+        flags: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Rig {
         let dir = TempDir::new(tag);
         let ctl = dir.0.join("ctl.sock");
         let data = dir.0.join("data");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut cmd = daemon_command(&serve_args(runtime, &ctl, &data));
-        cmd.env("TEST_DAEMON", flags).stdout(Stdio::piped());
+        cmd.env("TEST_DAEMON", flags)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped());
         let mut incumbent = spawn_cold(
             cmd,
             &[PassedListener {
