@@ -284,8 +284,13 @@ impl MioIncumbent {
     }
 
     /// The next instant at which [`MioIncumbent::handle_timeout`] must be
-    /// called (use it for the `Poll::poll` timeout).
+    /// called (use it for the `Poll::poll` timeout); now while events
+    /// wait in [`MioIncumbent::poll_event`], so that a loop that waits
+    /// before it looks never sleeps on one.
     pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        if !self.events.is_empty() {
+            return Some(std::time::Instant::now());
+        }
         match &self.stage {
             Stage::Registered { driver, .. } => driver.poll_timeout(),
             _ => None,

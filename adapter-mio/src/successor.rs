@@ -152,8 +152,15 @@ impl MioSuccessor {
         self.events.pop_front()
     }
 
-    /// When [`MioSuccessor::handle_timeout`] must be called next.
+    /// When [`MioSuccessor::handle_timeout`] must be called next; now
+    /// while events wait in [`MioSuccessor::poll_event`], so that a loop
+    /// that waits before it looks (events can come from `start`: a
+    /// supervisor already gone ends the handoff there) does not sleep on
+    /// a handoff that is over.
     pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        if !self.events.is_empty() {
+            return Some(std::time::Instant::now());
+        }
         self.driver.poll_timeout()
     }
 

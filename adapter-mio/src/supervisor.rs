@@ -191,8 +191,13 @@ impl MioSupervisor {
         self.events.pop_front()
     }
 
-    /// The earliest deadline of all handoffs in flight.
+    /// The earliest deadline of all handoffs in flight; now while events
+    /// wait in [`MioSupervisor::poll_event`], so that a loop that waits
+    /// before it looks never sleeps on one.
     pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        if !self.events.is_empty() {
+            return Some(std::time::Instant::now());
+        }
         self.runs
             .iter()
             .flatten()

@@ -639,9 +639,6 @@ impl IncumbentDriver {
                         }
                     }
                     IncumbentOutput::Finished(end) => {
-                        if end == IncumbentEnd::Committed {
-                            crash::at("incumbent-after-commit-received");
-                        }
                         if let Some(l) = s.link.take() {
                             l.close(io);
                         }
