@@ -859,9 +859,15 @@ fn no_acknowledged_write_is_lost_across_aborted_handoffs() {
 fn no_acknowledged_write_is_lost_across_a_killed_supervisor() {
     let _serial = serial();
     become_subreaper();
+    // Under load, the steps where the old binary stops writing and the
+    // new one starts: after each frame sent there, and after each frame
+    // received that decides what comes next.
     for point in [
+        "supervisor-after-drained-received",
         "supervisor-after-seal-request-sent",
+        "supervisor-after-seal-complete-received",
         "supervisor-after-begin-sent",
+        "supervisor-after-ready-received",
     ] {
         let rig = Rig::start("s-kill");
         let load = rig.load(22);
