@@ -111,13 +111,21 @@ mod tests {
         let mut r = SmolReactor::default();
         for _ in 0..2 {
             let d = Instant::now() + Duration::from_millis(10);
-            async_io::block_on(std::future::poll_fn(|cx| {
+            let fired = std::future::poll_fn(|cx| {
                 if r.poll_deadline(cx, Some(d)) {
-                    Poll::Ready(())
+                    Poll::Ready(true)
                 } else {
                     Poll::Pending
                 }
-            }));
+            });
+            let gave_up = async {
+                Timer::after(Duration::from_secs(10)).await;
+                false
+            };
+            assert!(
+                async_io::block_on(futures_lite::future::or(fired, gave_up)),
+                "the deadline never fired"
+            );
             assert!(Instant::now() >= d);
         }
     }

@@ -170,13 +170,16 @@ mod tests {
         let mut r = TokioReactor::default();
         for _ in 0..2 {
             let d = Instant::now() + Duration::from_millis(10);
-            rt.block_on(std::future::poll_fn(|cx| {
+            let fired = std::future::poll_fn(|cx| {
                 if r.poll_deadline(cx, Some(d)) {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
                 }
-            }));
+            });
+            let bounded =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), fired).await });
+            assert!(bounded.is_ok(), "the deadline never fired");
             assert!(Instant::now() >= d);
         }
     }

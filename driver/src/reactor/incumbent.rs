@@ -73,13 +73,10 @@ pub async fn serve<R: Reactor>(
 ) -> Result<ServeEnd, ServeError> {
     let mut driver = IncumbentDriver::new(endpoint).map_err(ServeError::Io)?;
     let mut io = Watching::new(reactor);
-    // At most one of the three runs; their types are the daemon's, so
-    // the future of `serve` is `Send` exactly when they are.
-    let mut hook = Running {
-        drain: None,
-        seal: None,
-        resume: None,
-    };
+    // The hook futures' types are the daemon's (inferred from the
+    // assignments below), so the future of `serve` is `Send` exactly when
+    // they are.
+    let mut hook = Running::Idle;
     driver.start(&mut io);
     loop {
         while let Some(report) = driver.poll_report() {
@@ -91,20 +88,17 @@ pub async fn serve<R: Reactor>(
         }
         match io.take_hook() {
             Some(Hook::Drain { deadline }) => {
-                hook.drain = Some(Box::pin(catch(async move { daemon.drain(deadline).await })))
+                hook = Running::Drain(Box::pin(catch(async move { daemon.drain(deadline).await })))
             }
-            Some(Hook::Seal) => hook.seal = Some(Box::pin(catch(async { daemon.seal().await }))),
+            Some(Hook::Seal) => {
+                hook = Running::Seal(Box::pin(catch(async { daemon.seal().await })))
+            }
             Some(Hook::Resume) => {
-                hook.resume = Some(Box::pin(catch(async { daemon.resume_after_abort().await })))
+                hook = Running::Resume(Box::pin(catch(async { daemon.resume_after_abort().await })))
             }
             None => {}
         }
-        let woken = io
-            .wait(
-                Driven::<Watching<R>>::poll_timeout(&driver),
-                Some(&mut hook),
-            )
-            .await;
+        let woken = io.wait(driver.poll_timeout(), Some(&mut hook)).await;
         if let Some(done) = woken.extra {
             driver.hook_done(&mut io, done);
         }
@@ -129,13 +123,14 @@ pub async fn serve_with<R: Reactor>(
     serve(reactor, endpoint, daemon).await
 }
 
-/// The hook that runs, as one future whatever its kind. A finished hook's
-/// slot is emptied before its result is returned, so it is never polled
-/// again.
-struct Running<A, B, C> {
-    drain: Option<Pin<Box<A>>>,
-    seal: Option<Pin<Box<B>>>,
-    resume: Option<Pin<Box<C>>>,
+/// The hook that runs, if any, as one future whatever its kind. A finished
+/// hook is replaced by `Idle` before its result is returned, so it is never
+/// polled again; `Idle` never completes.
+enum Running<A, B, C> {
+    Idle,
+    Drain(Pin<Box<A>>),
+    Seal(Pin<Box<B>>),
+    Resume(Pin<Box<C>>),
 }
 
 impl<A, B, C> Future for Running<A, B, C>
@@ -147,27 +142,15 @@ where
     type Output = HookDone;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<HookDone> {
-        // Every field is boxed, so `Running` is `Unpin`.
-        let this = &mut *self;
-        if let Some(f) = this.drain.as_mut()
-            && let Poll::Ready(r) = f.as_mut().poll(cx)
-        {
-            this.drain = None;
-            return Poll::Ready(HookDone::Drained(r));
-        }
-        if let Some(f) = this.seal.as_mut()
-            && let Poll::Ready(r) = f.as_mut().poll(cx)
-        {
-            this.seal = None;
-            return Poll::Ready(HookDone::Sealed(r));
-        }
-        if let Some(f) = this.resume.as_mut()
-            && let Poll::Ready(r) = f.as_mut().poll(cx)
-        {
-            this.resume = None;
-            return Poll::Ready(HookDone::Resumed(r));
-        }
-        Poll::Pending
+        // Every variant is boxed, so `Running` is `Unpin`.
+        let done = match &mut *self {
+            Running::Idle => return Poll::Pending,
+            Running::Drain(f) => HookDone::Drained(std::task::ready!(f.as_mut().poll(cx))),
+            Running::Seal(f) => HookDone::Sealed(std::task::ready!(f.as_mut().poll(cx))),
+            Running::Resume(f) => HookDone::Resumed(std::task::ready!(f.as_mut().poll(cx))),
+        };
+        *self = Running::Idle;
+        Poll::Ready(done)
     }
 }
 
