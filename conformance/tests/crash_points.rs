@@ -14,11 +14,14 @@
 mod support;
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::sync::mpsc;
 
+use std::os::fd::AsFd;
+
 use handoff_std::os::crash::POINTS;
+use handoff_std::os::process::{ExitWatch, poll_readable};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use support::{BOUND, Rig, Runtime, TempDir, daemon_command, daemons_of, wait_exit, wait_gone};
 
@@ -86,8 +89,8 @@ fn outcome_line(stdout: std::process::ChildStdout) -> Option<String> {
 /// One crash at `point`, with every role played by `runtime`.
 fn crash_at(runtime: Runtime, point: &'static str) {
     let (role, frame) = parse_point(point);
-    let files = TempDir::new("cp-files");
-    let (trace, marker) = (files.0.join("trace"), files.0.join("marker"));
+    let files = Files::new();
+    let (trace, marker) = (files.dir.0.join("trace"), files.dir.0.join("marker"));
     let tracing = [("HANDOFF_CRASH_TRACE", trace.as_os_str())];
     let crashing = [
         ("HANDOFF_CRASH_TRACE", trace.as_os_str()),
@@ -146,8 +149,11 @@ fn crash_at(runtime: Runtime, point: &'static str) {
     // written; and the peers react to the crash in their own time. What
     // is looked at below is looked at once it has all happened: the
     // marker written, at most one daemon left, the step before traced.
-    until(&what, "the marker is written", || marker.exists());
-    until(&what, "one daemon is left", || daemons_of(&rig).len() <= 1);
+    // Created, then written: the name counts once it is there.
+    files.until(&what, "the marker is written", || {
+        std::fs::read(&marker).is_ok_and(|m| !m.is_empty())
+    });
+    until_one_daemon(&rig, &what);
     assert_eq!(
         std::fs::read_to_string(&marker).ok().as_deref(),
         Some(point),
@@ -160,7 +166,7 @@ fn crash_at(runtime: Runtime, point: &'static str) {
         Some((msg, false)) => format!("{}-after-{msg}-sent", peer_of(role, msg)),
         None => own[i - 1].to_owned(),
     };
-    until(&what, &format!("{before} is traced"), || {
+    files.until(&what, &format!("{before} is traced"), || {
         std::fs::read_to_string(&trace).is_ok_and(|t| t.lines().any(|l| l == before))
     });
     let seen = std::fs::read_to_string(&trace).unwrap_or_default();
@@ -197,17 +203,76 @@ fn crash_at(runtime: Runtime, point: &'static str) {
     }
 }
 
-/// Waits, within [`BOUND`], for `cond`, which a process makes true by
-/// writing a file or exiting: looked at every few milliseconds, as
-/// nothing wakes this test when another process writes a file.
-fn until(what: &str, event: &str, mut cond: impl FnMut() -> bool) {
+/// The directory of one run's marker and trace, watched with inotify so
+/// that a wait for another process to write there is woken by the write.
+struct Files {
+    dir: TempDir,
+    inotify: std::fs::File,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = TempDir::new("cp-files");
+        #[allow(unsafe_code)]
+        // SAFETY: inotify_init1 takes flags only and returns a new
+        // descriptor (checked below), which the OwnedFd then owns.
+        let inotify = unsafe {
+            let fd = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
+            assert!(fd >= 0, "inotify_init1");
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        };
+        let path = std::ffi::CString::new(dir.0.as_os_str().as_encoded_bytes()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: a live inotify descriptor and a NUL-terminated path that
+        // outlives the call.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                std::os::fd::AsRawFd::as_raw_fd(&inotify),
+                path.as_ptr(),
+                libc::IN_CREATE | libc::IN_MODIFY | libc::IN_CLOSE_WRITE,
+            )
+        };
+        assert!(wd >= 0, "inotify_add_watch");
+        Files { dir, inotify }
+    }
+
+    /// Waits, within [`BOUND`], for `cond` about the files here: looked at
+    /// again after each change to the directory (the watch is in place
+    /// before any process of the run starts, so no change goes unseen).
+    fn until(&self, what: &str, event: &str, mut cond: impl FnMut() -> bool) {
+        let t0 = std::time::Instant::now();
+        while !cond() {
+            let left = BOUND.saturating_sub(t0.elapsed());
+            assert!(!left.is_zero(), "{what}: not within {BOUND:?}: {event}");
+            let _ = poll_readable(&[self.inotify.as_fd()], Some(left));
+            // Drain what woke us; the condition is looked at anew.
+            let mut buf = [0u8; 4096];
+            while (&self.inotify).read(&mut buf).is_ok_and(|n| n > 0) {}
+        }
+    }
+}
+
+/// Waits, within [`BOUND`], until at most one daemon of `rig` runs: woken
+/// by each exit.
+fn until_one_daemon(rig: &Rig, what: &str) {
     let t0 = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < BOUND,
-            "{what}: not within {BOUND:?}: {event}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    loop {
+        let live = daemons_of(rig);
+        if live.len() <= 1 {
+            return;
+        }
+        let left = BOUND.saturating_sub(t0.elapsed());
+        assert!(!left.is_zero(), "{what}: still {live:?} after {BOUND:?}");
+        let watches: Vec<ExitWatch> = live
+            .iter()
+            .filter_map(|p| ExitWatch::new(*p).ok())
+            .collect();
+        if watches.len() < live.len() {
+            // One is gone already: look again.
+            continue;
+        }
+        let fds: Vec<_> = watches.iter().map(|w| w.as_fd()).collect();
+        let _ = poll_readable(&fds, Some(left));
     }
 }
 
