@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 
 use common::*;
-use handoff_std::os::crash::POINTS;
+use handoff_std::os::crash::points_of;
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 
 /// Orphans of a killed supervisor come back to this process, so the test
@@ -143,15 +143,6 @@ fn restart_cold(rig: &mut Rig) -> u32 {
     let pid = child.id();
     rig.spawned.push(child);
     pid
-}
-
-/// The points of one role, in the order a committed handoff reaches them.
-fn points_of(role: &str) -> impl Iterator<Item = &'static str> {
-    let prefix = format!("{role}-");
-    POINTS
-        .iter()
-        .copied()
-        .filter(move |p| p.starts_with(&prefix))
 }
 
 /// The test daemon as a supervisor process running one handoff of `rig`'s

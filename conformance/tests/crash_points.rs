@@ -14,16 +14,17 @@
 mod support;
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::Stdio;
-use std::sync::mpsc;
 
 use std::os::fd::AsFd;
 
-use handoff_std::os::crash::POINTS;
+use handoff_std::os::crash::{POINTS, points_of};
 use handoff_std::os::process::{ExitWatch, poll_readable};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
-use support::{BOUND, Rig, Runtime, TempDir, daemon_command, daemons_of, wait_exit, wait_gone};
+use support::{
+    BOUND, Rig, Runtime, TempDir, daemon_command, daemons_of, line_with, wait_exit, wait_gone,
+};
 
 /// The entry point of every daemon process the test starts.
 #[test]
@@ -32,16 +33,6 @@ fn daemon_entry() {
     if let Ok(args) = std::env::var("HANDOFF_DAEMON_ARGS") {
         std::process::exit(support::daemon::main(&args));
     }
-}
-
-/// The points of one role, in the order a committed handoff reaches them.
-fn points_of(role: &str) -> Vec<&'static str> {
-    let prefix = format!("{role}-");
-    POINTS
-        .iter()
-        .copied()
-        .filter(|p| p.starts_with(&prefix))
-        .collect()
 }
 
 /// A point's role, and for a frame point its message and whether it was
@@ -67,23 +58,6 @@ fn peer_of(role: &str, msg: &str) -> &'static str {
         "supervisor" => "incumbent",
         _ => "supervisor",
     }
-}
-
-/// Waits, within [`BOUND`], for the supervisor's `outcome …` line.
-fn outcome_line(stdout: std::process::ChildStdout) -> Option<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        // Read to the end, so nobody writes to a closed pipe.
-        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-            if let Some(i) = line.find("outcome ") {
-                let _ = tx.send(line[i..].trim().to_owned());
-            }
-            line.clear();
-        }
-    });
-    rx.recv_timeout(BOUND).ok()
 }
 
 /// One crash at `point`, with every role played by `runtime`.
@@ -134,7 +108,7 @@ fn crash_at(runtime: Runtime, point: &'static str) {
         let status = wait_exit(&mut sup, BOUND).unwrap_or_else(|| panic!("{what}: no end"));
         assert_eq!(status.code(), Some(99), "{what}: no crash");
     } else {
-        let line = outcome_line(sup.stdout.take().unwrap());
+        let line = line_with(sup.stdout.take().unwrap(), "outcome ");
         assert!(
             line.is_some(),
             "{what}: the supervisor's handoff did not end"
@@ -159,7 +133,7 @@ fn crash_at(runtime: Runtime, point: &'static str) {
         Some(point),
         "{what}: the process did not crash there"
     );
-    let own = points_of(role);
+    let own: Vec<&str> = points_of(role).collect();
     let i = own.iter().position(|p| *p == point).unwrap();
     let before = match frame {
         Some((msg, true)) => format!("{}-after-{msg}-received", peer_of(role, msg)),

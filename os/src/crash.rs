@@ -59,6 +59,15 @@ pub const POINTS: &[&str] = &[
     "incumbent-after-commit-received",
 ];
 
+/// The points of `role` (`supervisor`, `incumbent`, `successor`), in the
+/// order a committed handoff reaches them.
+pub fn points_of(role: &str) -> impl Iterator<Item = &'static str> + '_ {
+    POINTS
+        .iter()
+        .copied()
+        .filter(move |p| p.strip_prefix(role).is_some_and(|r| r.starts_with('-')))
+}
+
 /// Reads `HANDOFF_CRASH_AT` now, so that a name that is not a crash point
 /// stops the process at start, not at the first point it passes. The
 /// drivers call it when they are made.

@@ -239,9 +239,9 @@ impl Rig {
             }],
         )
         .unwrap();
-        let stdout = BufReader::new(incumbent.stdout.take().unwrap());
+        let stdout = incumbent.stdout.take().unwrap();
         assert!(
-            ready_line(stdout),
+            line_with(stdout, "ready ").is_some(),
             "the {} incumbent starts",
             runtime.name()
         );
@@ -304,23 +304,24 @@ impl Drop for Rig {
     }
 }
 
-/// Reads lines (libtest prints its own first) until `ready <pid>`.
-fn ready_line(reader: BufReader<std::process::ChildStdout>) -> bool {
+/// Reads a daemon's output (libtest prints its own first) until a line
+/// holds `needle`; returns the line from `needle` on, within [`BOUND`].
+pub fn line_with(stdout: std::process::ChildStdout, needle: &'static str) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut reader = reader;
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         // Keeps reading to the end, so the daemon never writes to a closed
         // pipe.
         while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-            // libtest has printed "test daemon_entry ... " on this line.
-            if line.contains("ready ") {
-                let _ = tx.send(());
+            // libtest may have printed "test daemon_entry ... " before it.
+            if let Some(i) = line.find(needle) {
+                let _ = tx.send(line[i..].trim().to_owned());
             }
             line.clear();
         }
     });
-    rx.recv_timeout(BOUND).is_ok()
+    rx.recv_timeout(BOUND).ok()
 }
 
 /// Live processes (not zombies) started for this rig's daemon: their
