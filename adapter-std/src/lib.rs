@@ -73,8 +73,9 @@ pub use handoff_core::{
     SuccessorFate, SupervisorConfig,
 };
 pub use handoff_driver::{
-    Endpoint, HandoffOutcome, HandoffSlot, Launch, ServeEnd, ServeError, SharedHandoffSlot,
-    SpawnSpec, Supervisor, SupervisorError, handoff_config, spawn_for_handoff,
+    AdoptError, Adopted, Endpoint, HandoffOutcome, HandoffSlot, Launch, ServeEnd, ServeError,
+    SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, adopt, handoff_config,
+    spawn_for_handoff,
 };
 pub use incumbent::Incumbent;
 pub use os::lock::DataDirLock;

@@ -152,7 +152,9 @@ fn full_handoff() -> Result<(), &'static str> {
                     ),
                     IncumbentOutput::AcquireLock => inc.handle_lock_acquired(now),
                     IncumbentOutput::Resume => inc.handle_resumed(now),
-                    IncumbentOutput::ReleaseLock | IncumbentOutput::Close => {}
+                    IncumbentOutput::ReleaseLock
+                    | IncumbentOutput::Close
+                    | IncumbentOutput::SendListeners { .. } => {}
                     IncumbentOutput::Finished(end) => ends.incumbent = Some(end),
                 }
             }

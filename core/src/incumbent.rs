@@ -46,7 +46,9 @@ pub struct IncumbentConfig {
     /// How long a busy lock is retried before concluding another process
     /// legitimately holds it.
     pub lock_retry_window: Duration,
-    /// Features offered in `Hello` (none are defined yet).
+    /// Features offered in `Hello`. Offer
+    /// [`Capabilities::RECLAIM_LISTENERS`] only if the adapter carries out
+    /// [`IncumbentOutput::SendListeners`].
     pub capabilities: Capabilities,
 }
 
@@ -216,6 +218,18 @@ pub enum IncumbentOutput<'a> {
     /// with [`IncumbentSession::handle_resumed`] or
     /// [`IncumbentSession::handle_resume_failed`].
     Resume,
+    /// The supervisor asked for the listening sockets (it offered nothing
+    /// the session depends on, and it may ask only because this incumbent
+    /// offered [`Capabilities::RECLAIM_LISTENERS`]): write a
+    /// `Message::Listeners` frame with this id, naming the listeners, with
+    /// their descriptors passed beside its first byte. The session then
+    /// waits for what comes next, as it did before.
+    SendListeners {
+        /// The session's id, for the answer.
+        handoff_id: HandoffId,
+        /// The version to write the answer's frame with.
+        version: ProtoVersion,
+    },
     /// Close the control connection now; the session goes on without it.
     Close,
     /// The session is over; close the connection if still open. Emitted once.
@@ -229,6 +243,7 @@ enum Action {
     ReleaseLock,
     AcquireLock,
     Resume,
+    SendListeners(HandoffId, ProtoVersion),
     Close,
     Finished(IncumbentEnd),
 }
@@ -527,6 +542,10 @@ impl<B: Buffer> IncumbentSession<B> {
                 Action::ReleaseLock => IncumbentOutput::ReleaseLock,
                 Action::AcquireLock => IncumbentOutput::AcquireLock,
                 Action::Resume => IncumbentOutput::Resume,
+                Action::SendListeners(handoff_id, version) => IncumbentOutput::SendListeners {
+                    handoff_id,
+                    version,
+                },
                 Action::Close => IncumbentOutput::Close,
                 Action::Finished(end) => IncumbentOutput::Finished(end),
             },
@@ -652,6 +671,15 @@ impl<B: Buffer> Core<B> {
                 self.step = IncumbentStep::Draining;
                 self.out.act(Action::Drain(drain_until));
                 self.heartbeat.start(now);
+            }
+            (IncumbentStep::Idle, Message::ListenersRequest { handoff_id })
+                if self
+                    .cfg
+                    .capabilities
+                    .contains(Capabilities::RECLAIM_LISTENERS) =>
+            {
+                let version = self.version.unwrap_or(PROTO_MAX);
+                self.out.act(Action::SendListeners(handoff_id, version));
             }
             (IncumbentStep::Drained, Message::SealRequest { .. }) => {
                 self.step = IncumbentStep::Sealing;

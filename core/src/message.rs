@@ -1,4 +1,5 @@
-//! The fourteen messages of protocol v1, and their payload encoding.
+//! The fourteen messages of protocol v1, the project's two extensions, and
+//! their payload encoding.
 //!
 //! A decoded [`Message`] borrows from the frame it came from: byte fields and
 //! strings are slices of it, and the two list fields ([`Revisions`],
@@ -126,6 +127,21 @@ pub enum Message<'a> {
     Heartbeat {
         /// The sender's clock in milliseconds; receivers do not interpret it.
         ts_ms: u64,
+    },
+    /// 14 (extension), supervisor → incumbent that offered
+    /// [`Capabilities::RECLAIM_LISTENERS`]: pass me your listening sockets.
+    ListenersRequest {
+        /// The id of this session, from `HelloAck`.
+        handoff_id: HandoffId,
+    },
+    /// 15 (extension), incumbent → supervisor: the listeners' names, in the
+    /// order of the descriptors passed with the frame's first byte
+    /// (`SCM_RIGHTS`), one each.
+    Listeners {
+        /// The id of this session.
+        handoff_id: HandoffId,
+        /// One name per passed descriptor.
+        names: Strings<'a>,
     },
 }
 
@@ -389,6 +405,8 @@ impl<'a> Message<'a> {
             Message::Abort { .. } => MessageKind::Abort,
             Message::ResumeAfterAbort { .. } => MessageKind::ResumeAfterAbort,
             Message::Heartbeat { .. } => MessageKind::Heartbeat,
+            Message::ListenersRequest { .. } => MessageKind::ListenersRequest,
+            Message::Listeners { .. } => MessageKind::Listeners,
         }
     }
 
@@ -404,7 +422,9 @@ impl<'a> Message<'a> {
             | Message::Ready { handoff_id, .. }
             | Message::Commit { handoff_id }
             | Message::Abort { handoff_id, .. }
-            | Message::ResumeAfterAbort { handoff_id } => Some(handoff_id),
+            | Message::ResumeAfterAbort { handoff_id }
+            | Message::ListenersRequest { handoff_id }
+            | Message::Listeners { handoff_id, .. } => Some(handoff_id),
             Message::Hello { .. }
             | Message::Drained { .. }
             | Message::SealProgress { .. }
@@ -519,8 +539,13 @@ impl<'a> Message<'a> {
             Message::SealRequest { handoff_id }
             | Message::Begin { handoff_id }
             | Message::Commit { handoff_id }
-            | Message::ResumeAfterAbort { handoff_id } => put_id(w, handoff_id),
+            | Message::ResumeAfterAbort { handoff_id }
+            | Message::ListenersRequest { handoff_id } => put_id(w, handoff_id),
             Message::Heartbeat { ts_ms } => w.varint(*ts_ms),
+            Message::Listeners { handoff_id, names } => {
+                put_id(w, handoff_id);
+                names.encode(w);
+            }
         }
     }
 
@@ -637,6 +662,16 @@ impl<'a> Message<'a> {
             MessageKind::Heartbeat => Message::Heartbeat {
                 ts_ms: r.field("ts_ms").u64()?,
             },
+            MessageKind::ListenersRequest => Message::ListenersRequest {
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
+            },
+            MessageKind::Listeners => {
+                let id = take_id(r)?;
+                Message::Listeners {
+                    names: Strings::decode(r.field("names"))?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
         })
     }
 }
@@ -681,6 +716,25 @@ mod tests {
     }
 
     #[test]
+    fn the_extensions_round_trip_after_the_fourteen() {
+        let id = HandoffId::from_bytes([9; 16]);
+        round_trip(Message::ListenersRequest { handoff_id: id });
+        round_trip(Message::Listeners {
+            handoff_id: id,
+            names: Strings::from_slice(&["kv", "admin"]),
+        });
+        let mut buf = [0u8; 64];
+        let n = Message::ListenersRequest { handoff_id: id }
+            .encode(&mut buf)
+            .unwrap();
+        assert_eq!(buf[0], 14, "variant index");
+        assert_eq!(n, 1 + 1 + 16);
+        assert!(MessageKind::Listeners.is_extension());
+        assert!(!MessageKind::Heartbeat.is_extension());
+        assert_eq!(MessageKind::from_index(15), Some(MessageKind::Listeners));
+    }
+
+    #[test]
     fn trailing_bytes_are_an_error_naming_the_message() {
         let err = Message::decode(&[0x0d, 0x01, 0x00]).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::TrailingBytes(1));
@@ -690,8 +744,8 @@ mod tests {
     #[test]
     fn unknown_variants_and_bad_ids_are_named() {
         assert_eq!(
-            Message::decode(&[14]).unwrap_err().kind,
-            DecodeErrorKind::UnknownMessage(14)
+            Message::decode(&[16]).unwrap_err().kind,
+            DecodeErrorKind::UnknownMessage(16)
         );
         let err = Message::decode(&[4, 15, 0]).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::BadHandoffIdLength(15));

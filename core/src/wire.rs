@@ -115,8 +115,8 @@ impl fmt::Debug for HandoffId {
 /// Feature bits a peer offers in `Hello`.
 ///
 /// A feature is used only when both sides offer it; a reference peer offers
-/// nothing, so nothing beyond plain v1 is ever assumed of it. This version
-/// defines the bits of three planned extensions but offers none of them.
+/// nothing, so nothing beyond plain v1 is ever assumed of it. Of the three
+/// bits defined, only [`Capabilities::RECLAIM_LISTENERS`] is implemented.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Capabilities {
     bits: u64,
@@ -125,8 +125,9 @@ pub struct Capabilities {
 impl Capabilities {
     /// No optional feature.
     pub const NONE: Capabilities = Capabilities { bits: 0 };
-    /// Planned: a restarted supervisor reclaims the listener FDs from the
-    /// incumbent instead of binding them again.
+    /// A restarted supervisor reclaims the listening sockets from the
+    /// incumbent instead of binding them again: an incumbent that offers it
+    /// answers `ListenersRequest` (docs/PROTOCOL.md section 9).
     pub const RECLAIM_LISTENERS: Capabilities = Capabilities { bits: 1 << 0 };
     /// Planned: after `Ready`, a probation window in which a sealed incumbent
     /// can still resume if the successor dies.
@@ -236,6 +237,12 @@ pub enum MessageKind {
     Abort,
     ResumeAfterAbort,
     Heartbeat,
+    /// An extension of this project (docs/PROTOCOL.md section 9), sent only
+    /// to an incumbent that offered [`Capabilities::RECLAIM_LISTENERS`].
+    ListenersRequest,
+    /// An extension of this project: the incumbent's answer to
+    /// `ListenersRequest`, with the descriptors passed beside it.
+    Listeners,
 }
 
 impl MessageKind {
@@ -257,14 +264,33 @@ impl MessageKind {
         MessageKind::Heartbeat,
     ];
 
+    /// The extensions, which follow the fourteen in wire order. Each is
+    /// sent only to a peer whose `Hello` offered the capability it belongs
+    /// to, so a reference peer, which offers none, never sees one.
+    pub const EXTENSIONS: [MessageKind; 2] =
+        [MessageKind::ListenersRequest, MessageKind::Listeners];
+
     /// The variant index on the wire.
     pub fn index(self) -> u32 {
         self as u32
     }
 
-    /// The kind with this variant index, if v1 defines one.
+    /// The kind with this variant index: one of the fourteen of v1 or an
+    /// extension.
     pub fn from_index(index: u32) -> Option<MessageKind> {
-        MessageKind::ALL.get(index as usize).copied()
+        let i = index as usize;
+        match MessageKind::ALL.get(i) {
+            Some(k) => Some(*k),
+            None => MessageKind::EXTENSIONS
+                .get(i - MessageKind::ALL.len())
+                .copied(),
+        }
+    }
+
+    /// Whether this is one of the project's extensions rather than one of
+    /// the reference's fourteen.
+    pub fn is_extension(self) -> bool {
+        self.index() as usize >= MessageKind::ALL.len()
     }
 
     /// The message's name as the protocol spells it.
@@ -284,6 +310,8 @@ impl MessageKind {
             MessageKind::Abort => "Abort",
             MessageKind::ResumeAfterAbort => "ResumeAfterAbort",
             MessageKind::Heartbeat => "Heartbeat",
+            MessageKind::ListenersRequest => "ListenersRequest",
+            MessageKind::Listeners => "Listeners",
         }
     }
 }

@@ -144,6 +144,13 @@ fn random_message(rng: &mut Rng, kind: MessageKind) -> Message<'static> {
             handoff_id: rng.id(),
         },
         MessageKind::Heartbeat => Message::Heartbeat { ts_ms: rng.wide() },
+        MessageKind::ListenersRequest => Message::ListenersRequest {
+            handoff_id: rng.id(),
+        },
+        MessageKind::Listeners => Message::Listeners {
+            handoff_id: rng.id(),
+            names: Strings::from_slice(rng.pick(&ADDRESSES)),
+        },
     }
 }
 
@@ -499,7 +506,7 @@ fn given_a_malformed_frame_then_the_decoder_stays_in_sync_for_the_next_frame() {
 #[test]
 fn given_an_unknown_variant_index_then_it_is_reported_with_the_index() {
     for (payload, index) in [
-        (vec![14u8], 14u32),
+        (vec![16u8], 16u32),
         (vec![0xc8, 0x01], 200),
         (vec![0xff, 0xff, 0xff, 0xff, 0x0f], u32::MAX),
     ] {

@@ -5,8 +5,8 @@
 
 use handoff_core::{
     AbortReason, Capabilities, DrainReport, EndCause, FrameError, HandoffId, IncumbentConfig,
-    IncumbentEnd, IncumbentOutput, IncumbentSession, Instant, Message, MessageKind, ReadyReportRef,
-    Revisions, SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd,
+    IncumbentEnd, IncumbentOutput, IncumbentSession, IncumbentStep, Instant, Message, MessageKind,
+    ReadyReportRef, Revisions, SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd,
     SuccessorFailure, SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff,
     SupervisorOutput, SupervisorStep, Violation, defaults, encode_frame,
 };
@@ -44,6 +44,7 @@ enum IOut {
     AcquireLock,
     Resume,
     Close,
+    SendListeners(HandoffId),
     Finished(IncumbentEnd),
 }
 
@@ -58,6 +59,13 @@ fn drain_incumbent(s: &mut IncumbentSession) -> Vec<IOut> {
             IncumbentOutput::AcquireLock => IOut::AcquireLock,
             IncumbentOutput::Resume => IOut::Resume,
             IncumbentOutput::Close => IOut::Close,
+            IncumbentOutput::SendListeners {
+                handoff_id,
+                version,
+            } => {
+                assert_eq!(version, 1);
+                IOut::SendListeners(handoff_id)
+            }
             IncumbentOutput::Finished(e) => IOut::Finished(e),
         });
     }
@@ -113,6 +121,78 @@ fn drained_incumbent() -> IncumbentSession {
         vec![IOut::Frame(MessageKind::Drained)]
     );
     s
+}
+
+/// An idle session whose `Hello` offered listener reclaim, as every
+/// driver's does.
+fn reclaiming_incumbent() -> IncumbentSession {
+    let cfg = IncumbentConfig {
+        capabilities: Capabilities::RECLAIM_LISTENERS,
+        ..IncumbentConfig::default()
+    };
+    let mut s = IncumbentSession::new(t(0), cfg, 7, b"b");
+    let hello = match s.poll_output() {
+        Some(IncumbentOutput::Transmit(f)) => decode_one(f).kind(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(hello, MessageKind::Hello);
+    let ack = frame(Message::HelloAck {
+        proto_version_chosen: 1,
+        handoff_id: ID,
+    });
+    assert_eq!(feed_incumbent(&mut s, t(1), &ack), vec![]);
+    s
+}
+
+#[test]
+fn an_incumbent_that_offers_reclaim_answers_listeners_request_and_stays_idle() {
+    let mut s = reclaiming_incumbent();
+    let ask = frame(Message::ListenersRequest { handoff_id: ID });
+    assert_eq!(
+        feed_incumbent(&mut s, t(2), &ask),
+        vec![IOut::SendListeners(ID)]
+    );
+    assert_eq!(s.step(), IncumbentStep::Idle);
+    // Asked again, answered again; and a handoff can still follow.
+    assert_eq!(
+        feed_incumbent(&mut s, t(3), &ask),
+        vec![IOut::SendListeners(ID)]
+    );
+    assert_eq!(
+        feed_incumbent(&mut s, t(4), &prepare(60_000, 25_000)),
+        vec![IOut::Drain]
+    );
+    // Once draining, a ListenersRequest is out of place.
+    let outs = feed_incumbent(&mut s, t(5), &ask);
+    assert!(!outs.iter().any(|o| matches!(o, IOut::SendListeners(_))));
+}
+
+#[test]
+fn listeners_request_is_a_violation_unless_offered_or_before_hello_ack_or_for_another_id() {
+    // Not offered: the plain v1 incumbent.
+    let mut s = idle_incumbent();
+    let ask = frame(Message::ListenersRequest { handoff_id: ID });
+    let outs = feed_incumbent(&mut s, t(2), &ask);
+    assert!(matches!(violation_end(&outs), Violation::Unexpected { .. }));
+    // Offered, but before HelloAck.
+    let cfg = IncumbentConfig {
+        capabilities: Capabilities::RECLAIM_LISTENERS,
+        ..IncumbentConfig::default()
+    };
+    let mut s = IncumbentSession::new(t(0), cfg, 7, b"b");
+    drain_incumbent(&mut s);
+    let outs = feed_incumbent(&mut s, t(1), &ask);
+    assert!(matches!(violation_end(&outs), Violation::Unexpected { .. }));
+    // Offered, with another session's id.
+    let mut s = reclaiming_incumbent();
+    let other = frame(Message::ListenersRequest {
+        handoff_id: HandoffId::from_bytes([0xee; 16]),
+    });
+    let outs = feed_incumbent(&mut s, t(2), &other);
+    assert!(matches!(
+        violation_end(&outs),
+        Violation::WrongHandoffId { .. }
+    ));
 }
 
 fn violation_end(outs: &[IOut]) -> Violation {

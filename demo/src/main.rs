@@ -13,6 +13,7 @@
 //! ```text
 //! handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol|tokio]
 //! handoff-demo kvd …      (the daemon; see `kvd --help`)
+//! handoff-demo supervisor …   (the `handoff-supervisor` command line)
 //! ```
 
 // Every unsafe block of the project's libraries and binaries is in
@@ -81,6 +82,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("kvd") {
         return ExitCode::from(kvd_from_demo(&args) as u8);
+    }
+    // The operators' supervisor itself, so that a test (or a reader) can
+    // run the real command line against kvd from this one binary.
+    if args.get(1).map(String::as_str) == Some("supervisor") {
+        let rest = std::env::args_os().skip(2);
+        return handoff_supervisor::cli::main_from(
+            std::iter::once(std::ffi::OsString::from("handoff-supervisor")).chain(rest),
+        );
     }
     let options = match parse(&args[1..]) {
         Ok(o) => o,

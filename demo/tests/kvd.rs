@@ -10,6 +10,9 @@
 //! pass. Process tests run one at a time: they measure latencies, and the
 //! killed-supervisor test makes this process a subreaper.
 
+mod common;
+
+use common::{BOUND, TempDir, become_subreaper, processes_with, read_line_bounded, reap, serial};
 use handoff_std::PerformHandoff;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
@@ -20,8 +23,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Once, mpsc};
 use std::time::{Duration, Instant};
 
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen, LoadReport, VerifyReport};
@@ -31,41 +32,8 @@ use handoff_std::os::process::{send_signal, wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_std::{DataDirLock, HandoffOutcome, Signal, SpawnSpec, Supervisor};
 
-/// Long enough for a loaded machine, short enough to fail fast.
-const BOUND: Duration = Duration::from_secs(20);
-
 fn kvd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kvd")
-}
-
-/// One process test at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A directory removed at the end of the test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        // Short: a Unix socket path must fit in 108 bytes.
-        let p = PathBuf::from("/tmp").join(format!(
-            "kvd-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------- store --
@@ -312,67 +280,6 @@ fn store_snapshot_plus_wal_replay_equals_the_state() {
 }
 
 // ------------------------------------------------------------ processes --
-
-/// Reads one line from a child's stdout within `BOUND`.
-fn read_line_bounded(stdout: std::process::ChildStdout) -> Option<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    rx.recv_timeout(BOUND).ok().filter(|l| !l.is_empty())
-}
-
-/// `(pid, ppid, zombie)` of every process whose command line contains
-/// `needle`.
-fn processes_with(needle: &str) -> Vec<(u32, u32, bool)> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let (Ok(cmdline), Ok(stat)) = (
-            std::fs::read(e.path().join("cmdline")),
-            std::fs::read_to_string(e.path().join("stat")),
-        ) else {
-            continue;
-        };
-        if !String::from_utf8_lossy(&cmdline).contains(needle) {
-            continue;
-        }
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let zombie = fields.next() == Some("Z");
-        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        found.push((pid, ppid, zombie));
-    }
-    found
-}
-
-/// Reaps an exited process that is our child only by adoption (we are a
-/// subreaper), so there is no `Child` for it.
-fn reap(pid: u32) {
-    #[allow(unsafe_code)]
-    // SAFETY: waitpid on one pid with a null status pointer and WNOHANG.
-    unsafe {
-        libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG)
-    };
-}
-
-/// Orphans of a killed supervisor come back to this process, so the test
-/// can reap them and tell a live process from a zombie.
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        #[allow(unsafe_code)]
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag, no pointer.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(rc, 0);
-    });
-}
 
 /// A deployment in miniature: the listener held here by a real
 /// `Supervisor`, kvd cold-started on it.

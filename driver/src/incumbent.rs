@@ -10,8 +10,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use handoff_core::{
-    EndCause, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession, Revisions,
-    SealFailure, SealReportRef,
+    Capabilities, EndCause, HandoffId, IncumbentConfig, IncumbentEnd, IncumbentOutput,
+    IncumbentSession, Message, ProtoVersion, Revisions, SealFailure, SealReportRef, Strings,
 };
 use handoff_os::control::{self, AcceptRetry, PeerPolicy, peer_credentials};
 use handoff_os::crash;
@@ -276,6 +276,13 @@ impl IncumbentDriver {
             return Err(io::Error::other("an incumbent must hold the data-dir lock"));
         }
         ep.listener.set_nonblocking(true)?;
+        let mut ep = ep;
+        // The driver answers `ListenersRequest` (`SendListeners` below) for
+        // every adapter, so every incumbent offers it.
+        ep.config.capabilities = ep
+            .config
+            .capabilities
+            .union(Capabilities::RECLAIM_LISTENERS);
         Ok(IncumbentDriver {
             ep,
             session: None,
@@ -633,6 +640,20 @@ impl IncumbentDriver {
                             s.machine.handle_lock_busy(now)
                         }
                     },
+                    IncumbentOutput::SendListeners {
+                        handoff_id,
+                        version,
+                    } => {
+                        let sent = match (listeners_frame(handoff_id, version), s.link.as_mut()) {
+                            (Ok((frame, fds)), Some(l)) => {
+                                l.send_with_fds(io, now, &frame, fds).is_ok()
+                            }
+                            _ => false,
+                        };
+                        if !sent {
+                            hang_up(s, io);
+                        }
+                    }
                     IncumbentOutput::Close => {
                         if let Some(l) = s.link.take() {
                             l.close(io);
@@ -664,6 +685,36 @@ impl IncumbentDriver {
             }
         }
     }
+}
+
+/// The `Listeners` frame answering a restarted supervisor, and a duplicate
+/// of each listener this process was started with to pass beside it
+/// (docs/PROTOCOL.md section 9). More than one message can carry
+/// ([`handoff_os::fdpass::MAX_FDS`]) are not offered at all: the
+/// supervisor finds none of them and says so, which beats a silent part.
+fn listeners_frame(
+    handoff_id: HandoffId,
+    version: ProtoVersion,
+) -> io::Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>)> {
+    let mut passed = handoff_os::fdpass::passed_listeners();
+    if passed.len() > handoff_os::fdpass::MAX_FDS {
+        passed = &[];
+    }
+    let names: Vec<&str> = passed.iter().map(|(n, _)| n.as_str()).collect();
+    let fds = passed
+        .iter()
+        .map(|(_, fd)| fd.try_clone())
+        .collect::<io::Result<Vec<_>>>()?;
+    let msg = Message::Listeners {
+        handoff_id,
+        names: Strings::from_slice(&names),
+    };
+    let mut frame =
+        vec![0u8; handoff_core::LEN_PREFIX + handoff_core::VERSION_FIELD + msg.encoded_len()];
+    let n = handoff_core::encode_frame(version, &msg, &mut frame)
+        .map_err(|e| io::Error::other(format!("cannot encode the listeners' names: {e:?}")))?;
+    frame.truncate(n);
+    Ok((frame, fds))
 }
 
 /// The supervisor's connection failed or it stopped reading: close it and

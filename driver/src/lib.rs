@@ -38,6 +38,7 @@
 // handoff-os (the benchmarks' allocator and echo server aside).
 #![forbid(unsafe_code)]
 
+pub mod adopt;
 pub mod clock;
 
 // For `async_adapter!`, whose expansion in an adapter names these crates
@@ -53,6 +54,7 @@ pub mod reactor;
 pub mod successor;
 pub mod supervisor;
 
+pub use adopt::{AdoptError, Adopted, adopt};
 pub use hooks::{Hook, HookDone, HookError, SealReport, StateSnapshot};
 pub use incumbent::{Endpoint, IncumbentDriver, IncumbentIo, ServeEnd, ServeError, SessionReport};
 pub use link::{Inbox, Io, Source};

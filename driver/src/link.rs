@@ -13,12 +13,13 @@
 //!   deadlines nor grow a buffer.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use handoff_core::Instant;
 use handoff_os::control::send_some;
+use handoff_os::fdpass::send_with_fds;
 
 /// How long bytes may wait for a peer to read them. Frames are small, so a
 /// healthy peer's socket buffer always has room; a write that waits this
@@ -153,6 +154,9 @@ pub(crate) struct Link {
     received: handoff_os::crash::Received,
     out: Vec<u8>,
     sent: usize,
+    /// Descriptors to pass with the byte at this offset of `out` (the first
+    /// of a `Listeners` frame): written with that byte, never before it.
+    attached: Option<(usize, Vec<OwnedFd>)>,
     /// Whether the adapter watches for writability now.
     writing: bool,
     /// Since when bytes have waited for the socket to take them.
@@ -183,6 +187,7 @@ impl Link {
             received: handoff_os::crash::Received::default(),
             out: Vec::new(),
             sent: 0,
+            attached: None,
             writing: false,
             stalled_since: None,
         })
@@ -196,12 +201,54 @@ impl Link {
     /// not read: a peer that stopped reading, which gets no more.
     pub(crate) fn close(mut self, io: &mut impl Io) {
         while self.sent < self.out.len() {
-            match send_some(self.stream.as_fd(), &self.out[self.sent..]) {
-                Ok(n) if n > 0 => self.sent += n,
+            match self.write_some() {
+                Ok(n) if n > 0 => {}
                 _ => break,
             }
         }
         io.unwatch(self.source, self.stream.as_fd());
+    }
+
+    /// One write of what is queued: up to the byte descriptors are attached
+    /// to, or from it with them.
+    fn write_some(&mut self) -> io::Result<usize> {
+        let fd = self.stream.as_fd();
+        let n = match &self.attached {
+            Some((at, fds)) if *at == self.sent => {
+                let fds: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+                let n = send_with_fds(fd, &self.out[self.sent..], &fds)?;
+                if n > 0 {
+                    self.attached = None;
+                }
+                n
+            }
+            Some((at, _)) => send_some(fd, &self.out[self.sent..*at])?,
+            None => send_some(fd, &self.out[self.sent..])?,
+        };
+        self.sent += n;
+        Ok(n)
+    }
+
+    /// Like [`Link::send`], with `fds` passed beside the frame's first byte
+    /// (`SCM_RIGHTS`). One such frame waits at a time.
+    pub(crate) fn send_with_fds(
+        &mut self,
+        io: &mut impl Io,
+        now: Instant,
+        frame: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> io::Result<()> {
+        if self.attached.is_some() {
+            return Err(io::Error::other("descriptors already wait to be sent"));
+        }
+        if self.stalled(now) || self.out.len() - self.sent + frame.len() > MAX_UNSENT {
+            return Err(stopped_reading());
+        }
+        if !fds.is_empty() && !frame.is_empty() {
+            self.attached = Some((self.out.len(), fds));
+        }
+        self.out.extend_from_slice(frame);
+        self.flush(io, now)
     }
 
     /// Queues a whole frame and writes what the socket takes now. An error
@@ -219,9 +266,9 @@ impl Link {
     /// while some is left.
     pub(crate) fn flush(&mut self, io: &mut impl Io, now: Instant) -> io::Result<()> {
         while self.sent < self.out.len() {
-            match send_some(self.stream.as_fd(), &self.out[self.sent..]) {
+            match self.write_some() {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }

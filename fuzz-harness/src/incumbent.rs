@@ -25,7 +25,11 @@ use handoff_core::{Message, Revisions};
 
 /// Runs `script` against a fresh session with buffers `B`.
 pub(super) fn run<B: FuzzBuffer>(script: &[IncumbentInput]) {
-    let cfg = IncumbentConfig::default();
+    // As every driver configures it: the listener reclaim offered.
+    let cfg = IncumbentConfig {
+        capabilities: Capabilities::RECLAIM_LISTENERS,
+        ..IncumbentConfig::default()
+    };
     let now = Instant::ZERO;
     let mut d = Driver {
         m: IncumbentSession::<B>::new(now, cfg, INCUMBENT_PID, INCUMBENT_BUILD_ID),
@@ -370,6 +374,22 @@ impl<B: FuzzBuffer> Check<B> {
         }
         match out {
             IncumbentOutput::Transmit(frame) => self.transmit(c, frame),
+            IncumbentOutput::SendListeners {
+                handoff_id,
+                version,
+            } => {
+                assert_eq!(c.before, IncumbentStep::Idle, "SendListeners outside Idle");
+                assert!(
+                    c.received
+                        .valid(MessageKind::ListenersRequest, c.id)
+                        .is_some(),
+                    "SendListeners without ListenersRequest: {:?}",
+                    c.received
+                );
+                assert_eq!(Some(handoff_id), c.id, "SendListeners for another id");
+                assert_eq!(version, PROTO_MAX, "SendListeners with another version");
+                assert!(self.listening(), "SendListeners after Close");
+            }
             IncumbentOutput::Drain { deadline } => {
                 assert_eq!(c.before, IncumbentStep::Idle, "Drain outside Idle");
                 let Some(Message::PrepareHandoff {
@@ -471,7 +491,7 @@ impl<B: FuzzBuffer> Check<B> {
                 assert_eq!(pid, INCUMBENT_PID);
                 assert_eq!(build_id, INCUMBENT_BUILD_ID);
                 assert_eq!((proto_min, proto_max), (PROTO_MIN, PROTO_MAX));
-                assert_eq!(capabilities, Capabilities::NONE);
+                assert_eq!(capabilities, Capabilities::RECLAIM_LISTENERS);
             }
             Message::Drained {
                 open_conns_remaining,

@@ -315,6 +315,8 @@ pub enum FuzzMessage {
     ResumeAfterAbort { handoff_id: FuzzId },
     /// `Message::Heartbeat`.
     Heartbeat { ts_ms: u64 },
+    /// `Message::ListenersRequest` (an extension).
+    ListenersRequest { handoff_id: FuzzId },
 }
 
 unparse_enum!(FuzzMessage {
@@ -332,6 +334,7 @@ unparse_enum!(FuzzMessage {
     Abort { handoff_id, reason },
     ResumeAfterAbort { handoff_id },
     Heartbeat { ts_ms },
+    ListenersRequest { handoff_id },
 });
 
 impl FuzzMessage {
@@ -460,6 +463,9 @@ impl FuzzMessage {
                 handoff_id: id_of(handoff_id),
             }),
             FuzzMessage::Heartbeat { ts_ms } => frame(&Message::Heartbeat { ts_ms: *ts_ms }),
+            FuzzMessage::ListenersRequest { handoff_id } => frame(&Message::ListenersRequest {
+                handoff_id: id_of(handoff_id),
+            }),
         }
     }
 }

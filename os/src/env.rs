@@ -334,6 +334,9 @@ fn adopt_layout(layout: Layout, vars: &Vars) -> Result<StartupEnv, EnvError> {
     for (name, fd) in layout.listeners {
         listeners.push((name, adopt(fd).ok_or_else(not_open)?));
     }
+    // The incumbent offers these to a restarted supervisor
+    // (docs/PROTOCOL.md section 9), whatever the daemon does with its own.
+    super::fdpass::keep_passed(&listeners);
     let control = match layout.control {
         Some(fd) => Some(UnixStream::from(adopt(fd).ok_or_else(|| {
             bad(

@@ -13,6 +13,8 @@
 //! - [`lock`]: the data-dir lock (`flock` plus a diagnostic pidfile);
 //! - [`control`]: the control socket (private bind, peer credentials,
 //!   whole-frame writes without `SIGPIPE`);
+//! - [`fdpass`]: descriptors passed over Unix sockets (`SCM_RIGHTS`), and
+//!   the listeners this process was started with, kept to be offered;
 //! - [`journal`]: the supervisor's journal, written atomically;
 //! - [`process`]: signals and waiting for a child's exit without a thread,
 //!   the process's own ids and clock;
@@ -28,6 +30,7 @@
 pub mod control;
 pub mod crash;
 pub mod env;
+pub mod fdpass;
 pub mod journal;
 pub mod listeners;
 pub mod lock;

@@ -110,6 +110,51 @@ impl ExitWatch {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(ExitWatch { fd })
     }
+
+    /// A second watch on the same process (the pidfd duplicated), for a
+    /// loop that polls it while its owner keeps the first.
+    pub fn try_clone(&self) -> io::Result<ExitWatch> {
+        Ok(ExitWatch {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    /// Whether the process has exited (a zombie counts), without waiting.
+    pub fn has_exited(&self) -> bool {
+        poll_readable(&[self.fd.as_fd()], Some(Duration::ZERO)).is_ok_and(|r| r[0])
+    }
+
+    /// Sends `signal` to exactly the process this watch names
+    /// (`pidfd_send_signal`): unlike a signal by pid, it can never reach
+    /// another process that was given the pid after this one exited, which
+    /// matters for a process that is not our child (an adopted daemon),
+    /// whose pid we cannot keep from reuse by not reaping it. One already
+    /// gone is not an error.
+    pub fn signal(&self, signal: Signal) -> io::Result<()> {
+        let signo = match signal {
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: pidfd_send_signal takes the pidfd, a signal number, a null
+        // siginfo (the kernel fills in a plain kill's) and flags 0.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signo,
+                std::ptr::null::<libc::siginfo_t>(),
+                0 as libc::c_uint,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        Err(e)
+    }
 }
 
 impl AsFd for ExitWatch {

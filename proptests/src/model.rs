@@ -457,6 +457,11 @@ pub mod incumbent {
             IncumbentOutput::AcquireLock => Out::AcquireLock,
             IncumbentOutput::Resume => Out::Resume,
             IncumbentOutput::Close => Out::Close,
+            // The model's sessions offer no capability, so a
+            // `ListenersRequest` is a violation and this never comes.
+            IncumbentOutput::SendListeners { .. } => {
+                panic!("SendListeners from a session that offered no capability")
+            }
             IncumbentOutput::Finished(end) => Out::Finished(match end {
                 IncumbentEnd::Committed => End::Committed,
                 IncumbentEnd::Serving(c) => End::Serving(cause(c)),

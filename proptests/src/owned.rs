@@ -75,6 +75,13 @@ pub enum OwnedMessage {
     ResumeAfterAbort {
         handoff_id: [u8; 16],
     },
+    ListenersRequest {
+        handoff_id: [u8; 16],
+    },
+    Listeners {
+        handoff_id: [u8; 16],
+        names: Vec<String>,
+    },
     Heartbeat {
         ts_ms: u64,
     },
@@ -187,6 +194,16 @@ impl OwnedMessage {
                 handoff_id: id(handoff_id),
             }),
             OwnedMessage::Heartbeat { ts_ms } => f(Message::Heartbeat { ts_ms: *ts_ms }),
+            OwnedMessage::ListenersRequest { handoff_id } => f(Message::ListenersRequest {
+                handoff_id: id(handoff_id),
+            }),
+            OwnedMessage::Listeners { handoff_id, names } => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                f(Message::Listeners {
+                    handoff_id: id(handoff_id),
+                    names: Strings::from_slice(&names),
+                })
+            }
         }
     }
 
@@ -289,6 +306,13 @@ impl OwnedMessage {
                 handoff_id: id(handoff_id),
             },
             Message::Heartbeat { ts_ms } => OwnedMessage::Heartbeat { ts_ms: *ts_ms },
+            Message::ListenersRequest { handoff_id } => OwnedMessage::ListenersRequest {
+                handoff_id: id(handoff_id),
+            },
+            Message::Listeners { handoff_id, names } => OwnedMessage::Listeners {
+                handoff_id: id(handoff_id),
+                names: names.iter().map(str::to_owned).collect(),
+            },
         }
     }
 

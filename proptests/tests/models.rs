@@ -109,6 +109,11 @@ fn message_of(kind: MessageKind, id: [u8; 16]) -> OwnedMessage {
         },
         MessageKind::ResumeAfterAbort => M::ResumeAfterAbort { handoff_id: id },
         MessageKind::Heartbeat => M::Heartbeat { ts_ms: 9 },
+        MessageKind::ListenersRequest => M::ListenersRequest { handoff_id: id },
+        MessageKind::Listeners => M::Listeners {
+            handoff_id: id,
+            names: vec!["kv".into()],
+        },
     }
 }
 

@@ -27,17 +27,117 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// socket before it starts answering it.
 const HELLO_WAIT: Duration = Duration::from_secs(1);
 
-/// A daemon process of ours.
+/// A daemon process we watch: one we started (our child, reaped here), or
+/// one a crashed supervisor left serving that we adopted (not our child:
+/// its exit is watched through the pidfd taken when it was adopted, and
+/// its parent reaps it).
 #[derive(Debug)]
 pub(crate) struct Proc {
-    pub(crate) child: Child,
-    /// When it began to serve (its first `Hello`, or its commit).
+    handle: Handle,
+    /// When it began to serve (its first `Hello`, its commit, or its
+    /// adoption).
     pub(crate) started: Instant,
 }
 
+#[derive(Debug)]
+enum Handle {
+    Child(Child),
+    Adopted { pid: u32, exit: ExitWatch },
+}
+
+/// How a daemon ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ended {
+    /// Our child, with its status.
+    Status(ExitStatus),
+    /// An adopted daemon: its status goes to its parent, not to us.
+    Adopted,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Status(s) => write!(f, "{s}"),
+            Ended::Adopted => f.write_str("status unknown: an adopted daemon is not our child"),
+        }
+    }
+}
+
 impl Proc {
+    /// A child of ours that serves from now on.
+    pub(crate) fn child(child: Child) -> Proc {
+        Proc {
+            handle: Handle::Child(child),
+            started: Instant::now(),
+        }
+    }
+
+    /// A daemon we did not start, watched through `exit`.
+    pub(crate) fn adopted(pid: u32, exit: ExitWatch) -> Proc {
+        Proc {
+            handle: Handle::Adopted { pid, exit },
+            started: Instant::now(),
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.handle {
+            Handle::Child(c) => c.id(),
+            Handle::Adopted { pid, .. } => *pid,
+        }
+    }
+
+    /// Whether we adopted it rather than started it.
+    pub(crate) fn is_adopted(&self) -> bool {
+        matches!(self.handle, Handle::Adopted { .. })
+    }
+
+    /// A watch on its exit that names this process and no other: a child's
+    /// pid cannot be reused while we have not reaped it, and an adopted
+    /// daemon's watch is a copy of the pidfd taken at its adoption.
+    pub(crate) fn exit_watch(&self) -> Option<ExitWatch> {
+        match &self.handle {
+            Handle::Child(c) => ExitWatch::new(c.id()).ok(),
+            Handle::Adopted { exit, .. } => exit.try_clone().ok(),
+        }
+    }
+
+    /// How it ended, if it has (a child is reaped here).
+    pub(crate) fn try_ended(&mut self) -> io::Result<Option<Ended>> {
+        match &mut self.handle {
+            Handle::Child(c) => Ok(c.try_wait()?.map(Ended::Status)),
+            Handle::Adopted { exit, .. } => Ok(exit.has_exited().then_some(Ended::Adopted)),
+        }
+    }
+
+    /// Sends `signal` to it, and to no other process.
+    pub(crate) fn signal(&self, signal: Signal) {
+        let _ = match &self.handle {
+            Handle::Child(c) => send_signal(c.id(), signal),
+            Handle::Adopted { exit, .. } => exit.signal(signal),
+        };
+    }
+
+    /// Waits for it to end until `deadline`.
+    pub(crate) fn wait_until(&mut self, deadline: Instant) -> Option<Ended> {
+        let watch = self.exit_watch();
+        loop {
+            if let Ok(Some(ended)) = self.try_ended() {
+                return Some(ended);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match &watch {
+                Some(w) => {
+                    if poll_readable(&[w.as_fd()], Some(left)).is_err() {
+                        std::thread::sleep(PROBE_INTERVAL.min(left));
+                    }
+                }
+                None => std::thread::sleep(PROBE_INTERVAL.min(left)),
+            }
+        }
     }
 }
 
@@ -105,13 +205,11 @@ pub(crate) fn start(
         .stdin(Stdio::null());
     let mut child = spawn_cold(cmd, listeners).map_err(StartError::Spawn)?;
     match wait_until_serving(&config.control_socket, &mut child, timeout, stopping) {
-        Ok(()) => Ok(Proc {
-            child,
-            started: Instant::now(),
-        }),
+        Ok(()) => Ok(Proc::child(child)),
         Err(e) => {
+            let mut proc = Proc::child(child);
             if !matches!(e, StartError::Exited(_)) {
-                stop_all(std::slice::from_mut(&mut child), stop_grace);
+                stop_all(std::slice::from_mut(&mut proc), stop_grace);
             }
             Err(e)
         }
@@ -210,57 +308,33 @@ fn read_hello_pid(r: &mut impl Read) -> Option<u32> {
     }
 }
 
-/// Stops every process in `children`: `SIGTERM`, then `SIGKILL` for those
-/// still running after `grace`; reaps them all. Returns how each ended
-/// (`None` if even `SIGKILL` was not reported within a further bound).
-pub(crate) fn stop_all(children: &mut [Child], grace: Duration) -> Vec<Option<ExitStatus>> {
-    for c in children.iter() {
-        let _ = send_signal(c.id(), Signal::Terminate);
+/// Stops every process in `procs`: `SIGTERM`, then `SIGKILL` for those
+/// still running after `grace`; reaps those that are our children. Returns
+/// how each ended (`None` if even `SIGKILL` was not reported within a
+/// further bound).
+pub(crate) fn stop_all(procs: &mut [Proc], grace: Duration) -> Vec<Option<Ended>> {
+    for p in procs.iter() {
+        p.signal(Signal::Terminate);
     }
     let deadline = Instant::now() + grace;
-    let mut statuses: Vec<Option<ExitStatus>> = children
-        .iter_mut()
-        .map(|c| wait_until(c, deadline))
-        .collect();
+    let mut ended: Vec<Option<Ended>> = procs.iter_mut().map(|p| p.wait_until(deadline)).collect();
     let kill_deadline = Instant::now() + KILL_WAIT;
-    for (c, status) in children.iter_mut().zip(statuses.iter_mut()) {
-        if status.is_none() {
+    for (p, ended) in procs.iter_mut().zip(ended.iter_mut()) {
+        if ended.is_none() {
             tracing::warn!(
-                pid = c.id(),
+                pid = p.pid(),
                 grace_s = grace.as_secs_f64(),
                 "the daemon ignored SIGTERM; sending SIGKILL"
             );
-            let _ = send_signal(c.id(), Signal::Kill);
-            *status = wait_until(c, kill_deadline);
+            p.signal(Signal::Kill);
+            *ended = p.wait_until(kill_deadline);
         }
     }
-    statuses
+    ended
 }
 
 /// How long a `SIGKILL`ed process may take to be reported dead.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits for `child` to exit until `deadline`, and reaps it.
-pub(crate) fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    let watch = ExitWatch::new(child.id()).ok();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        match &watch {
-            Some(w) => {
-                if poll_readable(&[w.as_fd()], Some(left)).is_err() {
-                    std::thread::sleep(PROBE_INTERVAL.min(left));
-                }
-            }
-            None => std::thread::sleep(PROBE_INTERVAL.min(left)),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -324,22 +398,27 @@ mod tests {
     #[test]
     fn stop_all_escalates_to_sigkill() {
         use std::os::unix::process::ExitStatusExt;
-        let mut children = vec![
+        let mut children = vec![Proc::child(
             Command::new("/bin/sleep").arg("30").spawn().unwrap(),
-            // Ignores SIGTERM.
-            Command::new("/bin/sh")
-                .args(["-c", "trap '' TERM; echo; read x"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        ];
+        )];
+        // Ignores SIGTERM.
+        let mut shell = Command::new("/bin/sh")
+            .args(["-c", "trap '' TERM; echo; read x"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         // Wait until the shell has installed its trap (it printed a line).
-        let mut out = children[1].stdout.take().unwrap();
+        let mut out = shell.stdout.take().unwrap();
         let mut b = [0u8; 1];
         out.read_exact(&mut b).unwrap();
+        children.push(Proc::child(shell));
         let statuses = stop_all(&mut children, Duration::from_millis(200));
-        assert_eq!(statuses[0].unwrap().signal(), Some(libc::SIGTERM));
-        assert_eq!(statuses[1].unwrap().signal(), Some(libc::SIGKILL));
+        let signal = |e: Option<Ended>| match e {
+            Some(Ended::Status(s)) => s.signal(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(signal(statuses[0]), Some(libc::SIGTERM));
+        assert_eq!(signal(statuses[1]), Some(libc::SIGKILL));
     }
 }

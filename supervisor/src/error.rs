@@ -45,6 +45,24 @@ pub enum ServiceError {
         /// The system's error.
         source: io::Error,
     },
+    /// A daemon serves the control socket (left by a supervisor that
+    /// crashed) but cannot be adopted; it was left serving as it was.
+    Adopt {
+        /// The control socket.
+        control_socket: PathBuf,
+        /// The daemon's pid, if one answered.
+        pid: Option<u32>,
+        /// Why not.
+        reason: String,
+    },
+    /// The adopted daemon's listeners are not the configured ones; it was
+    /// left serving as it was.
+    AdoptMismatch {
+        /// The daemon's pid.
+        pid: u32,
+        /// What differs.
+        detail: String,
+    },
     /// The daemon did not come up.
     DaemonStart {
         /// Its binary.
@@ -120,6 +138,30 @@ impl fmt::Display for ServiceError {
                 }
                 Ok(())
             }
+            ServiceError::Adopt {
+                control_socket,
+                pid,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "a daemon serves the control socket {} but cannot be adopted: {reason}. ",
+                    control_socket.display()
+                )?;
+                match pid {
+                    Some(pid) => write!(
+                        f,
+                        "It serves on, untouched. To supervise it, stop it (kill {pid}) and                          start the supervisor again, which starts the daemon afresh; or run                          a daemon build that offers its listeners"
+                    ),
+                    None => f.write_str(
+                        "Nothing was changed; check the control socket's permissions and                          that it is a socket",
+                    ),
+                }
+            }
+            ServiceError::AdoptMismatch { pid, detail } => write!(
+                f,
+                "pid {pid} serves the control socket, but its listeners do not match the                  configuration: {detail}. It serves on, untouched. Start the supervisor with                  the configuration that daemon was started with, or stop it (kill {pid}) and                  start the supervisor again"
+            ),
             ServiceError::DaemonStart { binary, reason } => write!(
                 f,
                 "the daemon {} did not start: {reason} (the configuration's `binary`)",

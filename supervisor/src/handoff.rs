@@ -10,9 +10,9 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::TryLockError;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use handoff_std::os::process::{ExitWatch, poll_readable};
+use handoff_std::os::process::poll_readable;
 use handoff_std::{AbortReason, HandoffOutcome, IncumbentFate, PhaseTimings, SpawnSpec};
 
 use crate::client::HandoffReply;
@@ -75,7 +75,7 @@ impl Inner {
         let watch = {
             let st = lock(&self.state);
             match st.incumbent.as_ref() {
-                Some(p) if p.pid() == pid => ExitWatch::new(pid).ok(),
+                Some(p) if p.pid() == pid => p.exit_watch(),
                 _ => return true,
             }
         };
@@ -205,10 +205,7 @@ impl Inner {
                 if let Some(old) = st.incumbent.take() {
                     st.retired.push(old);
                 }
-                st.incumbent = Some(Proc {
-                    child,
-                    started: Instant::now(),
-                });
+                st.incumbent = Some(Proc::child(child));
                 st.binary = binary;
                 // A new binary took over: an earlier run of quick deaths
                 // says nothing about it.

@@ -43,6 +43,8 @@
 // handoff-os (the benchmarks' allocator and echo server aside).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 
+mod adopt;
+pub mod cli;
 pub mod client;
 pub mod config;
 mod daemon;

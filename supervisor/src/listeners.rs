@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use handoff_std::os::listeners::{InheritedListeners, Mode};
+use handoff_std::os::listeners::{InheritedListeners, ListenerError, Mode};
 
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::error::ServiceError;
@@ -37,7 +37,12 @@ pub(crate) fn open_all(
     let mut bound = Vec::with_capacity(configs.len());
     for config in configs {
         let adopted = match inherited.as_mut() {
-            Some(inh) if inh.names().contains(&config.name.as_str()) => Some(adopt(inh, config)?),
+            Some(inh) if inh.names().contains(&config.name.as_str()) => Some(
+                adopt(inh, config).map_err(|source| ServiceError::Inherited {
+                    name: config.name.clone(),
+                    source,
+                })?,
+            ),
             _ => None,
         };
         let b = match adopted {
@@ -73,24 +78,84 @@ pub(crate) fn open_all(
     Ok(bound)
 }
 
-fn adopt(inh: &mut InheritedListeners, config: &ListenerConfig) -> Result<Bound, ServiceError> {
-    let wrap = |source| ServiceError::Inherited {
-        name: config.name.clone(),
-        source,
-    };
+/// The listeners an adopted daemon (`pid`) passed over, checked against the
+/// configuration: every configured name present, of its kind, listening
+/// on its address (any port for a configured `:0`), and nothing more.
+pub(crate) fn from_daemon(
+    configs: &[ListenerConfig],
+    passed: Vec<(String, OwnedFd)>,
+    pid: u32,
+) -> Result<Vec<Bound>, ServiceError> {
+    let mismatch = |detail: String| ServiceError::AdoptMismatch { pid, detail };
+    let mut inh = InheritedListeners::from_fds(passed);
+    let mut bound = Vec::with_capacity(configs.len());
+    for config in configs {
+        if !inh.names().contains(&config.name.as_str()) {
+            return Err(mismatch(format!(
+                "it has no listener {:?} (it has: {})",
+                config.name,
+                inh.names().join(", ")
+            )));
+        }
+        let mut b = adopt(&mut inh, config)
+            .map_err(|e| mismatch(format!("listener {:?}: {e}", config.name)))?;
+        if !same_address(config, &b.local_addr) {
+            return Err(mismatch(format!(
+                "listener {:?} is on {}, the configuration says {}",
+                config.name, b.local_addr, config.addr
+            )));
+        }
+        if config.kind == ListenerKind::Unix {
+            // Bound by the supervisor that crashed: ours to remove at the
+            // end now, if it is still that file.
+            let path = Path::new(&config.addr);
+            b.created_file = file_identity(path).map(|id| (path.to_path_buf(), id));
+        }
+        tracing::info!(listener = %config.name, addr = %b.local_addr, pid, "took the listener over from the adopted daemon");
+        bound.push(b);
+    }
+    if !inh.is_empty() {
+        return Err(mismatch(format!(
+            "it has listeners the configuration does not name: {}",
+            inh.names().join(", ")
+        )));
+    }
+    Ok(bound)
+}
+
+/// Whether a socket bound to `actual` (as the kernel reports it) is the
+/// one `config` describes.
+fn same_address(config: &ListenerConfig, actual: &str) -> bool {
+    match config.kind {
+        ListenerKind::Unix => Path::new(actual) == Path::new(&config.addr),
+        ListenerKind::Tcp | ListenerKind::Udp => {
+            match (
+                config.addr.parse::<SocketAddr>(),
+                actual.parse::<SocketAddr>(),
+            ) {
+                (Ok(want), Ok(got)) => {
+                    want.ip() == got.ip() && (want.port() == 0 || want.port() == got.port())
+                }
+                _ => false,
+            }
+        }
+    }
+}
+
+fn adopt(inh: &mut InheritedListeners, config: &ListenerConfig) -> Result<Bound, ListenerError> {
     let (fd, local_addr): (OwnedFd, String) = match config.kind {
         ListenerKind::Tcp => {
-            let l = inh.take_tcp(&config.name, Mode::Blocking).map_err(wrap)?;
+            let l = inh.take_tcp(&config.name, Mode::Blocking)?;
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             (l.into(), addr)
         }
         ListenerKind::Udp => {
-            let s = inh.take_udp(&config.name, Mode::Blocking).map_err(wrap)?;
+            let s = inh.take_udp(&config.name, Mode::Blocking)?;
             let addr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
             (s.into(), addr)
         }
         ListenerKind::Unix => {
-            let l = inh.take_unix(&config.name, Mode::Blocking).map_err(wrap)?;
+            let l = inh.take_unix(&config.name, Mode::Blocking)?;
             let addr = l
                 .local_addr()
                 .ok()

@@ -5,12 +5,11 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use handoff_std::os::process::{ExitWatch, poll_readable};
 
-use crate::daemon::StartError;
+use crate::daemon::{Ended, StartError};
 use crate::state::{Inner, drain_wakes, lock};
 
 /// A daemon that dies sooner than this after it began to serve is failing
@@ -46,21 +45,21 @@ pub(crate) fn run(inner: &Inner, wake: &UnixStream) {
         if inner.stopping() {
             return;
         }
-        let (incumbent, mut pids) = {
+        let incumbent = {
             let st = lock(&inner.state);
             let incumbent = st.incumbent.as_ref().map(|p| p.pid());
-            let retired: Vec<u32> = st.retired.iter().map(|p| p.pid()).collect();
-            (incumbent, retired)
-        };
-        pids.extend(incumbent);
-        // A pid stays ours (unreaped, so not reused) while it is in the
-        // state, and a watch is kept exactly as long.
-        watches.retain(|(pid, _)| pids.contains(pid));
-        for pid in pids {
-            if !watches.iter().any(|(p, _)| *p == pid) {
-                watches.push((pid, ExitWatch::new(pid).ok()));
+            let procs: Vec<&crate::daemon::Proc> =
+                st.retired.iter().chain(st.incumbent.as_ref()).collect();
+            // A watch is kept exactly as long as its process is in the
+            // state; each names that process only (see `Proc::exit_watch`).
+            watches.retain(|(pid, _)| procs.iter().any(|p| p.pid() == *pid));
+            for p in procs {
+                if !watches.iter().any(|(pid, _)| *pid == p.pid()) {
+                    watches.push((p.pid(), p.exit_watch()));
+                }
             }
-        }
+            incumbent
+        };
         let mut fds: Vec<BorrowedFd<'_>> = vec![wake.as_fd()];
         fds.extend(
             watches
@@ -89,14 +88,14 @@ pub(crate) fn run(inner: &Inner, wake: &UnixStream) {
 /// How the incumbent ended.
 struct Exit {
     pid: u32,
-    status: ExitStatus,
+    status: Ended,
     uptime: Duration,
 }
 
 /// Reaps the incumbents handed off from that have finished.
 fn reap_retired(inner: &Inner) {
     let mut st = lock(&inner.state);
-    st.retired.retain_mut(|p| match p.child.try_wait() {
+    st.retired.retain_mut(|p| match p.try_ended() {
         Ok(Some(status)) => {
             tracing::info!(pid = p.pid(), %status, "the incumbent handed off from has exited");
             false
@@ -118,7 +117,7 @@ fn incumbent_exit(inner: &Inner, watched: Option<u32>) -> Option<Exit> {
         // A handoff replaced it since; the old one is retired now.
         return None;
     }
-    let status = p.child.try_wait().ok()??;
+    let status = p.try_ended().ok()??;
     let p = st.incumbent.take()?;
     drop(st);
     inner.changed.notify_all();

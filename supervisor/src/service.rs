@@ -153,7 +153,53 @@ impl Service {
             }
             None => None,
         };
-        let bound = listeners::open_all(&config.listeners, inherited)?;
+        // The journal first: an interrupted handoff's processes tell an
+        // empty control socket in transition from one nobody serves.
+        let mut supervisor =
+            Supervisor::new(&config.control_socket).map_err(ServiceError::Supervisor)?;
+        let mut record = None;
+        if let Some(journal) = &config.journal {
+            supervisor = supervisor.with_journal(journal);
+            match supervisor.resume_from_journal() {
+                Ok(None) => tracing::debug!(journal = %journal.display(), "no unfinished handoff"),
+                Ok(Some(r)) => record = Some(r),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    journal = %journal.display(),
+                    "cannot read the journal (if it holds a record, it was left in place); \
+                     handoffs go on, but a journal that cannot be written is not kept"
+                ),
+            }
+        }
+        // A daemon left serving by a supervisor that crashed is adopted
+        // with its listeners, not fought for the addresses.
+        let adopted = crate::adopt::find(&config, record.as_ref(), b.startup_timeout)?;
+        let (bound, adopted) = match adopted {
+            Some(a) => {
+                if inherited.as_ref().is_some_and(|i| !i.is_empty()) {
+                    tracing::debug!(
+                        "the service manager passed listeners too; the adopted daemon's are \
+                         used (the same sockets, if the manager kept them)"
+                    );
+                }
+                let bound = listeners::from_daemon(&config.listeners, a.listeners, a.pid)?;
+                crate::adopt::reconcile(record.as_ref(), a.pid);
+                (bound, Some((a.pid, a.exit)))
+            }
+            None => {
+                if let Some(r) = &record {
+                    tracing::warn!(
+                        handoff_id = %r.handoff_id,
+                        phase = %r.phase,
+                        incumbent_pid = r.incumbent_pid,
+                        successor_pid = r.successor_pid,
+                        "the last supervisor stopped during a handoff, and no daemon of it \
+                         serves the control socket; starting one"
+                    );
+                }
+                (listeners::open_all(&config.listeners, inherited)?, None)
+            }
+        };
         let listener_addrs: Vec<(String, String)> = bound
             .iter()
             .map(|l| (l.name.clone(), l.local_addr.clone()))
@@ -164,36 +210,11 @@ impl Service {
                 .filter_map(|l| l.created_file.clone())
                 .collect(),
         );
-        let mut supervisor =
-            Supervisor::new(&config.control_socket).map_err(ServiceError::Supervisor)?;
         for l in bound {
             let fd: OwnedFd = l.fd;
             supervisor = supervisor
                 .with_listener(l.name, fd)
                 .map_err(ServiceError::Supervisor)?;
-        }
-        if let Some(journal) = &config.journal {
-            supervisor = supervisor.with_journal(journal);
-            match supervisor.resume_from_journal() {
-                Ok(None) => tracing::debug!(journal = %journal.display(), "no unfinished handoff"),
-                Ok(Some(r)) => tracing::warn!(
-                    handoff_id = %r.handoff_id,
-                    phase = %r.phase,
-                    incumbent_pid = r.incumbent_pid,
-                    successor_pid = r.successor_pid,
-                    after_seal = r.phase.after_seal(),
-                    "an earlier supervisor stopped during a handoff; its daemons settle by \
-                     themselves (the incumbent resumes, or a ready successor serves on), but \
-                     one that still runs keeps the data-dir lock and the daemon started now \
-                     cannot take it: stop it if the start fails"
-                ),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    journal = %journal.display(),
-                    "cannot read the journal (if it holds a record, it was left in place); \
-                     handoffs go on, but a journal that cannot be written is not kept"
-                ),
-            }
         }
 
         let (monitor_wake, monitor_rx) = LoopWaker::pair().map_err(ServiceError::Io)?;
@@ -228,14 +249,26 @@ impl Service {
             monitor_wake,
         });
 
-        let proc = inner
-            .start_daemon(&binary)
-            .map_err(|e| ServiceError::DaemonStart {
-                binary: binary.clone(),
-                reason: e.to_string(),
-            })?;
+        let proc = match adopted {
+            Some((pid, exit)) => {
+                let binary = crate::adopt::binary_of(&inner.config, pid);
+                lock(&inner.state).binary = binary;
+                crate::daemon::Proc::adopted(pid, exit)
+            }
+            None => inner
+                .start_daemon(&binary)
+                .map_err(|e| ServiceError::DaemonStart {
+                    binary: binary.clone(),
+                    reason: e.to_string(),
+                })?,
+        };
         let pid = proc.pid();
-        tracing::info!(pid, binary = %binary.display(), "the daemon serves");
+        let adopted = proc.is_adopted();
+        if adopted {
+            tracing::info!(pid, "the adopted daemon serves");
+        } else {
+            tracing::info!(pid, binary = %binary.display(), "the daemon serves");
+        }
         lock(&inner.state).incumbent = Some(proc);
 
         let mut service = Service {
@@ -261,10 +294,12 @@ impl Service {
             .map_err(ServiceError::Io)?;
         service.threads.push(server);
 
-        service
-            .inner
-            .notifier
-            .ready(&format!("serving: {} pid {pid}", binary.display()));
+        let serving = if adopted {
+            format!("serving: pid {pid} (adopted)")
+        } else {
+            format!("serving: {} pid {pid}", binary.display())
+        };
+        service.inner.notifier.ready(&serving);
         Ok(service)
     }
 
@@ -363,9 +398,8 @@ impl Service {
             all
         };
         inner.changed.notify_all();
-        let mut children: Vec<std::process::Child> = procs.drain(..).map(|p| p.child).collect();
-        let pids: Vec<u32> = children.iter().map(std::process::Child::id).collect();
-        let statuses = daemon::stop_all(&mut children, inner.stop_grace);
+        let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+        let statuses = daemon::stop_all(&mut procs, inner.stop_grace);
         for (pid, status) in pids.iter().zip(statuses) {
             match status {
                 Some(s) => tracing::info!(pid, status = %s, "the daemon stopped"),

@@ -698,6 +698,9 @@ impl World {
                         o.hooks.push((now + every, Hook::SealProgress));
                     }
                 }
+                IncumbentOutput::SendListeners { .. } => {
+                    panic!("the scenario world's incumbent offers no capability")
+                }
                 IncumbentOutput::ReleaseLock => {
                     assert!(o.holds_lock, "released a lock it does not hold");
                     assert!(

@@ -569,6 +569,10 @@ impl World {
                 IncumbentOutput::Resume => IncOut::Resume,
                 IncumbentOutput::Close => IncOut::Close,
                 IncumbentOutput::Finished(_) => IncOut::Finished,
+                // The seed world's supervisor never asks for listeners.
+                IncumbentOutput::SendListeners { .. } => {
+                    unreachable!("no ListenersRequest is sent")
+                }
             });
         }
         let did = !outs.is_empty();

@@ -365,6 +365,10 @@ impl World {
                 Some(IncumbentOutput::AcquireLock) => IncOut::AcquireLock,
                 Some(IncumbentOutput::Resume) => IncOut::Resume,
                 Some(IncumbentOutput::Close) => IncOut::Close,
+                // The simulated daemons offer no capability.
+                Some(IncumbentOutput::SendListeners { .. }) => {
+                    return Err(format!("pid {pid}: SendListeners without the capability"));
+                }
                 Some(IncumbentOutput::Finished(end)) => IncOut::Finished(end),
             };
             return self.incumbent_output(pid, out);
