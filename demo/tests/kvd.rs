@@ -389,7 +389,7 @@ impl Rig {
         let mut s = TcpStream::connect_timeout(&self.addr, BOUND).unwrap();
         s.set_read_timeout(Some(BOUND)).unwrap();
         s.set_write_timeout(Some(BOUND)).unwrap();
-        writeln!(s, "{line}").unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
         let mut answer = String::new();
         BufReader::new(s).read_line(&mut answer).unwrap();
         answer.trim_end().to_owned()
@@ -636,7 +636,11 @@ fn a_drain_answers_retry_unprompted_on_open_connections() {
         (BufReader::new(s.try_clone().unwrap()), s)
     };
     let ask = |(r, s): &mut (BufReader<TcpStream>, TcpStream), line: &str| {
-        writeln!(s, "{line}").unwrap();
+        // One write for the whole line: `writeln!` on an unbuffered stream
+        // writes the text and the newline separately, and on a connection
+        // the drain already closed, the first write draws a reset that makes
+        // the second fail with EPIPE before the RETRY is read.
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
         let mut a = String::new();
         r.read_line(&mut a).unwrap();
         a.trim_end().to_owned()

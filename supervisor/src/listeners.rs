@@ -25,6 +25,9 @@ pub(crate) struct Bound {
     /// The socket file this process created, and which file it is, to
     /// remove at the end only if it is still that one.
     pub(crate) created_file: Option<(PathBuf, (u64, u64))>,
+    /// Passed by the service manager (`LISTEN_FDS`), which keeps it: it
+    /// need not be put in the manager's fd store.
+    pub(crate) from_manager: bool,
 }
 
 /// Binds or adopts every configured listener, in configuration order.
@@ -46,12 +49,27 @@ pub(crate) fn open_all(
             _ => None,
         };
         let b = match adopted {
-            Some(b) => {
+            Some(mut b) => {
                 tracing::info!(
                     listener = %config.name,
                     addr = %b.local_addr,
                     "adopted the listener passed by the service manager"
                 );
+                if !same_address(config, &b.local_addr) {
+                    // Kept, not rebound: a socket unit's `ListenStream=7070`
+                    // is `[::]:7070` for a configured `0.0.0.0:7070`, and
+                    // binding beside it would fail where this serves.
+                    tracing::warn!(
+                        listener = %config.name,
+                        passed = %b.local_addr,
+                        configured = %config.addr,
+                        "the service manager passed this listener on another address than \
+                         the configuration's; serving on the passed one. If the configuration \
+                         changed, `systemctl restart` empties the fd store; otherwise fix the \
+                         socket unit"
+                    );
+                }
+                b.from_manager = true;
                 b
             }
             None => {
@@ -170,6 +188,7 @@ fn adopt(inh: &mut InheritedListeners, config: &ListenerConfig) -> Result<Bound,
         local_addr,
         // The service manager's socket file is its own to remove.
         created_file: None,
+        from_manager: false,
     })
 }
 
@@ -203,6 +222,7 @@ fn bind(config: &ListenerConfig) -> io::Result<Bound> {
         fd,
         local_addr,
         created_file: created,
+        from_manager: false,
     })
 }
 

@@ -9,6 +9,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -16,6 +17,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 // A newline in STATUS= would start a new assignment, and an escape
 // sequence would reach `systemctl status`'s terminal.
 use crate::text::one_line;
+use handoff_std::os::fdpass::send_with_fds;
 
 /// The variable systemd sets for a `Type=notify` service.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -127,6 +129,78 @@ impl Notifier {
     pub fn stopping(&self, status: &str) {
         self.notify(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
+
+    /// Keeps `listeners` in the service manager's file-descriptor store,
+    /// each under its name: `FDSTOREREMOVE=1` for the name first (a socket
+    /// stored under it by an earlier start, for an address the
+    /// configuration no longer has, must not come back beside the new one),
+    /// then `FDSTORE=1` with the socket attached (`SCM_RIGHTS`). A restart
+    /// of the unit then receives them as `LISTEN_FDS`/`LISTEN_FDNAMES`, even
+    /// when the daemon died too, and the accept queue is never closed.
+    ///
+    /// systemd keeps them only with `FileDescriptorStoreMax=` set; without
+    /// it, it logs that it closed them. Returns how many were sent; a name
+    /// systemd would refuse, or a failed send, is logged and skipped: the
+    /// store is a safety net, not a reason to stop serving.
+    pub fn store_listeners(&self, listeners: &[(&str, BorrowedFd<'_>)]) -> usize {
+        let Some((_, addr)) = &self.target else {
+            return 0;
+        };
+        if let Some(max) = std::env::var_os(FDSTORE)
+            .and_then(|v| v.to_str().and_then(|v| v.parse::<usize>().ok()))
+            && max < listeners.len()
+        {
+            tracing::warn!(
+                max,
+                listeners = listeners.len(),
+                "the unit's FileDescriptorStoreMax= is lower than the number of listeners; \
+                 systemd keeps only some of them across a restart: raise it"
+            );
+        }
+        let mut stored = 0;
+        for (name, fd) in listeners {
+            if !fdname_is_valid(name) {
+                tracing::warn!(
+                    listener = %one_line(name),
+                    "not kept in the service manager's fd store: systemd takes names of at \
+                     most 255 printable ASCII characters without ':'"
+                );
+                continue;
+            }
+            let sent = UnixDatagram::unbound().and_then(|sock| {
+                // Connected, so that the descriptor goes with a plain
+                // sendmsg to the manager and nowhere else.
+                sock.connect_addr(addr)?;
+                sock.send(format!("FDSTOREREMOVE=1\nFDNAME={name}").as_bytes())?;
+                send_with_fds(
+                    sock.as_fd(),
+                    format!("FDSTORE=1\nFDNAME={name}").as_bytes(),
+                    &[*fd],
+                )
+            });
+            match sent {
+                Ok(_) => stored += 1,
+                Err(e) => tracing::warn!(
+                    listener = %name,
+                    error = %e,
+                    "cannot keep the listener in the service manager's fd store; a restart \
+                     of the unit after a crash of the daemon too would bind it anew"
+                ),
+            }
+        }
+        stored
+    }
+}
+
+/// The variable systemd (254 and later) sets to the unit's
+/// `FileDescriptorStoreMax=` when it is not zero.
+pub const FDSTORE: &str = "FDSTORE";
+
+/// Whether systemd accepts `name` as an `FDNAME=`: 1 to 255 printable ASCII
+/// characters, no `:` (the separator of `LISTEN_FDNAMES`). The check keeps
+/// a newline in a name from starting another assignment in the datagram.
+fn fdname_is_valid(name: &str) -> bool {
+    (1..=255).contains(&name.len()) && name.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b':')
 }
 
 pub use handoff_std::os::process::monotonic_usec;
@@ -174,6 +248,42 @@ mod tests {
         assert_eq!(lines[2], "STATUS=handing off");
         n.stopping("bye");
         assert_eq!(receive(&listener), "STOPPING=1\nSTATUS=bye");
+    }
+
+    #[test]
+    fn listeners_go_to_the_fd_store_by_name() {
+        use handoff_std::os::fdpass::recv_with_fds;
+        use std::os::unix::fs::MetadataExt;
+        let name = format!("handoff-fdstore-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let manager = UnixDatagram::bind_addr(&addr).unwrap();
+        manager
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let n = Notifier::for_socket(OsStr::new(&format!("@{name}")));
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stored = n.store_listeners(&[
+            ("kv", tcp.as_fd()),
+            ("bad\nREADY=1", tcp.as_fd()),
+            ("a:b", tcp.as_fd()),
+        ]);
+        assert_eq!(stored, 1, "only the name systemd accepts");
+        let mut buf = [0u8; 512];
+        let got = recv_with_fds(manager.as_fd(), &mut buf, 4).unwrap();
+        assert_eq!(&buf[..got.len], b"FDSTOREREMOVE=1\nFDNAME=kv");
+        assert!(got.fds.is_empty());
+        let got = recv_with_fds(manager.as_fd(), &mut buf, 4).unwrap();
+        assert_eq!(&buf[..got.len], b"FDSTORE=1\nFDNAME=kv");
+        assert_eq!(got.fds.len(), 1);
+        // The very socket, not another bound to the same address.
+        let ino = |fd: &dyn AsFd| {
+            let f = std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap());
+            f.metadata().unwrap().ino()
+        };
+        assert_eq!(ino(&got.fds[0]), ino(&tcp));
+        // Nothing more was sent: the refused names went nowhere.
+        manager.set_nonblocking(true).unwrap();
+        assert!(manager.recv(&mut buf).is_err());
     }
 
     #[test]

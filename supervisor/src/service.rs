@@ -6,7 +6,7 @@
 //! daemon and the threads, and the shutdown that stops them all. What the
 //! threads share is in `state`, the handoff itself in `handoff`.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -210,6 +210,19 @@ impl Service {
                 .filter_map(|l| l.created_file.clone())
                 .collect(),
         );
+        // Into the service manager's fd store before anything can crash,
+        // so that a restart of the unit gets these very sockets back.
+        let notifier = b.notifier.unwrap_or_else(Notifier::from_env);
+        let to_store: Vec<(&str, BorrowedFd<'_>)> = bound
+            .iter()
+            .filter(|l| !l.from_manager)
+            .map(|l| (l.name.as_str(), l.fd.as_fd()))
+            .collect();
+        if !to_store.is_empty() && notifier.is_enabled() {
+            let stored = notifier.store_listeners(&to_store);
+            tracing::debug!(stored, "listeners sent to the service manager's fd store");
+        }
+        drop(to_store);
         for l in bound {
             let fd: OwnedFd = l.fd;
             supervisor = supervisor
@@ -241,7 +254,7 @@ impl Service {
             in_flight: AtomicBool::new(false),
             handoffs: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
-            notifier: b.notifier.unwrap_or_else(Notifier::from_env),
+            notifier,
             policy,
             request_timeout: b.request_timeout,
             startup_timeout: b.startup_timeout,

@@ -101,3 +101,4 @@ pub(crate) fn become_subreaper() {
         assert_eq!(rc, 0);
     });
 }
+pub(crate) mod deployment;

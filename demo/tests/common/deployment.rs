@@ -1,0 +1,325 @@
+//! One deployment of kvd under the supervisor operators run
+//! (`handoff-supervisor`, here as `handoff-demo supervisor`), with the
+//! notify socket a test binds in systemd's place: the supervisor's state
+//! changes and its fd store, kept as systemd keeps it and passed back at a
+//! restart as systemd passes it.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{BOUND, TempDir, processes_with, reap};
+use handoff_demo::loadgen::{self, LoadConfig, LoadGen};
+use handoff_std::Signal;
+use handoff_std::os::fdpass::{MAX_FDS, recv_with_fds};
+use handoff_std::os::process::{ExitWatch, poll_readable, send_signal, wait_gone};
+use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_supervisor::client::{self, Reply};
+
+/// One deployment: a configuration, kvd on `runtime`, a notify socket.
+pub(crate) struct Deployment {
+    pub(crate) dir: TempDir,
+    pub(crate) config: PathBuf,
+    pub(crate) trigger: PathBuf,
+    pub(crate) ctl: PathBuf,
+    pub(crate) addr: SocketAddr,
+    pub(crate) notify: UnixDatagram,
+    pub(crate) notify_path: PathBuf,
+    /// Every supervisor started, to be killed if the test fails midway.
+    pub(crate) supervisors: Vec<Child>,
+    /// The service manager's file-descriptor store, as systemd keeps it:
+    /// what the supervisors sent with `FDSTORE=1`, by `FDNAME=`, one entry
+    /// per socket.
+    pub(crate) store: Vec<(String, OwnedFd)>,
+}
+
+impl Deployment {
+    pub(crate) fn new(tag: &str, runtime: &str) -> Deployment {
+        let dir = TempDir::new(tag);
+        let ctl = dir.0.join("ctl.sock");
+        let trigger = dir.0.join("trigger.sock");
+        // A port free now; the supervisor binds it (nothing else on this
+        // machine races for loopback ports while the tests run one at a
+        // time).
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = dir.0.join("handoff.toml");
+        let text = format!(
+            "control_socket = {ctl:?}\n\
+             trigger_socket = {trigger:?}\n\
+             binary = {bin:?}\n\
+             args = [\"--control-socket\", {ctl:?}, \"--data-dir\", {data:?}, \
+                     \"--version\", \"v1\", \"--runtime\", {runtime:?}]\n\
+             journal = {journal:?}\n\
+             deadline_secs = 20\n\
+             drain_grace_secs = 10\n\
+             [[listeners]]\n\
+             name = \"kv\"\n\
+             addr = \"{addr}\"\n",
+            bin = env!("CARGO_BIN_EXE_kvd"),
+            data = dir.0.join("data"),
+            journal = dir.0.join("journal"),
+        );
+        std::fs::write(&config, text).unwrap();
+        let notify_path = dir.0.join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        Deployment {
+            dir,
+            config,
+            trigger,
+            ctl,
+            addr,
+            notify,
+            notify_path,
+            supervisors: Vec::new(),
+            store: Vec::new(),
+        }
+    }
+
+    /// Starts the supervisor with `env` added, and waits for its
+    /// `READY=1`; returns its pid and the status line it sent with it.
+    pub(crate) fn start_supervisor(&mut self, env: &[(&str, &str)]) -> (u32, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_handoff-demo"));
+        cmd.args(["supervisor", "run", "--config"]).arg(&self.config);
+        self.spawn_supervisor(cmd, env, false)
+    }
+
+    /// Starts the supervisor as systemd restarts a unit whose fd store
+    /// holds sockets: each at 3.. with `LISTEN_FDS`, `LISTEN_FDNAMES` (the
+    /// `FDNAME=`s) and `LISTEN_PID` set to the supervisor's own pid (by a
+    /// shell that then execs it, keeping its pid); then waits for its
+    /// `READY=1`.
+    pub(crate) fn start_supervisor_from_store(&mut self) -> (u32, String) {
+        assert!(!self.store.is_empty(), "nothing in the fd store to pass");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_handoff-demo"))
+            .args(["supervisor", "run", "--config"])
+            .arg(&self.config);
+        self.spawn_supervisor(cmd, &[], true)
+    }
+
+    fn spawn_supervisor(
+        &mut self,
+        mut cmd: Command,
+        env: &[(&str, &str)],
+        pass_store: bool,
+    ) -> (u32, String) {
+        let log = std::fs::File::create(
+            self.dir
+                .0
+                .join(format!("supervisor-{}.log", self.supervisors.len())),
+        )
+        .unwrap();
+        cmd.env("NOTIFY_SOCKET", &self.notify_path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let passed: Vec<PassedListener<'_>> = self
+            .store
+            .iter()
+            .map(|(name, fd)| PassedListener {
+                name,
+                fd: fd.as_fd(),
+            })
+            .collect();
+        // spawn_cold sets LISTEN_FDS and LISTEN_FDNAMES, and never
+        // LISTEN_PID (the shell does).
+        let child = if pass_store {
+            spawn_cold(cmd, &passed).unwrap()
+        } else {
+            cmd.spawn().unwrap()
+        };
+        let pid = child.id();
+        self.supervisors.push(child);
+        let status = self.wait_notification("READY=1", pid);
+        (pid, status)
+    }
+
+    /// The next notification holding `what` from supervisor `pid`; its
+    /// `STATUS=` text. Fails at once if the supervisor exits first.
+    pub(crate) fn wait_notification(&mut self, what: &str, pid: u32) -> String {
+        let until = Instant::now() + BOUND;
+        let exit = ExitWatch::new(pid).unwrap();
+        self.notify.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} from supervisor {pid} within {BOUND:?}; its log: {}",
+                self.log()
+            );
+            let ready = poll_readable(&[self.notify.as_fd(), exit.as_fd()], Some(left)).unwrap();
+            let Ok(got) = recv_with_fds(self.notify.as_fd(), &mut buf, MAX_FDS) else {
+                assert!(
+                    !ready[1],
+                    "supervisor {pid} exited before {what}; its log: {}",
+                    self.log()
+                );
+                continue;
+            };
+            assert!(!got.truncated, "a notification's descriptors were cut off");
+            let text = String::from_utf8_lossy(&buf[..got.len]).into_owned();
+            self.keep(&text, got.fds);
+            if text.lines().any(|l| l == what) {
+                let status = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("STATUS="))
+                    .unwrap_or_default();
+                return status.to_owned();
+            }
+        }
+    }
+
+    /// What systemd does with a notification's fd-store assignments:
+    /// `FDSTOREREMOVE=1` drops the entries named `FDNAME=`, `FDSTORE=1`
+    /// keeps the descriptors sent with it under that name (`stored` when
+    /// none is given), a socket already kept being kept once. Descriptors
+    /// sent without `FDSTORE=1` are closed.
+    fn keep(&mut self, text: &str, fds: Vec<OwnedFd>) {
+        let has = |a: &str| text.lines().any(|l| l == a);
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .unwrap_or("stored")
+            .to_owned();
+        if has("FDSTOREREMOVE=1") {
+            self.store.retain(|(n, _)| *n != name);
+        }
+        if !has("FDSTORE=1") {
+            return;
+        }
+        for fd in fds {
+            let id = identity(&fd);
+            if !self.store.iter().any(|(_, kept)| identity(kept) == id) {
+                self.store.push((name.clone(), fd));
+            }
+        }
+    }
+
+    /// The names in the fd store, with the identity of each socket.
+    pub(crate) fn stored(&self) -> Vec<(String, (u64, u64))> {
+        self.store
+            .iter()
+            .map(|(n, fd)| (n.clone(), identity(fd)))
+            .collect()
+    }
+
+    /// Every supervisor log so far, for a failure message.
+    pub(crate) fn log(&self) -> String {
+        let mut all = String::new();
+        for i in 0..self.supervisors.len() {
+            let path = self.dir.0.join(format!("supervisor-{i}.log"));
+            let mut text = String::new();
+            let _ = std::fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut text));
+            all.push_str(&format!("\n--- supervisor {i} ---\n{text}"));
+        }
+        all
+    }
+
+    pub(crate) fn status(&self) -> handoff_supervisor::Status {
+        let line = client::status(&self.trigger).unwrap();
+        match Reply::parse(&line) {
+            Ok(Reply::Status(s)) => s,
+            other => panic!("status: {other:?} from {line}"),
+        }
+    }
+
+    pub(crate) fn trigger(&self) -> Result<bool, String> {
+        let line =
+            client::trigger_with_timeout(&self.trigger, None, BOUND).map_err(|e| e.to_string())?;
+        match Reply::parse(&line) {
+            Ok(Reply::Handoff(h)) => Ok(h.committed),
+            other => Err(format!("{other:?} from {line}")),
+        }
+    }
+
+    /// The live kvd processes of this deployment, reaping the zombies
+    /// among them (orphans of a killed supervisor come back to this
+    /// process, a subreaper); `(pid, ppid)`.
+    pub(crate) fn live_daemons(&self) -> Vec<(u32, u32)> {
+        let needle = self.ctl.to_string_lossy().into_owned();
+        let me = std::process::id();
+        let mut live = Vec::new();
+        for (pid, ppid, zombie) in processes_with(&needle) {
+            if !zombie {
+                live.push((pid, ppid));
+            } else if ppid == me {
+                reap(pid);
+            }
+        }
+        // The supervisors' own command lines do not name the control
+        // socket (they name the configuration), so these are kvd's.
+        live
+    }
+
+    /// Waits until exactly one kvd is alive; returns it.
+    pub(crate) fn settle_to_one(&self) -> (u32, u32) {
+        let until = Instant::now() + BOUND;
+        loop {
+            let live = self.live_daemons();
+            if live.len() == 1 {
+                return live[0];
+            }
+            assert!(
+                Instant::now() < until,
+                "kvd processes still alive after the bound: {live:?}; {}",
+                self.log()
+            );
+            for (pid, _) in live {
+                if wait_gone(pid, Duration::from_millis(50)) {
+                    break;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn load(&self, seed: u64) -> LoadGen {
+        let mut cfg = LoadConfig::new(self.addr);
+        cfg.clients = 4;
+        cfg.seed = seed;
+        loadgen::start(cfg)
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for c in &mut self.supervisors {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let needle = self.ctl.to_string_lossy().into_owned();
+        for (pid, _, _) in processes_with(&needle) {
+            let _ = send_signal(pid, Signal::Kill);
+            wait_gone(pid, BOUND);
+            reap(pid);
+        }
+    }
+}
+
+pub(crate) fn assert_writes_flow(load: &LoadGen, more: u64, what: &str) {
+    let now = load.progress().writes_acked;
+    assert!(
+        load.wait_for_acks(now + more, BOUND),
+        "{what}: writes stopped at {now}: {:?}",
+        load.progress()
+    );
+}
+
+
+/// Which socket `fd` is: `(device, inode)`, equal for every descriptor of
+/// one socket.
+pub(crate) fn identity(fd: &impl AsFd) -> (u64, u64) {
+    let f = std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap());
+    let m = f.metadata().unwrap();
+    (m.dev(), m.ino())
+}
