@@ -151,16 +151,22 @@ impl fmt::Display for ServiceError {
                 match pid {
                     Some(pid) => write!(
                         f,
-                        "It serves on, untouched. To supervise it, stop it (kill {pid}) and                          start the supervisor again, which starts the daemon afresh; or run                          a daemon build that offers its listeners"
+                        "It serves on, untouched. To supervise it, stop it (kill {pid}) and \
+                         start the supervisor again, which starts the daemon afresh; or run \
+                         a daemon build that offers its listeners"
                     ),
                     None => f.write_str(
-                        "Nothing was changed; check the control socket's permissions and                          that it is a socket",
+                        "Nothing was changed; check the control socket's permissions and \
+                         that it is a socket",
                     ),
                 }
             }
             ServiceError::AdoptMismatch { pid, detail } => write!(
                 f,
-                "pid {pid} serves the control socket, but its listeners do not match the                  configuration: {detail}. It serves on, untouched. Start the supervisor with                  the configuration that daemon was started with, or stop it (kill {pid}) and                  start the supervisor again"
+                "pid {pid} serves the control socket, but its listeners do not match the \
+                 configuration: {detail}. It serves on, untouched. Start the supervisor with \
+                 the configuration that daemon was started with, or stop it (kill {pid}) and \
+                 start the supervisor again"
             ),
             ServiceError::DaemonStart { binary, reason } => write!(
                 f,
