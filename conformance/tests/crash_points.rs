@@ -9,7 +9,10 @@
 //! - the step after did not: the role passed no later point of its own,
 //!   and its next frame never reached its peer.
 //!
-//! A point that does not fire, or fires a step late, fails here.
+//! A point that does not fire, or fires a step late, fails here. After each
+//! of the supervisor's points, the one daemon left is adopted over the
+//! control socket as a restarted supervisor adopts it, with the socket the
+//! crashed one held, and handed off again.
 
 mod support;
 
@@ -162,6 +165,9 @@ fn crash_at(runtime: Runtime, point: &'static str) {
             "{what}: the peer saw the next step, {after}; seen: {seen:?}"
         );
     }
+    if role == "supervisor" {
+        adopt_and_hand_off(runtime, &mut rig, &what);
+    }
     let _ = sup.kill();
     let _ = sup.wait();
     // Leave no process behind: the successor is not our child.
@@ -175,6 +181,72 @@ fn crash_at(runtime: Runtime, point: &'static str) {
             assert!(wait_gone(pid, BOUND), "{what}");
         }
     }
+}
+
+/// After a supervisor crash: the one daemon left is adopted as a restarted
+/// supervisor adopts it (over the control socket, once it answers there:
+/// a `Ready` successor may still be taking the path over), hands over the
+/// very socket the crashed supervisor held, and a handoff from a new
+/// supervisor on that socket commits.
+fn adopt_and_hand_off(runtime: Runtime, rig: &mut Rig, what: &str) {
+    let live = daemons_of(rig);
+    assert_eq!(live.len(), 1, "{what}: {live:?}");
+    let survivor = live[0];
+    let t0 = std::time::Instant::now();
+    let adopted = loop {
+        match handoff_std::adopt(&rig.ctl, BOUND) {
+            Ok(a) => break a,
+            // The path between two owners, or not yet bound by the
+            // successor that was `Ready`.
+            Err(
+                e @ (handoff_std::AdoptError::NoDaemon(_)
+                | handoff_std::AdoptError::Unreachable(_)
+                | handoff_std::AdoptError::NoHello { .. }),
+            ) => {
+                assert!(t0.elapsed() < BOUND, "{what}: never adoptable: {e}");
+                // Woken by the survivor's exit, or looked at again soon.
+                if let Ok(w) = ExitWatch::new(survivor) {
+                    let _ = poll_readable(&[w.as_fd()], Some(std::time::Duration::from_millis(20)));
+                }
+            }
+            Err(e) => panic!("{what}: adoption refused: {e}"),
+        }
+    };
+    assert_eq!(adopted.pid, survivor, "{what}: adopted another process");
+    let names: Vec<&str> = adopted.listeners.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["main"], "{what}");
+    let held = rig.supervisor.listeners().next().unwrap().fd;
+    assert_eq!(
+        identity(adopted.listeners[0].1.as_fd()),
+        identity(held),
+        "{what}: not the socket the supervisor held"
+    );
+    let (_, fd) = adopted.listeners.into_iter().next().unwrap();
+    let sup = std::sync::Arc::new(
+        handoff_std::Supervisor::new(&rig.ctl)
+            .unwrap()
+            .with_listener("main", fd)
+            .unwrap(),
+    );
+    sup.set_incumbent_pid(Some(survivor));
+    let outcome = support::run_handoff(runtime, &sup, rig.spec(runtime, ""));
+    assert!(
+        outcome.committed(),
+        "{what}: the handoff after adoption: {:?} {:?}",
+        outcome.result,
+        outcome.detail
+    );
+    assert_eq!(Some(rig.serving_pid()), outcome.successor_pid, "{what}");
+    assert!(wait_gone(survivor, BOUND), "{what}: the adopted one stays");
+}
+
+/// Which socket `fd` is: `(device, inode)`.
+fn identity(fd: std::os::fd::BorrowedFd<'_>) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::File::from(fd.try_clone_to_owned().unwrap())
+        .metadata()
+        .unwrap();
+    (m.dev(), m.ino())
 }
 
 /// The directory of one run's marker and trace, watched with inotify so

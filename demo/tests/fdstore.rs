@@ -86,7 +86,10 @@ fn restart_from_store(runtime: &str, daemon_too: bool) {
     if daemon_too {
         assert!(!ready.contains("(adopted)"), "{what}: READY says {ready:?}");
         assert_ne!(serving, daemon, "{what}");
-        assert_eq!(parent, second, "{what}: kvd was not started by the supervisor");
+        assert_eq!(
+            parent, second,
+            "{what}: kvd was not started by the supervisor"
+        );
     } else {
         assert!(ready.contains("(adopted)"), "{what}: READY says {ready:?}");
         assert_eq!(serving, daemon, "{what}: kvd was restarted");

@@ -146,8 +146,8 @@ impl Notifier {
         let Some((_, addr)) = &self.target else {
             return 0;
         };
-        if let Some(max) = std::env::var_os(FDSTORE)
-            .and_then(|v| v.to_str().and_then(|v| v.parse::<usize>().ok()))
+        if let Some(max) =
+            std::env::var_os(FDSTORE).and_then(|v| v.to_str().and_then(|v| v.parse::<usize>().ok()))
             && max < listeners.len()
         {
             tracing::warn!(
@@ -200,7 +200,10 @@ pub const FDSTORE: &str = "FDSTORE";
 /// characters, no `:` (the separator of `LISTEN_FDNAMES`). The check keeps
 /// a newline in a name from starting another assignment in the datagram.
 fn fdname_is_valid(name: &str) -> bool {
-    (1..=255).contains(&name.len()) && name.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b':')
+    (1..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b':')
 }
 
 pub use handoff_std::os::process::monotonic_usec;

@@ -71,7 +71,10 @@ fn a_reference_daemon_is_named_with_what_to_do_and_left_serving() {
         text.contains(&format!("kill {me}")) && text.contains("does not offer its listeners"),
         "{text}"
     );
-    assert!(!text.contains("  "), "a message with a run of spaces: {text}");
+    assert!(
+        !text.contains("  "),
+        "a message with a run of spaces: {text}"
+    );
 
     // It still answers as it did: the probe changed nothing.
     match handoff_std::adopt(&layout.ctl, BOUND) {
@@ -96,12 +99,10 @@ fn a_daemon_on_other_listeners_is_named_and_left_serving_then_adopted_as_configu
         // reports it: the listener's inode in /proc is not needed, the
         // daemon answers PING with its pid on it.
         let text = std::fs::read_to_string(&sup.log).unwrap();
-        let at = text.find("addr=127.0.0.1:").expect("the bound address is logged");
-        text[at + 5..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
+        let at = text
+            .find("addr=127.0.0.1:")
+            .expect("the bound address is logged");
+        text[at + 5..].split_whitespace().next().unwrap().to_owned()
     };
     assert_eq!(ping(&addr), daemon);
     sup.child.kill().unwrap();
@@ -119,7 +120,10 @@ fn a_daemon_on_other_listeners_is_named_and_left_serving_then_adopted_as_configu
     }
     let text = err.to_string();
     assert!(text.contains(&format!("kill {daemon}")), "{text}");
-    assert!(!text.contains("  "), "a message with a run of spaces: {text}");
+    assert!(
+        !text.contains("  "),
+        "a message with a run of spaces: {text}"
+    );
     assert_eq!(ping(&addr), daemon, "the daemon serves on, untouched");
 
     // With the configuration it was started with, it is adopted, and

@@ -87,7 +87,8 @@ impl Deployment {
     /// `READY=1`; returns its pid and the status line it sent with it.
     pub(crate) fn start_supervisor(&mut self, env: &[(&str, &str)]) -> (u32, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_handoff-demo"));
-        cmd.args(["supervisor", "run", "--config"]).arg(&self.config);
+        cmd.args(["supervisor", "run", "--config"])
+            .arg(&self.config);
         self.spawn_supervisor(cmd, env, false)
     }
 
@@ -314,7 +315,6 @@ pub(crate) fn assert_writes_flow(load: &LoadGen, more: u64, what: &str) {
         load.progress()
     );
 }
-
 
 /// Which socket `fd` is: `(device, inode)`, equal for every descriptor of
 /// one socket.
