@@ -170,6 +170,10 @@
 //!                 IncumbentOutput::Close => {
 //!                     let _ = sock.shutdown(std::net::Shutdown::Both);
 //!                 }
+//!                 // Asked for only when the session offered
+//!                 // RECLAIM_LISTENERS, which the default configuration
+//!                 // does not (the answer needs SCM_RIGHTS, docs section 9).
+//!                 IncumbentOutput::SendListeners { .. } => unreachable!(),
 //!                 IncumbentOutput::Finished(end) => return Ok(end),
 //!             }
 //!         }

@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::deployment::{Deployment, assert_writes_flow, identity};
+use common::deployment::{Deployment, assert_writes_flow};
 use common::{BOUND, become_subreaper, reap, serial};
 use handoff_demo::loadgen;
 use handoff_std::Signal;

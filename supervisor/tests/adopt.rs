@@ -86,7 +86,8 @@ fn a_reference_daemon_is_named_with_what_to_do_and_left_serving() {
 }
 
 #[test]
-fn a_daemon_on_other_listeners_is_named_and_left_serving_then_adopted_as_configured() {
+fn a_daemon_on_other_listeners_is_named_and_left_serving_then_adopted_as_configured_and_restarted()
+{
     let layout = Layout::new("adopt-mismatch");
     let (mut sup, _notify) = start_running(&layout, "");
     let status = |layout: &Layout| match Reply::parse(&client::status(&layout.trigger).unwrap()) {
@@ -132,9 +133,23 @@ fn a_daemon_on_other_listeners_is_named_and_left_serving_then_adopted_as_configu
     let service = start(config).expect("adopted");
     assert_eq!(service.status().incumbent_pid, Some(daemon));
     assert_eq!(ping(&addr), daemon);
+
+    // Its death is seen (a pidfd: it is not this process's child) and it
+    // is restarted like a daemon the service started: the PING below waits
+    // in the accept queue until the new daemon answers it.
+    send(daemon, libc::SIGKILL);
+    assert!(handoff_std::os::process::wait_gone(daemon, BOUND));
+    let restarted = ping(&addr);
+    assert_ne!(restarted, daemon, "the dead daemon answered");
+    // The supervisor records it once it reported ready, which may come
+    // after its first answer.
+    assert_eq!(
+        service.wait_for_incumbent(Some(daemon), BOUND),
+        Some(restarted)
+    );
     drop(service);
     assert!(
-        handoff_std::os::process::wait_gone(daemon, BOUND),
-        "the adopted daemon outlived the service"
+        handoff_std::os::process::wait_gone(restarted, BOUND),
+        "the restarted daemon outlived the service"
     );
 }

@@ -140,7 +140,11 @@ fn notify_socket_hears_ready_reloading_ready_and_stopping() {
     let notify = NotifySocket::at_path(layout.dir.path());
     let mut sup = RunningSupervisor::start(&layout, &notify, plain);
 
-    // The first message is READY=1, with a status naming the daemon.
+    // First the listener goes to the fd store (the descriptor itself is
+    // closed by this plain receive; demo/tests/fdstore.rs keeps it), then
+    // READY=1, with a status naming the daemon.
+    assert_eq!(notify.next(), "FDSTOREREMOVE=1\nFDNAME=main");
+    assert_eq!(notify.next(), "FDSTORE=1\nFDNAME=main");
     let first = notify.next();
     assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
     let pid = status(&layout).incumbent_pid.unwrap();
