@@ -18,11 +18,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
 
 use common::deployment::{Deployment, assert_writes_flow};
 use common::{BOUND, become_subreaper, reap, serial};
-use handoff_demo::loadgen;
 use handoff_std::Signal;
 use handoff_std::os::process::{send_signal, wait_exit, wait_gone};
 
@@ -102,7 +100,6 @@ fn restart_from_store(runtime: &str, daemon_too: bool) {
     assert_eq!(d.trigger(), Ok(true), "{what}: {}", d.log());
     assert_writes_flow(&load, 50, &what);
     let report = load.stop();
-    let verified = loadgen::verify(d.addr, &report.acked);
     if daemon_too {
         // A daemon killed with SIGKILL takes its open connections with it:
         // the request each client had in flight there is lost (and, not
@@ -119,28 +116,10 @@ fn restart_from_store(runtime: &str, daemon_too: bool) {
             report.problems
         );
     } else {
-        assert_eq!(
-            report.requests_failed, 0,
-            "{what}: requests without an answer (a refused connect counts): {:?}",
-            report.problems
-        );
+        d.assert_every_request_answered(&report, &what);
     }
-    assert_eq!(report.get_mismatches, 0, "{what}: {:?}", report.problems);
-    assert_eq!(
-        (verified.writes_lost, verified.unanswered),
-        (0, 0),
-        "{what}: {:?}",
-        verified.problems
-    );
-
-    send_signal(second, Signal::Terminate).unwrap();
-    let status = wait_exit(&mut d.supervisors[1], BOUND).expect("it stops");
-    assert!(status.success(), "{what}: {status}; {}", d.log());
-    let until = Instant::now() + BOUND;
-    while let Some(&(pid, _)) = d.live_daemons().first() {
-        assert!(Instant::now() < until, "{what}: kvd {pid} left behind");
-        wait_gone(pid, Duration::from_millis(100));
-    }
+    d.assert_nothing_lost(&report, &what);
+    d.stop(1, &what);
     eprintln!("{what}: {} writes acked, none lost", report.writes_acked);
 }
 

@@ -14,13 +14,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::deployment::{Deployment, assert_writes_flow};
 use common::{BOUND, become_subreaper, serial};
-use handoff_demo::loadgen;
 use handoff_std::Signal;
-use handoff_std::os::process::{send_signal, wait_exit, wait_gone};
+use handoff_std::os::process::{send_signal, wait_exit};
 
 /// The supervisor's crash points, in the order a handoff reaches them.
 fn supervisor_points() -> Vec<&'static str> {
@@ -91,31 +88,11 @@ fn crash_and_adopt(runtime: &str, point: Option<&str>) {
     assert_ne!(after, survivor, "{what}");
     assert_writes_flow(&load, 50, &what);
     let report = load.stop();
-    let verified = loadgen::verify(d.addr, &report.acked);
-    assert!(report.writes_acked > 0, "{what}");
-    assert_eq!(
-        report.requests_failed, 0,
-        "{what}: requests without an answer (a refused connect counts): {:?}",
-        report.problems
-    );
-    assert_eq!(report.get_mismatches, 0, "{what}: {:?}", report.problems);
-    assert_eq!(
-        (verified.writes_lost, verified.unanswered),
-        (0, 0),
-        "{what}: {:?}",
-        verified.problems
-    );
+    d.assert_every_request_answered(&report, &what);
+    d.assert_nothing_lost(&report, &what);
 
     // SIGTERM stops the service and everything it adopted.
-    send_signal(second, Signal::Terminate).unwrap();
-    let status = wait_exit(&mut d.supervisors[1], BOUND).expect("it stops");
-    assert!(status.success(), "{what}: {status}; {}", d.log());
-    let until = Instant::now() + BOUND;
-    while !d.live_daemons().is_empty() {
-        let left: Vec<(u32, u32)> = d.live_daemons();
-        assert!(Instant::now() < until, "{what}: left behind: {left:?}");
-        wait_gone(left[0].0, Duration::from_millis(100));
-    }
+    d.stop(1, &what);
     eprintln!(
         "{what}: survivor {survivor} ({}), {} writes acked",
         if survivor == incumbent {

@@ -17,7 +17,7 @@ use super::{BOUND, TempDir, processes_with, reap};
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen};
 use handoff_std::Signal;
 use handoff_std::os::fdpass::{MAX_FDS, recv_with_fds};
-use handoff_std::os::process::{ExitWatch, poll_readable, send_signal, wait_gone};
+use handoff_std::os::process::{ExitWatch, poll_readable, send_signal, wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_supervisor::client::{self, Reply};
 
@@ -303,6 +303,44 @@ impl Drop for Deployment {
             let _ = send_signal(pid, Signal::Kill);
             wait_gone(pid, BOUND);
             reap(pid);
+        }
+    }
+}
+
+impl Deployment {
+    /// The load's writes checked against kvd: no wrong `GET` answer, no
+    /// acknowledged write lost or left unanswered.
+    pub(crate) fn assert_nothing_lost(&self, report: &loadgen::LoadReport, what: &str) {
+        let verified = loadgen::verify(self.addr, &report.acked);
+        assert!(report.writes_acked > 0, "{what}");
+        assert_eq!(report.get_mismatches, 0, "{what}: {:?}", report.problems);
+        assert_eq!(
+            (verified.writes_lost, verified.unanswered),
+            (0, 0),
+            "{what}: {:?}",
+            verified.problems
+        );
+    }
+
+    /// Every request of the load answered (a refused connect is a failed
+    /// request).
+    pub(crate) fn assert_every_request_answered(&self, report: &loadgen::LoadReport, what: &str) {
+        assert_eq!(
+            report.requests_failed, 0,
+            "{what}: requests without an answer (a refused connect counts): {:?}",
+            report.problems
+        );
+    }
+
+    /// `SIGTERM` to supervisor `i`: it exits 0 and leaves no kvd behind.
+    pub(crate) fn stop(&mut self, i: usize, what: &str) {
+        send_signal(self.supervisors[i].id(), Signal::Terminate).unwrap();
+        let status = wait_exit(&mut self.supervisors[i], BOUND).expect("it stops");
+        assert!(status.success(), "{what}: {status}; {}", self.log());
+        let until = Instant::now() + BOUND;
+        while let Some(&(pid, _)) = self.live_daemons().first() {
+            assert!(Instant::now() < until, "{what}: kvd {pid} left behind");
+            wait_gone(pid, Duration::from_millis(100));
         }
     }
 }
