@@ -74,8 +74,8 @@ pub use handoff_core::{
 };
 pub use handoff_driver::{
     AdoptError, Adopted, Endpoint, HandoffOutcome, HandoffSlot, Launch, ServeEnd, ServeError,
-    SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, adopt, handoff_config,
-    spawn_for_handoff,
+    SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, adopt, adopt_settled,
+    handoff_config, spawn_for_handoff,
 };
 pub use incumbent::Incumbent;
 pub use os::lock::DataDirLock;

@@ -23,6 +23,7 @@ use std::process::Stdio;
 use std::os::fd::AsFd;
 
 use handoff_std::os::crash::{POINTS, points_of};
+use handoff_std::os::fdpass::identity;
 use handoff_std::os::process::{ExitWatch, poll_readable};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use support::{
@@ -184,41 +185,28 @@ fn crash_at(runtime: Runtime, point: &'static str) {
 }
 
 /// After a supervisor crash: the one daemon left is adopted as a restarted
-/// supervisor adopts it (over the control socket, once it answers there:
-/// a `Ready` successor may still be taking the path over), hands over the
+/// supervisor adopts it (`adopt_settled`: a `Ready` successor may still be
+/// taking the control socket's path over), hands over the
 /// very socket the crashed supervisor held, and a handoff from a new
 /// supervisor on that socket commits.
 fn adopt_and_hand_off(runtime: Runtime, rig: &mut Rig, what: &str) {
     let live = daemons_of(rig);
     assert_eq!(live.len(), 1, "{what}: {live:?}");
     let survivor = live[0];
-    let t0 = std::time::Instant::now();
-    let adopted = loop {
-        match handoff_std::adopt(&rig.ctl, BOUND) {
-            Ok(a) => break a,
-            // The path between two owners, or not yet bound by the
-            // successor that was `Ready`.
-            Err(
-                e @ (handoff_std::AdoptError::NoDaemon(_)
-                | handoff_std::AdoptError::Unreachable(_)
-                | handoff_std::AdoptError::NoHello { .. }),
-            ) => {
-                assert!(t0.elapsed() < BOUND, "{what}: never adoptable: {e}");
-                // Woken by the survivor's exit, or looked at again soon.
-                if let Ok(w) = ExitWatch::new(survivor) {
-                    let _ = poll_readable(&[w.as_fd()], Some(std::time::Duration::from_millis(20)));
-                }
-            }
-            Err(e) => panic!("{what}: adoption refused: {e}"),
-        }
+    // As the supervisor does: the path may still be changing hands while
+    // the survivor runs.
+    let adopted = match handoff_std::adopt_settled(&rig.ctl, &[survivor], BOUND) {
+        Ok(Some(a)) => a,
+        Ok(None) => panic!("{what}: nothing answers the control socket"),
+        Err(e) => panic!("{what}: adoption refused: {e}"),
     };
     assert_eq!(adopted.pid, survivor, "{what}: adopted another process");
     let names: Vec<&str> = adopted.listeners.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["main"], "{what}");
     let held = rig.supervisor.listeners().next().unwrap().fd;
     assert_eq!(
-        identity(adopted.listeners[0].1.as_fd()),
-        identity(held),
+        identity(adopted.listeners[0].1.as_fd()).unwrap(),
+        identity(held).unwrap(),
         "{what}: not the socket the supervisor held"
     );
     let (_, fd) = adopted.listeners.into_iter().next().unwrap();
@@ -238,15 +226,6 @@ fn adopt_and_hand_off(runtime: Runtime, rig: &mut Rig, what: &str) {
     );
     assert_eq!(Some(rig.serving_pid()), outcome.successor_pid, "{what}");
     assert!(wait_gone(survivor, BOUND), "{what}: the adopted one stays");
-}
-
-/// Which socket `fd` is: `(device, inode)`.
-fn identity(fd: std::os::fd::BorrowedFd<'_>) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::File::from(fd.try_clone_to_owned().unwrap())
-        .metadata()
-        .unwrap();
-    (m.dev(), m.ino())
 }
 
 /// The directory of one run's marker and trace, watched with inotify so

@@ -19,7 +19,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 
-use common::deployment::{Deployment, assert_writes_flow};
+use common::deployment::{Deployment, LOAD_CLIENTS, assert_writes_flow};
 use common::{BOUND, become_subreaper, reap, serial};
 use handoff_std::Signal;
 use handoff_std::os::process::{send_signal, wait_exit, wait_gone};
@@ -111,7 +111,7 @@ fn restart_from_store(runtime: &str, daemon_too: bool) {
             report.problems
         );
         assert!(
-            report.requests_failed <= 4,
+            report.requests_failed <= LOAD_CLIENTS as u64,
             "{what}: more failures than requests in flight at the kill: {:?}",
             report.problems
         );

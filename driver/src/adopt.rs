@@ -139,6 +139,61 @@ impl AdoptError {
     }
 }
 
+/// Between two looks at a control socket in transition, unless the exit of
+/// a process being waited for comes first: a process there is finishing
+/// its session with the dead supervisor (connections wait in its backlog
+/// meanwhile), or has just exited and its successor is about to rename its
+/// own socket over the path (section 6.3).
+const SETTLE_RETRY: Duration = Duration::from_millis(20);
+
+/// [`adopt`], after a crash in the middle of a handoff: while one of
+/// `settling` (the processes the journal names) still runs, a control
+/// socket nobody answers is taken for the moment in which the path changes
+/// hands, and is looked at again; so is an answer that is not yet a
+/// `Hello` from a live incumbent. `Ok(None)` when nothing answers and none
+/// of `settling` runs (start a daemon); an error for a daemon that cannot
+/// be adopted (it does not offer its listeners, breaks the exchange, or
+/// the socket cannot be reached), at once, or for the last transitional
+/// answer once `bound` is over.
+pub fn adopt_settled(
+    path: &Path,
+    settling: &[u32],
+    bound: Duration,
+) -> Result<Option<Adopted>, AdoptError> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = match adopt(path, left.max(Duration::from_millis(1))) {
+            Ok(a) => return Ok(Some(a)),
+            Err(e) => e,
+        };
+        // A zombie is no process to wait for: its pidfd is readable at once.
+        let live: Vec<ExitWatch> = settling
+            .iter()
+            .filter(|&&p| handoff_os::process::pid_alive(p))
+            .filter_map(|&p| ExitWatch::new(p).ok())
+            .filter(|w| !w.has_exited())
+            .collect();
+        match e {
+            AdoptError::NoDaemon(_) if live.is_empty() => return Ok(None),
+            AdoptError::NotOffered { .. }
+            | AdoptError::Protocol { .. }
+            | AdoptError::Unreachable(_) => {
+                return Err(e);
+            }
+            _ => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(e);
+        }
+        // Woken early by an exit among `settling`: the path may have just
+        // changed hands, or nobody is left to take it.
+        let fds: Vec<_> = live.iter().map(|w| w.as_fd()).collect();
+        let _ = handoff_os::process::poll_readable(&fds, Some(SETTLE_RETRY.min(left)));
+    }
+}
+
 /// The largest `Listeners` frame read: the names of [`MAX_FDS`] listeners
 /// fit many times over, and a hostile length prefix costs no more.
 const MAX_ANSWER: usize = 64 * 1024;

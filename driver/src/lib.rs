@@ -54,7 +54,7 @@ pub mod reactor;
 pub mod successor;
 pub mod supervisor;
 
-pub use adopt::{AdoptError, Adopted, adopt};
+pub use adopt::{AdoptError, Adopted, adopt, adopt_settled};
 pub use hooks::{Hook, HookDone, HookError, SealReport, StateSnapshot};
 pub use incumbent::{Endpoint, IncumbentDriver, IncumbentIo, ServeEnd, ServeError, SessionReport};
 pub use link::{Inbox, Io, Source};

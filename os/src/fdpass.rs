@@ -199,13 +199,26 @@ pub fn passed_listeners() -> &'static [(String, OwnedFd)] {
     PASSED.get().map(Vec::as_slice).unwrap_or(&[])
 }
 
-/// Checks that `fd` is a socket this process can pass: open and a socket.
-pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     // SAFETY: an all-zero stat is a valid buffer for fstat to fill.
     let mut st: libc::stat = unsafe { zeroed() };
     // SAFETY: `fd` is open for the borrow; `st` is a valid buffer.
-    let ok = cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }).is_ok();
-    ok && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// Checks that `fd` is a socket this process can pass: open and a socket.
+pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
+    fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+}
+
+/// Which open file `fd` is, as `(device, inode)`: equal for every
+/// descriptor of one socket in any process (passed, duplicated or stored),
+/// different for another socket bound to the same address. How a receiver
+/// tells a socket it holds already from a new one, as systemd does for its
+/// fd store.
+pub fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    fstat(fd).map(|st| (st.st_dev, st.st_ino))
 }
 
 #[cfg(test)]

@@ -8,19 +8,13 @@
 //! it is compared with what is found, for the log.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use handoff_std::os::process::pid_alive;
 use handoff_std::{AdoptError, Adopted, JournalRecord};
 
 use crate::config::Config;
 use crate::error::ServiceError;
-
-/// Between two looks at a control socket that is in transition: a process
-/// there is finishing its session with the dead supervisor (connections
-/// wait in its backlog meanwhile), or has just exited and its successor is
-/// about to rename its own socket over the path.
-const RETRY: Duration = Duration::from_millis(20);
 
 /// Finds the daemon serving `config`'s control socket and adopts it, or
 /// `None` if nothing serves there (then the caller starts one). Trying for
@@ -34,10 +28,9 @@ pub(crate) fn find(
     bound: Duration,
 ) -> Result<Option<Adopted>, ServiceError> {
     let path = &config.control_socket;
-    let deadline = Instant::now() + bound;
-    // The processes of an interrupted handoff that still run: while one
-    // does, an empty control socket may be a moment in which the path
-    // changes hands (docs/PROTOCOL.md section 6.3), not an absence.
+    // The processes of an interrupted handoff: while one runs, an empty
+    // control socket may be a moment in which the path changes hands
+    // (docs/PROTOCOL.md section 6.3), not an absence.
     let journal_pids: Vec<u32> = record
         .map(|r| {
             std::iter::once(r.incumbent_pid)
@@ -45,37 +38,14 @@ pub(crate) fn find(
                 .collect()
         })
         .unwrap_or_default();
-    let mut last: Option<AdoptError> = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let e = last.expect("at least one attempt was made");
-            return Err(refused(path, &e));
-        }
-        let e = match handoff_std::adopt(path, left) {
-            Ok(a) => return Ok(Some(a)),
-            Err(e) => e,
-        };
-        match &e {
-            AdoptError::NoDaemon(_) => {
-                if !journal_pids.iter().any(|&p| pid_alive(p)) {
-                    return Ok(None);
-                }
-                tracing::debug!(
-                    pids = ?journal_pids,
-                    "nothing answers the control socket yet, but a process of the \
-                     interrupted handoff runs; looking again"
-                );
-            }
-            // Not an answer to wait for.
-            AdoptError::NotOffered { .. }
-            | AdoptError::Protocol { .. }
-            | AdoptError::Unreachable(_) => return Err(refused(path, &e)),
-            _ => tracing::debug!(error = %e, "the control socket is in transition; looking again"),
-        }
-        last = Some(e);
-        std::thread::sleep(RETRY.min(deadline.saturating_duration_since(Instant::now())));
+    if !journal_pids.is_empty() {
+        tracing::debug!(
+            pids = ?journal_pids,
+            "the journal names processes of an interrupted handoff; waiting for the control \
+             socket to settle while one runs"
+        );
     }
+    handoff_std::adopt_settled(path, &journal_pids, bound).map_err(|e| refused(path, &e))
 }
 
 fn refused(path: &std::path::Path, e: &AdoptError) -> ServiceError {

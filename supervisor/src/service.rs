@@ -212,17 +212,16 @@ impl Service {
         );
         // Into the service manager's fd store before anything can crash,
         // so that a restart of the unit gets these very sockets back.
+        // (Those it passed are kept by it already.)
         let notifier = b.notifier.unwrap_or_else(Notifier::from_env);
-        let to_store: Vec<(&str, BorrowedFd<'_>)> = bound
-            .iter()
-            .filter(|l| !l.from_manager)
-            .map(|l| (l.name.as_str(), l.fd.as_fd()))
-            .collect();
-        if !to_store.is_empty() && notifier.is_enabled() {
-            let stored = notifier.store_listeners(&to_store);
-            tracing::debug!(stored, "listeners sent to the service manager's fd store");
-        }
-        drop(to_store);
+        let stored = notifier.store_listeners(
+            &bound
+                .iter()
+                .filter(|l| !l.from_manager)
+                .map(|l| (l.name.as_str(), l.fd.as_fd()))
+                .collect::<Vec<(&str, BorrowedFd<'_>)>>(),
+        );
+        tracing::debug!(stored, "listeners sent to the service manager's fd store");
         for l in bound {
             let fd: OwnedFd = l.fd;
             supervisor = supervisor

@@ -7,7 +7,6 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::{BOUND, TempDir, processes_with, reap};
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen};
 use handoff_std::Signal;
-use handoff_std::os::fdpass::{MAX_FDS, recv_with_fds};
+use handoff_std::os::fdpass::{MAX_FDS, identity, recv_with_fds};
 use handoff_std::os::process::{ExitWatch, poll_readable, send_signal, wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_supervisor::client::{self, Reply};
@@ -200,8 +199,12 @@ impl Deployment {
             return;
         }
         for fd in fds {
-            let id = identity(&fd);
-            if !self.store.iter().any(|(_, kept)| identity(kept) == id) {
+            let id = identity(fd.as_fd()).unwrap();
+            if !self
+                .store
+                .iter()
+                .any(|(_, kept)| identity(kept.as_fd()).unwrap() == id)
+            {
                 self.store.push((name.clone(), fd));
             }
         }
@@ -211,7 +214,7 @@ impl Deployment {
     pub(crate) fn stored(&self) -> Vec<(String, (u64, u64))> {
         self.store
             .iter()
-            .map(|(n, fd)| (n.clone(), identity(fd)))
+            .map(|(n, fd)| (n.clone(), identity(fd.as_fd()).unwrap()))
             .collect()
     }
 
@@ -286,7 +289,7 @@ impl Deployment {
 
     pub(crate) fn load(&self, seed: u64) -> LoadGen {
         let mut cfg = LoadConfig::new(self.addr);
-        cfg.clients = 4;
+        cfg.clients = LOAD_CLIENTS;
         cfg.seed = seed;
         loadgen::start(cfg)
     }
@@ -345,6 +348,10 @@ impl Deployment {
     }
 }
 
+/// How many clients [`Deployment::load`] runs: at most this many requests
+/// are in flight at any moment.
+pub(crate) const LOAD_CLIENTS: usize = 4;
+
 pub(crate) fn assert_writes_flow(load: &LoadGen, more: u64, what: &str) {
     let now = load.progress().writes_acked;
     assert!(
@@ -352,12 +359,4 @@ pub(crate) fn assert_writes_flow(load: &LoadGen, more: u64, what: &str) {
         "{what}: writes stopped at {now}: {:?}",
         load.progress()
     );
-}
-
-/// Which socket `fd` is: `(device, inode)`, equal for every descriptor of
-/// one socket.
-pub(crate) fn identity(fd: &impl AsFd) -> (u64, u64) {
-    let f = std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap());
-    let m = f.metadata().unwrap();
-    (m.dev(), m.ino())
 }
