@@ -12,7 +12,10 @@
 
 mod common;
 
-use common::{BOUND, TempDir, become_subreaper, processes_with, read_line_bounded, reap, serial};
+use common::{
+    BOUND, TempDir, become_subreaper, kill_daemons_of, processes_with, read_line_bounded, reap,
+    serial,
+};
 use handoff_std::PerformHandoff;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
@@ -28,9 +31,9 @@ use std::time::{Duration, Instant};
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen, LoadReport, VerifyReport};
 use handoff_demo::store::{SNAPSHOT_FILE, Store, StoreError, WAL_FILE};
 use handoff_demo::wal;
-use handoff_std::os::process::{send_signal, wait_exit, wait_gone};
+use handoff_std::os::process::{wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
-use handoff_std::{DataDirLock, HandoffOutcome, Signal, SpawnSpec, Supervisor};
+use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
 
 fn kvd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kvd")
@@ -467,12 +470,7 @@ impl Drop for Rig {
             let _ = child.wait();
         }
         // Adopted orphans (a killed supervisor's successor) have no `Child`.
-        let needle = self.ctl.to_string_lossy().into_owned();
-        for (pid, _, _) in processes_with(&needle) {
-            let _ = send_signal(pid, Signal::Kill);
-            wait_gone(pid, BOUND);
-            reap(pid);
-        }
+        kill_daemons_of(&self.ctl);
     }
 }
 

@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use handoff_std::os::process::wait_exit;
 use handoff_supervisor::client::{self, Reply};
-use handoff_supervisor::notify::Notifier;
-use handoff_supervisor::{Config, Service, ServiceError};
+use handoff_supervisor::{Config, ServiceError};
 
 /// A daemon on the reference implementation (`beyond-handoff` 0.1.4), as a
 /// thread of this process: it binds the control socket cold and serves the
@@ -45,15 +42,6 @@ fn reference_incumbent(layout: &Layout) {
     });
 }
 
-fn start(config: Config) -> Result<Service, ServiceError> {
-    Service::builder(config)
-        .request_timeout(REQUEST_TIMEOUT)
-        .startup_timeout(BOUND)
-        .stop_grace(Duration::from_secs(5))
-        .notifier(Notifier::disabled())
-        .start()
-}
-
 #[test]
 fn a_reference_daemon_is_named_with_what_to_do_and_left_serving() {
     let layout = Layout::new("adopt-ref");
@@ -61,7 +49,7 @@ fn a_reference_daemon_is_named_with_what_to_do_and_left_serving() {
     reference_incumbent(&layout);
     let me = std::process::id();
 
-    let err = start(config.clone()).expect_err("a reference daemon cannot be adopted");
+    let err = try_start(config.clone()).expect_err("a reference daemon cannot be adopted");
     match &err {
         ServiceError::Adopt { pid, .. } => assert_eq!(*pid, Some(me), "{err}"),
         other => panic!("expected Adopt, got {other:?}"),
@@ -82,7 +70,7 @@ fn a_reference_daemon_is_named_with_what_to_do_and_left_serving() {
         other => panic!("the reference daemon no longer answers: {other:?}"),
     }
     // And a second start says the same again.
-    assert!(matches!(start(config), Err(ServiceError::Adopt { .. })));
+    assert!(matches!(try_start(config), Err(ServiceError::Adopt { .. })));
 }
 
 #[test]
@@ -111,7 +99,7 @@ fn a_daemon_on_other_listeners_is_named_and_left_serving_then_adopted_as_configu
 
     // Another port than the daemon listens on.
     let wrong = Config::from_toml_str(&layout.config_text("127.0.0.1:1", "")).unwrap();
-    let err = start(wrong).expect_err("a mismatch is no adoption");
+    let err = try_start(wrong).expect_err("a mismatch is no adoption");
     match &err {
         ServiceError::AdoptMismatch { pid, detail } => {
             assert_eq!(*pid, daemon, "{err}");
@@ -130,7 +118,7 @@ fn a_daemon_on_other_listeners_is_named_and_left_serving_then_adopted_as_configu
     // With the configuration it was started with, it is adopted, and
     // stopping the service stops it.
     let config = Config::from_toml_str(&layout.config_text("127.0.0.1:0", "")).unwrap();
-    let service = start(config).expect("adopted");
+    let service = try_start(config).expect("adopted");
     assert_eq!(service.status().incumbent_pid, Some(daemon));
     assert_eq!(ping(&addr), daemon);
 

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use handoff_supervisor::client::{self, Reply};
-use handoff_supervisor::notify::Notifier;
-use handoff_supervisor::{Config, Service, ServiceError};
+use handoff_supervisor::{Config, ServiceError};
 
 /// A uid no account has, for the files "another user" owns.
 const STRANGER: u32 = 12345;
@@ -367,14 +366,6 @@ fn service_config(layout: &Layout, bin: &Path, extra: &str) -> Config {
     Config::from_toml_str(&text).unwrap()
 }
 
-fn start(config: Config) -> Result<Service, ServiceError> {
-    Service::builder(config)
-        .request_timeout(REQUEST_TIMEOUT)
-        .stop_grace(Duration::from_secs(5))
-        .notifier(Notifier::disabled())
-        .start()
-}
-
 #[test]
 fn the_cold_start_checks_the_binary_again() {
     // Given a configuration read while its binary was safe,
@@ -386,7 +377,7 @@ fn the_cold_start_checks_the_binary_again() {
     chmod(&bin, 0o777);
 
     // then the start is refused, saying why, and nothing runs.
-    let e = start(config.clone()).unwrap_err();
+    let e = try_start(config.clone()).unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, ServiceError::DaemonStart { .. }), "{e:?}");
     assert!(
@@ -400,7 +391,7 @@ fn the_cold_start_checks_the_binary_again() {
     );
     assert!(text.contains("chmod go-w"), "{text}");
     chmod(&bin, 0o755);
-    let service = start(config).unwrap();
+    let service = try_start(config).unwrap();
     assert!(service.status().incumbent_pid.is_some());
 }
 
@@ -541,7 +532,7 @@ fn a_handoff_through_the_api_to_a_slashed_path_is_a_refusal() {
         &bin,
         &format!("allowed_binaries = [\"{}\"]", v2.display()),
     );
-    let service = start(config).unwrap();
+    let service = try_start(config).unwrap();
     let pid = service.status().incumbent_pid;
 
     // a handoff to the listed path with a `/` appended is refused before

@@ -301,12 +301,7 @@ impl Drop for Deployment {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let needle = self.ctl.to_string_lossy().into_owned();
-        for (pid, _, _) in processes_with(&needle) {
-            let _ = send_signal(pid, Signal::Kill);
-            wait_gone(pid, BOUND);
-            reap(pid);
-        }
+        super::kill_daemons_of(&self.ctl);
     }
 }
 

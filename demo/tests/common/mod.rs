@@ -80,6 +80,18 @@ pub(crate) fn processes_with(needle: &str) -> Vec<(u32, u32, bool)> {
     found
 }
 
+/// Kills and reaps every process whose command line names `ctl`: the
+/// daemons of a deployment, our children or orphans we adopted as a
+/// subreaper, which a failed test would otherwise leave behind.
+pub(crate) fn kill_daemons_of(ctl: &std::path::Path) {
+    let needle = ctl.to_string_lossy().into_owned();
+    for (pid, _, _) in processes_with(&needle) {
+        let _ = handoff_std::os::process::send_signal(pid, handoff_std::Signal::Kill);
+        handoff_std::os::process::wait_gone(pid, BOUND);
+        reap(pid);
+    }
+}
+
 /// Reaps an exited process that is our child only by adoption (we are a
 /// subreaper), so there is no `Child` for it.
 pub(crate) fn reap(pid: u32) {

@@ -192,6 +192,16 @@ pub fn start_service(layout: &Layout, extra: &str) -> Service {
     start_service_with(layout, extra, REQUEST_TIMEOUT, Notifier::disabled())
 }
 
+/// Starts a service for `config` as the tests do (the short request
+/// timeout, a 5 s stop grace, no notifications), which may fail.
+pub fn try_start(config: Config) -> Result<Service, handoff_supervisor::ServiceError> {
+    Service::builder(config)
+        .request_timeout(REQUEST_TIMEOUT)
+        .stop_grace(Duration::from_secs(5))
+        .notifier(Notifier::disabled())
+        .start()
+}
+
 pub fn start_service_with(
     layout: &Layout,
     extra: &str,
