@@ -48,7 +48,11 @@ pub struct IncumbentConfig {
     pub lock_retry_window: Duration,
     /// Features offered in `Hello`. Offer
     /// [`Capabilities::RECLAIM_LISTENERS`] only if the adapter carries out
-    /// [`IncumbentOutput::SendListeners`].
+    /// [`IncumbentOutput::SendListeners`]. Offering
+    /// [`Capabilities::PROBATION`] asks nothing more of the adapter: a
+    /// rollback during probation is a `Resume` after the lock is retaken,
+    /// as after any abort past the seal, except that the resume hook must
+    /// reopen the state from disk (the successor wrote to it).
     pub capabilities: Capabilities,
 }
 
@@ -82,6 +86,9 @@ pub enum IncumbentStep {
     Sealing,
     /// Sealed and the lock released; waiting for `Commit`.
     Sealed,
+    /// Sealed, and the successor serves on probation (`Probation` came):
+    /// alive and heartbeating, waiting for `Commit` or `ResumeAfterAbort`.
+    Probation,
     /// Undoing the handoff: re-taking the lock, resuming.
     Recovering,
     /// Finished.
@@ -97,7 +104,10 @@ impl IncumbentStep {
             IncumbentStep::Draining => "the drain hook",
             IncumbentStep::Drained => "SealRequest",
             IncumbentStep::Sealing => "the seal hook",
-            IncumbentStep::Sealed => "Commit or ResumeAfterAbort",
+            IncumbentStep::Sealed => "Commit, Probation or ResumeAfterAbort",
+            IncumbentStep::Probation => {
+                "Commit or ResumeAfterAbort (the successor is on probation)"
+            }
             IncumbentStep::Recovering => "the resume",
             IncumbentStep::Done => "nothing (the session is over)",
         }
@@ -603,7 +613,7 @@ impl<B: Buffer> Core<B> {
                 self.close_early();
             }
             IncumbentStep::Drained => self.recover(now, cause, false),
-            IncumbentStep::Sealed => self.recover(now, cause, true),
+            IncumbentStep::Sealed | IncumbentStep::Probation => self.recover(now, cause, true),
             IncumbentStep::Recovering | IncumbentStep::Done => {}
         }
     }
@@ -686,13 +696,29 @@ impl<B: Buffer> Core<B> {
                 self.out.act(Action::Seal);
                 self.heartbeat.start(now);
             }
-            (IncumbentStep::Sealed, Message::Commit { .. }) => self.end(IncumbentEnd::Committed),
+            (IncumbentStep::Sealed, Message::Probation { window_ms, .. })
+                if self.cfg.capabilities.contains(Capabilities::PROBATION) =>
+            {
+                // Our own deadline now covers the window, plus what the
+                // supervisor takes to stop a failed successor before it
+                // tells us to resume; past it we try the lock ourselves.
+                let until = now + Duration::from_millis(window_ms) + self.cfg.deadline_slack;
+                if let Some(h) = self.handoff.as_mut() {
+                    h.deadline_at = h.deadline_at.max(until);
+                }
+                self.step = IncumbentStep::Probation;
+                self.heartbeat.start(now);
+            }
+            (IncumbentStep::Sealed | IncumbentStep::Probation, Message::Commit { .. }) => {
+                self.end(IncumbentEnd::Committed)
+            }
             (
                 IncumbentStep::Idle
                 | IncumbentStep::Draining
                 | IncumbentStep::Drained
                 | IncumbentStep::Sealing
-                | IncumbentStep::Sealed,
+                | IncumbentStep::Sealed
+                | IncumbentStep::Probation,
                 Message::Abort { .. } | Message::ResumeAfterAbort { .. },
             ) => self.fail(now, EndCause::HandoffAborted),
             (step, msg) => self.violation(
@@ -716,7 +742,7 @@ impl<B: Buffer> Core<B> {
         }
         match self.step {
             IncumbentStep::Idle | IncumbentStep::Drained => Some(self.last_rx + self.cfg.liveness),
-            IncumbentStep::Sealed if self.supervisor_heartbeats => {
+            IncumbentStep::Sealed | IncumbentStep::Probation if self.supervisor_heartbeats => {
                 Some(self.last_rx + self.cfg.liveness)
             }
             _ => None,
@@ -727,7 +753,9 @@ impl<B: Buffer> Core<B> {
         let h = self.handoff;
         match self.step {
             IncumbentStep::AwaitingHelloAck => Some(self.started + self.cfg.hello_timeout),
-            IncumbentStep::Drained | IncumbentStep::Sealed => h.map(|h| h.deadline_at),
+            IncumbentStep::Drained | IncumbentStep::Sealed | IncumbentStep::Probation => {
+                h.map(|h| h.deadline_at)
+            }
             IncumbentStep::Draining if self.pending.is_none() => {
                 h.map(|h| h.deadline_at.min(h.drain_watchdog))
             }

@@ -49,6 +49,13 @@ pub mod defaults {
     /// resumes on its own: the supervisor's own slack, plus stopping the
     /// successor with TERM then KILL.
     pub const INCUMBENT_DEADLINE_SLACK: Duration = Duration::from_secs(6);
+    /// How often a successor on probation (docs/PROTOCOL.md section 10)
+    /// heartbeats: often, because silence is how a frozen successor is
+    /// told from one that serves, and the window is short.
+    pub const PROBATION_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+    /// Silence from a successor on probation that means it is frozen or
+    /// hung: eight of its heartbeat intervals.
+    pub const PROBATION_LIVENESS: Duration = Duration::from_secs(2);
 }
 
 /// A peer broke the protocol. The session closes; no state changes beyond
@@ -427,6 +434,12 @@ impl Beat {
     /// Beats from now on, the first one an interval from now.
     pub(crate) fn start(&mut self, now: Instant) {
         self.next = Some(now + self.interval);
+    }
+
+    /// Beats every `interval` from now on.
+    pub(crate) fn start_every(&mut self, now: Instant, interval: Duration) {
+        self.interval = interval;
+        self.start(now);
     }
 
     pub(crate) fn stop(&mut self) {

@@ -143,6 +143,16 @@ pub enum Message<'a> {
         /// One name per passed descriptor.
         names: Strings<'a>,
     },
+    /// 16 (extension), supervisor → sealed incumbent that offered
+    /// [`Capabilities::PROBATION`]: the successor sent `Ready` and serves on
+    /// probation for this long; stay sealed and alive, heartbeat, and wait
+    /// for `Commit` (it passed) or `ResumeAfterAbort` (it was rolled back).
+    Probation {
+        /// The id of this handoff.
+        handoff_id: HandoffId,
+        /// The window, in milliseconds from receipt.
+        window_ms: u64,
+    },
 }
 
 /// A list of revisions (`Vec<u64>` on the wire): either a caller's slice, or
@@ -407,6 +417,7 @@ impl<'a> Message<'a> {
             Message::Heartbeat { .. } => MessageKind::Heartbeat,
             Message::ListenersRequest { .. } => MessageKind::ListenersRequest,
             Message::Listeners { .. } => MessageKind::Listeners,
+            Message::Probation { .. } => MessageKind::Probation,
         }
     }
 
@@ -424,7 +435,8 @@ impl<'a> Message<'a> {
             | Message::Abort { handoff_id, .. }
             | Message::ResumeAfterAbort { handoff_id }
             | Message::ListenersRequest { handoff_id }
-            | Message::Listeners { handoff_id, .. } => Some(handoff_id),
+            | Message::Listeners { handoff_id, .. }
+            | Message::Probation { handoff_id, .. } => Some(handoff_id),
             Message::Hello { .. }
             | Message::Drained { .. }
             | Message::SealProgress { .. }
@@ -545,6 +557,13 @@ impl<'a> Message<'a> {
             Message::Listeners { handoff_id, names } => {
                 put_id(w, handoff_id);
                 names.encode(w);
+            }
+            Message::Probation {
+                handoff_id,
+                window_ms,
+            } => {
+                put_id(w, handoff_id);
+                w.varint(*window_ms);
             }
         }
     }
@@ -672,6 +691,13 @@ impl<'a> Message<'a> {
                     handoff_id: HandoffId::from_bytes(*id),
                 }
             }
+            MessageKind::Probation => {
+                let id = take_id(r)?;
+                Message::Probation {
+                    window_ms: r.field("window_ms").u64()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
         })
     }
 }
@@ -719,6 +745,12 @@ mod tests {
     fn the_extensions_round_trip_after_the_fourteen() {
         let id = HandoffId::from_bytes([9; 16]);
         round_trip(Message::ListenersRequest { handoff_id: id });
+        round_trip(Message::Probation {
+            handoff_id: id,
+            window_ms: 5_000,
+        });
+        assert_eq!(MessageKind::from_index(16), Some(MessageKind::Probation));
+        assert!(MessageKind::Probation.is_extension());
         round_trip(Message::Listeners {
             handoff_id: id,
             names: Strings::from_slice(&["kv", "admin"]),
@@ -744,8 +776,8 @@ mod tests {
     #[test]
     fn unknown_variants_and_bad_ids_are_named() {
         assert_eq!(
-            Message::decode(&[16]).unwrap_err().kind,
-            DecodeErrorKind::UnknownMessage(16)
+            Message::decode(&[17]).unwrap_err().kind,
+            DecodeErrorKind::UnknownMessage(17)
         );
         let err = Message::decode(&[4, 15, 0]).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::BadHandoffIdLength(15));

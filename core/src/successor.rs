@@ -43,7 +43,13 @@ pub struct SuccessorConfig {
     pub lock_retry_interval: Duration,
     /// How long a busy lock is retried after `Begin`.
     pub lock_retry_window: Duration,
-    /// Features offered in `Hello` (none are defined yet).
+    /// How often the supervisor hears from us after `Ready` while it keeps
+    /// the socket open (we offered [`Capabilities::PROBATION`]): the
+    /// supervisor tells a frozen successor from a serving one by this.
+    pub probation_heartbeat_interval: Duration,
+    /// Features offered in `Hello`. Offer [`Capabilities::PROBATION`] only
+    /// if the adapter keeps driving the session after `Ready` (it
+    /// heartbeats until the supervisor closes the socket).
     pub capabilities: Capabilities,
 }
 
@@ -55,6 +61,7 @@ impl Default for SuccessorConfig {
             heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
             lock_retry_interval: defaults::LOCK_RETRY_INTERVAL,
             lock_retry_window: defaults::LOCK_RETRY_WINDOW,
+            probation_heartbeat_interval: defaults::PROBATION_HEARTBEAT_INTERVAL,
             capabilities: Capabilities::NONE,
         }
     }
@@ -71,6 +78,10 @@ pub enum SuccessorStep {
     Locking,
     /// Lock held; the daemon opens its state and starts accepting.
     Starting,
+    /// `Ready` sent and `Finished(Authoritative)` emitted: the daemon
+    /// serves, and because we offered [`Capabilities::PROBATION`] the
+    /// session heartbeats to the supervisor until it closes the socket.
+    Probation,
     /// Finished.
     Done,
 }
@@ -83,6 +94,7 @@ impl SuccessorStep {
             SuccessorStep::AwaitingBegin => "Begin",
             SuccessorStep::Locking => "the data-dir lock",
             SuccessorStep::Starting => "the daemon to start serving",
+            SuccessorStep::Probation => "the supervisor to close the socket (probation)",
             SuccessorStep::Done => "nothing (finished)",
         }
     }
@@ -237,9 +249,20 @@ impl<B: Buffer> SuccessorSession<B> {
         self.core.version
     }
 
-    /// Whether `Finished` has been queued.
+    /// Whether `Finished` has been queued. A session on probation has
+    /// finished too; it only heartbeats ([`SuccessorSession::on_probation`]).
     pub fn is_finished(&self) -> bool {
-        self.core.step == SuccessorStep::Done
+        matches!(
+            self.core.step,
+            SuccessorStep::Probation | SuccessorStep::Done
+        )
+    }
+
+    /// Whether the session still heartbeats after `Ready`: keep feeding it
+    /// input, closes and timeouts, and sending what it outputs, until this
+    /// is false.
+    pub fn on_probation(&self) -> bool {
+        self.core.step == SuccessorStep::Probation
     }
 
     /// The reason the supervisor gave in its `Abort` (truncated to 256
@@ -252,6 +275,12 @@ impl<B: Buffer> SuccessorSession<B> {
     /// Returns how many bytes were consumed.
     pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> usize {
         if !self.core.supervisor_open || self.core.step == SuccessorStep::Done {
+            return bytes.len();
+        }
+        if self.core.step == SuccessorStep::Probation {
+            // Authoritative already: nothing the supervisor says changes
+            // that (a rollback comes as a signal). Bytes are only drained.
+            self.core.last_rx = now;
             return bytes.len();
         }
         let (used, frame) = self.rx.decode(bytes);
@@ -271,6 +300,9 @@ impl<B: Buffer> SuccessorSession<B> {
             // The lock is ours and the incumbent has sealed: serving is
             // the only way to keep one incumbent. The lock decides.
             SuccessorStep::Starting | SuccessorStep::Done => {}
+            // The probation is over (committed, or the supervisor went
+            // away); either way this process serves on.
+            SuccessorStep::Probation => c.step = SuccessorStep::Done,
             _ => c.fail(SuccessorFailure::SupervisorGone),
         }
     }
@@ -299,7 +331,7 @@ impl<B: Buffer> SuccessorSession<B> {
     }
 
     /// The daemon serves: send `Ready`.
-    pub fn handle_ready(&mut self, _now: Instant, report: ReadyReportRef<'_>) {
+    pub fn handle_ready(&mut self, now: Instant, report: ReadyReportRef<'_>) {
         let c = &mut self.core;
         if c.step != SuccessorStep::Starting {
             return;
@@ -324,6 +356,11 @@ impl<B: Buffer> SuccessorSession<B> {
         }
         c.heartbeat.stop();
         c.step = SuccessorStep::Done;
+        if c.supervisor_open && c.cfg.capabilities.contains(Capabilities::PROBATION) {
+            c.step = SuccessorStep::Probation;
+            c.heartbeat
+                .start_every(now, c.cfg.probation_heartbeat_interval);
+        }
         c.out.act(Action::Finished(SuccessorEnd::Authoritative {
             supervisor_gone,
         }));
@@ -366,7 +403,7 @@ impl<B: Buffer> Core<B> {
     }
 
     fn fail(&mut self, failure: SuccessorFailure) {
-        if self.step == SuccessorStep::Done {
+        if matches!(self.step, SuccessorStep::Probation | SuccessorStep::Done) {
             return;
         }
         self.step = SuccessorStep::Done;

@@ -59,7 +59,17 @@ pub struct SupervisorConfig {
     pub wire_slack: Duration,
     /// Between `SIGTERM` and `SIGKILL` when stopping the successor.
     pub kill_grace: Duration,
-    /// Features this supervisor offers (none are defined yet).
+    /// After `Ready`, how long the successor serves on probation before
+    /// `Commit` (docs/PROTOCOL.md section 10): while it lasts the sealed
+    /// incumbent stays alive, and a successor that exits, freezes or fails
+    /// its health probe is rolled back to it. Zero, or an incumbent that
+    /// did not offer [`Capabilities::PROBATION`], commits at `Ready`.
+    pub probation: Duration,
+    /// Silence from a successor on probation that offered
+    /// [`Capabilities::PROBATION`] (it heartbeats) that rolls it back.
+    pub probation_liveness: Duration,
+    /// Features this supervisor offers. Nothing reads it: `HelloAck` has
+    /// no field for it, so only the peers' offers decide.
     pub capabilities: Capabilities,
 }
 
@@ -74,6 +84,10 @@ impl Default for SupervisorConfig {
             heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
             wire_slack: defaults::WIRE_SLACK,
             kill_grace: defaults::KILL_GRACE,
+            // The library's default is the protocol alone; the supervisor
+            // binary turns probation on by default (its README says why).
+            probation: Duration::ZERO,
+            probation_liveness: defaults::PROBATION_LIVENESS,
             capabilities: Capabilities::NONE,
         }
     }
@@ -96,6 +110,9 @@ pub enum SupervisorStep {
     Sealing,
     /// `Begin` sent; waiting for `Ready`.
     AwaitingReady,
+    /// `Ready` received; the successor serves on probation while the sealed
+    /// incumbent waits, alive, for `Commit` or `ResumeAfterAbort`.
+    Probation,
     /// Rolling back: waiting for the successor to exit.
     Aborting,
     /// Finished, committed or aborted.
@@ -113,6 +130,7 @@ impl SupervisorStep {
             SupervisorStep::Draining => "Drained",
             SupervisorStep::Sealing => "SealComplete or SealFailed",
             SupervisorStep::AwaitingReady => "Ready",
+            SupervisorStep::Probation => "the end of the probation window",
             SupervisorStep::Aborting => "the successor to exit",
             SupervisorStep::Done => "nothing (the handoff is over)",
         }
@@ -186,6 +204,24 @@ pub enum AbortReason {
         /// What it did.
         violation: Violation,
     },
+    /// The successor's `Ready` said `healthz_ok = false`.
+    Unhealthy,
+    /// The successor's `Ready` advertised an older revision of a shard than
+    /// the incumbent sealed: it did not see every acknowledged write.
+    RevisionsBehind {
+        /// The first such shard (its index in the lists).
+        shard: u32,
+        /// The revision the incumbent sealed.
+        sealed: u64,
+        /// The revision the successor advertised.
+        advertised: u64,
+    },
+    /// The successor on probation stopped heartbeating for the probation
+    /// liveness limit: it is frozen or hung.
+    SuccessorUnresponsive,
+    /// The health probe the supervisor runs against the successor failed
+    /// during probation; the outcome's `probe_failure` says how.
+    HealthProbeFailed,
 }
 
 impl fmt::Display for AbortReason {
@@ -219,11 +255,19 @@ impl fmt::Display for AbortReason {
             AbortReason::SuccessorStartupTimeout => {
                 f.write_str("the successor sent no Hello within its start-up budget")
             }
+            AbortReason::SuccessorClosed {
+                step: SupervisorStep::Probation,
+            } => f.write_str(
+                "successor closed its socket during probation (it died or dropped its session)",
+            ),
             AbortReason::SuccessorClosed { step } => write!(
                 f,
                 "the successor closed its socket while the supervisor awaited {}",
                 step.awaiting()
             ),
+            AbortReason::SuccessorExited {
+                step: SupervisorStep::Probation,
+            } => f.write_str("successor exited during probation"),
             AbortReason::SuccessorExited { step } => write!(
                 f,
                 "the successor exited while the supervisor awaited {}",
@@ -248,6 +292,19 @@ impl fmt::Display for AbortReason {
             AbortReason::ProtocolViolation { peer, violation } => {
                 write!(f, "protocol violation by the {peer}: {violation}")
             }
+            AbortReason::Unhealthy => f.write_str("the successor reported healthz_ok=false"),
+            AbortReason::RevisionsBehind {
+                shard,
+                sealed,
+                advertised,
+            } => write!(
+                f,
+                "revisions behind: shard {shard} advertised {advertised}, sealed at {sealed}"
+            ),
+            AbortReason::SuccessorUnresponsive => {
+                f.write_str("successor stopped heartbeating during probation (frozen or hung)")
+            }
+            AbortReason::HealthProbeFailed => f.write_str("health probe failed"),
         }
     }
 }
@@ -269,7 +326,10 @@ pub struct PhaseTimings {
     pub seal: Option<Duration>,
     /// `Begin` until `Ready`.
     pub begin_to_ready: Option<Duration>,
-    /// `Ready` until finished (commit and journal).
+    /// `Ready` until the probation ended, by its window running out or by
+    /// a failure that rolled the successor back.
+    pub probation: Option<Duration>,
+    /// After `Ready` (and probation) until finished (commit and journal).
     pub commit: Option<Duration>,
     /// Start until finished.
     pub total: Duration,
@@ -292,6 +352,7 @@ impl PhaseTimings {
                 self.drain,
                 self.seal,
                 self.begin_to_ready,
+                self.probation,
             ]
             .iter()
             .flatten()
@@ -383,6 +444,12 @@ pub struct HandoffOutcomeRef<'a> {
     /// (more than one when the control socket path did not yet name the
     /// incumbent's socket).
     pub connect_attempts: u32,
+    /// The probation window the successor served, if it was put on
+    /// probation (`None`: committed at `Ready`, or never got there).
+    pub probation_window: Option<Duration>,
+    /// What the health probe said when it failed
+    /// ([`AbortReason::HealthProbeFailed`]).
+    pub probe_failure: Option<&'a str>,
     /// How long each step took.
     pub timings: PhaseTimings,
 }
@@ -391,6 +458,12 @@ impl HandoffOutcomeRef<'_> {
     /// Whether the handoff committed.
     pub fn committed(&self) -> bool {
         self.result.is_ok()
+    }
+
+    /// Whether the successor had sent `Ready` (it served) and the handoff
+    /// was then undone: rolled back to the incumbent.
+    pub fn rolled_back(&self) -> bool {
+        self.result.is_err() && self.ready.is_some()
     }
 }
 
@@ -509,6 +582,7 @@ struct Marks {
     drained: Option<Instant>,
     sealed: Option<Instant>,
     ready: Option<Instant>,
+    probation_end: Option<Instant>,
     finished: Option<Instant>,
 }
 
@@ -537,6 +611,7 @@ struct SuccessorPeer {
     exited: bool,
     kill_sent: bool,
     given_up: bool,
+    last_rx: Instant,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -574,6 +649,10 @@ struct Core<B: Buffer> {
     journal_failed: bool,
     marks: Marks,
     reports: Reports,
+    /// When the probation window ends, while the step is `Probation`.
+    probation_until: Option<Instant>,
+    probation_window: Option<Duration>,
+    probe_failure: Option<Span>,
 }
 
 /// The supervisor's state machine for one handoff. See the crate docs for
@@ -634,6 +713,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
                     exited: false,
                     kill_sent: false,
                     given_up: false,
+                    last_rx: now,
                 },
                 beat_incumbent: Beat::new(config.heartbeat_interval),
                 beat_successor: Beat::new(config.heartbeat_interval),
@@ -646,6 +726,9 @@ impl<B: Buffer> SupervisorHandoff<B> {
                 journal_failed: false,
                 marks: Marks::default(),
                 reports: Reports::default(),
+                probation_until: None,
+                probation_window: None,
+                probe_failure: None,
             },
         }
     }
@@ -801,6 +884,25 @@ impl<B: Buffer> SupervisorHandoff<B> {
     /// The successor process exited and was reaped.
     pub fn handle_successor_exited(&mut self, now: Instant) {
         self.core.on_successor_exited(now);
+    }
+
+    /// The health probe the adapter runs against the successor during
+    /// probation failed (past its failure threshold); `detail` says how
+    /// (kept, cut if the report buffer is full). The successor is rolled
+    /// back. Outside probation it does nothing.
+    pub fn handle_probe_failed(&mut self, now: Instant, detail: &str) {
+        let c = &mut self.core;
+        if c.step != SupervisorStep::Probation {
+            return;
+        }
+        c.probe_failure = Some(c.stash.put(detail.as_bytes(), 0));
+        c.abort(now, AbortReason::HealthProbeFailed);
+    }
+
+    /// Whether the successor serves on probation right now (the adapter
+    /// runs its health probe meanwhile).
+    pub fn on_probation(&self) -> bool {
+        self.core.step == SupervisorStep::Probation
     }
 
     /// A journal write or delete failed. The handoff goes on (the journal is
@@ -1084,6 +1186,13 @@ impl<B: Buffer> Core<B> {
     fn incumbent_violation(&mut self, now: Instant, violation: Violation) {
         match self.step {
             SupervisorStep::Aborting | SupervisorStep::Done => {}
+            SupervisorStep::Probation => {
+                // Nothing left to roll back to: the successor keeps the
+                // lock and is committed now.
+                self.o.fate = IncumbentFate::Gone;
+                self.disconnect(Side::Incumbent);
+                self.commit(now);
+            }
             SupervisorStep::AwaitingReady => {
                 // Sealed: the lock is free and the successor has `Begin`; a
                 // broken incumbent is as good as a dead one from here on.
@@ -1119,6 +1228,7 @@ impl<B: Buffer> Core<B> {
         if let Err(v) = self.check_frame(self.n.version, &frame) {
             return self.successor_violation(now, v);
         }
+        self.n.last_rx = now;
         match (self.step, frame.message) {
             (_, Message::Heartbeat { .. }) => {}
             (
@@ -1214,7 +1324,7 @@ impl<B: Buffer> Core<B> {
                 );
                 self.reports.ready = Some((l, healthz_ok, r));
                 self.marks.ready = Some(now);
-                self.commit(now);
+                self.on_ready(now, healthz_ok);
             }
             (step, msg) => self.successor_violation(
                 now,
@@ -1239,6 +1349,59 @@ impl<B: Buffer> Core<B> {
         );
     }
 
+    /// The health gate at `Ready`, then probation or the commit.
+    fn on_ready(&mut self, now: Instant, healthz_ok: bool) {
+        if !healthz_ok {
+            return self.abort(now, AbortReason::Unhealthy);
+        }
+        if let Some(behind) = self.revisions_behind() {
+            return self.abort(now, behind);
+        }
+        let window = self.cfg.probation;
+        if window.is_zero()
+            || !self.o.open
+            || !self.o.capabilities.contains(Capabilities::PROBATION)
+        {
+            // A reference incumbent, or probation off: today's commit.
+            return self.commit(now);
+        }
+        self.send(
+            Side::Incumbent,
+            &Message::Probation {
+                handoff_id: self.id,
+                window_ms: millis(window),
+            },
+        );
+        self.step = SupervisorStep::Probation;
+        self.probation_until = Some(now + window);
+        self.probation_window = Some(window);
+        self.n.last_rx = now;
+        self.o.last_rx = now;
+    }
+
+    /// The first shard whose advertised revision is below the sealed one.
+    /// Judged only where both sides report revisions for the same number
+    /// of shards: a different count is a different layout, not a lag.
+    fn revisions_behind(&self) -> Option<AbortReason> {
+        let (sealed, _) = self.reports.seal?;
+        let (_, _, advertised) = self.reports.ready?;
+        let sealed = self.stash.revisions(sealed);
+        let advertised = self.stash.revisions(advertised);
+        if sealed.is_empty() || sealed.len() != advertised.len() {
+            return None;
+        }
+        sealed
+            .iter()
+            .zip(advertised.iter())
+            .enumerate()
+            .find(|(_, (s, a))| a < s)
+            .map(|(i, (sealed, advertised))| AbortReason::RevisionsBehind {
+                shard: u32::try_from(i).unwrap_or(u32::MAX),
+                sealed,
+                advertised,
+            })
+    }
+
     fn commit(&mut self, now: Instant) {
         // From `Ready` on, the successor holds the lock and serves: it is the
         // incumbent now, whatever happens to the old one.
@@ -1250,9 +1413,10 @@ impl<B: Buffer> Core<B> {
                 },
             );
             self.o.fate = IncumbentFate::Committed;
-        } else {
+        } else if self.o.fate != IncumbentFate::Unresponsive {
             self.o.fate = IncumbentFate::Gone;
         }
+        self.end_probation(now);
         self.disconnect(Side::Incumbent);
         self.disconnect(Side::Successor);
         // Nothing is left to recover once `Commit` is out: the record goes
@@ -1286,6 +1450,7 @@ impl<B: Buffer> Core<B> {
             return;
         }
         self.connect_retry_at = None;
+        self.end_probation(now);
         self.abort = Some(reason);
         self.step = SupervisorStep::Aborting;
         self.beat_incumbent.stop();
@@ -1312,6 +1477,12 @@ impl<B: Buffer> Core<B> {
             self.stop_successor(now, text.as_str());
         }
         self.try_finish_abort(now);
+    }
+
+    fn end_probation(&mut self, now: Instant) {
+        if self.probation_until.take().is_some() {
+            self.marks.probation_end = Some(now);
+        }
     }
 
     fn stop_successor(&mut self, now: Instant, reason: &str) {
@@ -1367,6 +1538,12 @@ impl<B: Buffer> Core<B> {
                 self.disconnect(Side::Incumbent);
                 match self.step {
                     SupervisorStep::Done => {}
+                    SupervisorStep::Probation => {
+                        // The old process is gone: nothing to roll back
+                        // to, so the successor is committed now.
+                        self.o.fate = IncumbentFate::Gone;
+                        self.commit(now);
+                    }
                     SupervisorStep::Aborting | SupervisorStep::AwaitingReady => {
                         // Sealed or rolling back: nothing more is needed from
                         // it, but it did not get told to resume.
@@ -1390,6 +1567,11 @@ impl<B: Buffer> Core<B> {
                 self.disconnect(Side::Successor);
                 match self.step {
                     SupervisorStep::Done | SupervisorStep::Aborting => {}
+                    // Only a successor that offered probation promised to
+                    // keep its socket open after `Ready`; another may close
+                    // it, and its exit is still watched.
+                    SupervisorStep::Probation
+                        if !self.n.capabilities.contains(Capabilities::PROBATION) => {}
                     step => self.abort(now, AbortReason::SuccessorClosed { step }),
                 }
             }
@@ -1451,16 +1633,32 @@ impl<B: Buffer> Core<B> {
             SupervisorStep::Sealing | SupervisorStep::AwaitingReady => {
                 Some(self.deadline_at + c.wire_slack)
             }
+            SupervisorStep::Probation => self.probation_until,
             SupervisorStep::Aborting | SupervisorStep::Done => None,
         }
     }
 
     /// When silence from the incumbent means it is gone: only while it owes
-    /// an answer (it heartbeats while its hooks run).
+    /// an answer (it heartbeats while its hooks run), and on probation,
+    /// where an incumbent that offered it heartbeats too.
     fn liveness_deadline(&self) -> Option<Instant> {
         match self.step {
             SupervisorStep::Draining | SupervisorStep::Sealing if self.o.open => {
                 Some(self.o.last_rx + self.cfg.liveness)
+            }
+            SupervisorStep::Probation if self.o.open => Some(self.o.last_rx + self.cfg.liveness),
+            _ => None,
+        }
+    }
+
+    /// When silence from a successor on probation that heartbeats means it
+    /// is frozen.
+    fn successor_liveness_deadline(&self) -> Option<Instant> {
+        match self.step {
+            SupervisorStep::Probation
+                if self.n.open && self.n.capabilities.contains(Capabilities::PROBATION) =>
+            {
+                Some(self.n.last_rx + self.cfg.probation_liveness)
             }
             _ => None,
         }
@@ -1471,6 +1669,7 @@ impl<B: Buffer> Core<B> {
             return None;
         }
         let t = earliest(self.step_deadline(), self.liveness_deadline());
+        let t = earliest(t, self.successor_liveness_deadline());
         let t = earliest(t, self.beat_incumbent.deadline());
         let t = earliest(t, self.beat_successor.deadline());
         let t = earliest(t, self.connect_retry_at);
@@ -1479,6 +1678,18 @@ impl<B: Buffer> Core<B> {
 
     fn on_timeout(&mut self, now: Instant, incumbent_mid_frame: bool) {
         if self.step == SupervisorStep::Done {
+            return;
+        }
+        if let Some(t) = self.successor_liveness_deadline()
+            && t <= now
+        {
+            self.abort(now, AbortReason::SuccessorUnresponsive);
+        }
+        if self.step == SupervisorStep::Probation && self.probation_until.is_some_and(|t| t <= now)
+        {
+            // The window ran out with the successor alive, heartbeating
+            // and healthy: it passed.
+            self.commit(now);
             return;
         }
         if let Some(t) = self.connect_retry_at
@@ -1524,6 +1735,13 @@ impl<B: Buffer> Core<B> {
                 // It is writing right now: alive. The step budget still
                 // bounds a peer that trickles bytes.
                 self.o.last_rx = now;
+            } else if self.step == SupervisorStep::Probation {
+                // Frozen with its lock released: it cannot be rolled back
+                // to, so the successor is committed now.
+                self.o.fate = IncumbentFate::Unresponsive;
+                self.disconnect(Side::Incumbent);
+                self.commit(now);
+                return;
             } else {
                 let step = self.step;
                 self.o.fate = IncumbentFate::Unresponsive;
@@ -1564,7 +1782,12 @@ impl<B: Buffer> Core<B> {
             drain: between(m.successor_hello, m.drained),
             seal: between(m.drained, m.sealed),
             begin_to_ready: between(m.sealed, m.ready),
-            commit: between(m.ready, end),
+            probation: between(m.ready, m.probation_end),
+            commit: if self.abort.is_none() {
+                between(m.probation_end.or(m.ready), end)
+            } else {
+                None
+            },
             total: end
                 .unwrap_or(self.started)
                 .saturating_duration_since(self.started),
@@ -1617,6 +1840,8 @@ impl<B: Buffer> Core<B> {
             journal_failed: self.journal_failed,
             reports_truncated: self.stash.truncated,
             connect_attempts: self.connect_attempts,
+            probation_window: self.probation_window,
+            probe_failure: self.probe_failure.map(|s| self.stash.str(s)),
             timings,
         }
     }

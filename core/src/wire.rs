@@ -129,8 +129,11 @@ impl Capabilities {
     /// incumbent instead of binding them again: an incumbent that offers it
     /// answers `ListenersRequest` (docs/PROTOCOL.md section 9).
     pub const RECLAIM_LISTENERS: Capabilities = Capabilities { bits: 1 << 0 };
-    /// Planned: after `Ready`, a probation window in which a sealed incumbent
-    /// can still resume if the successor dies.
+    /// After `Ready`, a probation window in which the sealed incumbent stays
+    /// alive and can take the lock back if the successor fails
+    /// (docs/PROTOCOL.md section 10). An incumbent that offers it accepts
+    /// `Probation`; a successor that offers it heartbeats after `Ready`
+    /// until the supervisor closes its socket, so a frozen one is seen.
     pub const PROBATION: Capabilities = Capabilities { bits: 1 << 1 };
     /// Planned: accepted connections are passed to the successor.
     pub const PASS_CONNECTIONS: Capabilities = Capabilities { bits: 1 << 2 };
@@ -243,6 +246,10 @@ pub enum MessageKind {
     /// An extension of this project: the incumbent's answer to
     /// `ListenersRequest`, with the descriptors passed beside it.
     Listeners,
+    /// An extension of this project (docs/PROTOCOL.md section 10): the
+    /// successor serves on probation; sent only to an incumbent that
+    /// offered [`Capabilities::PROBATION`].
+    Probation,
 }
 
 impl MessageKind {
@@ -267,8 +274,11 @@ impl MessageKind {
     /// The extensions, which follow the fourteen in wire order. Each is
     /// sent only to a peer whose `Hello` offered the capability it belongs
     /// to, so a reference peer, which offers none, never sees one.
-    pub const EXTENSIONS: [MessageKind; 2] =
-        [MessageKind::ListenersRequest, MessageKind::Listeners];
+    pub const EXTENSIONS: [MessageKind; 3] = [
+        MessageKind::ListenersRequest,
+        MessageKind::Listeners,
+        MessageKind::Probation,
+    ];
 
     /// The variant index on the wire.
     pub fn index(self) -> u32 {
@@ -312,6 +322,7 @@ impl MessageKind {
             MessageKind::Heartbeat => "Heartbeat",
             MessageKind::ListenersRequest => "ListenersRequest",
             MessageKind::Listeners => "Listeners",
+            MessageKind::Probation => "Probation",
         }
     }
 }

@@ -151,6 +151,10 @@ fn random_message(rng: &mut Rng, kind: MessageKind) -> Message<'static> {
             handoff_id: rng.id(),
             names: Strings::from_slice(rng.pick(&ADDRESSES)),
         },
+        MessageKind::Probation => Message::Probation {
+            handoff_id: rng.id(),
+            window_ms: rng.wide(),
+        },
     }
 }
 
@@ -506,7 +510,7 @@ fn given_a_malformed_frame_then_the_decoder_stays_in_sync_for_the_next_frame() {
 #[test]
 fn given_an_unknown_variant_index_then_it_is_reported_with_the_index() {
     for (payload, index) in [
-        (vec![16u8], 16u32),
+        (vec![17u8], 17u32),
         (vec![0xc8, 0x01], 200),
         (vec![0xff, 0xff, 0xff, 0xff, 0x0f], u32::MAX),
     ] {

@@ -267,8 +267,9 @@ fn rank(step: SupervisorStep) -> u8 {
         Draining => 4,
         Sealing => 5,
         AwaitingReady => 6,
-        Aborting => 7,
-        Done => 8,
+        Probation => 7,
+        Aborting => 8,
+        Done => 9,
     }
 }
 
@@ -280,7 +281,7 @@ fn legal_transition(before: SupervisorStep, after: SupervisorStep) -> bool {
     before == after
         || (before != Done && after == Done)
         || (!matches!(before, Aborting | Done) && after == Aborting)
-        || (rank(after) == rank(before) + 1 && rank(after) <= rank(AwaitingReady))
+        || (rank(after) == rank(before) + 1 && rank(after) <= rank(Probation))
 }
 
 fn phase_rank(p: JournalPhase) -> u8 {

@@ -597,7 +597,7 @@ pub mod incumbent {
                     self.close(out);
                 }
                 Drained => self.undo(now, out, cause, false),
-                Sealed => self.undo(now, out, cause, true),
+                Sealed | Probation => self.undo(now, out, cause, true),
                 Recovering | Done => {}
             }
         }
@@ -862,6 +862,7 @@ pub mod supervisor {
             Draining => "Draining",
             Sealing => "Sealing",
             AwaitingReady => "AwaitingReady",
+            Probation => "Probation",
             Aborting => "Aborting",
             Done => "Done",
         }
@@ -1011,7 +1012,8 @@ pub mod supervisor {
                 Draining => min(after(self.successor_hello_at, DRAIN_GRACE), Some(d))
                     .map(|t| t + WIRE_SLACK),
                 Sealing | AwaitingReady => Some(d + WIRE_SLACK),
-                Aborting | Done => None,
+                // The model runs with probation off: never reached.
+                Probation | Aborting | Done => None,
             }
         }
 

@@ -82,6 +82,10 @@ pub enum OwnedMessage {
         handoff_id: [u8; 16],
         names: Vec<String>,
     },
+    Probation {
+        handoff_id: [u8; 16],
+        window_ms: u64,
+    },
     Heartbeat {
         ts_ms: u64,
     },
@@ -204,6 +208,13 @@ impl OwnedMessage {
                     names: Strings::from_slice(&names),
                 })
             }
+            OwnedMessage::Probation {
+                handoff_id,
+                window_ms,
+            } => f(Message::Probation {
+                handoff_id: id(handoff_id),
+                window_ms: *window_ms,
+            }),
         }
     }
 
@@ -312,6 +323,13 @@ impl OwnedMessage {
             Message::Listeners { handoff_id, names } => OwnedMessage::Listeners {
                 handoff_id: id(handoff_id),
                 names: names.iter().map(str::to_owned).collect(),
+            },
+            Message::Probation {
+                handoff_id,
+                window_ms,
+            } => OwnedMessage::Probation {
+                handoff_id: id(handoff_id),
+                window_ms: *window_ms,
             },
         }
     }

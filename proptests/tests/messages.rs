@@ -154,6 +154,8 @@ fn any_message() -> impl Strategy<Value = OwnedMessage> {
         1 => id().prop_map(|handoff_id| OwnedMessage::ListenersRequest { handoff_id }),
         1 => (id(), vec(text(), 0..4))
             .prop_map(|(handoff_id, names)| OwnedMessage::Listeners { handoff_id, names }),
+        1 => (id(), any::<u64>())
+            .prop_map(|(handoff_id, window_ms)| OwnedMessage::Probation { handoff_id, window_ms }),
     ]
 }
 
@@ -270,7 +272,9 @@ fn to_reference(m: &OwnedMessage) -> Ref {
             handoff_id: ref_id(&handoff_id),
         },
         OwnedMessage::Heartbeat { ts_ms } => Ref::Heartbeat { ts_ms },
-        OwnedMessage::ListenersRequest { .. } | OwnedMessage::Listeners { .. } => {
+        OwnedMessage::ListenersRequest { .. }
+        | OwnedMessage::Listeners { .. }
+        | OwnedMessage::Probation { .. } => {
             unreachable!("an extension has no reference form; `message()` makes none")
         }
     }

@@ -114,6 +114,10 @@ fn message_of(kind: MessageKind, id: [u8; 16]) -> OwnedMessage {
             handoff_id: id,
             names: vec!["kv".into()],
         },
+        MessageKind::Probation => M::Probation {
+            handoff_id: id,
+            window_ms: 5_000,
+        },
     }
 }
 
@@ -220,7 +224,8 @@ fn suc_input(
                     C::Time(None),
                 ],
             ),
-            S::Done => (C::Time(None), &[]),
+            // Unreached: the models run with probation off.
+            S::Probation | S::Done => (C::Time(None), &[]),
         };
         guided(guide, happy, others)
     } else {
@@ -431,7 +436,8 @@ fn inc_input(
                 &[C::LockBusy, C::Time(None), C::Time(Some(2_500))],
             ),
             S::Recovering => (C::Resumed, &[C::ResumeFailed, C::LockBusy]),
-            S::Done => (C::Time(None), &[]),
+            // Unreached: the models run with probation off.
+            S::Probation | S::Done => (C::Time(None), &[]),
         };
         guided(guide, happy, others)
     } else {
@@ -721,7 +727,8 @@ fn sup_input(
                 ],
             ),
             S::Aborting => (C::SuccessorExited, &[C::Time(None)]),
-            S::Done => (C::Time(None), &[]),
+            // Unreached: the models run with probation off.
+            S::Probation | S::Done => (C::Time(None), &[]),
         };
         guided(guide, happy, others)
     } else {

@@ -63,6 +63,9 @@ pub struct OwnedOutcome {
     pub ready_healthz_ok: Option<bool>,
     pub ready_revisions: Option<Vec<u64>>,
     pub seal_progress: Option<(u32, u32, u64)>,
+    pub probation_window: Option<Duration>,
+    pub probe_failure: Option<String>,
+    pub rolled_back: bool,
     pub timings: handoff_core::PhaseTimings,
     pub journal_failed: bool,
 }
@@ -114,6 +117,8 @@ pub struct SuccessorBehavior {
     pub ignores_term: bool,
     pub start_fails: bool,
     pub healthz_ok: bool,
+    /// Advertise these revisions in `Ready` instead of the sealed ones.
+    pub advertised: Option<&'static [u64]>,
     /// Announce this pid instead of its own.
     pub lie_about_pid: bool,
 }
@@ -130,6 +135,7 @@ impl Default for SuccessorBehavior {
             ignores_term: false,
             start_fails: false,
             healthz_ok: true,
+            advertised: None,
             lie_about_pid: false,
         }
     }
@@ -466,7 +472,9 @@ impl World {
                     ReadyReportRef {
                         listening_on: Strings::from_slice(&listening),
                         healthz_ok: b.healthz_ok,
-                        advertised_revision_per_shard: Revisions::from_slice(&REVISIONS),
+                        advertised_revision_per_shard: Revisions::from_slice(
+                            b.advertised.unwrap_or(&REVISIONS),
+                        ),
                     },
                 );
             }
@@ -653,6 +661,9 @@ impl World {
                             .ready
                             .map(|r| r.advertised_revision_per_shard.iter().collect()),
                         seal_progress: o.seal_progress,
+                        probation_window: o.probation_window,
+                        probe_failure: o.probe_failure.map(str::to_owned),
+                        rolled_back: o.rolled_back(),
                         timings: o.timings,
                         journal_failed: o.journal_failed,
                     };
@@ -764,6 +775,10 @@ impl World {
                     self.count_frame(Role::Successor);
                 }
                 SuccessorOutput::AcquireLock => {
+                    assert!(
+                        !s.on_probation(),
+                        "a successor on probation asks for nothing"
+                    );
                     if self.lock.is_none() {
                         self.lock = Some(Holder::Successor);
                         n.holds_lock = true;
@@ -782,8 +797,11 @@ impl World {
                 }
                 SuccessorOutput::Finished(end) => {
                     n.end = Some(end);
-                    n.session = None;
-                    self.n_to_s.closed = true;
+                    // On probation the session lives on, heartbeating.
+                    if !n.session.as_ref().is_some_and(|s| s.on_probation()) {
+                        n.session = None;
+                        self.n_to_s.closed = true;
+                    }
                     self.log(format!("N finished: {end:?}"));
                     if let SuccessorEnd::Failed(_) = end {
                         self.kill_successor();
@@ -881,6 +899,16 @@ impl World {
 
     /// What the supervisor binary does when no incumbent is left: start the
     /// daemon again, cold, with a new pid. It takes the lock if it is free.
+    /// Freezes the successor process (`SIGSTOP`): it reads, writes and
+    /// times out nothing, but holds its lock and sockets. `SIGKILL` still
+    /// ends it.
+    pub fn freeze_successor(&mut self) {
+        self.log("successor freezes".into());
+        if let Some(n) = self.successor.as_mut() {
+            n.hung = true;
+        }
+    }
+
     pub fn restart_incumbent(&mut self) {
         assert!(!self.incumbent.alive);
         let pid = self.incumbent.pid + 1;

@@ -619,7 +619,11 @@ impl World {
                 "invariant 5: successor pid {pid} opens the state without the lock"
             ));
         }
-        d.writer = Some(d.stale_disk.take().unwrap_or(disk));
+        let opened = d.stale_disk.take().unwrap_or(disk);
+        // The revision of the one shard is the number of writes in it, as
+        // the incumbent's seal reports it.
+        let revision = opened.len() as u64;
+        d.writer = Some(opened);
         d.accepting = true;
         let listening = ["127.0.0.1:7000"];
         m.handle_ready(
@@ -627,7 +631,7 @@ impl World {
             ReadyReportRef {
                 listening_on: Strings::from_slice(&listening),
                 healthz_ok: true,
-                advertised_revision_per_shard: Revisions::from_slice(&[0]),
+                advertised_revision_per_shard: Revisions::from_slice(&[revision]),
             },
         );
         self.log(|| format!("pid {pid} serves and reports Ready"));
