@@ -70,12 +70,12 @@ pub use drainable::{Drainable, HookError, SealProgress, SealReport, StateSnapsho
 pub use handoff_core::{
     AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentEnd, IncumbentFate,
     JournalPhase, JournalRecord, PhaseTimings, Signal, SuccessorConfig, SuccessorFailure,
-    SuccessorFate, SupervisorConfig,
+    SuccessorFate, SupervisorConfig, SupervisorStep,
 };
 pub use handoff_driver::{
-    AdoptError, Adopted, Endpoint, HandoffOutcome, HandoffSlot, Launch, ServeEnd, ServeError,
-    SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, adopt, adopt_settled,
-    handoff_config, spawn_for_handoff,
+    AdoptError, Adopted, Endpoint, HandoffOutcome, HandoffSlot, HealthProbe, Launch, ProbeCheck,
+    ServeEnd, ServeError, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, adopt,
+    adopt_settled, handoff_config, spawn_for_handoff,
 };
 pub use incumbent::Incumbent;
 pub use os::lock::DataDirLock;

@@ -75,7 +75,7 @@ const SEAL_WAIT: Duration = Duration::from_secs(10);
 /// The usage text.
 pub const USAGE: &str = "\
 usage: kvd --control-socket PATH --data-dir PATH [--listen ADDR] [--version V]
-           [--runtime std|mio|smol|tokio]
+           [--runtime std|mio|smol|tokio] [--fault FAULT]
        kvd supervise --control-socket PATH --data-dir PATH --binary PATH
                      [--version V] [--journal PATH]
 
@@ -83,6 +83,10 @@ Serves SET/GET/VERSION over TCP on the listener inherited as `kv` (from a
 supervisor or systemd), or on --listen ADDR when started cold without one.
 --version is the build id announced to the supervisor and answered to VERSION.
 --runtime picks the adapter that drives the handoff (default std).
+--fault makes a successor fail after it took over, to show probation:
+  crash-after-ready=MS  abort MS milliseconds after serving as the successor
+  unhealthy             report healthz_ok=false in Ready
+  revisions-behind      advertise one revision less than it opened
 `supervise` runs one handoff to --binary as a supervisor process.";
 
 /// The daemon's command line.
@@ -99,6 +103,40 @@ pub struct ServeArgs {
     /// `--runtime`: which adapter drives the handoff (the data plane is
     /// the same threads in every runtime).
     pub runtime: Runtime,
+    /// `--fault`: how a successor fails after taking over (for the
+    /// probation demo and tests); a cold start ignores it.
+    pub fault: Option<Fault>,
+}
+
+/// A failure kvd can be told to show as a successor, after `Begin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Abort this long after it started serving (after `Ready`).
+    CrashAfterReady(Duration),
+    /// Report `healthz_ok = false` in `Ready`.
+    Unhealthy,
+    /// Advertise one revision less than the state it opened.
+    RevisionsBehind,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Fault, String> {
+        match s {
+            "unhealthy" => Ok(Fault::Unhealthy),
+            "revisions-behind" => Ok(Fault::RevisionsBehind),
+            _ => match s.strip_prefix("crash-after-ready=") {
+                Some(ms) => ms
+                    .parse()
+                    .map(|ms| Fault::CrashAfterReady(Duration::from_millis(ms)))
+                    .map_err(|_| format!("--fault {s:?}: expected crash-after-ready=MS")),
+                None => Err(format!(
+                    "--fault {s:?}: expected crash-after-ready=MS, unhealthy or revisions-behind"
+                )),
+            },
+        }
+    }
 }
 
 /// The adapter that drives kvd's side of a handoff.
@@ -176,6 +214,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut binary = None;
     let mut journal = None;
     let mut runtime = None;
+    let mut fault = None;
     let mut it = flags.iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -187,6 +226,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
             ("--version", _) => &mut version,
             ("--listen", false) => &mut listen,
             ("--runtime", false) => &mut runtime,
+            ("--fault", false) => &mut fault,
             ("--binary", true) => &mut binary,
             ("--journal", true) => &mut journal,
             _ => return Err(format!("unknown argument {flag:?}")),
@@ -221,12 +261,14 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
         return Err("--version must be non-empty and without spaces".into());
     }
     let runtime = runtime.map(|r| r.parse()).transpose()?.unwrap_or_default();
+    let fault = fault.map(|f| f.parse()).transpose()?;
     Ok(Command::Serve(ServeArgs {
         control_socket,
         data_dir,
         listen,
         version,
         runtime,
+        fault,
     }))
 }
 
@@ -473,6 +515,8 @@ struct State {
 }
 
 struct Daemon {
+    /// `--fault`, for a successor.
+    fault: Option<Fault>,
     version: String,
     data_dir: PathBuf,
     state: Mutex<State>,
@@ -517,6 +561,7 @@ impl Daemon {
         wake_rx.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
         let daemon = Arc::new(Daemon {
+            fault: args.fault,
             version: args.version.clone(),
             data_dir: args.data_dir.clone(),
             state: Mutex::new(State {
@@ -544,6 +589,19 @@ impl Daemon {
     }
 
     fn set_phase_locked(&self, st: &mut State, phase: Phase) {
+        if let (Phase::Starting, Phase::Serving, Some(Fault::CrashAfterReady(after))) =
+            (st.phase, phase, self.fault)
+        {
+            // A successor serves from here (its Ready is out): the fault
+            // is a crash while it is on probation, writes acknowledged.
+            let _ = std::thread::Builder::new()
+                .name("kvd-fault".into())
+                .spawn(move || {
+                    std::thread::sleep(after);
+                    log(format_args!("--fault crash-after-ready: aborting"));
+                    std::process::abort();
+                });
+        }
         st.phase = phase;
         if !phase.accepting() {
             st.signal.raise();

@@ -184,6 +184,8 @@ fn run(o: &Options) -> Result<bool, String> {
             kind: ListenerKind::Tcp,
             backlog: 1024,
         }],
+        probation_ms: 0,
+        health_probe: None,
     };
     println!(
         "handoff-demo: {} handoffs under load from {} clients",

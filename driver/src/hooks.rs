@@ -44,7 +44,9 @@ pub enum Hook {
     /// the data-dir lock.
     Seal,
     /// Undo drain (and seal): reopen the writer state and accept again. The
-    /// lock is held.
+    /// lock is held. After a seal, reopen it from disk, not from memory: a
+    /// successor rolled back during probation (docs/PROTOCOL.md section 10)
+    /// served and acknowledged writes in between, and they are on disk only.
     Resume,
 }
 

@@ -278,11 +278,15 @@ impl IncumbentDriver {
         ep.listener.set_nonblocking(true)?;
         let mut ep = ep;
         // The driver answers `ListenersRequest` (`SendListeners` below) for
-        // every adapter, so every incumbent offers it.
+        // every adapter, so every incumbent offers it. Probation needs
+        // nothing of the driver beyond the resume it already carries out
+        // (the hook reopens the state from disk), so every incumbent offers
+        // that too.
         ep.config.capabilities = ep
             .config
             .capabilities
-            .union(Capabilities::RECLAIM_LISTENERS);
+            .union(Capabilities::RECLAIM_LISTENERS)
+            .union(Capabilities::PROBATION);
         Ok(IncumbentDriver {
             ep,
             session: None,

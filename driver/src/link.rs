@@ -209,6 +209,20 @@ impl Link {
         io.unwatch(self.source, self.stream.as_fd());
     }
 
+    /// Stops the adapter watching this connection, which stays open, for a
+    /// driver that drives it on its own from now on (a successor's session
+    /// on probation, driven by a thread of its own).
+    pub(crate) fn detach(mut self, io: &mut impl Io) -> Link {
+        io.unwatch(self.source, self.stream.as_fd());
+        self.writing = false;
+        self
+    }
+
+    /// The connection's descriptor, to wait on.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
     /// One write of what is queued: up to the byte descriptors are attached
     /// to, or from it with them.
     fn write_some(&mut self) -> io::Result<usize> {

@@ -9,14 +9,15 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use handoff_core::{
-    HandoffId, ReadyReportRef, Revisions, Strings, SuccessorConfig, SuccessorEnd, SuccessorFailure,
-    SuccessorOutput, SuccessorSession,
+    Capabilities, HandoffId, ReadyReportRef, Revisions, Strings, SuccessorConfig, SuccessorEnd,
+    SuccessorFailure, SuccessorOutput, SuccessorSession,
 };
 use handoff_os::control::{StagedControlSocket, stage_control_socket};
 use handoff_os::crash;
 use handoff_os::env::{EnvError, take_startup_env};
 use handoff_os::listeners::InheritedListeners;
 use handoff_os::lock::DataDirLock;
+use handoff_os::process::poll_readable;
 
 use crate::clock;
 use crate::link::{Io, Link, READ_BUDGET, Read, Source};
@@ -184,7 +185,12 @@ pub enum SuccessorReport {
 /// - writes are queued and bounded, as for every role;
 /// - the lock the machine asks for is taken once the data directory is
 ///   known ([`SuccessorDriver::set_data_dir`]); a lock error other than
-///   "busy" is retried like "busy", within the machine's bound.
+///   "busy" is retried like "busy", within the machine's bound;
+/// - it offers [`Capabilities::PROBATION`]: after `Ready`, a thread of the
+///   driver's own keeps the session with the supervisor and heartbeats on
+///   it until the supervisor closes it (docs/PROTOCOL.md section 10), so a
+///   frozen process is told from one that serves whatever the adapter's
+///   loop does.
 pub struct SuccessorDriver {
     link: Option<Link>,
     machine: SuccessorSession<Vec<u8>>,
@@ -196,6 +202,9 @@ pub struct SuccessorDriver {
     reports: VecDeque<SuccessorReport>,
     staged: Option<StagedControlSocket>,
     unread: bool,
+    /// The handoff's id, kept when the machine moves to the probation
+    /// thread.
+    handoff_id: Option<HandoffId>,
 }
 
 impl fmt::Debug for SuccessorDriver {
@@ -223,6 +232,11 @@ impl SuccessorDriver {
         crash::check();
         crate::link::check_build_id(build_id)?;
         let link = Link::open(io, Source::Control, control)?;
+        // The driver carries out probation itself, for every adapter.
+        let config = SuccessorConfig {
+            capabilities: config.capabilities.union(Capabilities::PROBATION),
+            ..config
+        };
         let mut d = SuccessorDriver {
             link: Some(link),
             machine: SuccessorSession::new(clock::now(), config, std::process::id(), build_id),
@@ -233,6 +247,7 @@ impl SuccessorDriver {
             reports: VecDeque::new(),
             staged: None,
             unread: false,
+            handoff_id: None,
         };
         d.settle(io);
         Ok(d)
@@ -255,7 +270,7 @@ impl SuccessorDriver {
 
     /// The handoff's id, once acknowledged.
     pub fn handoff_id(&self) -> Option<HandoffId> {
-        self.machine.handoff_id()
+        self.machine.handoff_id().or(self.handoff_id)
     }
 
     /// How the machine ended, once it has.
@@ -400,9 +415,13 @@ impl SuccessorDriver {
             ));
         }
         if let Some(l) = self.link.take() {
-            // `Ready` went into an empty socket buffer; what did not go out
-            // now would have nowhere to go later anyway.
-            l.close(io);
+            if self.machine.on_probation() {
+                self.keep_probation(l.detach(io));
+            } else {
+                // `Ready` went into an empty socket buffer; what did not go
+                // out now would have nowhere to go later anyway.
+                l.close(io);
+            }
         }
         let staged = self
             .staged
@@ -427,6 +446,23 @@ impl SuccessorDriver {
         let (listener, path) = self.install(io)?;
         let lock = self.lock.take().expect("checked above");
         Ok(crate::Endpoint::from_parts(listener, &path, lock))
+    }
+
+    /// Hands the session, on probation, to a thread that heartbeats on
+    /// `link` until the supervisor closes it. The driver's part is over
+    /// (the machine finished at `Ready`); what stays here answers only
+    /// [`SuccessorDriver::end`] and [`SuccessorDriver::handoff_id`].
+    fn keep_probation(&mut self, link: Link) {
+        self.handoff_id = self.machine.handoff_id();
+        let spent = SuccessorSession::new(clock::now(), SuccessorConfig::default(), 0, b"");
+        let machine = std::mem::replace(&mut self.machine, spent);
+        let spawned = std::thread::Builder::new()
+            .name("handoff-probation".into())
+            .spawn(move || probation_loop(link, machine));
+        // Without the thread the session closes here (the link drops with
+        // the closure), which a supervisor holding us to probation takes
+        // for a failure: the handoff is rolled back, never left unwatched.
+        drop(spawned);
     }
 
     fn after_wake(&mut self, io: &mut impl Io) {
@@ -536,5 +572,70 @@ impl SuccessorDriver {
                 _ => return,
             }
         }
+    }
+}
+
+/// Watches nothing: the probation thread waits on its one descriptor
+/// itself.
+struct Unwatched;
+
+impl Io for Unwatched {
+    fn watch(&mut self, _: Source, _: std::os::fd::BorrowedFd<'_>, _: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn unwatch(&mut self, _: Source, _: std::os::fd::BorrowedFd<'_>) {}
+}
+
+/// The successor's session after `Ready`, on a thread of its own: sends
+/// what the machine outputs (its probation heartbeats), reads (and drops)
+/// what the supervisor sends, and ends when the supervisor closes the
+/// socket, the socket fails, or the supervisor stops reading.
+fn probation_loop(mut link: Link, mut machine: SuccessorSession<Vec<u8>>) {
+    let mut io = Unwatched;
+    while machine.on_probation() {
+        let now = clock::now();
+        while let Some(out) = machine.poll_output() {
+            if let SuccessorOutput::Transmit(frame) = out
+                && link.send(&mut io, now, frame).is_err()
+            {
+                machine.handle_closed(now);
+                break;
+            }
+        }
+        if !machine.on_probation() {
+            break;
+        }
+        let _ = link.flush(&mut io, now);
+        if link.stalled(now) {
+            machine.handle_closed(now);
+            break;
+        }
+        let next = [machine.poll_timeout(), link.stall_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        let wait = next.map(clock::until);
+        match poll_readable(&[link.fd()], wait) {
+            Ok(ready) if ready.first() == Some(&true) => loop {
+                match link.read() {
+                    Read::Data(_) => {
+                        while !link.inbox.is_empty() {
+                            link.feed("successor", |b| machine.handle_input(clock::now(), b));
+                        }
+                    }
+                    Read::WouldBlock => break,
+                    Read::Closed => {
+                        machine.handle_closed(clock::now());
+                        break;
+                    }
+                }
+            },
+            Ok(_) => {}
+            // A signal for the process interrupted the wait: wait again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => machine.handle_closed(clock::now()),
+        }
+        machine.handle_timeout(clock::now());
     }
 }

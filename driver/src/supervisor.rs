@@ -28,6 +28,10 @@ use handoff_os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_sig
 use handoff_os::spawn::{PassedListener, SpawnError, spawn_successor, validate_listener_names};
 
 use crate::clock;
+use crate::probe::{HealthProbe, ProbeRunner, Verdict};
+
+/// How often a running health probe's verdicts are looked at.
+const PROBE_POLL_INTERVAL: Duration = Duration::from_millis(20);
 use crate::link::{Io, Link, READ_BUDGET, Read, Source};
 
 /// What to run as the successor, and the budgets of its handoff.
@@ -45,6 +49,11 @@ pub struct SpawnSpec {
     pub drain_grace: Duration,
     /// The successor's start-up before its `Hello` (bounded by `deadline`).
     pub startup_budget: Duration,
+    /// How long the successor serves on probation after `Ready` before
+    /// `Commit` (docs/PROTOCOL.md section 10); zero commits at `Ready`.
+    pub probation: Duration,
+    /// The health probe run against the successor while on probation.
+    pub probe: Option<HealthProbe>,
 }
 
 impl SpawnSpec {
@@ -58,6 +67,8 @@ impl SpawnSpec {
             deadline: defaults::DEADLINE,
             drain_grace: defaults::DRAIN_GRACE,
             startup_budget: defaults::STARTUP_BUDGET,
+            probation: Duration::ZERO,
+            probe: None,
         }
     }
 
@@ -114,6 +125,16 @@ pub struct HandoffOutcome {
     /// How many connects it took to reach the incumbent (more than one when
     /// the control socket path did not yet name the incumbent's socket).
     pub connect_attempts: u32,
+    /// The probation window the successor served, if it was put on
+    /// probation (the incumbent offered it and the spec asked for one).
+    pub probation_window: Option<Duration>,
+    /// Whether the successor served (sent `Ready`) and was then rolled back
+    /// to the incumbent.
+    pub rolled_back: bool,
+    /// How the health probe failed, when it rolled the successor back.
+    pub probe_failure: Option<String>,
+    /// Health probe attempts that passed during probation.
+    pub probes_passed: u32,
     /// Time spent in each phase.
     pub timings: PhaseTimings,
 }
@@ -122,6 +143,17 @@ impl HandoffOutcome {
     /// Whether the handoff committed.
     pub fn committed(&self) -> bool {
         self.result.is_ok()
+    }
+
+    /// Why it did not commit, in words: the reason with the health probe's
+    /// account or the operating system's detail where there is one.
+    pub fn reason(&self) -> Option<String> {
+        let reason = self.result.err()?;
+        Some(match (&self.probe_failure, &self.detail) {
+            (Some(probe), _) => format!("{reason}: {probe}"),
+            (None, Some(detail)) => format!("{reason}: {detail}"),
+            (None, None) => reason.to_string(),
+        })
     }
 }
 
@@ -174,6 +206,8 @@ pub struct Supervisor {
     /// A deferred journal operation failed since the last
     /// [`Supervisor::flush_journal`].
     journal_lost: AtomicBool,
+    /// The successor serving on probation now, 0 if none.
+    on_probation: AtomicU32,
 }
 
 impl fmt::Debug for Supervisor {
@@ -200,6 +234,7 @@ impl Supervisor {
             incumbent_pid: AtomicU32::new(0),
             journal_tail: Mutex::new(None),
             journal_lost: AtomicBool::new(false),
+            on_probation: AtomicU32::new(0),
         })
     }
 
@@ -248,6 +283,15 @@ impl Supervisor {
     pub fn set_incumbent_pid(&self, pid: Option<u32>) {
         self.incumbent_pid
             .store(pid.unwrap_or(0), Ordering::Release);
+    }
+
+    /// The successor of the handoff in flight while it serves on probation
+    /// (docs/PROTOCOL.md section 10): its pid. `None` outside probation.
+    pub fn successor_on_probation(&self) -> Option<u32> {
+        match self.on_probation.load(Ordering::Acquire) {
+            0 => None,
+            pid => Some(pid),
+        }
     }
 
     /// The process that serves now, as far as this supervisor knows: see
@@ -430,6 +474,7 @@ pub fn handoff_config(base: SupervisorConfig, spec: &SpawnSpec) -> SupervisorCon
         deadline: spec.deadline,
         drain_grace: spec.drain_grace,
         startup_budget: spec.startup_budget,
+        probation: spec.probation,
         ..base
     }
 }
@@ -493,6 +538,10 @@ impl HandoffOutcome {
             successor_fate: o.successor_fate,
             journal_failed: o.journal_failed,
             connect_attempts: o.connect_attempts,
+            probation_window: o.probation_window,
+            rolled_back: o.rolled_back(),
+            probe_failure: o.probe_failure.map(str::to_owned),
+            probes_passed: 0,
             timings: o.timings,
         }
     }
@@ -693,6 +742,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
     /// the machine finishes an abort only once it is gone or SIGKILL went
     /// unanswered, and a zombie is never left either way.
     pub(crate) fn finish(&mut self, o: &handoff_core::HandoffOutcomeRef<'_>) -> HandoffOutcome {
+        self.sup.on_probation.store(0, Ordering::Release);
         let mut outcome = HandoffOutcome::from_core(o, self.detail.take());
         outcome.timings = outcome.timings.with_total(self.started.elapsed());
         if let Some(j) = self.journal.take()
@@ -712,8 +762,16 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
     }
 }
 
+impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
+    /// The successor `pid` serves on probation.
+    pub(crate) fn on_probation(&self, pid: u32) {
+        self.sup.on_probation.store(pid, Ordering::Release);
+    }
+}
+
 impl<S: std::ops::Deref<Target = Supervisor>> Drop for HandoffLedger<S> {
     fn drop(&mut self) {
+        self.sup.on_probation.store(0, Ordering::Release);
         if let Some(child) = self.child.take() {
             kill_and_reap(child);
         }
@@ -765,6 +823,10 @@ pub struct SupervisorDriver<S: std::ops::Deref<Target = Supervisor>> {
     finished: bool,
     /// Connections whose read budget ran out with bytes still waiting.
     unread: [bool; 2],
+    /// The health probe, while the successor is on probation.
+    probe: Option<ProbeRunner>,
+    probe_started: bool,
+    probes_passed: u32,
 }
 
 impl<S: std::ops::Deref<Target = Supervisor>> fmt::Debug for SupervisorDriver<S> {
@@ -802,6 +864,9 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
             outcome: None,
             finished: false,
             unread: [false; 2],
+            probe: None,
+            probe_started: false,
+            probes_passed: 0,
         }
     }
 
@@ -841,6 +906,10 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
         if self.ledger.has_successor() && self.exit.is_none() {
             // No pidfd on this kernel: look at the child this often.
             t = earliest(t, Some(clock::now() + EXIT_POLL_INTERVAL));
+        }
+        if self.probe.is_some() {
+            // The probe's thread answers over a channel, looked at this often.
+            t = earliest(t, Some(clock::now() + PROBE_POLL_INTERVAL));
         }
         t.map(clock::to_std)
     }
@@ -918,6 +987,52 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
         // nothing).
         self.machine.handle_timeout(clock::now());
         self.settle(io);
+        if self.watch_probation() {
+            self.settle(io);
+        }
+    }
+
+    /// Starts the health probe when the successor goes on probation and
+    /// passes its verdicts to the machine; whether the machine was told
+    /// something (its outputs then wait).
+    fn watch_probation(&mut self) -> bool {
+        if self.finished || !self.machine.on_probation() {
+            return false;
+        }
+        let now = clock::now();
+        if !self.probe_started {
+            self.probe_started = true;
+            if let Some(pid) = self.machine.successor_pid() {
+                self.ledger.on_probation(pid);
+            }
+            if let (Some(probe), Some(pid)) =
+                (self.spec.probe.clone(), self.machine.successor_pid())
+            {
+                match ProbeRunner::start(probe, pid) {
+                    Ok(runner) => self.probe = Some(runner),
+                    Err(e) => {
+                        // Unprobed is not "healthy": the successor goes.
+                        self.machine
+                            .handle_probe_failed(now, &format!("the probe could not start: {e}"));
+                        return true;
+                    }
+                }
+            }
+        }
+        let Some(runner) = &self.probe else {
+            return false;
+        };
+        while let Some(verdict) = runner.poll() {
+            match verdict {
+                Verdict::Passed => self.probes_passed += 1,
+                Verdict::Failed(detail) => {
+                    self.probe = None;
+                    self.machine.handle_probe_failed(now, &detail);
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn link(&mut self, peer: Side) -> &mut Option<Link> {
@@ -1064,7 +1179,10 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
                     }
                 }
                 SupervisorOutput::Finished(o) => {
-                    let outcome = self.ledger.finish(&o);
+                    // Stops the probe's thread.
+                    self.probe = None;
+                    let mut outcome = self.ledger.finish(&o);
+                    outcome.probes_passed = self.probes_passed;
                     for link in [self.incumbent.take(), self.successor.take()]
                         .into_iter()
                         .flatten()

@@ -251,10 +251,12 @@ fn target(config: Option<&Path>, socket: Option<PathBuf>) -> Result<(PathBuf, Du
     match (config, socket) {
         (_, Some(socket)) => Ok((
             socket,
-            Duration::from_secs(crate::config::DEFAULT_DEADLINE_SECS),
+            Duration::from_secs(crate::config::DEFAULT_DEADLINE_SECS)
+                + Duration::from_millis(crate::config::DEFAULT_PROBATION_MS),
         )),
         (Some(path), None) => match Config::load_for_client(path) {
-            Ok(c) => Ok((c.trigger_socket.clone(), c.deadline())),
+            // The reply comes after probation too.
+            Ok(c) => Ok((c.trigger_socket.clone(), c.deadline() + c.probation())),
             Err(e) => Err(fail(&format!(
                 "{e} (a user who may not read it can pass --socket instead)"
             ))),

@@ -4,12 +4,19 @@
 //!
 //! | request | reply |
 //! |---|---|
-//! | `handoff` or `handoff BINARY` | `ok: handoff_id=<uuid> committed=<true\|false> abort_reason=<text\|none> duration_ms=<float>` |
-//! | `status` | `ok: incumbent_pid=<pid\|none> handoffs=<n> in_flight=<true\|false> answering=<true\|false\|unknown>` |
+//! | `handoff` or `handoff BINARY` | `ok: handoff_id=<uuid> committed=<true\|false> rolled_back=<true\|false> probation_ms=<float\|none> phases_ms=<name:float,…\|none> abort_reason=<text\|none> duration_ms=<float>` |
+//! | `status` | `ok: incumbent_pid=<pid\|none> handoffs=<n> in_flight=<true\|false> answering=<true\|false\|unknown> probation=<pid\|none>` |
 //! | anything refused | `error: <text>` |
 //!
 //! `abort_reason` is free text and may hold spaces; it is always followed by
 //! ` duration_ms=`, the last field, which is how a parser finds its end.
+//! Between `committed` and `abort_reason` come `key=value` fields without
+//! spaces; a parser skips those it does not know, so fields can be added.
+//! `rolled_back` says the new binary served (it sent `Ready`) and was then
+//! rolled back; `probation_ms` is how long it served on probation
+//! (`none`: it was not put on probation); `phases_ms` times each phase the
+//! handoff reached, in order. `probation` in a status names the new
+//! binary's pid while a handoff holds it on probation.
 //! `answering` says whether the daemon answered its control socket just
 //! now (`unknown` while a handoff or a restart runs, or none serves). A
 //! request counts only with its newline.
@@ -237,6 +244,15 @@ pub struct HandoffReply {
     pub committed: bool,
     /// Why not, if it did not.
     pub abort_reason: Option<String>,
+    /// Whether the new binary served and was rolled back.
+    pub rolled_back: bool,
+    /// How long it served on probation, in milliseconds, if it was put on
+    /// probation.
+    pub probation_ms: Option<f64>,
+    /// Each phase the handoff reached and its time in milliseconds, in
+    /// order (`connect`, `incumbent_hello`, `spawn`, `successor_hello`,
+    /// `drain`, `seal`, `begin_to_ready`, `probation`, `commit`).
+    pub phases_ms: Vec<(String, f64)>,
     /// How long the handoff took, in milliseconds.
     pub duration_ms: f64,
 }
@@ -248,21 +264,47 @@ impl HandoffReply {
             Some(r) => crate::text::one_line(r).into_owned(),
             None => "none".to_owned(),
         };
+        let probation = self
+            .probation_ms
+            .map_or_else(|| "none".to_owned(), |ms| format!("{ms:.3}"));
+        let phases = if self.phases_ms.is_empty() {
+            "none".to_owned()
+        } else {
+            let parts: Vec<String> = self
+                .phases_ms
+                .iter()
+                .map(|(name, ms)| format!("{name}:{ms:.3}"))
+                .collect();
+            parts.join(",")
+        };
         format!(
-            "ok: handoff_id={} committed={} abort_reason={reason} duration_ms={:.3}",
-            self.handoff_id, self.committed, self.duration_ms
+            "ok: handoff_id={} committed={} rolled_back={} probation_ms={probation} \
+             phases_ms={phases} abort_reason={reason} duration_ms={:.3}",
+            self.handoff_id, self.committed, self.rolled_back, self.duration_ms
         )
     }
 
     /// As a JSON object.
     pub fn to_json(&self) -> String {
+        let fields: Vec<(&str, Value<'_>)> = self
+            .phases_ms
+            .iter()
+            .map(|(name, ms)| (name.as_str(), Value::Num(*ms)))
+            .collect();
+        let phases = json::object(&fields);
         json::object(&[
             ("handoff_id", Value::Str(&self.handoff_id)),
             ("committed", Value::Bool(self.committed)),
+            ("rolled_back", Value::Bool(self.rolled_back)),
             (
                 "abort_reason",
                 self.abort_reason.as_deref().map_or(Value::Null, Value::Str),
             ),
+            (
+                "probation_ms",
+                self.probation_ms.map_or(Value::Null, Value::Num),
+            ),
+            ("phases_ms", Value::Raw(&phases)),
             ("duration_ms", Value::Num(self.duration_ms)),
         ])
     }
@@ -278,8 +320,12 @@ impl Status {
             Some(a) => a.to_string(),
             None => "unknown".to_owned(),
         };
+        let probation = self
+            .on_probation
+            .map_or_else(|| "none".to_owned(), |p| p.to_string());
         format!(
-            "ok: incumbent_pid={pid} handoffs={} in_flight={} answering={answering}",
+            "ok: incumbent_pid={pid} handoffs={} in_flight={} answering={answering} \
+             probation={probation}",
             self.handoffs, self.in_flight
         )
     }
@@ -295,6 +341,11 @@ impl Status {
             ("handoffs", Value::UInt(self.handoffs)),
             ("in_flight", Value::Bool(self.in_flight)),
             ("answering", self.answering.map_or(Value::Null, Value::Bool)),
+            (
+                "probation",
+                self.on_probation
+                    .map_or(Value::Null, |p| Value::UInt(u64::from(p))),
+            ),
         ])
     }
 }
@@ -376,11 +427,37 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
     let rest = body.strip_prefix("handoff_id=").ok_or("no handoff_id")?;
     let (id, rest) = rest.split_once(' ').ok_or("nothing after handoff_id")?;
     let rest = rest.strip_prefix("committed=").ok_or("no committed")?;
-    let (committed, rest) = rest.split_once(' ').ok_or("nothing after committed")?;
+    let (committed, mut rest) = rest.split_once(' ').ok_or("nothing after committed")?;
     let committed = parse_bool(committed).ok_or("committed is neither true nor false")?;
-    let rest = rest
-        .strip_prefix("abort_reason=")
-        .ok_or("no abort_reason")?;
+    let (mut rolled_back, mut probation_ms, mut phases_ms) = (false, None, Vec::new());
+    // Fields without spaces up to the free-text reason; unknown ones are a
+    // later version's, skipped.
+    let rest = loop {
+        if let Some(reason) = rest.strip_prefix("abort_reason=") {
+            break reason;
+        }
+        let (field, more) = rest.split_once(' ').ok_or("no abort_reason")?;
+        let (key, value) = field.split_once('=').ok_or("a field without `=`")?;
+        match key {
+            "rolled_back" => {
+                rolled_back = parse_bool(value).ok_or("rolled_back is neither true nor false")?
+            }
+            "probation_ms" if value == "none" => {}
+            "probation_ms" => {
+                probation_ms = Some(value.parse().map_err(|_| "probation_ms is not a number")?)
+            }
+            "phases_ms" if value == "none" => {}
+            "phases_ms" => {
+                for phase in value.split(',') {
+                    let (name, ms) = phase.split_once(':').ok_or("a phase without `:`")?;
+                    let ms = ms.parse().map_err(|_| "a phase's time is not a number")?;
+                    phases_ms.push((name.to_owned(), ms));
+                }
+            }
+            _ => {}
+        }
+        rest = more;
+    };
     // The reason is free text: the last field marks where it ends.
     let (reason, duration) = rest
         .rsplit_once(" duration_ms=")
@@ -395,12 +472,16 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
         handoff_id: id.to_owned(),
         committed,
         abort_reason: (reason != "none").then(|| reason.to_owned()),
+        rolled_back,
+        probation_ms,
+        phases_ms,
         duration_ms,
     })
 }
 
 fn parse_status(body: &str) -> Result<Status, &'static str> {
     let (mut pid, mut handoffs, mut in_flight, mut answering) = (None, None, None, None);
+    let mut on_probation = None;
     for field in body.split(' ') {
         let (key, value) = field.split_once('=').ok_or("a field without `=`")?;
         match key {
@@ -420,6 +501,10 @@ fn parse_status(body: &str) -> Result<Status, &'static str> {
                     v => Some(parse_bool(v).ok_or("answering is not true, false or unknown")?),
                 }
             }
+            "probation" if value == "none" => {}
+            "probation" => {
+                on_probation = Some(value.parse().map_err(|_| "probation is not a pid")?)
+            }
             // A later version may say more; what we know is still right.
             _ => {}
         }
@@ -430,6 +515,7 @@ fn parse_status(body: &str) -> Result<Status, &'static str> {
         in_flight: in_flight.ok_or("no in_flight")?,
         // An older supervisor did not say.
         answering,
+        on_probation,
     })
 }
 
@@ -439,11 +525,14 @@ mod tests {
 
     #[test]
     fn a_handoff_reply_round_trips() {
-        for reason in [None, Some("the successor exited before Ready (step begin)")] {
+        for reason in [None, Some("successor exited during probation")] {
             let reply = HandoffReply {
                 handoff_id: "67e55044-10b1-426f-9247-bb680e5fe0c8".into(),
                 committed: reason.is_none(),
                 abort_reason: reason.map(str::to_owned),
+                rolled_back: reason.is_some(),
+                probation_ms: Some(5000.25),
+                phases_ms: vec![("connect".into(), 0.125), ("probation".into(), 5000.25)],
                 duration_ms: 12.5,
             };
             let line = reply.to_line();
@@ -462,9 +551,21 @@ mod tests {
                 handoff_id: "x".into(),
                 committed: false,
                 abort_reason: Some("a duration_ms=b".into()),
+                rolled_back: false,
+                probation_ms: None,
+                phases_ms: Vec::new(),
                 duration_ms: 1.0,
             })
         );
+        // Fields a later version adds are skipped.
+        let Reply::Handoff(h) = Reply::parse(
+            "ok: handoff_id=x committed=true future=1 probation_ms=none abort_reason=none \
+             duration_ms=2",
+        )
+        .unwrap() else {
+            panic!("not a handoff reply")
+        };
+        assert!(h.committed && h.probation_ms.is_none());
     }
 
     #[test]
@@ -475,18 +576,21 @@ mod tests {
                 handoffs: 3,
                 in_flight: false,
                 answering: Some(false),
+                on_probation: None,
             },
             Status {
                 incumbent_pid: Some(4242),
                 handoffs: 3,
                 in_flight: true,
                 answering: None,
+                on_probation: Some(4343),
             },
             Status {
                 incumbent_pid: None,
                 handoffs: 0,
                 in_flight: false,
                 answering: None,
+                on_probation: None,
             },
         ] {
             assert_eq!(
@@ -500,9 +604,10 @@ mod tests {
                 handoffs: 2,
                 in_flight: false,
                 answering: None,
+                on_probation: None,
             }
             .to_json(),
-            r#"{"incumbent_pid":null,"handoffs":2,"in_flight":false,"answering":null}"#
+            r#"{"incumbent_pid":null,"handoffs":2,"in_flight":false,"answering":null,"probation":null}"#
         );
     }
 
@@ -536,11 +641,14 @@ mod tests {
             handoff_id: "id".into(),
             committed: false,
             abort_reason: Some("seal failed: \"disk\" full".into()),
+            rolled_back: false,
+            probation_ms: None,
+            phases_ms: vec![("connect".into(), 0.5), ("seal".into(), 1.0)],
             duration_ms: 3.25,
         };
         assert_eq!(
             reply.to_json(),
-            r#"{"handoff_id":"id","committed":false,"abort_reason":"seal failed: \"disk\" full","duration_ms":3.25}"#
+            r#"{"handoff_id":"id","committed":false,"rolled_back":false,"abort_reason":"seal failed: \"disk\" full","probation_ms":null,"phases_ms":{"connect":0.5,"seal":1},"duration_ms":3.25}"#
         );
     }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use handoff_std::os::spawn::validate_listener_names;
+use handoff_std::{HealthProbe, ProbeCheck};
 use serde::Deserialize;
 
 /// The default of `drain_grace_secs`.
@@ -20,6 +21,10 @@ pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 25;
 pub const DEFAULT_DEADLINE_SECS: u64 = 60;
 /// The default of a listener's `backlog`.
 pub const DEFAULT_BACKLOG: u32 = 1024;
+/// The default of `probation_ms`: long enough to catch a new binary that
+/// dies on its first requests or fails its first few probes, short enough
+/// that a rollout of many hosts is not slowed much (README, "Probation").
+pub const DEFAULT_PROBATION_MS: u64 = 5_000;
 
 /// The whole configuration of one supervised daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -64,6 +69,64 @@ pub struct Config {
     /// The sockets the supervisor binds once and every daemon inherits.
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
+    /// After the new binary's `Ready`, how long it serves on probation, in
+    /// milliseconds, while the old one waits alive to be rolled back to;
+    /// 0 commits at `Ready`.
+    #[serde(default = "default_probation_ms")]
+    pub probation_ms: u64,
+    /// The health probe run against the new binary during probation.
+    #[serde(default)]
+    pub health_probe: Option<ProbeConfig>,
+}
+
+/// The `[health_probe]` table: exactly one of `exec`, `tcp` or `http`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// A command and its arguments (an absolute path first); exit status
+    /// 0 is healthy. It gets `HANDOFF_SUCCESSOR_PID`.
+    #[serde(default)]
+    pub exec: Option<Vec<String>>,
+    /// `IP:port` to connect to.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// With `tcp`: bytes to send once connected.
+    #[serde(default)]
+    pub send: Option<String>,
+    /// With `tcp`: bytes the answer must contain.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// `IP:port` to send `GET <path>` to; 2xx and 3xx are healthy.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// With `http`: the path (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// From one attempt's start to the next, in milliseconds.
+    #[serde(default = "default_probe_interval_ms")]
+    pub interval_ms: u64,
+    /// How long one attempt may take, in milliseconds.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Failures in a row that roll the new binary back.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+fn default_probation_ms() -> u64 {
+    DEFAULT_PROBATION_MS
+}
+
+fn default_probe_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_probe_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_failure_threshold() -> u32 {
+    3
 }
 
 /// One `[[listeners]]` entry.
@@ -249,6 +312,17 @@ impl Config {
         Duration::from_secs(self.deadline_secs)
     }
 
+    /// The probation window as a duration.
+    pub fn probation(&self) -> Duration {
+        Duration::from_millis(self.probation_ms)
+    }
+
+    /// The health probe, as the library runs it (checked by
+    /// [`Config::load`]: `None` when none is configured or it is invalid).
+    pub fn probe(&self) -> Option<HealthProbe> {
+        self.health_probe.as_ref().and_then(|p| p.to_probe().ok())
+    }
+
     /// Whether a handoff may run `binary`: the configured binary or one of
     /// `allowed_binaries`, compared as written (component by component, not
     /// through the filesystem: resolving links here would check one file and
@@ -330,6 +404,33 @@ impl Config {
                 Err(e) => return Err(invalid(format!("`{key}`: {e}"))),
             }
         }
+        if let Some(p) = &self.health_probe {
+            let probe = p
+                .to_probe()
+                .map_err(|m| invalid(format!("[health_probe]: {m}")))?;
+            if self.probation_ms == 0 {
+                return Err(invalid(
+                    "[health_probe] is set but `probation_ms` is 0: the probe runs only                      during probation; set `probation_ms` (default 5000) or remove the probe",
+                ));
+            }
+            let needs = probe.time_to_fail();
+            if self.probation() < needs {
+                return Err(invalid(format!(
+                    "`probation_ms` ({}) is shorter than the health probe needs to fail                      ({} ms: interval_ms × (failure_threshold − 1) + timeout_ms), so a                      failing binary would be committed; raise `probation_ms` or probe more often",
+                    self.probation_ms,
+                    needs.as_millis()
+                )));
+            }
+            if let (ProbeCheck::Exec { argv }, true) = (&probe.check, check_files) {
+                // The probe runs as the supervisor's user, like a binary.
+                let command = Path::new(&argv[0]);
+                match crate::trust::check_binary(command) {
+                    Ok(()) => {}
+                    Err(e) if e.is_unseen() => {}
+                    Err(e) => return Err(invalid(format!("[health_probe] exec: {e}"))),
+                }
+            }
+        }
         validate_listener_names(self.listeners.iter().map(|l| l.name.as_str()))
             .map_err(|e| invalid(format!("[[listeners]]: {e}")))?;
         for l in &self.listeners {
@@ -381,6 +482,81 @@ fn check_socket_path(path: &Path, staged: bool) -> Result<(), String> {
     }
     // The library says how long the directory may be for the temporary name.
     handoff_std::os::control::validate_socket_path(path).map_err(|e| e.to_string())
+}
+
+impl ProbeConfig {
+    /// The library's probe, or what is wrong with this table.
+    pub fn to_probe(&self) -> Result<HealthProbe, String> {
+        let addr = |key: &str, a: &str| {
+            a.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "`{key}` {a:?} is not an IP address and port such as \"127.0.0.1:8080\" \
+                     (host names are not resolved)"
+                )
+            })
+        };
+        let check = match (&self.exec, &self.tcp, &self.http) {
+            (Some(argv), None, None) => {
+                let Some(first) = argv.first() else {
+                    return Err("`exec` is empty; give the command and its arguments".into());
+                };
+                if !Path::new(first).is_absolute() {
+                    return Err(format!(
+                        "`exec` starts with {first:?}; the command must be an absolute path \
+                         (it runs as the supervisor's user, without a PATH search)"
+                    ));
+                }
+                if argv.iter().any(|a| a.contains('\0')) {
+                    return Err("`exec` holds a NUL byte".into());
+                }
+                ProbeCheck::Exec {
+                    argv: argv.iter().map(Into::into).collect(),
+                }
+            }
+            (None, Some(a), None) => ProbeCheck::Tcp {
+                address: addr("tcp", a)?,
+                send: self.send.clone().unwrap_or_default().into_bytes(),
+                expect: self.expect.clone().unwrap_or_default().into_bytes(),
+            },
+            (None, None, Some(a)) => {
+                let path = self.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "`path` {path:?} must start with / and hold no spaces or line breaks"
+                    ));
+                }
+                ProbeCheck::Http {
+                    address: addr("http", a)?,
+                    path,
+                }
+            }
+            _ => {
+                return Err(
+                    "give exactly one of `exec` (a command), `tcp` (an address) or `http` \
+                     (an address)"
+                        .into(),
+                );
+            }
+        };
+        if (self.send.is_some() || self.expect.is_some()) && self.tcp.is_none() {
+            return Err("`send` and `expect` go with `tcp` only".into());
+        }
+        if self.path.is_some() && self.http.is_none() {
+            return Err("`path` goes with `http` only".into());
+        }
+        if self.interval_ms == 0 || self.timeout_ms == 0 || self.failure_threshold == 0 {
+            return Err(
+                "`interval_ms`, `timeout_ms` and `failure_threshold` must each be at least 1"
+                    .into(),
+            );
+        }
+        Ok(HealthProbe {
+            check,
+            interval: Duration::from_millis(self.interval_ms),
+            timeout: Duration::from_millis(self.timeout_ms),
+            failure_threshold: self.failure_threshold,
+        })
+    }
 }
 
 impl ListenerConfig {

@@ -46,6 +46,14 @@ pub struct HandoffReport {
     pub incumbent_pid: Option<u32>,
     /// The successor (the incumbent now, if committed).
     pub successor_pid: Option<u32>,
+    /// Whether the new binary served (it sent `Ready`) and was rolled back
+    /// to the old one.
+    pub rolled_back: bool,
+    /// How long the new binary served on probation, if it was put on
+    /// probation (the old one offered it and `probation_ms` is not 0).
+    pub probation: Option<Duration>,
+    /// Health probe attempts that passed during probation.
+    pub probes_passed: u32,
     /// Time spent in each phase.
     pub timings: PhaseTimings,
 }
@@ -53,10 +61,17 @@ pub struct HandoffReport {
 impl HandoffReport {
     /// The trigger protocol's view of it.
     pub fn reply(&self) -> HandoffReply {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         HandoffReply {
             handoff_id: self.handoff_id.clone(),
             committed: self.committed,
             abort_reason: self.abort_reason.clone(),
+            rolled_back: self.rolled_back,
+            probation_ms: self.probation.map(ms),
+            phases_ms: phases(&self.timings)
+                .into_iter()
+                .map(|(name, d)| (name.to_owned(), ms(d)))
+                .collect(),
             duration_ms: self.duration_ms,
         }
     }
@@ -161,7 +176,19 @@ impl Inner {
             deadline: self.config.deadline(),
             drain_grace: self.config.drain_grace(),
             startup_budget: STARTUP_BUDGET.min(self.config.deadline()),
+            probation: self.config.probation(),
+            probe: self.config.probe(),
         };
+        if let Some(handoff_std::ProbeCheck::Exec { argv }) = spec.probe.as_ref().map(|p| &p.check)
+            && let Err(e) = crate::trust::check_binary(Path::new(&argv[0]))
+        {
+            // Checked again as for the binary: the probe runs as our user.
+            tracing::warn!(error = %e, "refused a handoff: the health probe's command is untrusted");
+            return Err(ServiceError::UntrustedBinary {
+                binary: PathBuf::from(&argv[0]),
+                reason: e.to_string(),
+            });
+        }
         // The handoff reaches only this process: right after the last
         // handoff, the control socket path may still name the old one's
         // socket for a moment.
@@ -192,6 +219,9 @@ impl Inner {
             binary: binary.clone(),
             incumbent_pid: outcome.incumbent_pid.or(Some(incumbent_pid)),
             successor_pid: outcome.successor_pid,
+            rolled_back: outcome.rolled_back,
+            probation: outcome.timings.probation,
+            probes_passed: outcome.probes_passed,
             timings: outcome.timings,
         };
         let serving = match outcome.child.take() {
@@ -214,6 +244,8 @@ impl Inner {
                 tracing::info!(
                     successor_pid = pid,
                     duration_ms = report.duration_ms,
+                    probation_ms = report.probation.map(|d| d.as_secs_f64() * 1e3),
+                    probes_passed = report.probes_passed,
                     "handoff committed; the successor serves"
                 );
                 format!(
@@ -248,12 +280,22 @@ impl Inner {
                         IncumbentFate::Unresponsive
                     };
                 }
-                tracing::warn!(
-                    reason = report.abort_reason.as_deref().unwrap_or("unknown"),
-                    incumbent_fate = ?outcome.incumbent_fate,
-                    duration_ms = report.duration_ms,
-                    "handoff aborted; the incumbent serves on"
-                );
+                if report.rolled_back {
+                    tracing::warn!(
+                        reason = report.abort_reason.as_deref().unwrap_or("unknown"),
+                        successor_pid = report.successor_pid,
+                        incumbent_fate = ?outcome.incumbent_fate,
+                        duration_ms = report.duration_ms,
+                        "the new binary served and was rolled back; the old one serves again"
+                    );
+                } else {
+                    tracing::warn!(
+                        reason = report.abort_reason.as_deref().unwrap_or("unknown"),
+                        incumbent_fate = ?outcome.incumbent_fate,
+                        duration_ms = report.duration_ms,
+                        "handoff aborted; the incumbent serves on"
+                    );
+                }
                 let reason = report.abort_reason.as_deref().unwrap_or("unknown");
                 match outcome.incumbent_fate {
                     IncumbentFate::Gone => {
@@ -315,12 +357,34 @@ fn abort_text(outcome: &HandoffOutcome) -> Option<String> {
         text.push_str(": ");
         text.push_str(e);
     }
+    if let (AbortReason::HealthProbeFailed, Some(e)) = (reason, &outcome.probe_failure) {
+        text.push_str(": ");
+        text.push_str(e);
+    }
     if let Some(d) = &outcome.detail {
         text.push_str(" (");
         text.push_str(d);
         text.push(')');
     }
     Some(one_line(&text).into_owned())
+}
+
+/// Each phase the handoff reached, in order, with its time.
+fn phases(t: &PhaseTimings) -> Vec<(&'static str, Duration)> {
+    [
+        ("connect", t.connect),
+        ("incumbent_hello", t.incumbent_hello),
+        ("spawn", t.spawn),
+        ("successor_hello", t.successor_hello),
+        ("drain", t.drain),
+        ("seal", t.seal),
+        ("begin_to_ready", t.begin_to_ready),
+        ("probation", t.probation),
+        ("commit", t.commit),
+    ]
+    .into_iter()
+    .filter_map(|(name, d)| d.map(|d| (name, d)))
+    .collect()
 }
 
 /// One event per phase the handoff reached, inside its span.
@@ -382,6 +446,14 @@ fn log_phases(outcome: &HandoffOutcome) {
             healthz_ok = outcome.healthz_ok,
             listening_on = ?outcome.listening_on,
             "the successor is ready"
+        );
+    }
+    if let Some(d) = t.probation {
+        tracing::info!(
+            phase = "probation",
+            ms = ms(d),
+            probes_passed = outcome.probes_passed,
+            "probation over"
         );
     }
     if let Some(d) = t.commit {

@@ -12,6 +12,8 @@ pub(crate) enum Value<'a> {
     UInt(u64),
     Bool(bool),
     Null,
+    /// Already JSON (an object made by [`object`]).
+    Raw(&'a str),
 }
 
 /// `{"key":value,…}` in the given order.
@@ -35,6 +37,7 @@ pub(crate) fn object(fields: &[(&str, Value<'_>)]) -> String {
             }
             Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Value::Null => out.push_str("null"),
+            Value::Raw(json) => out.push_str(json),
         }
     }
     out.push('}');

@@ -44,6 +44,8 @@ pub struct Status {
     /// daemon runs, or a handoff (whose session the daemon is in) or a
     /// restart is in progress.
     pub answering: Option<bool>,
+    /// The new binary's pid while a handoff holds it on probation.
+    pub on_probation: Option<u32>,
 }
 
 /// How long `status` waits for the daemon's `Hello` on its control socket.
@@ -156,6 +158,7 @@ impl Inner {
             handoffs: self.handoffs.load(Ordering::SeqCst),
             in_flight,
             answering,
+            on_probation: self.supervisor.successor_on_probation(),
         }
     }
 }

@@ -36,13 +36,42 @@ fn a_handoff_through_the_trigger_socket_commits() {
         String::from_utf8_lossy(&out.stderr)
     );
     let json = parse_json_object(&stdout);
-    assert_eq!(member(&json, "committed"), &JsonValue::Bool(true));
-    assert_eq!(member(&json, "abort_reason"), &JsonValue::Null);
-    let JsonValue::Str(id) = member(&json, "handoff_id") else {
+    assert_eq!(member(&json, "committed"), &serde_json::Value::Bool(true));
+    assert_eq!(
+        member(&json, "rolled_back"),
+        &serde_json::Value::Bool(false)
+    );
+    assert!(member(&json, "abort_reason").is_null());
+    let Some(id) = member(&json, "handoff_id").as_str() else {
         panic!("handoff_id is not a string: {stdout}");
     };
     assert!(is_uuid(id), "{id}");
-    assert!(matches!(member(&json, "duration_ms"), JsonValue::Num(ms) if *ms > 0.0));
+    assert!(
+        member(&json, "duration_ms")
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0)
+    );
+    // The default configuration of the tests: 200 ms of probation, timed
+    // with the other phases.
+    let probation = member(&json, "probation_ms").as_f64().unwrap();
+    assert!(probation >= 200.0, "{stdout}");
+    let phases = member(&json, "phases_ms").as_object().unwrap();
+    let names: Vec<&str> = phases.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "connect",
+            "incumbent_hello",
+            "spawn",
+            "successor_hello",
+            "drain",
+            "seal",
+            "begin_to_ready",
+            "probation",
+            "commit"
+        ],
+        "{stdout}"
+    );
 
     // and the successor serves, on the same port, while the old binary
     // exits by itself and is reaped.

@@ -115,6 +115,7 @@ fn another_uid_is_refused_by_its_credentials_below_the_socket() {
             handoffs: 0,
             in_flight: false,
             answering: Some(true),
+            on_probation: None,
         }
     );
 }
@@ -145,8 +146,8 @@ fn a_uid_in_allowed_uids_may_use_the_trigger_socket() {
     let json = parse_json_object(&stdout);
     let pid = service.status().incumbent_pid.unwrap();
     assert_eq!(
-        member(&json, "incumbent_pid"),
-        &JsonValue::Num(f64::from(pid))
+        member(&json, "incumbent_pid").as_u64(),
+        Some(u64::from(pid))
     );
 }
 

@@ -29,7 +29,7 @@ use handoff_std::{
 };
 use mio::{Events, Poll, Token, Waker};
 
-use super::{Daemon, LINGER, LISTENER_NAME, Phase, ServeArgs, Store, finish, log};
+use super::{Daemon, Fault, LINGER, LISTENER_NAME, Phase, ServeArgs, Store, finish, log};
 
 const CONTROL: Token = Token(0);
 const SESSION: Token = Token(1);
@@ -256,6 +256,10 @@ pub(super) fn start_successor(
         4
     })?;
     let revision = store.revision();
+    let advertised = match args.fault {
+        Some(Fault::RevisionsBehind) => revision.saturating_sub(1),
+        _ => revision,
+    };
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -268,8 +272,8 @@ pub(super) fn start_successor(
         daemon,
         ReadyReport {
             listening_on: vec![addr],
-            healthz_ok: true,
-            advertised_revision_per_shard: vec![revision],
+            healthz_ok: args.fault != Some(Fault::Unhealthy),
+            advertised_revision_per_shard: vec![advertised],
         },
     ))
 }

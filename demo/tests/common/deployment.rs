@@ -38,7 +38,14 @@ pub(crate) struct Deployment {
 }
 
 impl Deployment {
+    /// A deployment whose handoffs go through 200 ms of probation.
     pub(crate) fn new(tag: &str, runtime: &str) -> Deployment {
+        Deployment::with_config(tag, runtime, "probation_ms = 200\n")
+    }
+
+    /// A deployment with `extra` added to its configuration's top level
+    /// (it must set `probation_ms`).
+    pub(crate) fn with_config(tag: &str, runtime: &str, extra: &str) -> Deployment {
         let dir = TempDir::new(tag);
         let ctl = dir.0.join("ctl.sock");
         let trigger = dir.0.join("trigger.sock");
@@ -59,6 +66,7 @@ impl Deployment {
              journal = {journal:?}\n\
              deadline_secs = 20\n\
              drain_grace_secs = 10\n\
+             {extra}\
              [[listeners]]\n\
              name = \"kv\"\n\
              addr = \"{addr}\"\n",

@@ -127,8 +127,15 @@ impl Layout {
     }
 
     /// The configuration: the test daemon on one TCP listener `main` at
-    /// `addr`, then `extra` TOML lines (top-level keys only).
+    /// `addr`, then `extra` TOML lines (top-level keys only). Probation is
+    /// 200 ms unless `extra` sets `probation_ms`: every handoff goes through
+    /// it, without the default's 5 s.
     pub fn config_text(&self, addr: &str, extra: &str) -> String {
+        let probation = if extra.contains("probation_ms") {
+            ""
+        } else {
+            "probation_ms = 200"
+        };
         format!(
             r#"control_socket = "{ctl}"
 trigger_socket = "{trigger}"
@@ -137,6 +144,7 @@ args = ["--control-socket", "{ctl}", "--data-dir", "{data}"]
 journal = "{journal}"
 deadline_secs = 20
 drain_grace_secs = 10
+{probation}
 {extra}
 
 [[listeners]]
@@ -488,126 +496,24 @@ impl Drop for RunningSupervisor {
     }
 }
 
-/// A flat JSON object's members, parsed strictly enough to tell valid
-/// output from invalid: string, number, boolean and null values.
-pub fn parse_json_object(text: &str) -> Vec<(String, JsonValue)> {
-    let mut p = JsonParser {
-        s: text.trim().as_bytes(),
-        i: 0,
-    };
-    p.expect(b'{');
-    let mut members = Vec::new();
-    if p.peek() == Some(b'}') {
-        p.i += 1;
-    } else {
-        loop {
-            let key = p.string();
-            p.expect(b':');
-            let value = p.value();
-            members.push((key, value));
-            match p.next() {
-                b',' => continue,
-                b'}' => break,
-                c => panic!("expected , or }} at {} in {text}, got {:?}", p.i, c as char),
-            }
-        }
-    }
-    assert_eq!(p.i, p.s.len(), "trailing bytes in {text}");
-    members
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum JsonValue {
-    Str(String),
-    Num(f64),
-    Bool(bool),
-    Null,
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    fn next(&mut self) -> u8 {
-        let c = self.peek().expect("unexpected end of JSON");
-        self.i += 1;
-        c
-    }
-
-    fn expect(&mut self, c: u8) {
-        assert_eq!(self.next() as char, c as char, "at {}", self.i);
-    }
-
-    fn string(&mut self) -> String {
-        self.expect(b'"');
-        let mut out = Vec::new();
-        loop {
-            match self.next() {
-                b'"' => break,
-                b'\\' => match self.next() {
-                    b'"' => out.push(b'"'),
-                    b'\\' => out.push(b'\\'),
-                    b'/' => out.push(b'/'),
-                    b'n' => out.push(b'\n'),
-                    b'r' => out.push(b'\r'),
-                    b't' => out.push(b'\t'),
-                    b'b' => out.push(8),
-                    b'f' => out.push(12),
-                    b'u' => {
-                        let hex = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
-                        self.i += 4;
-                        let c = char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap();
-                        out.extend_from_slice(c.to_string().as_bytes());
-                    }
-                    c => panic!("bad escape \\{}", c as char),
-                },
-                c if c < 0x20 => panic!("unescaped control character in a JSON string"),
-                c => out.push(c),
-            }
-        }
-        String::from_utf8(out).unwrap()
-    }
-
-    fn value(&mut self) -> JsonValue {
-        match self.peek().expect("a value") {
-            b'"' => JsonValue::Str(self.string()),
-            b't' => self.word("true", JsonValue::Bool(true)),
-            b'f' => self.word("false", JsonValue::Bool(false)),
-            b'n' => self.word("null", JsonValue::Null),
-            _ => {
-                let start = self.i;
-                while self
-                    .peek()
-                    .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(&c))
-                {
-                    self.i += 1;
-                }
-                let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                JsonValue::Num(text.parse().unwrap_or_else(|_| panic!("bad number {text}")))
-            }
-        }
-    }
-
-    fn word(&mut self, w: &str, v: JsonValue) -> JsonValue {
-        assert_eq!(&self.s[self.i..self.i + w.len()], w.as_bytes());
-        self.i += w.len();
-        v
+/// A JSON object printed by `--json`, parsed by a real parser (so invalid
+/// output fails the test).
+pub fn parse_json_object(text: &str) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str(text.trim()) {
+        Ok(serde_json::Value::Object(members)) => members,
+        Ok(other) => panic!("not a JSON object: {other}"),
+        Err(e) => panic!("invalid JSON ({e}): {text}"),
     }
 }
 
 /// The member `key` of a parsed object.
-pub fn member<'a>(members: &'a [(String, JsonValue)], key: &str) -> &'a JsonValue {
-    &members
-        .iter()
-        .find(|(k, _)| k == key)
+pub fn member<'a>(
+    members: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> &'a serde_json::Value {
+    members
+        .get(key)
         .unwrap_or_else(|| panic!("no member {key}"))
-        .1
 }
 
 /// Whether `s` looks like a hyphenated UUID.
