@@ -383,8 +383,6 @@ mod tests {
             "{e}"
         );
         server.join().unwrap();
-        // Nobody listens any more.
-        assert!(p.run_once(1).unwrap_err().contains("connect"));
     }
 
     #[test]
