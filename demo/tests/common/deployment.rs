@@ -27,6 +27,7 @@ pub(crate) struct Deployment {
     pub(crate) trigger: PathBuf,
     pub(crate) ctl: PathBuf,
     pub(crate) addr: SocketAddr,
+    pub(crate) runtime: String,
     pub(crate) notify: UnixDatagram,
     pub(crate) notify_path: PathBuf,
     /// Every supervisor started, to be killed if the test fails midway.
@@ -57,6 +58,28 @@ impl Deployment {
             .local_addr()
             .unwrap();
         let config = dir.0.join("handoff.toml");
+        let notify_path = dir.0.join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        let d = Deployment {
+            dir,
+            config,
+            trigger,
+            ctl,
+            addr,
+            runtime: runtime.to_owned(),
+            notify,
+            notify_path,
+            supervisors: Vec::new(),
+            store: Vec::new(),
+        };
+        d.rewrite_config(extra);
+        d
+    }
+
+    /// Writes the configuration again with `extra` (top-level keys, then
+    /// tables; `{addr}` in it becomes kvd's address), for the next
+    /// supervisor started.
+    pub(crate) fn rewrite_config(&self, extra: &str) {
         let text = format!(
             "control_socket = {ctl:?}\n\
              trigger_socket = {trigger:?}\n\
@@ -66,28 +89,20 @@ impl Deployment {
              journal = {journal:?}\n\
              deadline_secs = 20\n\
              drain_grace_secs = 10\n\
-             {extra}\
+             {extra}\n\
              [[listeners]]\n\
              name = \"kv\"\n\
              addr = \"{addr}\"\n",
+            ctl = self.ctl,
+            trigger = self.trigger,
             bin = env!("CARGO_BIN_EXE_kvd"),
-            data = dir.0.join("data"),
-            journal = dir.0.join("journal"),
+            data = self.dir.0.join("data"),
+            journal = self.dir.0.join("journal"),
+            runtime = self.runtime,
+            addr = self.addr,
+            extra = extra.replace("{addr}", &self.addr.to_string()),
         );
-        std::fs::write(&config, text).unwrap();
-        let notify_path = dir.0.join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        Deployment {
-            dir,
-            config,
-            trigger,
-            ctl,
-            addr,
-            notify,
-            notify_path,
-            supervisors: Vec::new(),
-            store: Vec::new(),
-        }
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// Starts the supervisor with `env` added, and waits for its
