@@ -29,6 +29,10 @@ use crate::wire::{
     negotiate_version,
 };
 
+/// How long a successor on probation that closed its socket is given for
+/// its exit to be reported, before the close itself rolls it back.
+const CLOSE_BEFORE_EXIT: Duration = Duration::from_millis(250);
+
 /// A signal for the successor process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Signal {
@@ -651,6 +655,9 @@ struct Core<B: Buffer> {
     reports: Reports,
     /// When the probation window ends, while the step is `Probation`.
     probation_until: Option<Instant>,
+    /// A successor on probation closed its socket: when to stop waiting
+    /// for its exit and roll back for the close.
+    closed_on_probation_until: Option<Instant>,
     probation_window: Option<Duration>,
     probe_failure: Option<Span>,
 }
@@ -727,6 +734,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
                 marks: Marks::default(),
                 reports: Reports::default(),
                 probation_until: None,
+                closed_on_probation_until: None,
                 probation_window: None,
                 probe_failure: None,
             },
@@ -1480,6 +1488,7 @@ impl<B: Buffer> Core<B> {
     }
 
     fn end_probation(&mut self, now: Instant) {
+        self.closed_on_probation_until = None;
         if self.probation_until.take().is_some() {
             self.marks.probation_end = Some(now);
         }
@@ -1572,6 +1581,12 @@ impl<B: Buffer> Core<B> {
                     // it, and its exit is still watched.
                     SupervisorStep::Probation
                         if !self.n.capabilities.contains(Capabilities::PROBATION) => {}
+                    // A process that dies closes its socket a moment before
+                    // its exit is reported: wait that moment, so that the
+                    // outcome says it exited.
+                    SupervisorStep::Probation => {
+                        self.closed_on_probation_until = Some(now + CLOSE_BEFORE_EXIT);
+                    }
                     step => self.abort(now, AbortReason::SuccessorClosed { step }),
                 }
             }
@@ -1633,8 +1648,9 @@ impl<B: Buffer> Core<B> {
             SupervisorStep::Sealing | SupervisorStep::AwaitingReady => {
                 Some(self.deadline_at + c.wire_slack)
             }
-            SupervisorStep::Probation => self.probation_until,
-            SupervisorStep::Aborting | SupervisorStep::Done => None,
+            // The window's end is no budget running out: it commits (see
+            // `on_timeout`).
+            SupervisorStep::Probation | SupervisorStep::Aborting | SupervisorStep::Done => None,
         }
     }
 
@@ -1670,6 +1686,8 @@ impl<B: Buffer> Core<B> {
         }
         let t = earliest(self.step_deadline(), self.liveness_deadline());
         let t = earliest(t, self.successor_liveness_deadline());
+        let t = earliest(t, self.closed_on_probation_until);
+        let t = earliest(t, self.probation_until);
         let t = earliest(t, self.beat_incumbent.deadline());
         let t = earliest(t, self.beat_successor.deadline());
         let t = earliest(t, self.connect_retry_at);
@@ -1685,7 +1703,21 @@ impl<B: Buffer> Core<B> {
         {
             self.abort(now, AbortReason::SuccessorUnresponsive);
         }
-        if self.step == SupervisorStep::Probation && self.probation_until.is_some_and(|t| t <= now)
+        if let Some(t) = self.closed_on_probation_until
+            && t <= now
+        {
+            self.abort(
+                now,
+                AbortReason::SuccessorClosed {
+                    step: SupervisorStep::Probation,
+                },
+            );
+        }
+        if self.step == SupervisorStep::Probation
+            && self.probation_until.is_some_and(|t| t <= now)
+            // A successor whose socket just closed is not committed while
+            // its exit may still be on the way.
+            && self.closed_on_probation_until.is_none()
         {
             // The window ran out with the successor alive, heartbeating
             // and healthy: it passed.

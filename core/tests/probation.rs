@@ -308,3 +308,31 @@ fn a_successor_on_probation_heartbeats_until_the_supervisor_closes() {
     );
     assert!(n.session.is_none() || !n.session.as_ref().unwrap().on_probation());
 }
+
+#[test]
+fn a_successor_whose_socket_closes_at_the_windows_end_is_not_committed() {
+    // The close comes just before the window ends and the exit just after:
+    // the supervisor waits for the exit instead of committing a dead
+    // process.
+    let mut w = world();
+    w.start_handoff(cfg());
+    w.run_until(on_probation);
+    let ready = w.now;
+    let t = ready + (WINDOW - Duration::from_millis(250));
+    w.run_until(|w| w.now >= t);
+    // Nothing is due until the next heartbeat, at the window's end.
+    w.now = ready + (WINDOW - Duration::from_millis(100));
+    w.n_to_s.closed = true;
+    w.run_until(|w| w.now >= ready + WINDOW);
+    // At the window's end, and not committed.
+    assert!(on_probation(&w), "{}", w.trace.join("\n"));
+    w.kill_successor();
+    let out = finish(&mut w);
+    assert_rolled_back_with(
+        &w,
+        &out,
+        AbortReason::SuccessorExited {
+            step: SupervisorStep::Probation,
+        },
+    );
+}

@@ -5,13 +5,19 @@
 //! directory, cold-starts `kvd` under it, runs the load generator against
 //! it, and performs handoffs under that load between two builds of `kvd`
 //! (two copies of this binary, which runs as `kvd` when asked to), each
-//! through the supervisor's trigger socket as an operator would. At the end
-//! it reads every acknowledged write back, prints a short report and one
-//! `summary:` line, and exits non-zero if any request failed, any write was
-//! lost or any handoff did not commit.
+//! through the supervisor's trigger socket as an operator would. Every
+//! handoff goes through probation (`--probation-ms`, 500 by default here).
+//! With `--broken-builds N` it then hands off N times to a third build that
+//! crashes 100 ms after it took over (kvd's `--fault`), each of which must
+//! be rolled back to the build that served. At the end it reads every
+//! acknowledged write back, prints a short report and one `summary:` line,
+//! and exits non-zero if any write was lost, any handoff did not commit,
+//! any broken one was not rolled back, or a request failed other than on
+//! the connections of a build that crashed.
 //!
 //! ```text
 //! handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol|tokio]
+//!              [--probation-ms MS] [--broken-builds N]
 //! handoff-demo kvd …      (the daemon; see `kvd --help`)
 //! handoff-demo supervisor …   (the `handoff-supervisor` command line)
 //! ```
@@ -29,13 +35,15 @@ use handoff_demo::{kvd, loadgen};
 use handoff_supervisor::client::{self, Reply};
 use handoff_supervisor::{Config, ListenerConfig, ListenerKind, Service};
 
-const USAGE: &str =
-    "usage: handoff-demo [--handoffs N] [--clients N] [--runtime std|mio|smol|tokio]";
+const USAGE: &str = "usage: handoff-demo [--handoffs N] [--clients N] \
+                     [--runtime std|mio|smol|tokio] [--probation-ms MS] [--broken-builds N]";
 
 struct Options {
     handoffs: usize,
     clients: usize,
     runtime: String,
+    probation_ms: u64,
+    broken: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -43,6 +51,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         handoffs: 20,
         clients: 8,
         runtime: "std".into(),
+        probation_ms: 500,
+        broken: 0,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -65,6 +75,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .ok_or("--clients takes a positive number")?
             }
             "--runtime" => o.runtime = value()?,
+            "--probation-ms" => {
+                o.probation_ms = value()?
+                    .parse()
+                    .map_err(|_| "--probation-ms takes a number".to_string())?
+            }
+            "--broken-builds" => {
+                o.broken = value()?
+                    .parse()
+                    .map_err(|_| "--broken-builds takes a number".to_string())?
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -156,6 +176,21 @@ fn run(o: &Options) -> Result<bool, String> {
     for b in &builds {
         std::fs::copy(&me, b).map_err(|e| format!("copying {}: {e}", b.display()))?;
     }
+    // A build that crashes on probation: v2 with kvd's fault flag, as a
+    // script the supervisor runs like any build.
+    let broken = dir.0.join("bin/kvd-v3-broken");
+    std::fs::write(
+        &broken,
+        format!(
+            "#!/bin/sh\nexec {:?} \"$@\" --fault crash-after-ready=100\n",
+            builds[1]
+        ),
+    )
+    .and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755))
+    })
+    .map_err(|e| format!("writing {}: {e}", broken.display()))?;
     let data = dir.0.join("data");
     let trigger = dir.0.join("trigger.sock");
     let control = dir.0.join("kvd.sock");
@@ -177,14 +212,14 @@ fn run(o: &Options) -> Result<bool, String> {
         drain_grace_secs: 25,
         deadline_secs: 60,
         allowed_uids: Vec::new(),
-        allowed_binaries: vec![builds[1].clone()],
+        allowed_binaries: vec![builds[1].clone(), broken.clone()],
         listeners: vec![ListenerConfig {
             name: "kv".into(),
             addr: "127.0.0.1:0".into(),
             kind: ListenerKind::Tcp,
             backlog: 1024,
         }],
-        probation_ms: 0,
+        probation_ms: o.probation_ms,
         health_probe: None,
     };
     println!(
@@ -255,6 +290,39 @@ fn run(o: &Options) -> Result<bool, String> {
         let _ = load.wait_for_acks(before + 20, Duration::from_secs(10));
     }
 
+    // The broken build: each handoff to it must be rolled back.
+    let mut rolled_back = 0;
+    let failed_before_broken = load.progress().requests_failed;
+    for i in 0..o.broken {
+        let before = load.progress().writes_acked;
+        let serving = service.status().incumbent_pid.unwrap_or(0);
+        let reply = client::trigger(&trigger, Some(&broken))
+            .map_err(|e| format!("trigger: {e}"))
+            .and_then(|line| Reply::parse(&line).map_err(|e| e.to_string()));
+        let now = service.status().incumbent_pid.unwrap_or(0);
+        match reply {
+            Ok(Reply::Handoff(h)) if h.rolled_back && now == serving => {
+                rolled_back += 1;
+                println!(
+                    "  broken {:>2}/{}: → kvd-v3-broken rolled back after {:.0} ms on probation: {} (pid {now} serves again)",
+                    i + 1,
+                    o.broken,
+                    h.probation_ms.unwrap_or_default(),
+                    h.abort_reason.unwrap_or_default()
+                );
+            }
+            other => println!(
+                "  broken {:>2}/{}: NOT rolled back: {other:?} (pid {now} serves)",
+                i + 1,
+                o.broken
+            ),
+        }
+        let _ = load.wait_for_acks(before + 20, Duration::from_secs(10));
+    }
+    // Requests on the crashed builds' own connections get no answer (a
+    // crash closes them); none of them was acknowledged, so none is lost.
+    let failed_on_crashes = load.progress().requests_failed - failed_before_broken;
+
     let report = load.stop();
     let verified = loadgen::verify(addr, &report.acked);
     service.shutdown();
@@ -262,7 +330,8 @@ fn run(o: &Options) -> Result<bool, String> {
     durations.sort_by(f64::total_cmp);
     let lost = verified.writes_lost + report.get_mismatches;
     let ok = committed == o.handoffs
-        && report.requests_failed == 0
+        && rolled_back == o.broken
+        && report.requests_failed == failed_on_crashes
         && lost == 0
         && verified.unanswered == 0;
     println!();
@@ -276,15 +345,21 @@ fn run(o: &Options) -> Result<bool, String> {
     }
     println!(
         "  result:   {}",
-        if ok {
-            "every handoff committed, no request failed, no acknowledged write lost"
-        } else {
-            "FAILED"
+        match (ok, o.broken) {
+            (true, 0) => {
+                "every handoff committed, no request failed, no acknowledged write lost".into()
+            }
+            (true, _) => format!(
+                "every handoff committed, every broken build was rolled back, no acknowledged \
+                 write lost ({failed_on_crashes} requests in flight on a crashed build's \
+                 connections got no answer)"
+            ),
+            (false, _) => "FAILED".into(),
         }
     );
     println!(
-        "summary: handoffs={} committed={committed} aborted={aborted} requests_ok={} \
-         requests_retried={} requests_failed={} writes_acked={} writes_lost={lost} \
+        "summary: handoffs={} committed={committed} aborted={aborted} rolled_back={rolled_back} \
+         requests_ok={} requests_retried={} requests_failed={} writes_acked={} writes_lost={lost} \
          handoff_p50_ms={:.2} handoff_p99_ms={:.2} max_request_ms={:.2}",
         o.handoffs,
         report.requests_ok,
