@@ -64,3 +64,22 @@ fn an_unknown_runtime_is_refused_with_the_choices() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected std, mio, smol or tokio"));
 }
+
+#[test]
+fn the_demo_rolls_back_every_broken_build_without_a_lost_write() {
+    let out = Command::new(env!("CARGO_BIN_EXE_handoff-demo"))
+        .args(["--handoffs", "2", "--clients", "4", "--broken-builds", "2"])
+        .output()
+        .expect("the demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", out.status);
+    let summary = stdout.lines().last().unwrap_or_default();
+    for field in ["committed=2 ", "rolled_back=2 ", "writes_lost=0 "] {
+        assert!(summary.contains(field), "{field} in {summary}");
+    }
+    assert_eq!(
+        stdout.matches("rolled back after").count(),
+        2,
+        "each broken handoff is reported: {stdout}"
+    );
+}
