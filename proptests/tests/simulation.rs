@@ -1,7 +1,9 @@
 //! The whole handoff under seeded random schedules: the three real machines
 //! in a simulated world of processes that crash, freeze and restart, with
 //! docs/PROTOCOL.md section 7's invariants checked after every action and once every
-//! handoff has settled (see `handoff_proptests::sim`).
+//! handoff has settled (see `handoff_proptests::sim`). About half the
+//! handoffs run with probation (section 10), where the successor may also be
+//! killed, stopped or fail its health probe during the window.
 //!
 //! - `SIM_CASES=<n>` runs `n` cases instead of the CI size.
 //! - `SIM_SEED=<n>` replays the one case `n` and prints its trace.
@@ -161,7 +163,79 @@ fn seeded_handoffs_with_a_crash_or_freeze_at_any_step_settle_to_one_serving_incu
                 "{role:?} was crashed in only {:?}",
                 stats.crash_steps_of(role)
             );
+            assert!(
+                stats.crash_steps_of(role).contains("Probation"),
+                "{role:?} was never crashed on probation: {:?}",
+                stats.crash_steps_of(role)
+            );
         }
+        assert_probation_covered(&stats);
+    }
+}
+
+/// Both ways through `Ready` are taken often (probation, and the commit at
+/// `Ready`), and so is every way out of the window: the commit when it runs
+/// out, the early commit when the incumbent is gone, and a rollback for
+/// each fault that strikes the successor on probation, writes it
+/// acknowledged kept by the incumbent that serves again.
+fn assert_probation_covered(stats: &Stats) {
+    let counts = [
+        ("handoffs on probation", stats.probations, 5_000),
+        ("commits at Ready", stats.committed_at_ready, 5_000),
+        ("commits after the window", stats.probation_passed, 2_000),
+        (
+            "early commits with the incumbent gone",
+            stats.probation_cut_short,
+            100,
+        ),
+        (
+            "rollbacks during probation",
+            stats.probation_rollbacks,
+            1_500,
+        ),
+        (
+            "successors killed on probation",
+            stats.probation_faults[0],
+            700,
+        ),
+        (
+            "successors frozen on probation",
+            stats.probation_faults[1],
+            700,
+        ),
+        ("failed probes on probation", stats.probation_faults[2], 300),
+        (
+            "rollbacks of a successor that died on probation",
+            stats.aborts_for("SuccessorExited@Probation")
+                + stats.aborts_for("SuccessorClosed@Probation"),
+            1_000,
+        ),
+        (
+            "rollbacks of a frozen successor",
+            stats.aborts_for("SuccessorUnresponsive"),
+            250,
+        ),
+        (
+            "rollbacks for a failed probe",
+            stats.aborts_for("HealthProbeFailed"),
+            300,
+        ),
+        (
+            "rollbacks at Ready for healthz_ok=false",
+            stats.aborts_for("Unhealthy"),
+            100,
+        ),
+        (
+            "writes acknowledged on probation and kept through a rollback",
+            stats.probation_writes_kept,
+            1_000,
+        ),
+    ];
+    for (what, n, at_least) in counts {
+        assert!(
+            n >= at_least,
+            "only {n} {what} (at least {at_least}):\n{stats}"
+        );
     }
 }
 
@@ -176,6 +250,12 @@ fn healthy_handoffs_always_commit() {
     assert!(stats.handoffs >= 300);
     assert_eq!(stats.committed, stats.handoffs, "{stats}");
     assert!(stats.writes_acked > 0);
+    // Those on probation commit when the window runs out; the others at
+    // `Ready`.
+    assert!(stats.probations >= 100, "{stats}");
+    assert_eq!(stats.probation_passed, stats.probations, "{stats}");
+    assert!(stats.committed_at_ready >= 100, "{stats}");
+    assert!(stats.probation_writes_acked > 0, "{stats}");
 }
 
 #[test]
@@ -215,6 +295,12 @@ fn the_checks_catch_an_incumbent_that_resumes_without_retaking_the_lock() {
 fn the_checks_catch_a_successor_that_opens_the_state_without_the_lock() {
     let failure = first_failure_with(Sabotage::SuccessorSkipsLock);
     assert!(failure.contains("invariant 5"), "{failure}");
+}
+
+#[test]
+fn the_checks_catch_an_incumbent_that_resumes_without_the_writes_of_a_rolled_back_successor() {
+    let failure = first_failure_with(Sabotage::IncumbentResumesSealedState);
+    assert!(failure.contains("acknowledged write"), "{failure}");
 }
 
 #[test]

@@ -7,17 +7,23 @@
 //! write only while it holds the lock, accepts and has its writer open, and
 //! an acknowledged write is durable (as with a write-ahead log); sealing
 //! flushes and closes the writer; a successor and a restarted daemon open
-//! the state on disk; an incumbent that resumes after a seal reopens it.
-//! So any lost write, second writer or early lock release is the machines'
-//! doing, or a planted [`Sabotage`].
+//! the state on disk; an incumbent that resumes after a seal reopens it
+//! (after a rollback during probation the successor wrote to it). So any
+//! lost write, second writer or early lock release is the machines' doing,
+//! or a planted [`Sabotage`].
+//!
+//! Each offers `Capabilities::PROBATION` as its plan says. A successor that
+//! offered it keeps its session after `Finished(Authoritative)` while
+//! `on_probation()`: it reads, times out and heartbeats as before, until
+//! the supervisor closes the socket.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use handoff_core::{
-    DrainReport, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession, Instant,
-    ReadyReportRef, Revisions, SealFailure, SealReportRef, Strings, SuccessorConfig, SuccessorEnd,
-    SuccessorOutput, SuccessorSession,
+    Capabilities, DrainReport, IncumbentConfig, IncumbentEnd, IncumbentOutput, IncumbentSession,
+    Instant, ReadyReportRef, Revisions, SealFailure, SealReportRef, Strings, SuccessorConfig,
+    SuccessorEnd, SuccessorOutput, SuccessorSession,
 };
 
 use super::net::{ConnId, Readable};
@@ -80,6 +86,13 @@ pub(super) struct Daemon {
     pub(super) hello_at: Option<Instant>,
     pub(super) serve_at: Option<Instant>,
     pub(super) hung: bool,
+    /// Stopped (as by `SIGSTOP`) until this instant: `hung` meanwhile.
+    pub(super) stopped_until: Option<Instant>,
+    /// A `SIGTERM` came while it was stopped: it acts on it when continued.
+    pub(super) term_pending: bool,
+    /// What its writer held when it sealed: only a sabotaged incumbent
+    /// resumes with it.
+    sealed_state: Option<Vec<u32>>,
     /// The state it would open if it opened it now: only a sabotaged
     /// successor keeps a stale copy.
     pub(super) stale_disk: Option<Vec<u32>>,
@@ -115,6 +128,9 @@ impl Daemon {
             hello_at: None,
             serve_at: None,
             hung: false,
+            stopped_until: None,
+            term_pending: false,
+            sealed_state: None,
             stale_disk: None,
             cold_at: None,
             cold_give_up: now,
@@ -195,7 +211,11 @@ impl World {
         let now = self.now;
         let d = self.dm(pid);
         let c = d.backlog.pop_front().expect("a queued connection");
-        let m = Inc::new(now, IncumbentConfig::default(), pid, b"old-build");
+        let cfg = IncumbentConfig {
+            capabilities: offered(d.ib.offers_probation),
+            ..IncumbentConfig::default()
+        };
+        let m = Inc::new(now, cfg, pid, b"old-build");
         d.inc = Some((c, m));
         d.sealed_ok = false;
         d.dirty = true;
@@ -232,6 +252,8 @@ impl World {
             Readable::Eof => {
                 self.conns[c].to_d.take_eof();
                 let d = self.dm(pid);
+                let was_on_probation =
+                    d.inc.is_none() && d.suc.as_ref().is_some_and(Suc::on_probation);
                 match (&mut d.inc, &mut d.suc) {
                     (Some((_, m)), _) => m.handle_closed(now),
                     (None, Some(m)) => m.handle_closed(now),
@@ -239,6 +261,9 @@ impl World {
                 }
                 d.dirty = true;
                 self.log(|| format!("pid {pid} reads EOF from S"));
+                if was_on_probation {
+                    self.end_probation_session(pid);
+                }
             }
             Readable::Nothing => {}
         }
@@ -270,6 +295,7 @@ impl World {
         let now = self.now;
         let disk_len = self.disk.len() as u64;
         let disk = self.disk.clone();
+        let sabotage = self.options.sabotage;
         let d = self.dm(pid);
         let i = (0..d.hooks.len())
             .min_by_key(|&i| d.hooks[i].0)
@@ -309,7 +335,7 @@ impl World {
                 } else {
                     // Every acknowledged write is durable already; sealing
                     // closes the writer so that no more are taken.
-                    d.writer = None;
+                    d.sealed_state = d.writer.take();
                     d.sealed_ok = true;
                     m.handle_sealed(
                         now,
@@ -338,8 +364,15 @@ impl World {
                         "invariant 1: pid {pid} resumes serving without the data-dir lock"
                     ));
                 }
+                // After a seal the writer is closed, and the successor may
+                // have served since (probation): the state is reopened from
+                // disk, unless the sabotage keeps what it sealed.
+                let sealed = d.sealed_state.take();
                 if d.writer.is_none() {
-                    d.writer = Some(disk);
+                    d.writer = Some(match sealed {
+                        Some(state) if sabotage == Sabotage::IncumbentResumesSealedState => state,
+                        _ => disk,
+                    });
                 }
                 d.accepting = true;
                 m.handle_resumed(now);
@@ -451,6 +484,15 @@ impl World {
             IncOut::AcquireLock => {
                 let got =
                     self.lock_attempt(pid, self.options.sabotage == Sabotage::IncumbentSkipsRelock);
+                if got && self.control_owner != Some(pid) {
+                    // As `IncumbentDriver` does: the lock is taken back
+                    // only after a seal, and a successor that served
+                    // (probation, or a `Ready` that crossed the abort) had
+                    // renamed its control socket over the path; the
+                    // incumbent binds it again.
+                    self.control_owner = Some(pid);
+                    self.log(|| format!("pid {pid} takes the control socket path back"));
+                }
                 let (_, m) = self.dm(pid).inc.as_mut().expect("a session");
                 if got {
                     m.handle_lock_acquired(now);
@@ -474,6 +516,7 @@ impl World {
                 let (c, _) = d.inc.take().expect("a session");
                 d.hooks.clear();
                 d.sealed_ok = false;
+                d.sealed_state = None;
                 self.close_d(c);
                 self.log(|| format!("pid {pid}'s session ends: {end:?}"));
                 let d = self.dm(pid);
@@ -525,12 +568,11 @@ impl World {
         } else {
             pid
         };
-        d.suc = Some(Suc::new(
-            now,
-            SuccessorConfig::default(),
-            announced,
-            b"new-build",
-        ));
+        let cfg = SuccessorConfig {
+            capabilities: offered(d.sb.offers_probation),
+            ..SuccessorConfig::default()
+        };
+        d.suc = Some(Suc::new(now, cfg, announced, b"new-build"));
         d.dirty = true;
         self.log(|| format!("pid {pid} is started up and says Hello"));
     }
@@ -577,10 +619,24 @@ impl World {
             }
             SucOut::Finished(end) => {
                 let d = self.dm(pid);
-                d.suc = None;
                 let c = d.suc_conn.expect("a socketpair");
-                self.close_d(c);
-                self.log(|| format!("pid {pid} as successor ends: {end:?}"));
+                // On probation the session lives on, heartbeating, until
+                // the supervisor closes the socket.
+                let probation = d.suc.as_ref().is_some_and(Suc::on_probation);
+                if !probation {
+                    d.suc = None;
+                    self.close_d(c);
+                }
+                self.log(|| {
+                    format!(
+                        "pid {pid} as successor ends: {end:?}{}",
+                        if probation {
+                            "; its session heartbeats on probation"
+                        } else {
+                            ""
+                        }
+                    )
+                });
                 match end {
                     SuccessorEnd::Authoritative { .. } => {
                         let d = self.dm(pid);
@@ -630,12 +686,40 @@ impl World {
             now,
             ReadyReportRef {
                 listening_on: Strings::from_slice(&listening),
-                healthz_ok: true,
+                healthz_ok: !d.sb.unhealthy,
                 advertised_revision_per_shard: Revisions::from_slice(&[revision]),
             },
         );
         self.log(|| format!("pid {pid} serves and reports Ready"));
         Ok(())
+    }
+
+    /// A successor's session that was on probation is over once the
+    /// supervisor closed the socket (its `Finished` was carried out at
+    /// `Ready`): the daemon drops it and closes its end.
+    fn end_probation_session(&mut self, pid: Pid) {
+        let d = self.dm(pid);
+        if d.suc.as_ref().is_none_or(Suc::on_probation) {
+            return;
+        }
+        d.suc = None;
+        let c = d.suc_conn.expect("a socketpair");
+        self.close_d(c);
+        self.log(|| format!("pid {pid}'s probation session is over: it serves on"));
+    }
+
+    /// A stopped successor is continued: it acts on a `SIGTERM` that came
+    /// meanwhile, or goes on where it was.
+    pub(super) fn successor_continues(&mut self, pid: Pid) {
+        let d = self.dm(pid);
+        d.stopped_until = None;
+        d.hung = false;
+        d.dirty = true;
+        if std::mem::take(&mut d.term_pending) {
+            self.kill(pid, "is continued and acts on its pending SIGTERM");
+        } else {
+            self.log(|| format!("pid {pid} is continued"));
+        }
     }
 
     pub(super) fn cold_try(&mut self, pid: Pid) {
@@ -659,5 +743,14 @@ impl World {
         } else {
             self.dm(pid).cold_at = Some(now + COLD_LOCK_RETRY);
         }
+    }
+}
+
+/// The capabilities a simulated daemon offers.
+fn offered(probation: bool) -> Capabilities {
+    if probation {
+        Capabilities::PROBATION
+    } else {
+        Capabilities::NONE
     }
 }

@@ -1,13 +1,17 @@
 //! The invariant checks: docs/PROTOCOL.md section 7's invariants 1, 2 and 5
 //! (and the single-writer rule behind invariant 3) after every action, and
 //! once a handoff has settled, invariants 6 and 7 and that no acknowledged
-//! write was lost. The adapters check what they can at the moment they act
-//! (a lock released without a seal, a state opened without the lock); these
-//! check the whole world.
+//! write was lost (those a successor acknowledged on probation included:
+//! after a rollback the incumbent must serve them), that the control socket
+//! path names the daemon that serves, and that a successor killed or
+//! failing its health probe on probation was rolled back. The adapters
+//! check what they can at the moment they act (a lock released without a
+//! seal, a state opened without the lock); these check the whole world.
 
 use handoff_core::SuccessorStep;
 
 use super::daemon::Daemon;
+use super::plan::ProbationFault;
 use super::world::{Pid, Res, World};
 
 impl World {
@@ -69,7 +73,7 @@ impl World {
 
     /// What must hold once a handoff and everything it set off are over.
     pub(super) fn check_settled(&mut self) -> Res {
-        self.stats.invariant_checks += 6;
+        self.stats.invariant_checks += 7;
         let serving: Vec<Pid> = self
             .daemons
             .iter()
@@ -94,10 +98,27 @@ impl World {
             stranded.push(d.pid);
         }
         self.stats.successors_stranded += stranded.len() as u64;
+        // The serving successor may be left on probation by a supervisor
+        // frozen for good: it heartbeats into the socket it keeps open.
+        let left_on_probation =
+            self.sup.frozen_for_good && self.d(p).suc.as_ref().is_some_and(|m| m.on_probation());
+        if left_on_probation {
+            self.stats.successors_left_on_probation += 1;
+            stranded.push(p);
+        }
         if self.lock.holder != Some(p) {
             return Err(format!(
                 "the serving pid {p} is not the lock's holder {:?}",
                 self.lock.holder
+            ));
+        }
+        // The next handoff must reach it: a rolled-back successor had
+        // renamed its control socket over the path, and the incumbent that
+        // took its lock back took the path back too.
+        if self.control_owner != Some(p) || !self.d(p).control {
+            return Err(format!(
+                "the control socket path names pid {:?}, not the serving pid {p}",
+                self.control_owner
             ));
         }
         // A frozen supervisor holds its ends open, and so does a daemon
@@ -156,6 +177,19 @@ impl World {
                         ctx.o_pid
                     ));
                 }
+                // Struck early enough in the window to be heard of in it
+                // (a freeze may pass unseen: it is not judged here).
+                Some(Ok(()))
+                    if matches!(
+                        ctx.probation_fault,
+                        Some(ProbationFault::Kill | ProbationFault::ProbeFails)
+                    ) =>
+                {
+                    return Err(format!(
+                        "committed, though the successor met {:?} on probation",
+                        ctx.probation_fault
+                    ));
+                }
                 Some(Err(_)) => {
                     // docs/PROTOCOL.md section 4: the supervisor stopped and reaped the
                     // successor before it finished.
@@ -170,6 +204,15 @@ impl World {
                 None => return Err("with no crash, the supervisor never finished".into()),
                 _ => {}
             }
+        }
+        // Every write acknowledged on probation is in the state checked
+        // above; count those that a rollback had to keep.
+        if ctx
+            .outcome
+            .is_some_and(|o| o.probation_window.is_some() && o.result.is_err())
+            && p == ctx.o_pid
+        {
+            self.stats.probation_writes_kept += ctx.probation_acks.len() as u64;
         }
         self.log(|| format!("settled: pid {p} serves with every acknowledged write"));
         Ok(())

@@ -2,10 +2,13 @@
 //!
 //! A case is a world (`world.rs`) with a serving incumbent under a
 //! supervisor, and one to four handoffs in a row, each with its own randomly
-//! drawn plan (`plan.rs`): budgets, daemon behaviour, network delays, and at most
-//! one injected fault (a crash of any role at any step, a frozen
-//! supervisor). Everything random comes from one SplitMix64 stream seeded by
-//! the case's number, so a seed replays exactly.
+//! drawn plan (`plan.rs`): budgets, daemon behaviour, network delays, and
+//! usually at most one injected fault (a crash of any role at any step, a
+//! frozen supervisor). About half the handoffs run with probation, and may
+//! meet a fault of their own during the window: the successor killed,
+//! stopped as by `SIGSTOP`, or failing the supervisor's health probe.
+//! Everything random comes from one SplitMix64 stream seeded by the case's
+//! number, so a seed replays exactly.
 //!
 //! The world checks docs/PROTOCOL.md section 7's invariants 1, 2 and 5 (and the
 //! single-writer rule behind invariant 3) after every action, and once each
@@ -84,6 +87,10 @@ pub enum Sabotage {
     /// The successor opens the state as it was when it was spawned, not the
     /// sealed state.
     SuccessorOpensStaleState,
+    /// The incumbent resumes after a seal with the state it had sealed
+    /// instead of reopening the state on disk, so that it misses what a
+    /// successor acknowledged before it was rolled back.
+    IncumbentResumesSealedState,
 }
 
 /// How to run a case.
@@ -143,6 +150,34 @@ pub struct Stats {
     pub writes_acked: u64,
     /// Aborted handoffs, by reason.
     pub abort_reasons: BTreeMap<String, u64>,
+    /// Handoffs whose supervisor put the successor on probation.
+    pub probations: u64,
+    /// Handoffs committed at `Ready` (probation off, or not offered by the
+    /// incumbent).
+    pub committed_at_ready: u64,
+    /// Handoffs committed when the probation window ran out.
+    pub probation_passed: u64,
+    /// Handoffs committed before the window ran out, with the incumbent
+    /// gone (nothing left to roll back to).
+    pub probation_cut_short: u64,
+    /// Handoffs rolled back during probation.
+    pub probation_rollbacks: u64,
+    /// Handoffs rolled back at `Ready` without probation (the health gate,
+    /// or an abort racing the `Ready`).
+    pub rolled_back_at_ready: u64,
+    /// Faults struck during probation: kills, freezes, failed probes.
+    pub probation_faults: [u64; 3],
+    /// Handoffs committed although the successor was frozen on probation
+    /// (its freeze outlasted the window or it did not heartbeat).
+    pub frozen_successors_committed: u64,
+    /// Client writes a successor acknowledged on probation.
+    pub probation_writes_acked: u64,
+    /// Of those, the writes of successors rolled back: the incumbent
+    /// serves them again.
+    pub probation_writes_kept: u64,
+    /// Successors left on probation, serving, by a supervisor frozen for
+    /// good with its socket open.
+    pub successors_left_on_probation: u64,
     /// Virtual time simulated.
     pub virtual_time: Duration,
 }
@@ -174,7 +209,26 @@ impl Stats {
         for (k, v) in &other.abort_reasons {
             *self.abort_reasons.entry(k.clone()).or_default() += v;
         }
+        self.probations += other.probations;
+        self.committed_at_ready += other.committed_at_ready;
+        self.probation_passed += other.probation_passed;
+        self.probation_cut_short += other.probation_cut_short;
+        self.probation_rollbacks += other.probation_rollbacks;
+        self.rolled_back_at_ready += other.rolled_back_at_ready;
+        for i in 0..3 {
+            self.probation_faults[i] += other.probation_faults[i];
+        }
+        self.frozen_successors_committed += other.frozen_successors_committed;
+        self.probation_writes_acked += other.probation_writes_acked;
+        self.probation_writes_kept += other.probation_writes_kept;
+        self.successors_left_on_probation += other.successors_left_on_probation;
         self.virtual_time += other.virtual_time;
+    }
+
+    /// Aborts for `reason` (as the statistics name it, e.g.
+    /// `SuccessorExited@Probation`).
+    pub fn aborts_for(&self, reason: &str) -> u64 {
+        self.abort_reasons.get(reason).copied().unwrap_or(0)
     }
 
     /// Distinct crash points reached by `role`.
@@ -230,6 +284,31 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
+            "  probation: {} handoffs on probation ({} committed after the window, {} committed \
+             early with the incumbent gone, {} rolled back); {} committed at Ready, {} rolled \
+             back at Ready",
+            self.probations,
+            self.probation_passed,
+            self.probation_cut_short,
+            self.probation_rollbacks,
+            self.committed_at_ready,
+            self.rolled_back_at_ready
+        )?;
+        writeln!(
+            f,
+            "  on probation: {} successors killed, {} frozen ({} committed anyway), {} probes \
+             failed; {} writes acknowledged, {} of them kept through a rollback; {} successors \
+             left on probation by a supervisor frozen for good",
+            self.probation_faults[0],
+            self.probation_faults[1],
+            self.frozen_successors_committed,
+            self.probation_faults[2],
+            self.probation_writes_acked,
+            self.probation_writes_kept,
+            self.successors_left_on_probation
+        )?;
+        writeln!(
+            f,
             "  {} invariant checks over {} actions, {} writes acknowledged, {:.1} h of virtual time",
             self.invariant_checks,
             self.actions,
@@ -265,7 +344,7 @@ pub fn run_case(seed: u64, options: Options) -> CaseReport {
             break;
         }
         let plan = if options.healthy {
-            plan::Plan::healthy()
+            plan::Plan::healthy(&mut rng)
         } else {
             plan::Plan::random(&mut rng)
         };

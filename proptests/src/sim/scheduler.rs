@@ -46,8 +46,10 @@ enum Act {
     ColdTry(Pid),
     Retire(Pid),
     Accept(Pid),
+    Continue(Pid),
     FreeLock,
     ClientWrite,
+    ProbationFault,
 }
 
 /// The earlier of two instants, either of which may be absent.
@@ -175,8 +177,14 @@ impl World {
         }
         for d in self.daemons.iter().filter(|d| d.alive) {
             let pid = d.pid;
+            if due(d.stopped_until, now) {
+                v.push(Act::Continue(pid));
+            }
             if d.dirty {
-                v.push(Act::Pump(pid));
+                // A hung or stopped process carries out nothing.
+                if !d.hung {
+                    v.push(Act::Pump(pid));
+                }
                 continue;
             }
             if self.daemon_readable(d) {
@@ -209,6 +217,9 @@ impl World {
         }
         if self.pending_writes.front().is_some_and(|t| *t <= now) {
             v.push(Act::ClientWrite);
+        }
+        if due(self.probation_fault_due(), now) {
+            v.push(Act::ProbationFault);
         }
         v
     }
@@ -255,7 +266,15 @@ impl World {
             add(s.restart_at);
         }
         for d in self.daemons.iter().filter(|d| d.alive) {
-            add(d.timer());
+            // A successor whose supervisor froze for good with the socket
+            // open heartbeats on probation for ever (the real driver's
+            // probation thread stops only once the socket buffer is full
+            // and a write stalls): its beats alone do not keep the world
+            // from settling.
+            if !(s.frozen_for_good && d.suc.as_ref().is_some_and(|m| m.on_probation())) {
+                add(d.timer());
+            }
+            add(d.stopped_until);
             add(d.next_hook());
             add(d.hello_at);
             if !d.hung {
@@ -274,6 +293,7 @@ impl World {
         }
         add(self.lock.free_at);
         add(self.pending_writes.front().copied());
+        add(self.probation_fault_due());
         t
     }
 
@@ -322,6 +342,14 @@ impl World {
             }
             Act::Accept(pid) => {
                 self.accept(pid);
+                Ok(())
+            }
+            Act::Continue(pid) => {
+                self.successor_continues(pid);
+                Ok(())
+            }
+            Act::ProbationFault => {
+                self.strike_probation_fault();
                 Ok(())
             }
             Act::FreeLock => {

@@ -17,6 +17,7 @@ use handoff_core::{
 
 use super::daemon::{COLD_LOCK_WINDOW, COLD_STARTUP_MAX_MS};
 use super::net::{ConnId, Readable};
+use super::plan::ProbationFault;
 use super::world::{Pid, Res, SAME_INSTANT_TIMEOUTS, World, frame_name};
 use super::{Role, Sabotage};
 
@@ -116,6 +117,12 @@ pub(super) struct Supervisor {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Outcome {
     pub(super) result: Result<(), AbortReason>,
+    /// The successor served (sent `Ready`) and was rolled back.
+    pub(super) rolled_back: bool,
+    /// The window, if the successor was put on probation.
+    pub(super) probation_window: Option<Duration>,
+    /// How long the probation lasted, if there was one.
+    pub(super) probation: Option<Duration>,
 }
 
 // An output copied out of the machine: an output borrows its machine, and
@@ -150,6 +157,14 @@ impl World {
 
     pub(super) fn sup_can_act(&self) -> bool {
         self.sup.alive && self.sup.frozen_until.is_none() && !self.sup.frozen_for_good
+    }
+
+    /// The supervisor's handoff has the successor on probation.
+    pub(super) fn sup_on_probation(&self) -> bool {
+        self.sup
+            .run
+            .as_ref()
+            .is_some_and(|r| !r.finished && r.m.on_probation())
     }
 
     pub(super) fn exit_report_time(&self) -> Option<Instant> {
@@ -199,7 +214,12 @@ impl World {
             Some(SupervisorOutput::Disconnect(p)) => SupOut::Disconnect(p),
             Some(SupervisorOutput::WriteJournal(r)) => SupOut::Journal(r),
             Some(SupervisorOutput::ClearJournal) => SupOut::ClearJournal,
-            Some(SupervisorOutput::Finished(o)) => SupOut::Finished(Outcome { result: o.result }),
+            Some(SupervisorOutput::Finished(o)) => SupOut::Finished(Outcome {
+                result: o.result,
+                rolled_back: o.rolled_back(),
+                probation_window: o.probation_window,
+                probation: o.timings.probation,
+            }),
         };
         let now = self.now;
         match out {
@@ -272,10 +292,16 @@ impl World {
                 if let Some(n) = n
                     && self.alive(n)
                 {
-                    let ignores = self.d(n).sb.ignores_term;
+                    let d = self.d(n);
+                    let (ignores, stopped) = (d.sb.ignores_term, d.stopped_until.is_some());
                     match sig {
                         Signal::Terminate if ignores => {
                             self.log(|| "N ignores SIGTERM".into());
+                        }
+                        Signal::Terminate if stopped => {
+                            // A stopped process acts on it when continued.
+                            self.dm(n).term_pending = true;
+                            self.log(|| "N is stopped: SIGTERM stays pending".into());
                         }
                         _ => self.kill(n, "killed by the supervisor's signal"),
                     }
@@ -309,6 +335,7 @@ impl World {
                 for c in conns.into_iter().flatten() {
                     self.close_s(c);
                 }
+                self.count_probation_outcome(&outcome);
                 match outcome.result {
                     Ok(()) => {
                         self.stats.committed += 1;
@@ -334,6 +361,23 @@ impl World {
         Ok(())
     }
 
+    /// Counts how a handoff ended with respect to probation.
+    fn count_probation_outcome(&mut self, o: &Outcome) {
+        let st = &mut self.stats;
+        match (o.probation_window, o.result.is_ok()) {
+            (None, true) => st.committed_at_ready += 1,
+            (Some(w), true) if o.probation.is_some_and(|p| p >= w) => st.probation_passed += 1,
+            (Some(_), true) => st.probation_cut_short += 1,
+            (Some(_), false) => st.probation_rollbacks += 1,
+            (None, false) if o.rolled_back => st.rolled_back_at_ready += 1,
+            (None, false) => {}
+        }
+        let ctx = self.ctx.as_ref().expect("in a handoff");
+        if o.result.is_ok() && matches!(ctx.probation_fault, Some(ProbationFault::Freeze(_))) {
+            st.frozen_successors_committed += 1;
+        }
+    }
+
     pub(super) fn sup_read(&mut self, peer: Side) -> Res {
         let now = self.now;
         let c = self
@@ -356,6 +400,8 @@ impl World {
                     ));
                 }
                 self.conns[c].to_s.consume(used);
+                // `Ready` may have put the successor on probation.
+                self.note_probation();
             }
             Readable::Eof => {
                 self.conns[c].to_s.take_eof();

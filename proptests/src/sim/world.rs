@@ -1,7 +1,8 @@
 //! The simulated world's core: the state every process shares (the daemons,
 //! the supervisor, the connections between them, the data-dir lock, the
 //! disk, client writes, the virtual clock), the handoff it runs, and the
-//! faults it injects (crashes, the kernel ending a process).
+//! faults it injects (crashes, the kernel ending a process, and what
+//! strikes a successor on probation).
 //!
 //! The other jobs live beside it, each adding to [`World`]:
 //! `scheduler.rs` picks what happens next, `supervisor.rs` models the
@@ -15,7 +16,7 @@ use handoff_core::{FrameDecoder, Instant, JournalRecord};
 
 use super::daemon::Daemon;
 use super::net::{Conn, ConnId};
-use super::plan::{Plan, Trigger};
+use super::plan::{Plan, ProbationFault, Trigger};
 use super::supervisor::{Outcome, Run, Sup, Supervisor};
 use super::{CrashPoint, Options, Role, Stats};
 use crate::rng::Rng;
@@ -38,6 +39,14 @@ pub(super) struct Ctx {
     pub(super) crashed: Vec<Role>,
     pub(super) froze: bool,
     pub(super) outcome: Option<Outcome>,
+    /// When the supervisor put the successor on probation.
+    pub(super) probation_since: Option<Instant>,
+    /// When the planned probation fault is due (set with the probation).
+    pub(super) probation_fault_at: Option<Instant>,
+    /// The probation fault that struck.
+    pub(super) probation_fault: Option<ProbationFault>,
+    /// Writes the successor acknowledged while on probation.
+    pub(super) probation_acks: Vec<u32>,
 }
 
 /// A lock table with one lock: the data-dir `flock`.
@@ -265,6 +274,10 @@ impl World {
             crashed: Vec::new(),
             froze: false,
             outcome: None,
+            probation_since: None,
+            probation_fault_at: None,
+            probation_fault: None,
+            probation_acks: Vec::new(),
         });
         self.stats.handoffs += 1;
         self.run_until_settled(start)?;
@@ -373,6 +386,72 @@ impl World {
         self.log(|| format!("pid {pid} {why} and is gone"));
     }
 
+    // ------------------------------------------------------------ probation
+
+    /// After the supervisor read: if `Ready` just put the successor on
+    /// probation, note when, queue the writes aimed at the window and
+    /// schedule its fault.
+    pub(super) fn note_probation(&mut self) {
+        if !self.sup_on_probation() {
+            return;
+        }
+        let now = self.now;
+        let ctx = self.ctx.as_mut().expect("in a handoff");
+        if ctx.probation_since.is_some() {
+            return;
+        }
+        ctx.probation_since = Some(now);
+        ctx.probation_fault_at = ctx.plan.probation.fault.map(|(_, after)| now + after);
+        let writes: Vec<Instant> = ctx.plan.probation.writes.iter().map(|d| now + *d).collect();
+        let fault = ctx.plan.probation.fault;
+        self.stats.probations += 1;
+        for t in writes {
+            let i = self.pending_writes.partition_point(|w| *w <= t);
+            self.pending_writes.insert(i, t);
+        }
+        self.log(|| format!("S puts the successor on probation; planned fault: {fault:?}"));
+    }
+
+    /// When the planned probation fault strikes, while it still can: the
+    /// supervisor has the successor on probation and the successor lives (a
+    /// failed probe also needs a supervisor that acts).
+    pub(super) fn probation_fault_due(&self) -> Option<Instant> {
+        let ctx = self.ctx.as_ref()?;
+        let at = ctx.probation_fault_at?;
+        let (fault, _) = ctx.plan.probation.fault?;
+        let n = ctx.n_pid?;
+        let ready = ctx.probation_fault.is_none()
+            && self.sup_on_probation()
+            && self.alive(n)
+            && (fault != ProbationFault::ProbeFails || self.sup_can_act());
+        ready.then_some(at)
+    }
+
+    /// The planned probation fault strikes.
+    pub(super) fn strike_probation_fault(&mut self) {
+        let now = self.now;
+        let ctx = self.ctx.as_mut().expect("in a handoff");
+        let (fault, _) = ctx.plan.probation.fault.expect("a planned fault");
+        let n = ctx.n_pid.expect("a successor");
+        ctx.probation_fault = Some(fault);
+        self.stats.probation_faults[fault.index()] += 1;
+        match fault {
+            ProbationFault::Kill => self.kill(n, "crashes on probation"),
+            ProbationFault::Freeze(lasts) => {
+                let d = self.dm(n);
+                d.stopped_until = Some(now + lasts);
+                d.hung = true;
+                self.log(|| format!("pid {n} is stopped on probation for {lasts:?}"));
+            }
+            ProbationFault::ProbeFails => {
+                let run = self.sup.run.as_mut().expect("a run");
+                run.m.handle_probe_failed(now, "GET /healthz: 503, 3 times");
+                run.dirty = true;
+                self.log(|| format!("S's health probe of pid {n} fails"));
+            }
+        }
+    }
+
     // ------------------------------------------------------------- the lock
 
     /// Tries the lock once for `pid`, as `flock(LOCK_EX | LOCK_NB)`.
@@ -412,6 +491,18 @@ impl World {
                 self.acked.push(id);
                 self.dm(pid).writer.as_mut().expect("a writer").push(id);
                 self.stats.writes_acked += 1;
+                // The successor serves on probation: a rollback must keep
+                // this write.
+                let on_probation = self.sup_on_probation()
+                    && self.ctx.as_ref().is_some_and(|c| c.n_pid == Some(pid));
+                if on_probation {
+                    self.ctx
+                        .as_mut()
+                        .expect("in a handoff")
+                        .probation_acks
+                        .push(id);
+                    self.stats.probation_writes_acked += 1;
+                }
                 self.log(|| format!("pid {pid} acknowledges write {id}"));
                 Ok(())
             }
