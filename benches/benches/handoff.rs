@@ -207,7 +207,8 @@ impl tracing::Subscriber for Forward {
 }
 
 enum Sup {
-    Ours(handoff_std::Supervisor),
+    // Boxed: ours is the larger by far, and the enum is built once.
+    Ours(Box<handoff_std::Supervisor>),
     Reference(handoff::Supervisor),
 }
 
@@ -256,11 +257,11 @@ impl Setup {
             Side::Ours => {
                 let s = handoff_std::Supervisor::new(&args.control_socket)?
                     .with_listener(LISTENER, listener.try_clone()?)?;
-                Sup::Ours(if journal {
+                Sup::Ours(Box::new(if journal {
                     s.with_journal(dir.join("journal"))
                 } else {
                     s
-                })
+                }))
             }
             Side::Reference => {
                 let s = handoff::Supervisor::new(&args.control_socket)?

@@ -279,8 +279,10 @@ impl<B: Buffer> SuccessorSession<B> {
         }
         if self.core.step == SuccessorStep::Probation {
             // Authoritative already: nothing the supervisor says changes
-            // that (a rollback comes as a signal). Bytes are only drained.
+            // that (a rollback comes as a signal). Bytes are only drained;
+            // they show the supervisor is there.
             self.core.last_rx = now;
+            self.core.supervisor_heartbeats = true;
             return bytes.len();
         }
         let (used, frame) = self.rx.decode(bytes);
@@ -358,6 +360,7 @@ impl<B: Buffer> SuccessorSession<B> {
         c.step = SuccessorStep::Done;
         if c.supervisor_open && c.cfg.capabilities.contains(Capabilities::PROBATION) {
             c.step = SuccessorStep::Probation;
+            c.last_rx = now;
             c.heartbeat
                 .start_every(now, c.cfg.probation_heartbeat_interval);
         }
@@ -493,7 +496,9 @@ impl<B: Buffer> Core<B> {
 
     fn liveness_deadline(&self) -> Option<Instant> {
         match self.step {
-            SuccessorStep::AwaitingBegin if self.supervisor_heartbeats && self.supervisor_open => {
+            SuccessorStep::AwaitingBegin | SuccessorStep::Probation
+                if self.supervisor_heartbeats && self.supervisor_open =>
+            {
                 Some(self.last_rx + self.cfg.liveness)
             }
             _ => None,
@@ -539,6 +544,12 @@ impl<B: Buffer> Core<B> {
         {
             if mid_frame {
                 self.last_rx = now;
+            } else if self.step == SuccessorStep::Probation {
+                // A supervisor silent for good holds nothing: stop
+                // heartbeating into its socket, and serve on.
+                self.supervisor_open = false;
+                self.heartbeat.stop();
+                self.step = SuccessorStep::Done;
             } else {
                 self.fail(SuccessorFailure::SupervisorUnresponsive);
             }

@@ -1381,6 +1381,9 @@ impl<B: Buffer> Core<B> {
             },
         );
         self.step = SupervisorStep::Probation;
+        // The successor, still connected, hears from us: one that offered
+        // probation ends its session if we fall silent for good.
+        self.beat_successor.start(now);
         self.probation_until = Some(now + window);
         self.probation_window = Some(window);
         self.n.last_rx = now;
@@ -1687,7 +1690,13 @@ impl<B: Buffer> Core<B> {
         let t = earliest(self.step_deadline(), self.liveness_deadline());
         let t = earliest(t, self.successor_liveness_deadline());
         let t = earliest(t, self.closed_on_probation_until);
-        let t = earliest(t, self.probation_until);
+        // While a closed successor's exit is awaited, the window's end is
+        // not a timer (it would be a past instant, polled in a loop).
+        let t = earliest(
+            t,
+            self.probation_until
+                .filter(|_| self.closed_on_probation_until.is_none()),
+        );
         let t = earliest(t, self.beat_incumbent.deadline());
         let t = earliest(t, self.beat_successor.deadline());
         let t = earliest(t, self.connect_retry_at);

@@ -311,9 +311,9 @@ fn a_successor_on_probation_heartbeats_until_the_supervisor_closes() {
 
 #[test]
 fn a_successor_whose_socket_closes_at_the_windows_end_is_not_committed() {
-    // The close comes just before the window ends and the exit just after:
-    // the supervisor waits for the exit instead of committing a dead
-    // process.
+    // The socket closes 100 ms before the window ends: the supervisor waits
+    // for an exit past the end instead of committing, and without one the
+    // close rolls it back.
     let mut w = world();
     w.start_handoff(cfg());
     w.run_until(on_probation);
@@ -323,16 +323,43 @@ fn a_successor_whose_socket_closes_at_the_windows_end_is_not_committed() {
     // Nothing is due until the next heartbeat, at the window's end.
     w.now = ready + (WINDOW - Duration::from_millis(100));
     w.n_to_s.closed = true;
-    w.run_until(|w| w.now >= ready + WINDOW);
-    // At the window's end, and not committed.
-    assert!(on_probation(&w), "{}", w.trace.join("\n"));
-    w.kill_successor();
     let out = finish(&mut w);
-    assert_rolled_back_with(
-        &w,
-        &out,
-        AbortReason::SuccessorExited {
-            step: SupervisorStep::Probation,
-        },
+    assert!(!out.committed(), "{}", w.trace.join("\n"));
+    assert_eq!(
+        out.result,
+        Err(AbortReason::SuccessorClosed {
+            step: SupervisorStep::Probation
+        })
     );
+    assert!(out.rolled_back);
+}
+
+#[test]
+fn a_successor_on_probation_stops_heartbeating_to_a_supervisor_frozen_for_good() {
+    let mut w = world();
+    w.start_handoff(cfg());
+    w.run_until(on_probation);
+    w.freeze_supervisor();
+    // It settles: the successor gives the silent supervisor up after the
+    // liveness limit, and serves on holding the lock.
+    w.run();
+    let n = w.successor.as_ref().unwrap();
+    assert!(n.serving());
+    assert!(!n.session.as_ref().is_some_and(|s| s.on_probation()));
+}
+
+#[test]
+fn the_windows_end_is_no_busy_timer_while_a_closed_successors_exit_is_awaited() {
+    let mut w = world();
+    w.start_handoff(cfg());
+    w.run_until(on_probation);
+    let ready = w.now;
+    let t = ready + (WINDOW - Duration::from_millis(250));
+    w.run_until(|w| w.now >= t);
+    w.now = ready + (WINDOW - Duration::from_millis(100));
+    w.n_to_s.closed = true;
+    w.run_until(|w| w.now >= ready + WINDOW);
+    let s = w.supervisor.as_ref().unwrap();
+    let next = s.poll_timeout().expect("the close's own timer");
+    assert!(next > w.now, "a timer in the past: {next:?} at {:?}", w.now);
 }

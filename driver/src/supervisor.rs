@@ -982,6 +982,16 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
         if self.finished {
             return;
         }
+        // On probation the window's end commits: a successor that died
+        // while this process was not running (stopped, descheduled) must be
+        // seen dead first, whatever order the wake-up's events came in.
+        if self.machine.on_probation()
+            && let Some(watch) = self.exit.take_if(|w| w.has_exited())
+        {
+            io.unwatch(Source::Exit, watch.as_fd());
+            self.ledger.reap();
+            self.machine.handle_successor_exited(clock::now());
+        }
         // After every wake-up, not only the timer's: a peer that never
         // stops sending must not hold off the deadlines (an early call does
         // nothing).

@@ -146,9 +146,28 @@ static SOCK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new
 
 /// With `AUTHORITATIVE_MARKER` set, writes this process's pid there: it
 /// took over (its `Ready` went out and it became the incumbent).
+///
+/// With `crash-after-ready` it exits `after-ready-ms` later, with
+/// `freeze-after-ready` it stops itself (`SIGSTOP`) then: a new binary
+/// that fails while on probation.
 fn mark_authoritative() {
     if let Some(path) = std::env::var_os("AUTHORITATIVE_MARKER") {
         let _ = std::fs::write(path, std::process::id().to_string());
+    }
+    let after = Duration::from_millis(super::service::number("after-ready-ms").unwrap_or(100));
+    if flag("crash-after-ready") {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            std::process::exit(7);
+        });
+    }
+    if flag("freeze-after-ready") {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &std::process::id().to_string()])
+                .status();
+        });
     }
 }
 

@@ -282,12 +282,18 @@ impl World {
                 "pid {pid} keeps asking for a timeout at {now:?} that does not clear"
             ));
         }
+        let was_on_probation = d.inc.is_none() && d.suc.as_ref().is_some_and(Suc::on_probation);
         match (&mut d.inc, &mut d.suc) {
             (Some((_, m)), _) => m.handle_timeout(now),
             (None, Some(m)) => m.handle_timeout(now),
             _ => {}
         }
         d.dirty = true;
+        if was_on_probation {
+            // A supervisor silent past the liveness limit ends the session
+            // as its close does.
+            self.end_probation_session(pid);
+        }
         Ok(())
     }
 

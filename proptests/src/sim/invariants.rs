@@ -98,13 +98,12 @@ impl World {
             stranded.push(d.pid);
         }
         self.stats.successors_stranded += stranded.len() as u64;
-        // The serving successor may be left on probation by a supervisor
-        // frozen for good: it heartbeats into the socket it keeps open.
-        let left_on_probation =
-            self.sup.frozen_for_good && self.d(p).suc.as_ref().is_some_and(|m| m.on_probation());
-        if left_on_probation {
-            self.stats.successors_left_on_probation += 1;
-            stranded.push(p);
+        // A successor on probation gives a supervisor frozen for good up
+        // after the liveness limit; settled, none is left heartbeating.
+        if self.d(p).suc.as_ref().is_some_and(|m| m.on_probation()) {
+            return Err(format!(
+                "the serving pid {p} is still on probation once settled"
+            ));
         }
         if self.lock.holder != Some(p) {
             return Err(format!(

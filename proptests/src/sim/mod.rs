@@ -175,9 +175,6 @@ pub struct Stats {
     /// Of those, the writes of successors rolled back: the incumbent
     /// serves them again.
     pub probation_writes_kept: u64,
-    /// Successors left on probation, serving, by a supervisor frozen for
-    /// good with its socket open.
-    pub successors_left_on_probation: u64,
     /// Virtual time simulated.
     pub virtual_time: Duration,
 }
@@ -221,7 +218,6 @@ impl Stats {
         self.frozen_successors_committed += other.frozen_successors_committed;
         self.probation_writes_acked += other.probation_writes_acked;
         self.probation_writes_kept += other.probation_writes_kept;
-        self.successors_left_on_probation += other.successors_left_on_probation;
         self.virtual_time += other.virtual_time;
     }
 
@@ -297,15 +293,13 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "  on probation: {} successors killed, {} frozen ({} committed anyway), {} probes \
-             failed; {} writes acknowledged, {} of them kept through a rollback; {} successors \
-             left on probation by a supervisor frozen for good",
+             failed; {} writes acknowledged, {} of them kept through a rollback",
             self.probation_faults[0],
             self.probation_faults[1],
             self.frozen_successors_committed,
             self.probation_faults[2],
             self.probation_writes_acked,
             self.probation_writes_kept,
-            self.successors_left_on_probation
         )?;
         writeln!(
             f,

@@ -266,14 +266,9 @@ impl World {
             add(s.restart_at);
         }
         for d in self.daemons.iter().filter(|d| d.alive) {
-            // A successor whose supervisor froze for good with the socket
-            // open heartbeats on probation for ever (the real driver's
-            // probation thread stops only once the socket buffer is full
-            // and a write stalls): its beats alone do not keep the world
-            // from settling.
-            if !(s.frozen_for_good && d.suc.as_ref().is_some_and(|m| m.on_probation())) {
-                add(d.timer());
-            }
+            // A successor on probation whose supervisor froze for good
+            // gives it up after the liveness limit: its timers run.
+            add(d.timer());
             add(d.stopped_until);
             add(d.next_hook());
             add(d.hello_at);
