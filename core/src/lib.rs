@@ -217,24 +217,26 @@
 //! the 1 MiB frame limit, which a supervisor needs to accept anything a
 //! reference peer may send.
 //!
-//! ## Room to grow
+//! ## Extensions
 //!
-//! Three extensions are planned, each to be negotiated through a bit of
-//! [`Capabilities`] (a feature is used only when both sides set it; a
-//! reference peer sets none) and carried by new message variants after the
-//! fourteen of v1, which a peer only ever sees after it offered the bit:
+//! Extensions are negotiated through a bit of [`Capabilities`] (a feature is
+//! used only when the peer that must carry it out offered it; a reference
+//! peer offers none) and carried by message variants after the fourteen of
+//! v1, which a peer only ever sees after it offered the bit:
 //!
-//! - *reclaiming listeners*: a restarted supervisor asks the incumbent for the
-//!   listener FDs instead of binding again. It is a new exchange at the start
-//!   of a session, after `HelloAck`, in the supervisor's and incumbent's
-//!   machines, with one new output (pass FDs) for the adapter;
-//! - *probation*: after `Ready`, the supervisor waits a window before sending
-//!   `Commit`; a sealed incumbent already knows how to take its lock back and
-//!   resume (it does so on `ResumeAfterAbort`), so the window is a new step
-//!   between `AwaitingReady` and `Done` in the supervisor;
-//! - *passing connections*: the incumbent hands accepted connections to the
-//!   successor during drain, one more output beside `Drain` and a matching
-//!   input on the successor.
+//! - *reclaiming listeners* (`RECLAIM_LISTENERS`, docs/PROTOCOL.md section
+//!   9): a restarted supervisor asks the incumbent for the listener FDs
+//!   instead of binding again, an exchange at the start of a session after
+//!   `HelloAck`, with one output (`SendListeners`) for the adapter;
+//! - *probation* (`PROBATION`, section 10): after `Ready` and its health
+//!   gate, the supervisor sends `Probation` and waits a window before
+//!   `Commit`, a step between `AwaitingReady` and `Done`; a successor that
+//!   fails in it is rolled back through the sealed incumbent's
+//!   `ResumeAfterAbort`, and a successor that offered the bit heartbeats
+//!   after `Ready` so a frozen one is seen;
+//! - *passing connections* (planned): the incumbent hands accepted
+//!   connections to the successor during drain, one more output beside
+//!   `Drain` and a matching input on the successor.
 //!
 //! The machines keep each peer's offered capabilities ([`PeerInfo`] on the
 //! supervisor's outcome) so each extension is a new step, not a rewrite.
