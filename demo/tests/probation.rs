@@ -165,11 +165,17 @@ fn assert_rolled_back(
         "{what}: the old process holds the lock"
     );
     d.assert_nothing_lost(report, what);
-    d.stop(0, what);
 }
 
-fn rolled_back_case(fault: Option<&str>, act: Act, table: &str, reason: &str, what: &str) {
-    let _serial = serial();
+/// Runs one rolled-back case and returns its deployment, still running,
+/// and the old pid.
+fn rolled_back(
+    fault: Option<&str>,
+    act: Act,
+    table: &str,
+    reason: &str,
+    what: &str,
+) -> (Deployment, u32) {
     become_subreaper();
     let mut d = Deployment::with_config("probation", "std", "probation_ms = 0\n");
     let build = fault.map(|f| faulty_build(&d, "kvd-new", f));
@@ -179,6 +185,46 @@ fn rolled_back_case(fault: Option<&str>, act: Act, table: &str, reason: &str, wh
     let (reply, old, _, report) = handoff_under_load(&mut d, build.clone(), act, what);
     assert!(reply.rolled_back, "{what}: {reply:?}");
     assert_rolled_back(&mut d, &reply, old, &report, reason, what);
+    (d, old)
+}
+
+fn rolled_back_case(fault: Option<&str>, act: Act, table: &str, reason: &str, what: &str) {
+    let _serial = serial();
+    let (mut d, _) = rolled_back(fault, act, table, reason, what);
+    d.stop(0, what);
+}
+
+#[test]
+fn after_a_rollback_a_restart_runs_the_binary_that_served() {
+    let _serial = serial();
+    let what = "restart after a rollback";
+    let (mut d, old) = rolled_back(
+        Some("crash-after-ready=50"),
+        Act::Nothing,
+        "",
+        "during probation",
+        what,
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_gone(old, BOUND));
+    let until = Instant::now() + BOUND;
+    let restarted = loop {
+        match d.status().incumbent_pid {
+            Some(pid) if pid != old => break pid,
+            _ => assert!(Instant::now() < until, "no restart; {}", d.log()),
+        }
+    };
+    let cmdline = std::fs::read(format!("/proc/{restarted}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains("--fault"),
+        "the rolled-back build was restarted: {cmdline}"
+    );
+    d.stop(0, what);
 }
 
 #[test]
@@ -289,5 +335,6 @@ fn a_crash_during_probation_is_rolled_back_on_every_runtime() {
             handoff_under_load(&mut d, Some(build.clone()), Act::Nothing, runtime);
         assert!(reply.rolled_back, "{runtime}: {reply:?}");
         assert_rolled_back(&mut d, &reply, old, &report, "during probation", runtime);
+        d.stop(0, runtime);
     }
 }
