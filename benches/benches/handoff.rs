@@ -97,14 +97,8 @@ const GAP_TARGET: f64 = 0.5;
 
 type Error = Box<dyn std::error::Error>;
 
-/// `HANDOFF_BENCH_ROUNDS` overrides [`ROUNDS`], for a quick look or a
-/// profile.
 fn rounds() -> usize {
-    std::env::var("HANDOFF_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(ROUNDS)
+    handoff_benches::stats::rounds(ROUNDS)
 }
 
 fn origin() -> Instant {

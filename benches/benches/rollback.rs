@@ -45,11 +45,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 type Error = Box<dyn std::error::Error>;
 
 fn rounds() -> usize {
-    std::env::var("HANDOFF_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(ROUNDS)
+    handoff_benches::stats::rounds(ROUNDS)
 }
 
 fn main() -> ExitCode {

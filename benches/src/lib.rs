@@ -11,7 +11,10 @@
 //!   connecting throughout to measure the accept gap, and the floor of
 //!   spawning and starting a process;
 //! - `cargo bench --bench alloc`: heap allocations of the core machines over
-//!   a whole handoff and per decoded frame, which must be zero.
+//!   a whole handoff and per decoded frame, which must be zero;
+//! - `cargo bench --bench rollback`: the time from a successor's death on
+//!   probation to the old process's first answer (the reference has no
+//!   probation).
 //!
 //! This library is their shared plumbing: the frames ([`frames`]), the
 //! answer server both daemons run ([`echo`]), a counting allocator

@@ -100,6 +100,16 @@ pub fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
 
+/// How many rounds a benchmark runs: `HANDOFF_BENCH_ROUNDS` if it is a
+/// positive number, else `default`.
+pub fn rounds(default: usize) -> usize {
+    std::env::var("HANDOFF_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use handoff_core::{
-    AbortReason, Capabilities, EndCause, IncumbentEnd, IncumbentFate, Signal, SuccessorEnd,
-    SupervisorConfig, SupervisorStep,
+    AbortReason, Capabilities, EndCause, IncumbentEnd, IncumbentFate, Instant, Signal,
+    SuccessorEnd, SupervisorConfig, SupervisorStep,
 };
 
 const WINDOW: Duration = Duration::from_secs(5);
@@ -309,12 +309,9 @@ fn a_successor_on_probation_heartbeats_until_the_supervisor_closes() {
     assert!(n.session.is_none() || !n.session.as_ref().unwrap().on_probation());
 }
 
-#[test]
-fn a_successor_whose_socket_closes_at_the_windows_end_is_not_committed() {
-    // The socket closes 100 ms before the window ends: the supervisor waits
-    // for an exit past the end instead of committing, and without one the
-    // close rolls it back.
-    let mut w = world();
+/// A world on probation whose successor's socket closes 100 ms before the
+/// window ends (its process still running); returns when it was `Ready`.
+fn close_just_before_the_end(w: &mut World) -> Instant {
     w.start_handoff(cfg());
     w.run_until(on_probation);
     let ready = w.now;
@@ -323,6 +320,15 @@ fn a_successor_whose_socket_closes_at_the_windows_end_is_not_committed() {
     // Nothing is due until the next heartbeat, at the window's end.
     w.now = ready + (WINDOW - Duration::from_millis(100));
     w.n_to_s.closed = true;
+    ready
+}
+
+#[test]
+fn a_successor_whose_socket_closes_at_the_windows_end_is_not_committed() {
+    // The supervisor waits for an exit past the end instead of committing,
+    // and without one the close rolls it back.
+    let mut w = world();
+    close_just_before_the_end(&mut w);
     let out = finish(&mut w);
     assert!(!out.committed(), "{}", w.trace.join("\n"));
     assert_eq!(
@@ -351,13 +357,7 @@ fn a_successor_on_probation_stops_heartbeating_to_a_supervisor_frozen_for_good()
 #[test]
 fn the_windows_end_is_no_busy_timer_while_a_closed_successors_exit_is_awaited() {
     let mut w = world();
-    w.start_handoff(cfg());
-    w.run_until(on_probation);
-    let ready = w.now;
-    let t = ready + (WINDOW - Duration::from_millis(250));
-    w.run_until(|w| w.now >= t);
-    w.now = ready + (WINDOW - Duration::from_millis(100));
-    w.n_to_s.closed = true;
+    let ready = close_just_before_the_end(&mut w);
     w.run_until(|w| w.now >= ready + WINDOW);
     let s = w.supervisor.as_ref().unwrap();
     let next = s.poll_timeout().expect("the close's own timer");
