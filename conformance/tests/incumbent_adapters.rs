@@ -32,6 +32,9 @@ use mio::{Events, Poll, Token};
 const BOUND: Duration = Duration::from_secs(10);
 const BUILD_ID: &[u8] = b"build-7";
 const OFFERED: Capabilities = Capabilities::RECLAIM_LISTENERS;
+/// What the `Hello` announces: the configured bits, and those the shared
+/// driver carries out for every adapter (it adds `PROBATION`).
+const ANNOUNCED: Capabilities = OFFERED.union(Capabilities::PROBATION);
 
 /// A data directory and control socket, removed at the end.
 struct TempDir(PathBuf);
@@ -125,7 +128,7 @@ fn mio_hello(incumbent: Incumbent, control_path: &std::path::Path) -> (Vec<u8>, 
 fn mio_new_keeps_the_build_id_and_the_config() {
     let dir = TempDir::new("mio-settings");
     let got = mio_hello(dir.incumbent(), &dir.control());
-    assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
+    assert_eq!(got, (BUILD_ID.to_vec(), ANNOUNCED));
 }
 
 #[test]
@@ -190,7 +193,7 @@ fn smol_serve_keeps_the_build_id_and_the_config() {
         panic!("no Hello within {BOUND:?}");
     };
     let got = async_io::block_on(supervisor.or(serving).or(bounded));
-    assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
+    assert_eq!(got, (BUILD_ID.to_vec(), ANNOUNCED));
 }
 
 #[test]
@@ -224,7 +227,7 @@ fn tokio_serve_keeps_the_build_id_and_the_config() {
             _ = tokio::time::sleep(BOUND) => panic!("no Hello within {BOUND:?}"),
         }
     });
-    assert_eq!(got, (BUILD_ID.to_vec(), OFFERED));
+    assert_eq!(got, (BUILD_ID.to_vec(), ANNOUNCED));
 }
 
 /// A daemon whose drain hook panics; it counts the resumes that follow.
