@@ -17,7 +17,7 @@ use handoff_mio::{
 };
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Role, SealReport, SpawnSpec, SuccessorConfig, Supervisor,
+    DataDirLock, DrainReport, ReadyReport, Role, SealReport, SpawnSpec, SuccessorConfig, Supervisor,
 };
 use mio::{Events, Poll, Token};
 
@@ -76,7 +76,7 @@ fn daemon(dir: &Path) -> i32 {
                 s.handle_timeout(poll.registry());
                 match s.poll_event() {
                     Some(SuccessorEvent::Begun) => {
-                        s.ready(poll.registry(), &Default::default(), &ctl).unwrap()
+                        s.ready(poll.registry(), &healthy(), &ctl).unwrap()
                     }
                     Some(SuccessorEvent::Authoritative { .. }) => {
                         break s.into_incumbent(poll.registry()).unwrap();
@@ -335,4 +335,13 @@ fn a_remote_starts_handoffs_from_another_thread_and_hears_refusals() {
         assert!(started.elapsed() < BOUND);
     }
     assert_eq!((finished, rejected), (1, 1));
+}
+
+/// A `Ready` that says the daemon is healthy (one that says otherwise is
+/// rolled back at the gate).
+fn healthy() -> ReadyReport {
+    ReadyReport {
+        healthz_ok: true,
+        ..ReadyReport::default()
+    }
 }

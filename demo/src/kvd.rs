@@ -84,7 +84,7 @@ supervisor or systemd), or on --listen ADDR when started cold without one.
 --version is the build id announced to the supervisor and answered to VERSION.
 --runtime picks the adapter that drives the handoff (default std).
 --fault makes a successor fail after it took over, to show probation:
-  crash-after-ready=MS  abort MS milliseconds after serving as the successor
+  crash-after-ready=MS  SIGKILL itself MS milliseconds after serving as the successor
   unhealthy             report healthz_ok=false in Ready
   revisions-behind      advertise one revision less than it opened
 `supervise` runs one handoff to --binary as a supervisor process.";
@@ -111,7 +111,7 @@ pub struct ServeArgs {
 /// A failure kvd can be told to show as a successor, after `Begin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Abort this long after it started serving (after `Ready`).
+    /// `SIGKILL` itself this long after it started serving (after `Ready`).
     CrashAfterReady(Duration),
     /// Report `healthz_ok = false` in `Ready`.
     Unhealthy,
@@ -598,7 +598,14 @@ impl Daemon {
                 .name("kvd-fault".into())
                 .spawn(move || {
                     std::thread::sleep(after);
-                    log(format_args!("--fault crash-after-ready: aborting"));
+                    log(format_args!("--fault crash-after-ready: SIGKILL to itself"));
+                    // SIGKILL, as the kernel's OOM killer or an operator's
+                    // mistake would: nothing runs after it, no handler, no
+                    // flush.
+                    let _ = handoff_std::os::process::send_signal(
+                        std::process::id(),
+                        handoff_std::Signal::Kill,
+                    );
                     std::process::abort();
                 });
         }

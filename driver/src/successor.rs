@@ -144,7 +144,8 @@ impl std::error::Error for AnnounceError {
 pub struct ReadyReport {
     /// Where it serves.
     pub listening_on: Vec<String>,
-    /// Its own health check.
+    /// Its own health check. `false` (the default) makes the supervisor
+    /// roll the handoff back at `Ready` (docs/PROTOCOL.md section 10.2).
     pub healthz_ok: bool,
     /// The revision of each shard it opened.
     pub advertised_revision_per_shard: Vec<u64>,
