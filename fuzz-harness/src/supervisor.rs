@@ -97,6 +97,10 @@ struct Ctx {
     seal_complete: bool,
     seal_failed: bool,
     ready: bool,
+    /// `Ready` arrived and passes the gate (docs/PROTOCOL.md section
+    /// 10.2): healthy, and no shard behind the seal. With probation off (as
+    /// here) the handoff commits on exactly that.
+    ready_ok: bool,
 }
 
 struct Driver<B: FuzzBuffer> {
@@ -337,6 +341,8 @@ struct Check<B: FuzzBuffer> {
     announce_beat: [bool; 2],
     step_bytes: usize,
     outbox_peak: usize,
+    /// What the incumbent's `SealComplete` reported, for the gate.
+    sealed_revisions: Vec<u64>,
 }
 
 impl<B: FuzzBuffer> Check<B> {
@@ -379,6 +385,7 @@ impl<B: FuzzBuffer> Check<B> {
             announce_beat: [false; 2],
             step_bytes: 0,
             outbox_peak: 0,
+            sealed_revisions: Vec::new(),
         }
     }
 
@@ -486,7 +493,31 @@ impl<B: FuzzBuffer> Check<B> {
             ready: n
                 && before == SupervisorStep::AwaitingReady
                 && received.valid(MessageKind::Ready, id).is_some(),
+            ready_ok: false,
         };
+        let mut ctx = ctx;
+        if ctx.seal_complete
+            && let Some(Message::SealComplete {
+                last_revision_per_shard,
+                ..
+            }) = received.valid(MessageKind::SealComplete, id)
+        {
+            self.sealed_revisions = last_revision_per_shard.iter().collect();
+        }
+        if ctx.ready
+            && let Some(Message::Ready {
+                healthz_ok,
+                advertised_revision_per_shard,
+                ..
+            }) = received.valid(MessageKind::Ready, id)
+        {
+            let advertised: Vec<u64> = advertised_revision_per_shard.iter().collect();
+            let sealed = &self.sealed_revisions;
+            let behind = !sealed.is_empty()
+                && sealed.len() == advertised.len()
+                && sealed.iter().zip(&advertised).any(|(s, a)| a < s);
+            ctx.ready_ok = healthz_ok && !behind;
+        }
         self.sealed |= ctx.seal_complete;
         self.seal_failed |= ctx.seal_failed;
         ctx
@@ -532,7 +563,10 @@ impl<B: FuzzBuffer> Check<B> {
                     "SIGTERM to no live successor"
                 );
                 assert!(self.terminate_at.is_none(), "SIGTERM twice");
-                assert!(!c.ready, "SIGTERM to a successor that is Ready");
+                assert!(
+                    !c.ready_ok,
+                    "SIGTERM to a successor whose Ready passed the gate"
+                );
                 assert!(matches!(
                     c.after,
                     SupervisorStep::Aborting | SupervisorStep::Done
@@ -643,7 +677,7 @@ impl<B: FuzzBuffer> Check<B> {
                 self.begin_sent = true;
             }
             (Side::Incumbent, Message::Commit { .. }) => {
-                assert!(c.ready, "Commit without Ready");
+                assert!(c.ready_ok, "Commit without a Ready that passed the gate");
                 assert!(self.begin_sent && !self.commit_sent);
                 self.commit_sent = true;
             }
@@ -658,7 +692,7 @@ impl<B: FuzzBuffer> Check<B> {
             }
             (Side::Successor, Message::Abort { .. }) => {
                 assert!(self.helloack[1], "Abort to a successor before its HelloAck");
-                assert!(!c.ready && !self.abort_sent[1]);
+                assert!(!c.ready_ok && !self.abort_sent[1]);
                 self.abort_sent[1] = true;
             }
             (Side::Incumbent, Message::ResumeAfterAbort { .. }) => {
@@ -782,7 +816,11 @@ impl<B: FuzzBuffer> Check<B> {
             "Finished with a connection open"
         );
         assert_eq!(o.handoff_id, self.id);
-        assert_eq!(o.committed(), c.ready, "committed other than on Ready");
+        assert_eq!(
+            o.committed(),
+            c.ready_ok,
+            "committed other than on a Ready that passed the gate"
+        );
         match (self.missed, o.result) {
             (
                 Some(AbortReason::ControlSocketNotIncumbent { .. }),
