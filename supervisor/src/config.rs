@@ -410,13 +410,16 @@ impl Config {
                 .map_err(|m| invalid(format!("[health_probe]: {m}")))?;
             if self.probation_ms == 0 {
                 return Err(invalid(
-                    "[health_probe] is set but `probation_ms` is 0: the probe runs only                      during probation; set `probation_ms` (default 5000) or remove the probe",
+                    "[health_probe] is set but `probation_ms` is 0: the probe runs only \
+                     during probation; set `probation_ms` (default 5000) or remove the probe",
                 ));
             }
             let needs = probe.time_to_fail();
             if self.probation() < needs {
                 return Err(invalid(format!(
-                    "`probation_ms` ({}) is shorter than the health probe needs to fail                      ({} ms: interval_ms × (failure_threshold − 1) + timeout_ms), so a                      failing binary would be committed; raise `probation_ms` or probe more often",
+                    "`probation_ms` ({}) is shorter than the health probe needs to fail \
+                     ({} ms: interval_ms × (failure_threshold − 1) + timeout_ms), so a \
+                     failing binary would be committed; raise `probation_ms` or probe more often",
                     self.probation_ms,
                     needs.as_millis()
                 )));

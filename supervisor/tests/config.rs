@@ -268,3 +268,78 @@ fn errors_from_a_file_name_the_file() {
     assert!(e.to_string().contains(&*missing.to_string_lossy()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn probation_and_the_health_probe_are_read() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.probation_ms, 5000);
+    assert_eq!(c.health_probe, None);
+    assert_eq!(c.probe(), None);
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}\nprobation_ms = 2500\n[health_probe]\ntcp = \"127.0.0.1:7070\"\n\
+         send = \"PING\\n\"\nexpect = \"PONG\"\ninterval_ms = 500\ntimeout_ms = 250\n\
+         failure_threshold = 4\n"
+    ))
+    .unwrap();
+    assert_eq!(c.probation(), std::time::Duration::from_millis(2500));
+    let probe = c.probe().unwrap();
+    assert_eq!(
+        probe.check,
+        handoff_std::ProbeCheck::Tcp {
+            address: "127.0.0.1:7070".parse().unwrap(),
+            send: b"PING\n".to_vec(),
+            expect: b"PONG".to_vec(),
+        }
+    );
+    assert_eq!(probe.failure_threshold, 4);
+}
+
+#[test]
+fn a_health_probe_that_cannot_work_is_refused() {
+    let probe = |table: &str| format!("{MINIMAL}\n[health_probe]\n{table}\n");
+    for (text, wanted) in [
+        (
+            format!("{MINIMAL}\nprobation_ms = 0\n[health_probe]\ntcp = \"127.0.0.1:1\"\n"),
+            "the probe runs only during probation",
+        ),
+        (
+            // Defaults: 1000 × (3 − 1) + 1000 = 3000 ms.
+            format!("{MINIMAL}\nprobation_ms = 2999\n[health_probe]\ntcp = \"127.0.0.1:1\"\n"),
+            "needs to fail (3000 ms: interval_ms",
+        ),
+        (probe(""), "exactly one of"),
+        (
+            probe("tcp = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:1\""),
+            "exactly one of",
+        ),
+        (probe("exec = [\"check\"]"), "absolute path"),
+        (probe("exec = []"), "`exec` is empty"),
+        (
+            probe("tcp = \"localhost:1\""),
+            "host names are not resolved",
+        ),
+        (
+            probe("http = \"127.0.0.1:1\"\nsend = \"x\""),
+            "`send` and `expect` go with `tcp` only",
+        ),
+        (
+            probe("tcp = \"127.0.0.1:1\"\npath = \"/\""),
+            "`path` goes with `http`",
+        ),
+        (
+            probe("http = \"127.0.0.1:1\"\npath = \"healthz\""),
+            "must start with /",
+        ),
+        (
+            probe("tcp = \"127.0.0.1:1\"\nfailure_threshold = 0"),
+            "at least 1",
+        ),
+        (probe("tcp = \"127.0.0.1:1\"\nbogus = 1"), "bogus"),
+    ] {
+        let e = refused(&text);
+        assert!(e.contains(wanted), "{wanted:?} not in {e:?}");
+        // One line a person reads: no run of spaces left by a broken
+        // continuation.
+        assert!(!e.contains("   "), "{e:?}");
+    }
+}
