@@ -133,7 +133,7 @@ fn measure(dir: &std::path::Path) -> Result<(Vec<f64>, Vec<f64>), Error> {
             });
             let outcome = outcome.map_err(|_| "the handoff thread panicked")??;
             let wait = wait?;
-            if !outcome.rolled_back {
+            if !outcome.rolled_back() {
                 return Err(format!("round {round}: not rolled back: {:?}", outcome.result).into());
             }
             waits.push(wait.as_secs_f64());

@@ -106,7 +106,7 @@ fn handoff_on_probation(
 /// The old process serves again with its lock and counts on from every
 /// write either process acknowledged; the successor is gone.
 fn assert_rolled_back(rig: &Rig, outcome: &HandoffOutcome, seen: &Seen, what: &str) {
-    assert!(outcome.rolled_back, "{what}: {:?}", outcome.result);
+    assert!(outcome.rolled_back(), "{what}: {:?}", outcome.result);
     assert_eq!(
         outcome.incumbent_fate,
         IncumbentFate::ToldToResume,

@@ -80,7 +80,8 @@ pub enum SuccessorStep {
     Starting,
     /// `Ready` sent and `Finished(Authoritative)` emitted: the daemon
     /// serves, and because we offered [`Capabilities::PROBATION`] the
-    /// session heartbeats to the supervisor until it closes the socket.
+    /// session heartbeats to the supervisor until it closes the socket (or,
+    /// having heartbeated itself, falls silent for the liveness limit).
     Probation,
     /// Finished.
     Done,
@@ -292,21 +293,7 @@ impl<B: Buffer> SuccessorSession<B> {
 
     /// The supervisor closed the socket (EOF), or reading or writing failed.
     pub fn handle_closed(&mut self, _now: Instant) {
-        let c = &mut self.core;
-        if !c.supervisor_open {
-            return;
-        }
-        c.supervisor_open = false;
-        c.heartbeat.stop();
-        match c.step {
-            // The lock is ours and the incumbent has sealed: serving is
-            // the only way to keep one incumbent. The lock decides.
-            SuccessorStep::Starting | SuccessorStep::Done => {}
-            // The probation is over (committed, or the supervisor went
-            // away); either way this process serves on.
-            SuccessorStep::Probation => c.step = SuccessorStep::Done,
-            _ => c.fail(SuccessorFailure::SupervisorGone),
-        }
+        self.core.on_closed();
     }
 
     /// The lock was taken.
@@ -403,6 +390,23 @@ impl<B: Buffer> SuccessorSession<B> {
 impl<B: Buffer> Core<B> {
     fn send(&mut self, msg: &Message<'_>) -> bool {
         self.supervisor_open && self.out.send((), self.version.unwrap_or(PROTO_MAX), msg)
+    }
+
+    fn on_closed(&mut self) {
+        if !self.supervisor_open {
+            return;
+        }
+        self.supervisor_open = false;
+        self.heartbeat.stop();
+        match self.step {
+            // The lock is ours and the incumbent has sealed: serving is
+            // the only way to keep one incumbent. The lock decides.
+            SuccessorStep::Starting | SuccessorStep::Done => {}
+            // The probation is over (committed, or the supervisor went
+            // away); either way this process serves on.
+            SuccessorStep::Probation => self.step = SuccessorStep::Done,
+            _ => self.fail(SuccessorFailure::SupervisorGone),
+        }
     }
 
     fn fail(&mut self, failure: SuccessorFailure) {
@@ -545,11 +549,9 @@ impl<B: Buffer> Core<B> {
             if mid_frame {
                 self.last_rx = now;
             } else if self.step == SuccessorStep::Probation {
-                // A supervisor silent for good holds nothing: stop
-                // heartbeating into its socket, and serve on.
-                self.supervisor_open = false;
-                self.heartbeat.stop();
-                self.step = SuccessorStep::Done;
+                // A supervisor silent for good holds nothing: give its
+                // socket up as if it had closed it, and serve on.
+                self.on_closed();
             } else {
                 self.fail(SuccessorFailure::SupervisorUnresponsive);
             }

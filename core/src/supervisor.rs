@@ -653,12 +653,9 @@ struct Core<B: Buffer> {
     journal_failed: bool,
     marks: Marks,
     reports: Reports,
-    /// When the probation window ends, while the step is `Probation`.
-    probation_until: Option<Instant>,
     /// A successor on probation closed its socket: when to stop waiting
     /// for its exit and roll back for the close.
     closed_on_probation_until: Option<Instant>,
-    probation_window: Option<Duration>,
     probe_failure: Option<Span>,
 }
 
@@ -733,9 +730,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
                 journal_failed: false,
                 marks: Marks::default(),
                 reports: Reports::default(),
-                probation_until: None,
                 closed_on_probation_until: None,
-                probation_window: None,
                 probe_failure: None,
             },
         }
@@ -1384,8 +1379,6 @@ impl<B: Buffer> Core<B> {
         // The successor, still connected, hears from us: one that offered
         // probation ends its session if we fall silent for good.
         self.beat_successor.start(now);
-        self.probation_until = Some(now + window);
-        self.probation_window = Some(window);
         self.n.last_rx = now;
         self.o.last_rx = now;
     }
@@ -1490,9 +1483,19 @@ impl<B: Buffer> Core<B> {
         self.try_finish_abort(now);
     }
 
+    /// When the probation window ends, while the step is `Probation`.
+    fn probation_until(&self) -> Option<Instant> {
+        match (self.step, self.marks.ready) {
+            (SupervisorStep::Probation, Some(ready)) => Some(ready + self.cfg.probation),
+            _ => None,
+        }
+    }
+
+    /// Called as the step leaves `Probation` (or `AwaitingReady`, which
+    /// never began it), to commit or roll back.
     fn end_probation(&mut self, now: Instant) {
         self.closed_on_probation_until = None;
-        if self.probation_until.take().is_some() {
+        if self.step == SupervisorStep::Probation {
             self.marks.probation_end = Some(now);
         }
     }
@@ -1694,7 +1697,7 @@ impl<B: Buffer> Core<B> {
         // not a timer (it would be a past instant, polled in a loop).
         let t = earliest(
             t,
-            self.probation_until
+            self.probation_until()
                 .filter(|_| self.closed_on_probation_until.is_none()),
         );
         let t = earliest(t, self.beat_incumbent.deadline());
@@ -1723,7 +1726,7 @@ impl<B: Buffer> Core<B> {
             );
         }
         if self.step == SupervisorStep::Probation
-            && self.probation_until.is_some_and(|t| t <= now)
+            && self.probation_until().is_some_and(|t| t <= now)
             // A successor whose socket just closed is not committed while
             // its exit may still be on the way.
             && self.closed_on_probation_until.is_none()
@@ -1881,7 +1884,7 @@ impl<B: Buffer> Core<B> {
             journal_failed: self.journal_failed,
             reports_truncated: self.stash.truncated,
             connect_attempts: self.connect_attempts,
-            probation_window: self.probation_window,
+            probation_window: m.probation_end.map(|_| self.cfg.probation),
             probe_failure: self.probe_failure.map(|s| self.stash.str(s)),
             timings,
         }

@@ -88,14 +88,21 @@ pub struct HealthProbe {
 const KEPT: usize = 512;
 
 impl HealthProbe {
+    /// The default interval: an attempt a second.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+    /// The default time one attempt may take.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The default number of failures in a row that fail the probe.
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+
     /// A probe with Kubernetes-like defaults: every second, one second per
     /// attempt, three failures in a row.
     pub fn new(check: ProbeCheck) -> HealthProbe {
         HealthProbe {
             check,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            failure_threshold: 3,
+            interval: Self::DEFAULT_INTERVAL,
+            timeout: Self::DEFAULT_TIMEOUT,
+            failure_threshold: Self::DEFAULT_FAILURE_THRESHOLD,
         }
     }
 

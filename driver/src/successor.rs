@@ -618,25 +618,28 @@ fn probation_loop(mut link: Link, mut machine: SuccessorSession<Vec<u8>>) {
             .min();
         let wait = next.map(clock::until);
         match poll_readable(&[link.fd()], wait) {
-            Ok(ready) if ready.first() == Some(&true) => loop {
-                match link.read() {
-                    Read::Data(_) => {
-                        while !link.inbox.is_empty() {
-                            link.feed("successor", |b| machine.handle_input(clock::now(), b));
-                        }
-                    }
-                    Read::WouldBlock => break,
-                    Read::Closed => {
-                        machine.handle_closed(clock::now());
-                        break;
-                    }
-                }
-            },
+            Ok(ready) if ready.first() == Some(&true) => read_on_probation(&mut link, &mut machine),
             Ok(_) => {}
             // A signal for the process interrupted the wait: wait again.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => machine.handle_closed(clock::now()),
         }
         machine.handle_timeout(clock::now());
+    }
+}
+
+/// Everything the supervisor sent, handed to the machine (which drops it),
+/// or its close.
+fn read_on_probation(link: &mut Link, machine: &mut SuccessorSession<Vec<u8>>) {
+    loop {
+        match link.read() {
+            Read::Data(_) => {
+                while !link.inbox.is_empty() {
+                    link.feed("successor", |b| machine.handle_input(clock::now(), b));
+                }
+            }
+            Read::WouldBlock => return,
+            Read::Closed => return machine.handle_closed(clock::now()),
+        }
     }
 }

@@ -28,11 +28,11 @@ use handoff_os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_sig
 use handoff_os::spawn::{PassedListener, SpawnError, spawn_successor, validate_listener_names};
 
 use crate::clock;
+use crate::link::{Io, Link, READ_BUDGET, Read, Source};
 use crate::probe::{HealthProbe, ProbeRunner, Verdict};
 
 /// How often a running health probe's verdicts are looked at.
 const PROBE_POLL_INTERVAL: Duration = Duration::from_millis(20);
-use crate::link::{Io, Link, READ_BUDGET, Read, Source};
 
 /// What to run as the successor, and the budgets of its handoff.
 #[derive(Clone, Debug)]
@@ -128,9 +128,6 @@ pub struct HandoffOutcome {
     /// The probation window the successor served, if it was put on
     /// probation (the incumbent offered it and the spec asked for one).
     pub probation_window: Option<Duration>,
-    /// Whether the successor served (sent `Ready`) and was then rolled back
-    /// to the incumbent.
-    pub rolled_back: bool,
     /// How the health probe failed, when it rolled the successor back.
     pub probe_failure: Option<String>,
     /// Health probe attempts that passed during probation.
@@ -145,15 +142,10 @@ impl HandoffOutcome {
         self.result.is_ok()
     }
 
-    /// Why it did not commit, in words: the reason with the health probe's
-    /// account or the operating system's detail where there is one.
-    pub fn reason(&self) -> Option<String> {
-        let reason = self.result.err()?;
-        Some(match (&self.probe_failure, &self.detail) {
-            (Some(probe), _) => format!("{reason}: {probe}"),
-            (None, Some(detail)) => format!("{reason}: {detail}"),
-            (None, None) => reason.to_string(),
-        })
+    /// Whether the successor served (it sent `Ready`) and was then rolled
+    /// back to the incumbent.
+    pub fn rolled_back(&self) -> bool {
+        self.result.is_err() && self.listening_on.is_some()
     }
 }
 
@@ -539,7 +531,6 @@ impl HandoffOutcome {
             journal_failed: o.journal_failed,
             connect_attempts: o.connect_attempts,
             probation_window: o.probation_window,
-            rolled_back: o.rolled_back(),
             probe_failure: o.probe_failure.map(str::to_owned),
             probes_passed: 0,
             timings: o.timings,
@@ -760,9 +751,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
         }
         outcome
     }
-}
 
-impl<S: std::ops::Deref<Target = Supervisor>> HandoffLedger<S> {
     /// The successor `pid` serves on probation.
     pub(crate) fn on_probation(&self, pid: u32) {
         self.sup.on_probation.store(pid, Ordering::Release);

@@ -118,15 +118,15 @@ fn default_probation_ms() -> u64 {
 }
 
 fn default_probe_interval_ms() -> u64 {
-    1_000
+    HealthProbe::DEFAULT_INTERVAL.as_millis() as u64
 }
 
 fn default_probe_timeout_ms() -> u64 {
-    1_000
+    HealthProbe::DEFAULT_TIMEOUT.as_millis() as u64
 }
 
 fn default_failure_threshold() -> u32 {
-    3
+    HealthProbe::DEFAULT_FAILURE_THRESHOLD
 }
 
 /// One `[[listeners]]` entry.
@@ -424,9 +424,8 @@ impl Config {
                     needs.as_millis()
                 )));
             }
-            if let (ProbeCheck::Exec { argv }, true) = (&probe.check, check_files) {
+            if let (Some(command), true) = (probe_command(&probe), check_files) {
                 // The probe runs as the supervisor's user, like a binary.
-                let command = Path::new(&argv[0]);
                 match crate::trust::check_binary(command) {
                     Ok(()) => {}
                     Err(e) if e.is_unseen() => {}
@@ -485,6 +484,16 @@ fn check_socket_path(path: &Path, staged: bool) -> Result<(), String> {
     }
     // The library says how long the directory may be for the temporary name.
     handoff_std::os::control::validate_socket_path(path).map_err(|e| e.to_string())
+}
+
+/// The command an exec probe runs, which must pass the checks of a binary
+/// (it runs as the supervisor's user): when the configuration is read, and
+/// before each handoff.
+pub(crate) fn probe_command(probe: &HealthProbe) -> Option<&Path> {
+    match &probe.check {
+        ProbeCheck::Exec { argv } => argv.first().map(Path::new),
+        _ => None,
+    }
 }
 
 impl ProbeConfig {

@@ -49,12 +49,11 @@ pub struct HandoffReport {
     /// Whether the new binary served (it sent `Ready`) and was rolled back
     /// to the old one.
     pub rolled_back: bool,
-    /// How long the new binary served on probation, if it was put on
-    /// probation (the old one offered it and `probation_ms` is not 0).
-    pub probation: Option<Duration>,
     /// Health probe attempts that passed during probation.
     pub probes_passed: u32,
-    /// Time spent in each phase.
+    /// Time spent in each phase; `probation` is how long the new binary
+    /// served on probation, if it was put on probation (the old one
+    /// offered it and `probation_ms` is not 0).
     pub timings: PhaseTimings,
 }
 
@@ -67,7 +66,7 @@ impl HandoffReport {
             committed: self.committed,
             abort_reason: self.abort_reason.clone(),
             rolled_back: self.rolled_back,
-            probation_ms: self.probation.map(ms),
+            probation_ms: self.timings.probation.map(ms),
             phases_ms: phases(&self.timings)
                 .into_iter()
                 .map(|(name, d)| (name.to_owned(), ms(d)))
@@ -179,13 +178,13 @@ impl Inner {
             probation: self.config.probation(),
             probe: self.config.probe(),
         };
-        if let Some(handoff_std::ProbeCheck::Exec { argv }) = spec.probe.as_ref().map(|p| &p.check)
-            && let Err(e) = crate::trust::check_binary(Path::new(&argv[0]))
+        if let Some(command) = spec.probe.as_ref().and_then(crate::config::probe_command)
+            && let Err(e) = crate::trust::check_binary(command)
         {
             // Checked again as for the binary: the probe runs as our user.
             tracing::warn!(error = %e, "refused a handoff: the health probe's command is untrusted");
             return Err(ServiceError::UntrustedBinary {
-                binary: PathBuf::from(&argv[0]),
+                binary: command.to_path_buf(),
                 reason: e.to_string(),
             });
         }
@@ -219,8 +218,7 @@ impl Inner {
             binary: binary.clone(),
             incumbent_pid: outcome.incumbent_pid.or(Some(incumbent_pid)),
             successor_pid: outcome.successor_pid,
-            rolled_back: outcome.rolled_back,
-            probation: outcome.timings.probation,
+            rolled_back: outcome.rolled_back(),
             probes_passed: outcome.probes_passed,
             timings: outcome.timings,
         };
@@ -244,7 +242,7 @@ impl Inner {
                 tracing::info!(
                     successor_pid = pid,
                     duration_ms = report.duration_ms,
-                    probation_ms = report.probation.map(|d| d.as_secs_f64() * 1e3),
+                    probation_ms = report.timings.probation.map(|d| d.as_secs_f64() * 1e3),
                     probes_passed = report.probes_passed,
                     "handoff committed; the successor serves"
                 );
