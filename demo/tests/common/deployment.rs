@@ -170,6 +170,26 @@ impl Deployment {
     /// The next notification holding `what` from supervisor `pid`; its
     /// `STATUS=` text. Fails at once if the supervisor exits first.
     pub(crate) fn wait_notification(&mut self, what: &str, pid: u32) -> String {
+        self.wait_for_notification(what, pid, |text| text.lines().any(|l| l == what))
+    }
+
+    /// The next notification from supervisor `pid` whose `STATUS=` text
+    /// holds `needle`; that text.
+    pub(crate) fn wait_status(&mut self, needle: &str, pid: u32) -> String {
+        self.wait_for_notification(needle, pid, |text| {
+            text.lines().any(|l| {
+                l.strip_prefix("STATUS=")
+                    .is_some_and(|s| s.contains(needle))
+            })
+        })
+    }
+
+    fn wait_for_notification(
+        &mut self,
+        what: &str,
+        pid: u32,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
         let until = Instant::now() + BOUND;
         let exit = ExitWatch::new(pid).unwrap();
         self.notify.set_nonblocking(true).unwrap();
@@ -193,7 +213,7 @@ impl Deployment {
             assert!(!got.truncated, "a notification's descriptors were cut off");
             let text = String::from_utf8_lossy(&buf[..got.len]).into_owned();
             self.keep(&text, got.fds);
-            if text.lines().any(|l| l == what) {
+            if wanted(&text) {
                 let status = text
                     .lines()
                     .find_map(|l| l.strip_prefix("STATUS="))
