@@ -155,46 +155,32 @@ fn commits_after_the_window(sup: Runtime, inc: Runtime, succ: Runtime) {
     assert_eq!(rig.request("INC"), format!("OK {}", seen.max_acked + 1));
 }
 
-fn crash_on_probation(sup: Runtime, inc: Runtime, succ: Runtime) {
-    let what = format!("{} {} {}", sup.name(), inc.name(), succ.name());
-    let rig = Rig::start("pk", inc, "");
-    let (outcome, seen) = handoff_on_probation(
-        &rig,
-        sup,
-        succ,
-        "crash-after-ready,after-ready-ms=300",
-        Duration::from_secs(10),
-    );
-    assert_eq!(
-        outcome.result,
-        Err(AbortReason::SuccessorExited {
-            step: SupervisorStep::Probation
-        }),
-        "{what}"
+/// A successor with `fault` (a flag of the test daemon) after `Ready`,
+/// rolled back for `reason` before its window ended.
+fn fails_on_probation(sup: Runtime, inc: Runtime, succ: Runtime, fault: &str, reason: AbortReason) {
+    let what = format!("{} {} {} {fault}", sup.name(), inc.name(), succ.name());
+    let rig = Rig::start("pf", inc, "");
+    let window = Duration::from_secs(10);
+    let flags = format!("{fault},after-ready-ms=300");
+    let (outcome, seen) = handoff_on_probation(&rig, sup, succ, &flags, window);
+    assert_eq!(outcome.result, Err(reason), "{what}");
+    assert!(
+        outcome.timings.probation.unwrap() < window,
+        "{what}: seen before the window ended"
     );
     assert_rolled_back(&rig, &outcome, &seen, &what);
 }
 
+fn crash_on_probation(sup: Runtime, inc: Runtime, succ: Runtime) {
+    let exited = AbortReason::SuccessorExited {
+        step: SupervisorStep::Probation,
+    };
+    fails_on_probation(sup, inc, succ, "crash-after-ready", exited);
+}
+
 fn freeze_on_probation(sup: Runtime, inc: Runtime, succ: Runtime) {
-    let what = format!("{} {} {}", sup.name(), inc.name(), succ.name());
-    let rig = Rig::start("pf", inc, "");
-    let (outcome, seen) = handoff_on_probation(
-        &rig,
-        sup,
-        succ,
-        "freeze-after-ready,after-ready-ms=300",
-        Duration::from_secs(10),
-    );
-    assert_eq!(
-        outcome.result,
-        Err(AbortReason::SuccessorUnresponsive),
-        "{what}"
-    );
-    assert!(
-        outcome.timings.probation.unwrap() < Duration::from_secs(10),
-        "{what}: seen before the window ended"
-    );
-    assert_rolled_back(&rig, &outcome, &seen, &what);
+    let frozen = AbortReason::SuccessorUnresponsive;
+    fails_on_probation(sup, inc, succ, "freeze-after-ready", frozen);
 }
 
 macro_rules! probation_suite {
