@@ -307,7 +307,7 @@ fn run(o: &Options) -> Result<bool, String> {
                     "  broken {:>2}/{}: → kvd-v3-broken rolled back after {:.0} ms on probation: {} (pid {now} serves again)",
                     i + 1,
                     o.broken,
-                    h.probation_ms.unwrap_or_default(),
+                    h.probation_ms().unwrap_or_default(),
                     h.abort_reason.unwrap_or_default()
                 );
             }

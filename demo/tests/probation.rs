@@ -307,7 +307,7 @@ fn the_same_handoff_without_a_fault_commits_after_the_window() {
     let (reply, old, report) = handoff_under_load(&mut d, None, Act::Nothing, "no fault");
     assert!(reply.committed, "{reply:?}; {}", d.log());
     assert!(!reply.rolled_back);
-    let probation = reply.probation_ms.expect("it served on probation");
+    let probation = reply.probation_ms().expect("it served on probation");
     assert!(probation >= 1_500.0, "{reply:?}");
     assert!(started.elapsed() >= Duration::from_millis(1_500));
     assert!(reply.phases_ms.iter().any(|(p, _)| p == "probation"));

@@ -4,7 +4,7 @@
 //!
 //! | request | reply |
 //! |---|---|
-//! | `handoff` or `handoff BINARY` | `ok: handoff_id=<uuid> committed=<true\|false> rolled_back=<true\|false> probation_ms=<float\|none> phases_ms=<name:float,…\|none> abort_reason=<text\|none> duration_ms=<float>` |
+//! | `handoff` or `handoff BINARY` | `ok: handoff_id=<uuid> committed=<true\|false> rolled_back=<true\|false> phases_ms=<name:float,…\|none> abort_reason=<text\|none> duration_ms=<float>` |
 //! | `status` | `ok: incumbent_pid=<pid\|none> handoffs=<n> in_flight=<true\|false> answering=<true\|false\|unknown> probation=<pid\|none>` |
 //! | anything refused | `error: <text>` |
 //!
@@ -13,9 +13,8 @@
 //! Between `committed` and `abort_reason` come `key=value` fields without
 //! spaces; a parser skips those it does not know, so fields can be added.
 //! `rolled_back` says the new binary served (it sent `Ready`) and was then
-//! rolled back; `probation_ms` is how long it served on probation
-//! (`none`: it was not put on probation); `phases_ms` times each phase the
-//! handoff reached, in order. `probation` in a status names the new
+//! rolled back; `phases_ms` times each phase the handoff reached, in
+//! order, `probation` among them if the new binary served on probation. `probation` in a status names the new
 //! binary's pid while a handoff holds it on probation.
 //! `answering` says whether the daemon answered its control socket just
 //! now (`unknown` while a handoff or a restart runs, or none serves). A
@@ -246,9 +245,6 @@ pub struct HandoffReply {
     pub abort_reason: Option<String>,
     /// Whether the new binary served and was rolled back.
     pub rolled_back: bool,
-    /// How long it served on probation, in milliseconds, if it was put on
-    /// probation.
-    pub probation_ms: Option<f64>,
     /// Each phase the handoff reached and its time in milliseconds, in
     /// order (`connect`, `incumbent_hello`, `spawn`, `successor_hello`,
     /// `drain`, `seal`, `begin_to_ready`, `probation`, `commit`).
@@ -258,15 +254,20 @@ pub struct HandoffReply {
 }
 
 impl HandoffReply {
+    /// How long the new binary served on probation, in milliseconds, if it
+    /// was put on probation (its phase among `phases_ms`).
+    pub fn probation_ms(&self) -> Option<f64> {
+        self.phases_ms
+            .iter()
+            .find_map(|(name, ms)| (name == "probation").then_some(*ms))
+    }
+
     /// The reply line, without its newline.
     pub fn to_line(&self) -> String {
         let reason = match &self.abort_reason {
             Some(r) => crate::text::one_line(r).into_owned(),
             None => "none".to_owned(),
         };
-        let probation = self
-            .probation_ms
-            .map_or_else(|| "none".to_owned(), |ms| format!("{ms:.3}"));
         let phases = if self.phases_ms.is_empty() {
             "none".to_owned()
         } else {
@@ -278,8 +279,8 @@ impl HandoffReply {
             parts.join(",")
         };
         format!(
-            "ok: handoff_id={} committed={} rolled_back={} probation_ms={probation} \
-             phases_ms={phases} abort_reason={reason} duration_ms={:.3}",
+            "ok: handoff_id={} committed={} rolled_back={} phases_ms={phases} \
+              abort_reason={reason} duration_ms={:.3}",
             self.handoff_id, self.committed, self.rolled_back, self.duration_ms
         )
     }
@@ -299,10 +300,6 @@ impl HandoffReply {
             (
                 "abort_reason",
                 self.abort_reason.as_deref().map_or(Value::Null, Value::Str),
-            ),
-            (
-                "probation_ms",
-                self.probation_ms.map_or(Value::Null, Value::Num),
             ),
             ("phases_ms", Value::Raw(&phases)),
             ("duration_ms", Value::Num(self.duration_ms)),
@@ -429,7 +426,7 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
     let rest = rest.strip_prefix("committed=").ok_or("no committed")?;
     let (committed, mut rest) = rest.split_once(' ').ok_or("nothing after committed")?;
     let committed = parse_bool(committed).ok_or("committed is neither true nor false")?;
-    let (mut rolled_back, mut probation_ms, mut phases_ms) = (false, None, Vec::new());
+    let (mut rolled_back, mut phases_ms) = (false, Vec::new());
     // Fields without spaces up to the free-text reason; unknown ones are a
     // later version's, skipped.
     let rest = loop {
@@ -441,10 +438,6 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
         match key {
             "rolled_back" => {
                 rolled_back = parse_bool(value).ok_or("rolled_back is neither true nor false")?
-            }
-            "probation_ms" if value == "none" => {}
-            "probation_ms" => {
-                probation_ms = Some(value.parse().map_err(|_| "probation_ms is not a number")?)
             }
             "phases_ms" if value == "none" => {}
             "phases_ms" => {
@@ -473,7 +466,6 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
         committed,
         abort_reason: (reason != "none").then(|| reason.to_owned()),
         rolled_back,
-        probation_ms,
         phases_ms,
         duration_ms,
     })
@@ -531,11 +523,11 @@ mod tests {
                 committed: reason.is_none(),
                 abort_reason: reason.map(str::to_owned),
                 rolled_back: reason.is_some(),
-                probation_ms: Some(5000.25),
                 phases_ms: vec![("connect".into(), 0.125), ("probation".into(), 5000.25)],
                 duration_ms: 12.5,
             };
             let line = reply.to_line();
+            assert_eq!(reply.probation_ms(), Some(5000.25));
             assert_eq!(Reply::parse(&line).unwrap(), Reply::Handoff(reply.clone()));
             assert_eq!(
                 Reply::parse(&format!("{line}\n")).unwrap(),
@@ -552,20 +544,19 @@ mod tests {
                 committed: false,
                 abort_reason: Some("a duration_ms=b".into()),
                 rolled_back: false,
-                probation_ms: None,
                 phases_ms: Vec::new(),
                 duration_ms: 1.0,
             })
         );
         // Fields a later version adds are skipped.
         let Reply::Handoff(h) = Reply::parse(
-            "ok: handoff_id=x committed=true future=1 probation_ms=none abort_reason=none \
+            "ok: handoff_id=x committed=true future=1 phases_ms=none abort_reason=none \
              duration_ms=2",
         )
         .unwrap() else {
             panic!("not a handoff reply")
         };
-        assert!(h.committed && h.probation_ms.is_none());
+        assert!(h.committed && h.probation_ms().is_none());
     }
 
     #[test]
@@ -642,13 +633,12 @@ mod tests {
             committed: false,
             abort_reason: Some("seal failed: \"disk\" full".into()),
             rolled_back: false,
-            probation_ms: None,
             phases_ms: vec![("connect".into(), 0.5), ("seal".into(), 1.0)],
             duration_ms: 3.25,
         };
         assert_eq!(
             reply.to_json(),
-            r#"{"handoff_id":"id","committed":false,"rolled_back":false,"abort_reason":"seal failed: \"disk\" full","probation_ms":null,"phases_ms":{"connect":0.5,"seal":1},"duration_ms":3.25}"#
+            r#"{"handoff_id":"id","committed":false,"rolled_back":false,"abort_reason":"seal failed: \"disk\" full","phases_ms":{"connect":0.5,"seal":1},"duration_ms":3.25}"#
         );
     }
 

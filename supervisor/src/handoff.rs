@@ -66,7 +66,6 @@ impl HandoffReport {
             committed: self.committed,
             abort_reason: self.abort_reason.clone(),
             rolled_back: self.rolled_back,
-            probation_ms: self.timings.probation.map(ms),
             phases_ms: phases(&self.timings)
                 .into_iter()
                 .map(|(name, d)| (name.to_owned(), ms(d)))
