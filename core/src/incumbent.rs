@@ -52,7 +52,10 @@ pub struct IncumbentConfig {
     /// [`Capabilities::PROBATION`] asks nothing more of the adapter: a
     /// rollback during probation is a `Resume` after the lock is retaken,
     /// as after any abort past the seal, except that the resume hook must
-    /// reopen the state from disk (the successor wrote to it).
+    /// reopen the state from disk (the successor wrote to it). Offer
+    /// [`Capabilities::PASS_CONNECTIONS`] only if the adapter carries out
+    /// [`IncumbentOutput::PassChannel`] and reports the count with
+    /// [`IncumbentSession::handle_connections_passed`].
     pub capabilities: Capabilities,
 }
 
@@ -240,6 +243,20 @@ pub enum IncumbentOutput<'a> {
         /// The version to write the answer's frame with.
         version: ProtoVersion,
     },
+    /// The supervisor sent `PassChannel` (we offered
+    /// [`Capabilities::PASS_CONNECTIONS`]): take the descriptor passed
+    /// beside that frame. During the drain the daemon passes connections
+    /// on it, each with its state, then `PassDone` (docs/PROTOCOL.md
+    /// section 11); report the count with
+    /// [`IncumbentSession::handle_connections_passed`] before the drain's
+    /// end. Keep every passed connection's own descriptor until the
+    /// session ends: `Committed` closes it, any other end serves it again.
+    PassChannel {
+        /// The handoff the connections belong to.
+        handoff_id: HandoffId,
+        /// The version the channel's frames are written with.
+        version: ProtoVersion,
+    },
     /// Close the control connection now; the session goes on without it.
     Close,
     /// The session is over; close the connection if still open. Emitted once.
@@ -254,6 +271,7 @@ enum Action {
     AcquireLock,
     Resume,
     SendListeners(HandoffId, ProtoVersion),
+    PassChannel(HandoffId, ProtoVersion),
     Close,
     Finished(IncumbentEnd),
 }
@@ -294,6 +312,8 @@ struct Core<B: Buffer> {
     cause: EndCause,
     recovery: Recovery,
     lock_give_up_at: Instant,
+    /// `PassChannel` came (once per session).
+    channel: bool,
 }
 
 /// The incumbent's state machine for one control session. See the crate
@@ -326,6 +346,7 @@ impl<B: Buffer> IncumbentSession<B> {
                 cause: EndCause::SupervisorClosed,
                 recovery: Recovery::Resume,
                 lock_give_up_at: now,
+                channel: false,
             },
         }
     }
@@ -388,6 +409,21 @@ impl<B: Buffer> IncumbentSession<B> {
         });
         c.step = IncumbentStep::Drained;
         c.last_rx = now;
+    }
+
+    /// `count` connections went to the successor over the pass channel,
+    /// `PassDone` last. Call it when the drain hook finished, before
+    /// [`IncumbentSession::handle_drained`]: the supervisor hears the count
+    /// just before `Drained`. Ignored without a `PassChannel`, or once the
+    /// handoff is being undone.
+    pub fn handle_connections_passed(&mut self, _now: Instant, count: u32) {
+        let c = &mut self.core;
+        if c.step != IncumbentStep::Draining || !c.channel || c.pending.is_some() {
+            return;
+        }
+        if let Some(handoff_id) = c.id {
+            c.send(&Message::ConnectionsPassed { handoff_id, count });
+        }
     }
 
     /// The drain hook failed. The daemon is resumed.
@@ -556,6 +592,10 @@ impl<B: Buffer> IncumbentSession<B> {
                     handoff_id,
                     version,
                 },
+                Action::PassChannel(handoff_id, version) => IncumbentOutput::PassChannel {
+                    handoff_id,
+                    version,
+                },
                 Action::Close => IncumbentOutput::Close,
                 Action::Finished(end) => IncumbentOutput::Finished(end),
             },
@@ -690,6 +730,17 @@ impl<B: Buffer> Core<B> {
             {
                 let version = self.version.unwrap_or(PROTO_MAX);
                 self.out.act(Action::SendListeners(handoff_id, version));
+            }
+            (IncumbentStep::Idle, Message::PassChannel { handoff_id })
+                if self
+                    .cfg
+                    .capabilities
+                    .contains(Capabilities::PASS_CONNECTIONS)
+                    && !self.channel =>
+            {
+                self.channel = true;
+                let version = self.version.unwrap_or(PROTO_MAX);
+                self.out.act(Action::PassChannel(handoff_id, version));
             }
             (IncumbentStep::Drained, Message::SealRequest { .. }) => {
                 self.step = IncumbentStep::Sealing;

@@ -285,7 +285,8 @@ pub use supervisor::{
 };
 pub use time::Instant;
 pub use wire::{
-    Capabilities, HandoffId, LEN_PREFIX, MAX_BUILD_ID_LEN, MAX_FRAME_LEN, MIN_FRAME_LEN,
+    Capabilities, HandoffId, LEN_PREFIX, MAX_BUILD_ID_LEN, MAX_CONNECTION_STATE, MAX_FRAME_LEN,
+    MIN_FRAME_LEN,
     MessageKind, PROTO_MAX, PROTO_MIN, ProtoVersion, Side, VERSION_FIELD, VersionMismatch,
     negotiate_version,
 };

@@ -1,4 +1,4 @@
-//! The fourteen messages of protocol v1, the project's two extensions, and
+//! The fourteen messages of protocol v1, the project's extensions, and
 //! their payload encoding.
 //!
 //! A decoded [`Message`] borrows from the frame it came from: byte fields and
@@ -152,6 +152,50 @@ pub enum Message<'a> {
         handoff_id: HandoffId,
         /// The window, in milliseconds from receipt.
         window_ms: u64,
+    },
+    /// 17 (extension), supervisor → incumbent and successor that both
+    /// offered [`Capabilities::PASS_CONNECTIONS`]: one end of a socketpair,
+    /// passed beside the frame's first byte; the two ends join the two
+    /// processes for this handoff's connections (docs/PROTOCOL.md section
+    /// 11). Sent before `PrepareHandoff`.
+    PassChannel {
+        /// The id of this handoff.
+        handoff_id: HandoffId,
+    },
+    /// 18 (extension), incumbent → successor on the pass channel: one
+    /// client connection, passed beside the frame (descriptors of
+    /// consecutive frames may travel together, in order, at most
+    /// 253 per message, the kernel's limit), and what the successor needs
+    /// to serve it on (at least the bytes read and not yet answered).
+    PassedConnection {
+        /// The id of this handoff.
+        handoff_id: HandoffId,
+        /// At most [`crate::MAX_CONNECTION_STATE`] bytes, the daemon's own.
+        state: &'a [u8],
+    },
+    /// 19 (extension), incumbent → successor on the pass channel: the
+    /// last frame; `count` connections were passed in all.
+    PassDone {
+        /// The id of this handoff.
+        handoff_id: HandoffId,
+        /// How many `PassedConnection` frames came before.
+        count: u32,
+    },
+    /// 20 (extension), successor → incumbent on the pass channel: from
+    /// now on this process reads and answers the passed connections
+    /// (written just before `Ready`). An incumbent rolled back after it
+    /// serves them again without the state it passed.
+    ConnectionsTaken {
+        /// The id of this handoff.
+        handoff_id: HandoffId,
+    },
+    /// 21 (extension), incumbent → supervisor, just before `Drained`: how
+    /// many connections went to the successor.
+    ConnectionsPassed {
+        /// The id of this handoff.
+        handoff_id: HandoffId,
+        /// How many.
+        count: u32,
     },
 }
 
@@ -418,6 +462,11 @@ impl<'a> Message<'a> {
             Message::ListenersRequest { .. } => MessageKind::ListenersRequest,
             Message::Listeners { .. } => MessageKind::Listeners,
             Message::Probation { .. } => MessageKind::Probation,
+            Message::PassChannel { .. } => MessageKind::PassChannel,
+            Message::PassedConnection { .. } => MessageKind::PassedConnection,
+            Message::PassDone { .. } => MessageKind::PassDone,
+            Message::ConnectionsTaken { .. } => MessageKind::ConnectionsTaken,
+            Message::ConnectionsPassed { .. } => MessageKind::ConnectionsPassed,
         }
     }
 
@@ -436,7 +485,12 @@ impl<'a> Message<'a> {
             | Message::ResumeAfterAbort { handoff_id }
             | Message::ListenersRequest { handoff_id }
             | Message::Listeners { handoff_id, .. }
-            | Message::Probation { handoff_id, .. } => Some(handoff_id),
+            | Message::Probation { handoff_id, .. }
+            | Message::PassChannel { handoff_id }
+            | Message::PassedConnection { handoff_id, .. }
+            | Message::PassDone { handoff_id, .. }
+            | Message::ConnectionsTaken { handoff_id }
+            | Message::ConnectionsPassed { handoff_id, .. } => Some(handoff_id),
             Message::Hello { .. }
             | Message::Drained { .. }
             | Message::SealProgress { .. }
@@ -552,7 +606,18 @@ impl<'a> Message<'a> {
             | Message::Begin { handoff_id }
             | Message::Commit { handoff_id }
             | Message::ResumeAfterAbort { handoff_id }
-            | Message::ListenersRequest { handoff_id } => put_id(w, handoff_id),
+            | Message::ListenersRequest { handoff_id }
+            | Message::PassChannel { handoff_id }
+            | Message::ConnectionsTaken { handoff_id } => put_id(w, handoff_id),
+            Message::PassedConnection { handoff_id, state } => {
+                put_id(w, handoff_id);
+                w.len_prefixed(state);
+            }
+            Message::PassDone { handoff_id, count }
+            | Message::ConnectionsPassed { handoff_id, count } => {
+                put_id(w, handoff_id);
+                w.varint(u64::from(*count));
+            }
             Message::Heartbeat { ts_ms } => w.varint(*ts_ms),
             Message::Listeners { handoff_id, names } => {
                 put_id(w, handoff_id);
@@ -698,6 +763,33 @@ impl<'a> Message<'a> {
                     handoff_id: HandoffId::from_bytes(*id),
                 }
             }
+            MessageKind::PassChannel => Message::PassChannel {
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
+            },
+            MessageKind::PassedConnection => {
+                let id = take_id(r)?;
+                Message::PassedConnection {
+                    state: r.field("state").len_prefixed()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
+            MessageKind::PassDone => {
+                let id = take_id(r)?;
+                Message::PassDone {
+                    count: r.field("count").u32()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
+            MessageKind::ConnectionsTaken => Message::ConnectionsTaken {
+                handoff_id: HandoffId::from_bytes(*take_id(r)?),
+            },
+            MessageKind::ConnectionsPassed => {
+                let id = take_id(r)?;
+                Message::ConnectionsPassed {
+                    count: r.field("count").u32()?,
+                    handoff_id: HandoffId::from_bytes(*id),
+                }
+            }
         })
     }
 }
@@ -751,6 +843,29 @@ mod tests {
         });
         assert_eq!(MessageKind::from_index(16), Some(MessageKind::Probation));
         assert!(MessageKind::Probation.is_extension());
+        round_trip(Message::PassChannel { handoff_id: id });
+        round_trip(Message::PassedConnection {
+            handoff_id: id,
+            state: b"GET k\nSET half",
+        });
+        round_trip(Message::PassedConnection {
+            handoff_id: id,
+            state: b"",
+        });
+        round_trip(Message::PassDone {
+            handoff_id: id,
+            count: 10_000,
+        });
+        round_trip(Message::ConnectionsTaken { handoff_id: id });
+        round_trip(Message::ConnectionsPassed {
+            handoff_id: id,
+            count: u32::MAX,
+        });
+        assert_eq!(
+            MessageKind::from_index(21),
+            Some(MessageKind::ConnectionsPassed)
+        );
+        assert_eq!(MessageKind::from_index(22), None);
         round_trip(Message::Listeners {
             handoff_id: id,
             names: Strings::from_slice(&["kv", "admin"]),

@@ -49,7 +49,10 @@ pub struct SuccessorConfig {
     pub probation_heartbeat_interval: Duration,
     /// Features offered in `Hello`. Offer [`Capabilities::PROBATION`] only
     /// if the adapter keeps driving the session after `Ready` (it
-    /// heartbeats until the supervisor closes the socket).
+    /// heartbeats until the supervisor closes the socket), and
+    /// [`Capabilities::PASS_CONNECTIONS`] only if it carries out
+    /// [`SuccessorOutput::PassChannel`] and the daemon takes and serves
+    /// every connection passed to it.
     pub capabilities: Capabilities,
 }
 
@@ -176,6 +179,18 @@ pub enum SuccessorOutput<'a> {
     /// accepting, then call [`SuccessorSession::handle_ready`] (or
     /// [`SuccessorSession::handle_start_failed`]).
     Start,
+    /// The supervisor sent `PassChannel` (we offered
+    /// [`Capabilities::PASS_CONNECTIONS`]): take the descriptor passed
+    /// beside that frame, and receive the incumbent's connections on it
+    /// (docs/PROTOCOL.md section 11). All of them must have arrived, ended
+    /// by `PassDone`, before the daemon is told to `Start`; a pass that
+    /// broke is a failed start ([`SuccessorSession::handle_start_failed`]).
+    PassChannel {
+        /// The handoff the connections belong to.
+        handoff_id: HandoffId,
+        /// The version the channel's frames are written with.
+        version: ProtoVersion,
+    },
     /// Over; emitted once.
     Finished(SuccessorEnd),
 }
@@ -184,6 +199,7 @@ pub enum SuccessorOutput<'a> {
 enum Action {
     AcquireLock,
     Start,
+    PassChannel(HandoffId, ProtoVersion),
     Finished(SuccessorEnd),
 }
 
@@ -201,6 +217,8 @@ struct Core<B: Buffer> {
     lock_retry_at: Option<Instant>,
     lock_give_up_at: Instant,
     abort_reason: ShortText<256>,
+    /// `PassChannel` came (once per handoff).
+    channel: bool,
 }
 
 /// The successor's state machine. See the crate docs for the calling
@@ -231,6 +249,7 @@ impl<B: Buffer> SuccessorSession<B> {
                 lock_retry_at: None,
                 lock_give_up_at: now,
                 abort_reason: ShortText::new(),
+                channel: false,
             },
         }
     }
@@ -382,6 +401,10 @@ impl<B: Buffer> SuccessorSession<B> {
             Popped::Frame { start, len, .. } => SuccessorOutput::Transmit(c.out.frame(start, len)),
             Popped::Do(Action::AcquireLock) => SuccessorOutput::AcquireLock,
             Popped::Do(Action::Start) => SuccessorOutput::Start,
+            Popped::Do(Action::PassChannel(handoff_id, version)) => SuccessorOutput::PassChannel {
+                handoff_id,
+                version,
+            },
             Popped::Do(Action::Finished(end)) => SuccessorOutput::Finished(end),
         })
     }
@@ -463,6 +486,17 @@ impl<B: Buffer> Core<B> {
                 self.version = Some(proto_version_chosen);
                 self.id = Some(handoff_id);
                 self.step = SuccessorStep::AwaitingBegin;
+            }
+            (SuccessorStep::AwaitingBegin, Message::PassChannel { handoff_id })
+                if self
+                    .cfg
+                    .capabilities
+                    .contains(Capabilities::PASS_CONNECTIONS)
+                    && !self.channel =>
+            {
+                self.channel = true;
+                let version = self.version.unwrap_or(PROTO_MAX);
+                self.out.act(Action::PassChannel(handoff_id, version));
             }
             (SuccessorStep::AwaitingBegin, Message::Begin { .. }) => {
                 self.step = SuccessorStep::Locking;

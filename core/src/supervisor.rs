@@ -25,7 +25,8 @@ use crate::machine::{
 use crate::message::{Message, Revisions, Strings};
 use crate::time::{Instant, earliest};
 use crate::wire::{
-    Capabilities, HandoffId, PROTO_MAX, PROTO_MIN, ProtoVersion, Side, VersionMismatch,
+    Capabilities, HandoffId, LEN_PREFIX, MessageKind, PROTO_MAX, PROTO_MIN, ProtoVersion, Side,
+    VERSION_FIELD, VersionMismatch,
     negotiate_version,
 };
 
@@ -72,6 +73,11 @@ pub struct SupervisorConfig {
     /// Silence from a successor on probation that offered
     /// [`Capabilities::PROBATION`] (it heartbeats) that rolls it back.
     pub probation_liveness: Duration,
+    /// Whether open connections are passed from the incumbent to the
+    /// successor when both offer [`Capabilities::PASS_CONNECTIONS`]
+    /// (docs/PROTOCOL.md section 11). On by default; off, both get
+    /// today's drain.
+    pub pass_connections: bool,
     /// Features this supervisor offers. Nothing reads it: `HelloAck` has
     /// no field for it, so only the peers' offers decide.
     pub capabilities: Capabilities,
@@ -92,6 +98,7 @@ impl Default for SupervisorConfig {
             // binary turns probation on by default (its README says why).
             probation: Duration::ZERO,
             probation_liveness: defaults::PROBATION_LIVENESS,
+            pass_connections: true,
             capabilities: Capabilities::NONE,
         }
     }
@@ -454,6 +461,10 @@ pub struct HandoffOutcomeRef<'a> {
     /// What the health probe said when it failed
     /// ([`AbortReason::HealthProbeFailed`]).
     pub probe_failure: Option<&'a str>,
+    /// How many connections the incumbent passed to the successor, as it
+    /// reported before `Drained` (`None`: no pass channel was set up, or
+    /// the incumbent never said).
+    pub connections_passed: Option<u32>,
     /// How long each step took.
     pub timings: PhaseTimings,
 }
@@ -487,6 +498,18 @@ pub enum SupervisorOutput<'a> {
     /// Write this whole frame to the peer; a failed write is reported with
     /// [`SupervisorHandoff::handle_closed`].
     Transmit {
+        /// The peer.
+        to: Side,
+        /// One complete frame.
+        frame: &'a [u8],
+    },
+    /// Write this whole `PassChannel` frame to the peer with one end of a
+    /// socketpair passed beside its first byte (`SCM_RIGHTS`): the first
+    /// such output makes the pair and sends one end, the second (to the
+    /// other peer) sends the other; this process keeps neither
+    /// (docs/PROTOCOL.md section 11). A failed write is reported as for
+    /// `Transmit`.
+    TransmitWithChannelEnd {
         /// The peer.
         to: Side,
         /// One complete frame.
@@ -625,6 +648,7 @@ struct Reports {
     seal: Option<(Span, [u8; 32])>,
     seal_failure: Option<(Span, Span)>,
     ready: Option<(Span, bool, Span)>,
+    connections_passed: Option<u32>,
 }
 
 /// Everything but the two decoders, so a decoded frame (which borrows a
@@ -653,6 +677,8 @@ struct Core<B: Buffer> {
     journal_failed: bool,
     marks: Marks,
     reports: Reports,
+    /// `PassChannel` went to both peers.
+    pass_channel: bool,
     /// A successor on probation closed its socket: when to stop waiting
     /// for its exit and roll back for the close.
     closed_on_probation_until: Option<Instant>,
@@ -730,6 +756,7 @@ impl<B: Buffer> SupervisorHandoff<B> {
                 journal_failed: false,
                 marks: Marks::default(),
                 reports: Reports::default(),
+                pass_channel: false,
                 closed_on_probation_until: None,
                 probe_failure: None,
             },
@@ -931,10 +958,17 @@ impl<B: Buffer> SupervisorHandoff<B> {
         let popped = self.core.out.pop()?;
         let c = &self.core;
         Some(match popped {
-            Popped::Frame { to, start, len } => SupervisorOutput::Transmit {
-                to,
-                frame: c.out.frame(start, len),
-            },
+            Popped::Frame { to, start, len } => {
+                let frame = c.out.frame(start, len);
+                // The variant index is the payload's first varint; 17 fits
+                // in its first byte.
+                let kind = frame.get(LEN_PREFIX + VERSION_FIELD).copied();
+                if kind == Some(MessageKind::PassChannel.index() as u8) {
+                    SupervisorOutput::TransmitWithChannelEnd { to, frame }
+                } else {
+                    SupervisorOutput::Transmit { to, frame }
+                }
+            }
             Popped::Do(action) => match action {
                 Action::Connect => SupervisorOutput::ConnectIncumbent,
                 Action::Spawn => SupervisorOutput::SpawnSuccessor,
@@ -1099,6 +1133,11 @@ impl<B: Buffer> Core<B> {
                 self.step = SupervisorStep::SpawningSuccessor;
                 self.n.spawn_pending = true;
                 self.out.act(Action::Spawn);
+            }
+            (SupervisorStep::Draining, Message::ConnectionsPassed { count, .. })
+                if self.pass_channel && self.reports.connections_passed.is_none() =>
+            {
+                self.reports.connections_passed = Some(count);
             }
             (
                 SupervisorStep::Draining,
@@ -1291,6 +1330,14 @@ impl<B: Buffer> Core<B> {
                     },
                 );
                 self.journal(JournalPhase::Negotiating);
+                let both = self.o.capabilities.intersection(capabilities);
+                if self.cfg.pass_connections && both.contains(Capabilities::PASS_CONNECTIONS) {
+                    // The successor first: it starts receiving before the
+                    // incumbent can start passing.
+                    self.pass_channel = true;
+                    self.send(Side::Successor, &Message::PassChannel { handoff_id: self.id });
+                    self.send(Side::Incumbent, &Message::PassChannel { handoff_id: self.id });
+                }
                 let left = self.deadline_at.saturating_duration_since(now);
                 self.send(
                     Side::Incumbent,
@@ -1886,6 +1933,7 @@ impl<B: Buffer> Core<B> {
             connect_attempts: self.connect_attempts,
             probation_window: m.probation_end.map(|_| self.cfg.probation),
             probe_failure: self.probe_failure.map(|s| self.stash.str(s)),
+            connections_passed: r.connections_passed,
             timings,
         }
     }

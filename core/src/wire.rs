@@ -26,6 +26,12 @@ pub const MIN_FRAME_LEN: u32 = 2;
 /// the crate docs).
 pub const MAX_BUILD_ID_LEN: usize = 1024;
 
+/// The most bytes of state passed with one connection
+/// (docs/PROTOCOL.md section 11): the bytes read and not yet answered, and
+/// whatever else the daemon needs to go on serving it. A sender refuses a
+/// larger state, and a receiver takes one for a broken pass.
+pub const MAX_CONNECTION_STATE: usize = 64 * 1024;
+
 /// Bytes of the `frame_len` prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bytes of the `proto_version` field.
@@ -116,7 +122,7 @@ impl fmt::Debug for HandoffId {
 ///
 /// A feature is used only when both sides offer it; a reference peer offers
 /// nothing, so nothing beyond plain v1 is ever assumed of it. Of the three
-/// bits defined, only [`Capabilities::RECLAIM_LISTENERS`] is implemented.
+/// bits defined, all three are implemented.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Capabilities {
     bits: u64,
@@ -135,7 +141,13 @@ impl Capabilities {
     /// `Probation`; a successor that offers it heartbeats after `Ready`
     /// until the supervisor closes its socket, so a frozen one is seen.
     pub const PROBATION: Capabilities = Capabilities { bits: 1 << 1 };
-    /// Planned: accepted connections are passed to the successor.
+    /// During the drain the incumbent passes open client connections to
+    /// the successor, each with a bounded state (docs/PROTOCOL.md section
+    /// 11), over a socketpair the supervisor gives both with `PassChannel`.
+    /// Used only when both offer it. An incumbent that offers it accepts
+    /// `PassChannel` before `PrepareHandoff`; a successor that offers it
+    /// accepts `PassChannel` before `Begin` and takes every connection
+    /// passed to it.
     pub const PASS_CONNECTIONS: Capabilities = Capabilities { bits: 1 << 2 };
 
     /// The capability set with exactly these bits.
@@ -250,6 +262,22 @@ pub enum MessageKind {
     /// successor serves on probation; sent only to an incumbent that
     /// offered [`Capabilities::PROBATION`].
     Probation,
+    /// An extension of this project (docs/PROTOCOL.md section 11): one end
+    /// of the socketpair connections are passed over, beside the frame;
+    /// sent only to peers that offered [`Capabilities::PASS_CONNECTIONS`].
+    PassChannel,
+    /// An extension (section 11), on the pass channel only: one client
+    /// connection, passed beside the frame, and its state.
+    PassedConnection,
+    /// An extension (section 11), on the pass channel only: no more
+    /// connections follow; how many were passed.
+    PassDone,
+    /// An extension (section 11), on the pass channel only: the successor
+    /// serves the passed connections from now on.
+    ConnectionsTaken,
+    /// An extension (section 11): the incumbent tells the supervisor how
+    /// many connections it passed, before `Drained`.
+    ConnectionsPassed,
 }
 
 impl MessageKind {
@@ -274,10 +302,15 @@ impl MessageKind {
     /// The extensions, which follow the fourteen in wire order. Each is
     /// sent only to a peer whose `Hello` offered the capability it belongs
     /// to, so a reference peer, which offers none, never sees one.
-    pub const EXTENSIONS: [MessageKind; 3] = [
+    pub const EXTENSIONS: [MessageKind; 8] = [
         MessageKind::ListenersRequest,
         MessageKind::Listeners,
         MessageKind::Probation,
+        MessageKind::PassChannel,
+        MessageKind::PassedConnection,
+        MessageKind::PassDone,
+        MessageKind::ConnectionsTaken,
+        MessageKind::ConnectionsPassed,
     ];
 
     /// The variant index on the wire.
@@ -323,6 +356,11 @@ impl MessageKind {
             MessageKind::ListenersRequest => "ListenersRequest",
             MessageKind::Listeners => "Listeners",
             MessageKind::Probation => "Probation",
+            MessageKind::PassChannel => "PassChannel",
+            MessageKind::PassedConnection => "PassedConnection",
+            MessageKind::PassDone => "PassDone",
+            MessageKind::ConnectionsTaken => "ConnectionsTaken",
+            MessageKind::ConnectionsPassed => "ConnectionsPassed",
         }
     }
 }
