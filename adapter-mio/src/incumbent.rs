@@ -13,7 +13,8 @@ use std::path::Path;
 
 use handoff_core::{DrainReport, IncumbentConfig, IncumbentEnd};
 use handoff_driver::{
-    Endpoint, Hook, HookDone, IncumbentDriver, IncumbentIo, Io, SealReport, SessionReport, Source,
+    Endpoint, Handover, Hook, HookDone, IncumbentDriver, IncumbentIo, Io, SealReport,
+    SessionReport, Source,
 };
 use handoff_os::lock::DataDirLock;
 use mio::event::Event;
@@ -27,10 +28,16 @@ use crate::conn::{MioIo, Registered, readiness};
 pub enum IncumbentEvent {
     /// Stop accepting, finish in-flight requests, make acknowledged work
     /// durable; then call [`MioIncumbent::drained`] (or `drain_failed`).
-    /// Keep the listeners open: they are shared.
+    /// Keep the listeners open: they are shared. Before `drained`, open
+    /// connections may be passed to the successor through `handover`
+    /// (docs/PROTOCOL.md section 11): keep each passed one open but
+    /// untouched, close it (never shut it down) after
+    /// [`IncumbentEnd::Committed`], serve it again after `Resume`.
     Drain {
         /// When the drain grace ends.
         deadline: std::time::Instant,
+        /// How to pass connections in this handoff.
+        handover: Handover,
     },
     /// Flush and close the writer state; then call [`MioIncumbent::sealed`]
     /// (or `seal_failed`). The lock is released after a successful seal.
@@ -116,7 +123,7 @@ impl Io for Glue<'_> {
 impl IncumbentIo for Glue<'_> {
     fn run_hook(&mut self, hook: Hook) {
         self.events.push_back(match hook {
-            Hook::Drain { deadline } => IncumbentEvent::Drain { deadline },
+            Hook::Drain { deadline, handover } => IncumbentEvent::Drain { deadline, handover },
             Hook::Seal => IncumbentEvent::Seal,
             Hook::Resume => IncumbentEvent::Resume,
         });

@@ -82,5 +82,5 @@ mod successor;
 mod supervisor;
 
 pub use incumbent::{IncumbentEvent, MioIncumbent};
-pub use successor::{MioSuccessor, SuccessorEvent};
+pub use successor::{MioSuccessor, PassedTcp, SuccessorEvent};
 pub use supervisor::{MioSupervisor, Remote, ServiceId, SupervisorEvent};

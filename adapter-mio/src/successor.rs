@@ -13,7 +13,9 @@ use std::io;
 use std::path::Path;
 
 use handoff_core::{SuccessorConfig, SuccessorFailure};
-use handoff_driver::{Launch, ReadyReport, Source, SuccessorDriver, SuccessorReport};
+use handoff_driver::{
+    Launch, PassedConnection, ReadyReport, Source, SuccessorDriver, SuccessorReport,
+};
 use handoff_os::listeners::InheritedListeners;
 use mio::event::Event;
 use mio::{Registry, Token};
@@ -147,6 +149,15 @@ impl MioSuccessor {
         &mut self.listeners
     }
 
+    /// The connections the incumbent passed (docs/PROTOCOL.md section 11),
+    /// once [`SuccessorEvent::Begun`] came; each only once. Register and
+    /// serve them only after [`MioSuccessor::ready`] sent `Ready`; if the
+    /// handoff fails, drop them (never shut them down). Make each a mio
+    /// `TcpStream` with [`PassedTcp::into_mio_tcp`].
+    pub fn take_connections(&mut self) -> Vec<PassedConnection> {
+        self.driver.take_connections()
+    }
+
     /// The next thing for the daemon to do or know.
     pub fn poll_event(&mut self) -> Option<SuccessorEvent> {
         self.events.pop_front()
@@ -222,5 +233,22 @@ impl MioSuccessor {
     pub fn into_incumbent(mut self, registry: &Registry) -> io::Result<MioIncumbent> {
         let endpoint = self.drive(registry, |driver, io| driver.into_endpoint(io))?;
         MioIncumbent::new(endpoint)
+    }
+}
+
+/// A passed connection as mio's socket type.
+pub trait PassedTcp {
+    /// The connection as a non-blocking mio `TcpStream`, and the state the
+    /// incumbent passed with it; an error if it is not a connected TCP
+    /// socket (the descriptor is closed then, which the client does not
+    /// see while the incumbent holds its own).
+    fn into_mio_tcp(self) -> io::Result<(mio::net::TcpStream, Vec<u8>)>;
+}
+
+impl PassedTcp for PassedConnection {
+    fn into_mio_tcp(self) -> io::Result<(mio::net::TcpStream, Vec<u8>)> {
+        let (stream, state) = self.into_tcp()?;
+        stream.set_nonblocking(true)?;
+        Ok((mio::net::TcpStream::from_std(stream), state))
     }
 }

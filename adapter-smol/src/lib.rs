@@ -20,14 +20,14 @@
 //! ```no_run
 //! use handoff_smol::os::listeners::Mode;
 //! use handoff_smol::{
-//!     AsyncDrainable, DataDirLock, DrainReport, Endpoint, HookError, ReadyReport, Role,
+//!     AsyncDrainable, DataDirLock, DrainReport, Endpoint, Handover, HookError, ReadyReport, Role,
 //!     SealReport, detect_role, handshake, serve,
 //! };
 //! use std::path::Path;
 //!
 //! struct Db;
 //! impl AsyncDrainable for Db {
-//!     async fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+//!     async fn drain(&self, _deadline: std::time::Instant, _handover: Handover) -> Result<DrainReport, HookError> {
 //!         Ok(DrainReport::default())
 //!     }
 //!     async fn seal(&self) -> Result<SealReport, HookError> {
@@ -74,3 +74,21 @@ mod reactor;
 handoff_driver::async_adapter!(SmolReactor);
 
 pub use reactor::SmolReactor;
+
+/// A connection the incumbent passed (docs/PROTOCOL.md section 11), as
+/// async-io's socket type.
+pub trait PassedAsyncTcp {
+    /// The connection as an `Async<TcpStream>` (non-blocking, registered
+    /// with async-io's reactor), and the state the incumbent passed with
+    /// it; an error if it is not a connected TCP socket (the descriptor is
+    /// then closed, which its client does not see while the incumbent
+    /// holds its own).
+    fn into_async_tcp(self) -> std::io::Result<(async_io::Async<std::net::TcpStream>, Vec<u8>)>;
+}
+
+impl PassedAsyncTcp for handoff_driver::PassedConnection {
+    fn into_async_tcp(self) -> std::io::Result<(async_io::Async<std::net::TcpStream>, Vec<u8>)> {
+        let (stream, state) = self.into_tcp()?;
+        Ok((async_io::Async::new(stream)?, state))
+    }
+}

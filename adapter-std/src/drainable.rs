@@ -4,6 +4,7 @@ use std::sync::mpsc;
 
 use handoff_core::DrainReport;
 
+use handoff_driver::Handover;
 pub use handoff_driver::{HookError, SealReport, StateSnapshot};
 
 /// The incumbent's hooks. They run on a thread of the library's own while
@@ -15,7 +16,19 @@ pub trait Drainable: Sync {
     /// make what was acknowledged durable (fsync), by `deadline` if possible.
     /// Keep the listeners open: they are shared with the supervisor and the
     /// successor.
-    fn drain(&self, deadline: std::time::Instant) -> Result<DrainReport, HookError>;
+    ///
+    /// Open connections may be passed to the successor meanwhile, each
+    /// with the bytes read from it and not yet answered, through
+    /// `handover` (from any thread; docs/PROTOCOL.md section 11). A passed
+    /// connection is not read or written again, but stays open: closed
+    /// (never shut down) when `serve` returns `Committed`, served again
+    /// after [`Drainable::resume_after_abort`]. When the handoff passes
+    /// nothing, [`Handover::pass`] says so, and the drain is as before.
+    fn drain(
+        &self,
+        deadline: std::time::Instant,
+        handover: Handover,
+    ) -> Result<DrainReport, HookError>;
 
     /// Flush and close the writer state so that another process can open
     /// it. On success the library releases the data-dir lock and tells the
@@ -24,7 +37,9 @@ pub trait Drainable: Sync {
     fn seal(&self, progress: &SealProgress) -> Result<SealReport, HookError>;
 
     /// Undo drain (and seal): reopen the writer state and accept again. Runs
-    /// with the lock held.
+    /// with the lock held. Serve the connections passed in the drain again:
+    /// from the state that was passed, or, if
+    /// [`Handover::taken_by_successor`], from what they deliver next.
     fn resume_after_abort(&self) -> Result<(), HookError>;
 
     /// The state as it is now.

@@ -214,7 +214,9 @@ fn run_job<D: Drainable>(
     wake: &HookWaker,
 ) -> HookDone {
     match hook {
-        Hook::Drain { deadline } => HookDone::Drained(run_hook(|| daemon.drain(deadline))),
+        Hook::Drain { deadline, handover } => {
+            HookDone::Drained(run_hook(|| daemon.drain(deadline, handover)))
+        }
         Hook::Seal => {
             let progress = SealProgress::new(
                 progress.clone(),

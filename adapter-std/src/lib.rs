@@ -19,7 +19,7 @@
 //! # use handoff_std::{Drainable, HookError, SealReport, SealProgress, DrainReport};
 //! # struct Db;
 //! # impl Drainable for Db {
-//! #     fn drain(&self, _: std::time::Instant) -> Result<DrainReport, HookError> { Ok(DrainReport::default()) }
+//! #     fn drain(&self, _: std::time::Instant, _: handoff_std::Handover) -> Result<DrainReport, HookError> { Ok(DrainReport::default()) }
 //! #     fn seal(&self, _: &SealProgress) -> Result<SealReport, HookError> { Ok(SealReport::default()) }
 //! #     fn resume_after_abort(&self) -> Result<(), HookError> { Ok(()) }
 //! # }
@@ -68,14 +68,14 @@ mod supervisor;
 
 pub use drainable::{Drainable, HookError, SealProgress, SealReport, StateSnapshot};
 pub use handoff_core::{
-    AbortReason, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentEnd, IncumbentFate,
-    JournalPhase, JournalRecord, PhaseTimings, Signal, SuccessorConfig, SuccessorFailure,
-    SuccessorFate, SupervisorConfig, SupervisorStep,
+    AbortReason, Capabilities, DrainReport, EndCause, HandoffId, IncumbentConfig, IncumbentEnd,
+    IncumbentFate, JournalPhase, JournalRecord, PhaseTimings, Signal, SuccessorConfig,
+    SuccessorFailure, SuccessorFate, SupervisorConfig, SupervisorStep,
 };
 pub use handoff_driver::{
-    AdoptError, Adopted, Endpoint, HandoffOutcome, HandoffSlot, HealthProbe, Launch, ProbeCheck,
-    ServeEnd, ServeError, SharedHandoffSlot, SpawnSpec, Supervisor, SupervisorError, adopt,
-    adopt_settled, handoff_config, spawn_for_handoff,
+    AdoptError, Adopted, Endpoint, HandoffOutcome, HandoffSlot, Handover, HealthProbe, Launch,
+    PassError, PassedConnection, ProbeCheck, ServeEnd, ServeError, SharedHandoffSlot, SpawnSpec,
+    Supervisor, SupervisorError, adopt, adopt_settled, handoff_config, spawn_for_handoff,
 };
 pub use incumbent::Incumbent;
 pub use os::lock::DataDirLock;

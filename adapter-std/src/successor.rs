@@ -21,7 +21,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use handoff_core::{HandoffId, SuccessorConfig, SuccessorEnd};
-use handoff_driver::{Launch, SuccessorDriver, SuccessorReport};
+use handoff_driver::{Launch, PassedConnection, SuccessorDriver, SuccessorReport};
 use handoff_os::control::send_some;
 use handoff_os::env::EnvError;
 use handoff_os::listeners::InheritedListeners;
@@ -83,6 +83,16 @@ impl Successor {
     pub fn with_config(self, config: SuccessorConfig) -> Self {
         Successor {
             launch: self.launch.with_config(config),
+        }
+    }
+
+    /// Offers to take the incumbent's open connections (see
+    /// [`Launch::accepting_connections`]): after `Begin`,
+    /// [`BegunSuccessor::take_connections`] has them, and the daemon must
+    /// serve every one once [`BegunSuccessor::announce_and_bind`] returned.
+    pub fn accepting_connections(self) -> Self {
+        Successor {
+            launch: self.launch.accepting_connections(),
         }
     }
 
@@ -149,8 +159,8 @@ impl HandshookSuccessor {
         let handoff_id = self.handoff_id();
         let mut pump = self.pump;
         pump.hand_over(self.driven, data_dir.to_path_buf())?;
-        let lock = match self.started.recv() {
-            Ok(Ok(lock)) => lock,
+        let (lock, passed) = match self.started.recv() {
+            Ok(Ok(started)) => started,
             Ok(Err(error)) => return Err(error),
             Err(_) => return Err(pump_died()),
         };
@@ -159,6 +169,7 @@ impl HandshookSuccessor {
             lock,
             handoff_id,
             pump,
+            passed,
         })
     }
 }
@@ -171,9 +182,21 @@ pub struct BegunSuccessor {
     lock: DataDirLock,
     handoff_id: HandoffId,
     pump: Pump,
+    passed: Vec<PassedConnection>,
 }
 
 impl BegunSuccessor {
+    /// The connections the incumbent passed, each with its state, once:
+    /// empty if none was (this process did not offer it with
+    /// [`Successor::accepting_connections`], or a peer did not). Read or
+    /// write them only after [`BegunSuccessor::announce_and_bind`]
+    /// returned; until `Ready` is out the incumbent may take them back.
+    /// If the handoff fails, drop them (close, never `shutdown`): the
+    /// incumbent serves them on and their clients see nothing.
+    pub fn take_connections(&mut self) -> Vec<PassedConnection> {
+        std::mem::take(&mut self.passed)
+    }
+
     /// The inherited listeners, to take by name.
     pub fn listeners(&mut self) -> &mut InheritedListeners {
         &mut self.listeners
@@ -301,8 +324,9 @@ impl fmt::Debug for Pump {
     }
 }
 
-/// The lock once `Begin` was received and the lock taken, or why not.
-type Started = mpsc::Receiver<Result<DataDirLock, SuccessorError>>;
+/// The lock and the passed connections once `Begin` was received and the
+/// lock taken, or why not.
+type Started = mpsc::Receiver<Result<(DataDirLock, Vec<PassedConnection>), SuccessorError>>;
 
 impl Pump {
     /// Starts the thread, which waits for the driver (see
@@ -395,17 +419,23 @@ fn pump_until_started(
     d: &mut Driven,
     wake: &UnixStream,
     inbox: &mpsc::Receiver<Command>,
-) -> Option<Result<DataDirLock, SuccessorError>> {
+) -> Option<Result<(DataDirLock, Vec<PassedConnection>), SuccessorError>> {
     loop {
         if let Some(e) = d.driver.error() {
             return Some(Err(e));
         }
         if d.begun {
-            return Some(d.driver.take_lock().ok_or_else(|| {
-                SuccessorError::Io(io::Error::other(
-                    "the lock was reported held but is missing",
-                ))
-            }));
+            let passed = d.driver.take_connections();
+            return Some(
+                d.driver
+                    .take_lock()
+                    .map(|lock| (lock, passed))
+                    .ok_or_else(|| {
+                        SuccessorError::Io(io::Error::other(
+                            "the lock was reported held but is missing",
+                        ))
+                    }),
+            );
         }
         match d.turn(&[wake.as_raw_fd()]) {
             Err(e) => return Some(Err(SuccessorError::Io(e))),

@@ -20,7 +20,7 @@
 //!
 //! ```no_run
 //! use handoff_tokio::{
-//!     AsyncDrainable, DataDirLock, DrainReport, Endpoint, HookError, ReadyReport, Role,
+//!     AsyncDrainable, DataDirLock, DrainReport, Endpoint, Handover, HookError, ReadyReport, Role,
 //!     SealReport, TokioListeners, detect_role, handshake, serve,
 //! };
 //! use std::path::Path;
@@ -33,7 +33,7 @@
 //! }
 //!
 //! impl AsyncDrainable for Db {
-//!     async fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+//!     async fn drain(&self, _deadline: std::time::Instant, _handover: Handover) -> Result<DrainReport, HookError> {
 //!         self.stop_accepting.notify_waiters(); // the listener stays open
 //!         // … finish the requests in flight, make them durable …
 //!         Ok(DrainReport::default())
@@ -93,5 +93,5 @@ mod reactor;
 
 handoff_driver::async_adapter!(TokioReactor);
 
-pub use listeners::TokioListeners;
+pub use listeners::{PassedTokioTcp, TokioListeners};
 pub use reactor::TokioReactor;

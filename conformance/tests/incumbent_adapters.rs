@@ -158,7 +158,11 @@ fn mio_survives_a_backlog_of_connections_that_closed() {
 struct NoHooks;
 
 impl AsyncDrainable for NoHooks {
-    async fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
+    async fn drain(
+        &self,
+        _deadline: Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         unreachable!("no handoff is started")
     }
     async fn seal(&self) -> Result<SealReport, HookError> {
@@ -245,7 +249,11 @@ impl PanickingDrain {
 }
 
 impl Drainable for PanickingDrain {
-    fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
+    fn drain(
+        &self,
+        _deadline: Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         panic!("a bug in the drain hook (on purpose)")
     }
     fn seal(&self, _progress: &SealProgress) -> Result<SealReport, HookError> {
@@ -257,7 +265,11 @@ impl Drainable for PanickingDrain {
 }
 
 impl AsyncDrainable for PanickingDrain {
-    async fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
+    async fn drain(
+        &self,
+        _deadline: Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         panic!("a bug in the drain hook (on purpose)")
     }
     async fn seal(&self) -> Result<SealReport, HookError> {
@@ -403,7 +415,11 @@ impl Prompt {
 }
 
 impl Drainable for Prompt {
-    fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
+    fn drain(
+        &self,
+        _deadline: Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         Ok(DrainReport::default())
     }
     fn seal(&self, _progress: &SealProgress) -> Result<SealReport, HookError> {
@@ -415,7 +431,11 @@ impl Drainable for Prompt {
 }
 
 impl AsyncDrainable for Prompt {
-    async fn drain(&self, _deadline: Instant) -> Result<DrainReport, HookError> {
+    async fn drain(
+        &self,
+        _deadline: Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         Ok(DrainReport::default())
     }
     async fn seal(&self) -> Result<SealReport, HookError> {

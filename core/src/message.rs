@@ -891,8 +891,8 @@ mod tests {
     #[test]
     fn unknown_variants_and_bad_ids_are_named() {
         assert_eq!(
-            Message::decode(&[17]).unwrap_err().kind,
-            DecodeErrorKind::UnknownMessage(17)
+            Message::decode(&[22]).unwrap_err().kind,
+            DecodeErrorKind::UnknownMessage(22)
         );
         let err = Message::decode(&[4, 15, 0]).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::BadHandoffIdLength(15));

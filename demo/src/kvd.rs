@@ -53,8 +53,9 @@ use std::time::{Duration, Instant};
 use handoff_std::os::listeners::Mode;
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, HookError, Incumbent, Role, SealProgress, SealReport,
-    ServeEnd, ServeError, SpawnSpec, StateSnapshot, Supervisor, detect_role,
+    DataDirLock, DrainReport, Drainable, Handover, HookError, Incumbent, PassedConnection, Role,
+    SealProgress, SealReport, ServeEnd, ServeError, SpawnSpec, StateSnapshot, Supervisor,
+    detect_role,
 };
 
 use crate::store::{Store, StoreError};
@@ -67,6 +68,8 @@ pub const LISTENER_NAME: &str = "kv";
 pub const LINGER: Duration = Duration::from_secs(2);
 /// The longest request line, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
+/// The stack of a connection's thread.
+const CONN_STACK: usize = 128 * 1024;
 /// How long writing an answer may block on a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the seal waits for writes already executing to finish.
@@ -304,10 +307,17 @@ fn serve(args: &ServeArgs) -> i32 {
     };
     match (role, args.runtime) {
         (Role::ColdStart { listeners }, _) => cold_start(args, listeners),
-        (Role::Successor(successor), Runtime::Std) => take_over(args, successor),
+        // kvd serves every connection the incumbent passes it.
+        (Role::Successor(successor), Runtime::Std) => {
+            take_over(args, successor.accepting_connections())
+        }
         (Role::Successor(successor), Runtime::Mio) => runtimes::take_over_mio(args, successor),
-        (Role::Successor(successor), Runtime::Smol) => runtimes::take_over_smol(args, successor),
-        (Role::Successor(successor), Runtime::Tokio) => runtimes::take_over_tokio(args, successor),
+        (Role::Successor(successor), Runtime::Smol) => {
+            runtimes::take_over_smol(args, successor.accepting_connections())
+        }
+        (Role::Successor(successor), Runtime::Tokio) => {
+            runtimes::take_over_tokio(args, successor.accepting_connections())
+        }
     }
 }
 
@@ -403,6 +413,9 @@ fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
             return 4;
         }
     };
+    // Served once `Ready` is out; dropped (closed, never shut down) if the
+    // handoff fails before, and their clients see nothing.
+    let passed = begun.take_connections();
     let (daemon, readiness) = match runtimes::start_successor(args, begun.listeners()) {
         Ok(x) => x,
         Err(code) => return code,
@@ -410,6 +423,7 @@ fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
     match begun.announce_and_bind(readiness, &args.control_socket) {
         Ok(incumbent) => {
             daemon.set_phase(Phase::Serving);
+            daemon.serve_passed(passed);
             run_incumbent(
                 args,
                 &daemon,
@@ -456,6 +470,15 @@ fn finish(daemon: &Arc<Daemon>, served: Result<ServeEnd, ServeError>) -> i32 {
             5
         }
     }
+}
+
+/// Why a connection's serving period ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeriodEnd {
+    /// The client closed, or the connection failed.
+    Closed,
+    /// The daemon drains: pass the connection, or tell the client to retry.
+    Drained,
 }
 
 /// Where the daemon stands.
@@ -509,6 +532,15 @@ struct State {
     serving_conns: u32,
     /// Connections that got their `RETRY` and wait for the client to close.
     lingering_conns: u32,
+    /// Connections passed to the successor, untouched until the handoff
+    /// ends: closed after a commit, served again after a resume.
+    parked_conns: u32,
+    /// How connections are passed in the handoff under way (unavailable
+    /// outside one, or when a peer does not offer it).
+    handover: Handover,
+    /// Counts the serving periods: a resume starts a new one, which wakes
+    /// the parked connections of the last.
+    period: u64,
     /// The revision last sealed or opened, for reports while sealed.
     last_revision: u64,
     signal: Arc<DrainSignal>,
@@ -571,6 +603,9 @@ impl Daemon {
                 in_flight: 0,
                 serving_conns: 0,
                 lingering_conns: 0,
+                parked_conns: 0,
+                handover: Handover::unavailable(),
+                period: 0,
                 signal: DrainSignal::new()?,
             }),
             changed: Condvar::new(),
@@ -623,7 +658,7 @@ impl Daemon {
         let deadline = Instant::now() + bound;
         let mut st = lock_state(&self.state);
         self.set_phase_locked(&mut st, Phase::Closing);
-        while st.serving_conns + st.lingering_conns > 0 {
+        while st.serving_conns + st.lingering_conns + st.parked_conns > 0 {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -668,7 +703,7 @@ impl Daemon {
             // one process accepts at a time, and a connection we take late
             // is answered RETRY, so that costs the client one retry at most.
             match listener.accept() {
-                Ok((stream, _)) => self.spawn_connection(stream),
+                Ok((stream, _)) => self.spawn_connection(stream, Vec::new()),
                 Err(e) => {
                     if let Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) =
                         e.raw_os_error()
@@ -682,16 +717,21 @@ impl Daemon {
         }
     }
 
-    fn spawn_connection(self: &Arc<Self>, stream: TcpStream) {
+    /// Serves `stream` on a thread of its own, starting with the bytes in
+    /// `pending` (those a predecessor had read from it and not answered).
+    fn spawn_connection(self: &Arc<Self>, stream: TcpStream, pending: Vec<u8>) {
         let signal = {
             let mut st = lock_state(&self.state);
             st.serving_conns += 1;
             st.signal.clone()
         };
         let d = self.clone();
+        // Small stacks: a connection's thread needs a few kilobytes, and
+        // tens of thousands of idle clients are passed at a handoff.
         let spawned = std::thread::Builder::new()
             .name("kvd-conn".into())
-            .spawn(move || d.connection(stream, &signal));
+            .stack_size(CONN_STACK)
+            .spawn(move || d.connection(stream, signal, pending));
         if spawned.is_err() {
             let mut st = lock_state(&self.state);
             st.serving_conns -= 1;
@@ -699,82 +739,151 @@ impl Daemon {
         }
     }
 
-    fn connection(&self, stream: TcpStream, signal: &DrainSignal) {
+    /// Serves the connections the incumbent passed, each from the state it
+    /// passed (the bytes it had read and not answered). Call once `Ready`
+    /// is out: until then the incumbent may take them back.
+    fn serve_passed(self: &Arc<Self>, passed: Vec<PassedConnection>) {
+        for conn in passed {
+            match conn.into_tcp() {
+                Ok((stream, pending)) => self.spawn_connection(stream, pending),
+                // Closed here without a shutdown; whether the client
+                // notices depends on the incumbent, which has closed its
+                // copy by now only if it committed.
+                Err(e) => log(format_args!("a passed connection: {e}")),
+            }
+        }
+    }
+
+    fn connection(&self, stream: TcpStream, signal: Arc<DrainSignal>, pending: Vec<u8>) {
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let _ = stream.set_nodelay(true);
         let mut conn = stream;
-        let mut buf: Vec<u8> = Vec::with_capacity(256);
+        let mut buf = pending;
+        let mut signal = signal;
+        loop {
+            let end = self.serve_period(&mut conn, &mut buf, &signal);
+            if end == PeriodEnd::Closed {
+                let mut st = lock_state(&self.state);
+                st.serving_conns -= 1;
+                self.changed.notify_all();
+                return;
+            }
+            // Passed: the successor answers what is in `buf`, and this
+            // thread waits for the handoff's end without touching the
+            // socket.
+            let (handover, period) = {
+                let st = lock_state(&self.state);
+                (st.handover.clone(), st.period)
+            };
+            if handover.pass(conn.as_fd(), &buf).is_ok() {
+                let mut st = lock_state(&self.state);
+                st.serving_conns -= 1;
+                st.parked_conns += 1;
+                self.changed.notify_all();
+                while st.period == period && st.phase != Phase::Closing {
+                    st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                st.parked_conns -= 1;
+                if st.phase == Phase::Closing {
+                    // Committed (or exiting): the successor has this socket.
+                    // Dropping our descriptor closes nothing for the client.
+                    self.changed.notify_all();
+                    return;
+                }
+                // Resumed. If the successor served the connection, it
+                // consumed what was passed; otherwise it is still ours.
+                if handover.taken_by_successor() {
+                    buf.clear();
+                }
+                st.serving_conns += 1;
+                signal = st.signal.clone();
+                continue;
+            }
+            // Not passed (a reference peer, or the pass broke): the client
+            // reconnects.
+            {
+                let mut st = lock_state(&self.state);
+                st.serving_conns -= 1;
+                st.lingering_conns += 1;
+                self.changed.notify_all();
+            }
+            self.linger(&mut conn);
+            let mut st = lock_state(&self.state);
+            st.lingering_conns -= 1;
+            self.changed.notify_all();
+            return;
+        }
+    }
+
+    /// Answers requests until the client closes, the connection fails, or
+    /// the daemon drains. A request that would be answered `RETRY` because
+    /// of the drain stays in `buf`, unanswered, so that a successor the
+    /// connection is passed to answers it instead.
+    fn serve_period(
+        &self,
+        conn: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        signal: &DrainSignal,
+    ) -> PeriodEnd {
         let mut chunk = [0u8; 4096];
-        // Whether to write the unprompted RETRY when the connection closes
-        // for a drain (not if the last answer was a RETRY already).
-        let mut owe_retry = true;
-        let linger = loop {
+        loop {
             if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let answer = {
                     let line = &buf[..nl];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     self.handle(line)
                 };
+                if answer.retry {
+                    return PeriodEnd::Drained;
+                }
                 buf.drain(..=nl);
                 if conn.write_all(&answer.line).is_err() {
-                    break false;
-                }
-                if answer.retry {
-                    owe_retry = false;
-                    break true;
+                    return PeriodEnd::Closed;
                 }
                 continue;
             }
             if buf.len() >= MAX_LINE {
                 let _ = conn.write_all(b"ERR request line too long\n");
-                break false;
+                return PeriodEnd::Closed;
             }
             let ready = match poll_readable(&[conn.as_fd(), signal.rx.as_fd()], None) {
                 Ok(r) => r,
-                Err(_) => break false,
+                Err(_) => return PeriodEnd::Closed,
             };
             if ready[1] {
-                break true;
+                return PeriodEnd::Drained;
             }
             match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => break false,
+                Ok(0) | Err(_) => return PeriodEnd::Closed,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
-        };
-        {
-            let mut st = lock_state(&self.state);
-            st.serving_conns -= 1;
-            if linger {
-                st.lingering_conns += 1;
-            }
-            self.changed.notify_all();
         }
-        if linger {
-            if owe_retry {
-                let _ = conn.write_all(b"RETRY\n");
+    }
+
+    /// Without passing: writes `RETRY` (the answer to a request the drain
+    /// stopped, or unprompted), then waits (up to the linger) for the
+    /// client to close.
+    fn linger(&self, conn: &mut TcpStream) {
+        let mut chunk = [0u8; 4096];
+        let _ = conn.write_all(b"RETRY\n");
+        // FIN, not RST: closing with unread bytes would reset the
+        // connection and could destroy the RETRY before the client reads
+        // it. Read and discard until the client closes.
+        let _ = conn.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + LINGER;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            // FIN, not RST: closing with unread bytes would reset the
-            // connection and could destroy the RETRY before the client
-            // reads it. Read and discard until the client closes.
-            let _ = conn.shutdown(Shutdown::Write);
-            let deadline = Instant::now() + LINGER;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match poll_readable(&[conn.as_fd()], Some(left)) {
-                    Ok(r) if r[0] => {}
-                    _ => break,
-                }
-                match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
+            match poll_readable(&[conn.as_fd()], Some(left)) {
+                Ok(r) if r[0] => {}
+                _ => break,
             }
-            let mut st = lock_state(&self.state);
-            st.lingering_conns -= 1;
-            self.changed.notify_all();
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
         }
     }
 
@@ -898,13 +1007,15 @@ impl Daemon {
 }
 
 impl Drainable for Daemon {
-    fn drain(&self, deadline: Instant) -> Result<DrainReport, HookError> {
+    fn drain(&self, deadline: Instant, handover: Handover) -> Result<DrainReport, HookError> {
         let mut st = lock_state(&self.state);
+        st.handover = handover;
         if st.phase.accepting() {
             self.set_phase_locked(&mut st, Phase::Draining);
         }
-        // Every connection answers what it has read, writes its RETRY and
-        // moves to lingering; past the deadline we report what is left.
+        // Every connection answers what it has read and is passed to the
+        // successor with what it has not, or (without passing) writes its
+        // RETRY and lingers; past the deadline we report what is left.
         let (st, _) = self.wait_writes(st, deadline, true);
         Ok(DrainReport {
             open_conns_remaining: st.serving_conns + st.lingering_conns,
@@ -958,6 +1069,9 @@ impl Drainable for Daemon {
             st.store = Some(store);
         }
         st.signal = signal;
+        // The connections passed in the drain are served again.
+        st.period += 1;
+        st.handover = Handover::unavailable();
         self.set_phase_locked(&mut st, Phase::Serving);
         Ok(())
     }

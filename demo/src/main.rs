@@ -221,6 +221,7 @@ fn run(o: &Options) -> Result<bool, String> {
         }],
         probation_ms: o.probation_ms,
         health_probe: None,
+        pass_connections: true,
     };
     println!(
         "handoff-demo: {} handoffs under load from {} clients",
@@ -260,11 +261,13 @@ fn run(o: &Options) -> Result<bool, String> {
                 committed += 1;
                 durations.push(h.duration_ms);
                 println!(
-                    "  handoff {:>2}/{}: → {label:<6} committed in {:>7.2} ms (pid {})",
+                    "  handoff {:>2}/{}: → {label:<6} committed in {:>7.2} ms (pid {}), {} connections passed",
                     i + 1,
                     o.handoffs,
                     h.duration_ms,
-                    service.status().incumbent_pid.unwrap_or(0)
+                    service.status().incumbent_pid.unwrap_or(0),
+                    h.connections_passed
+                        .map_or_else(|| "no".to_owned(), |n| n.to_string())
                 );
             }
             Ok(Reply::Handoff(h)) => {

@@ -31,14 +31,20 @@ pub struct StateSnapshot {
 /// thread, as a future, or as an event for the daemon's loop) while the
 /// driver goes on answering the supervisor, and reports with
 /// [`crate::IncumbentDriver::hook_done`]. One runs at a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Hook {
     /// Stop accepting, finish in-flight requests, make acknowledged work
     /// durable, by `deadline` if possible. Keep the listeners open: they
-    /// are shared with the supervisor and the successor.
+    /// are shared with the supervisor and the successor. Open connections
+    /// may be passed to the successor through `handover` while the drain
+    /// runs (docs/PROTOCOL.md section 11); what is not passed is the
+    /// daemon's to finish.
     Drain {
         /// When the drain grace ends.
         deadline: std::time::Instant,
+        /// How to pass connections in this handoff (unavailable when a
+        /// peer did not offer it).
+        handover: crate::passing::Handover,
     },
     /// Flush and close the writer state. On success the driver releases
     /// the data-dir lock.
@@ -47,6 +53,8 @@ pub enum Hook {
     /// lock is held. After a seal, reopen it from disk, not from memory: a
     /// successor rolled back during probation (docs/PROTOCOL.md section 10)
     /// served and acknowledged writes in between, and they are on disk only.
+    /// Connections passed in the drain are the daemon's to serve again
+    /// (see [`crate::Handover::taken_by_successor`]).
     Resume,
 }
 

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use handoff_core::{
@@ -20,6 +20,7 @@ use handoff_os::lock::{DataDirLock, LockError};
 use crate::clock;
 use crate::hooks::{Hook, HookDone};
 use crate::link::{Io, Link, READ_BUDGET, Read, Source};
+use crate::passing::Handover;
 
 /// The control side of a serving daemon, before any adapter serves it: its
 /// control listener and path, its data-dir lock, and the settings its
@@ -216,6 +217,8 @@ impl std::error::Error for ServeError {}
 struct Session {
     link: Option<Link>,
     machine: IncumbentSession<Vec<u8>>,
+    /// The pass channel's end, once `PassChannel` came.
+    handover: Handover,
 }
 
 /// Answers supervisors on an [`Endpoint`], for every adapter: accepts one
@@ -281,12 +284,15 @@ impl IncumbentDriver {
         // every adapter, so every incumbent offers it. Probation needs
         // nothing of the driver beyond the resume it already carries out
         // (the hook reopens the state from disk), so every incumbent offers
-        // that too.
+        // that too. Passing connections is the drain hook's choice: a hook
+        // that passes none leaves the drain as it was, so it is offered
+        // too.
         ep.config.capabilities = ep
             .config
             .capabilities
             .union(Capabilities::RECLAIM_LISTENERS)
-            .union(Capabilities::PROBATION);
+            .union(Capabilities::PROBATION)
+            .union(Capabilities::PASS_CONNECTIONS);
         Ok(IncumbentDriver {
             ep,
             session: None,
@@ -429,7 +435,15 @@ impl IncumbentDriver {
         if let Some(s) = self.session.as_mut() {
             let (m, now) = (&mut s.machine, clock::now());
             match done {
-                HookDone::Drained(Ok(report)) => m.handle_drained(now, report),
+                HookDone::Drained(Ok(report)) => match s.handover.finish() {
+                    Ok(passed) => {
+                        m.handle_connections_passed(now, passed);
+                        m.handle_drained(now, report);
+                    }
+                    // A broken pass fails the drain: the handoff is undone
+                    // and the daemon serves every connection again.
+                    Err(_) => m.handle_drain_failed(now),
+                },
                 HookDone::Drained(Err(_)) => m.handle_drain_failed(now),
                 HookDone::Sealed(Ok(sealed)) => m.handle_sealed(
                     now,
@@ -566,9 +580,10 @@ impl IncumbentDriver {
             // One session at a time: the rest wait in the backlog.
             io.unwatch(Source::Listener, self.ep.listener.as_fd());
             self.listening = false;
-            let Ok(link) = Link::open(io, Source::Control, stream) else {
+            let Ok(mut link) = Link::open(io, Source::Control, stream) else {
                 continue;
             };
+            link.accept_fd();
             let machine = IncumbentSession::new(
                 clock::now(),
                 self.ep.config,
@@ -578,6 +593,7 @@ impl IncumbentDriver {
             self.session = Some(Session {
                 link: Some(link),
                 machine,
+                handover: Handover::unavailable(),
             });
             self.pump(io);
         }
@@ -612,9 +628,30 @@ impl IncumbentDriver {
                     }
                     IncumbentOutput::Drain { deadline } => io.run_hook(Hook::Drain {
                         deadline: clock::to_std(deadline),
+                        handover: s.handover.clone(),
                     }),
                     IncumbentOutput::Seal => io.run_hook(Hook::Seal),
-                    IncumbentOutput::Resume => io.run_hook(Hook::Resume),
+                    IncumbentOutput::Resume => {
+                        // The successor, if it got that far, has exited: what
+                        // it said about the connections is in the socket.
+                        s.handover.look_for_taken();
+                        io.run_hook(Hook::Resume)
+                    }
+                    IncumbentOutput::PassChannel {
+                        handoff_id,
+                        version,
+                    } => {
+                        // Without a usable end nothing is passed, and the
+                        // successor, never sent `PassDone`, fails its start:
+                        // the handoff is undone with everything still ours.
+                        let end = s.link.as_mut().and_then(Link::take_fd);
+                        if let Some(fd) = end
+                            && handoff_os::fdpass::is_socket(fd.as_fd())
+                            && let Ok(h) = Handover::open(UnixStream::from(fd), handoff_id, version)
+                        {
+                            s.handover = h;
+                        }
+                    }
                     IncumbentOutput::ReleaseLock => {
                         self.ep.lock = None;
                         crash::at("incumbent-after-lock-released");

@@ -50,6 +50,7 @@ pub use handoff_os as __os;
 mod hooks;
 pub mod incumbent;
 pub mod link;
+pub mod passing;
 pub mod probe;
 pub mod reactor;
 pub mod successor;
@@ -59,6 +60,7 @@ pub use adopt::{AdoptError, Adopted, adopt, adopt_settled};
 pub use hooks::{Hook, HookDone, HookError, SealReport, StateSnapshot};
 pub use incumbent::{Endpoint, IncumbentDriver, IncumbentIo, ServeEnd, ServeError, SessionReport};
 pub use link::{Inbox, Io, Source};
+pub use passing::{Handover, PassError, PassedConnection};
 pub use probe::{HealthProbe, ProbeCheck};
 pub use successor::{
     AnnounceError, Launch, ReadyReport, Role, SuccessorDriver, SuccessorError, SuccessorReport,

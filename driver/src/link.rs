@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use handoff_core::Instant;
 use handoff_os::control::send_some;
-use handoff_os::fdpass::send_with_fds;
+use handoff_os::fdpass::{recv_with_fds, send_with_fds};
 
 /// How long bytes may wait for a peer to read them. Frames are small, so a
 /// healthy peer's socket buffer always has room; a write that waits this
@@ -118,11 +118,19 @@ impl Inbox {
 
     /// One read: `Ok(0)` is EOF. Only when empty.
     pub fn fill(&mut self, stream: &mut impl io::Read) -> io::Result<usize> {
+        self.fill_with(|buf| stream.read(buf))
+    }
+
+    /// One read by `read` into the buffer: `Ok(0)` is EOF. Only when empty.
+    pub(crate) fn fill_with(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         debug_assert!(self.is_empty());
         self.start = 0;
         self.end = 0;
         loop {
-            match stream.read(&mut self.buf) {
+            match read(&mut self.buf) {
                 Ok(n) => {
                     self.end = n;
                     return Ok(n);
@@ -161,6 +169,13 @@ pub(crate) struct Link {
     writing: bool,
     /// Since when bytes have waited for the socket to take them.
     stalled_since: Option<Instant>,
+    /// Whether reads take a descriptor passed beside the bytes (the
+    /// incumbent's and the successor's link to the supervisor, for
+    /// `PassChannel`); others have the kernel close any.
+    takes_fd: bool,
+    /// The last descriptor that came, not yet claimed; an older one is
+    /// closed when another comes.
+    fd_in: Option<OwnedFd>,
 }
 
 impl Link {
@@ -190,7 +205,21 @@ impl Link {
             attached: None,
             writing: false,
             stalled_since: None,
+            takes_fd: false,
+            fd_in: None,
         })
+    }
+
+    /// From now on, reads keep one descriptor passed beside the bytes, for
+    /// [`Link::take_fd`]. Close-on-exec, as every received one.
+    pub(crate) fn accept_fd(&mut self) {
+        self.takes_fd = true;
+    }
+
+    /// The descriptor that came with the frame just handed to the machine
+    /// (a peer passes one only beside a frame that carries one), if any.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd_in.take()
     }
 
     /// Stops watching and closes, after one last try to write what is
@@ -314,7 +343,19 @@ impl Link {
 
     /// One read into the (empty) inbox.
     pub(crate) fn read(&mut self) -> Read {
-        match self.inbox.fill(&mut (&self.stream)) {
+        let filled = if self.takes_fd {
+            let (fd, kept) = (self.stream.as_fd(), &mut self.fd_in);
+            self.inbox.fill_with(|buf| {
+                let got = recv_with_fds(fd, buf, 1)?;
+                if let Some(new) = got.fds.into_iter().next() {
+                    *kept = Some(new);
+                }
+                Ok(got.len)
+            })
+        } else {
+            self.inbox.fill(&mut (&self.stream))
+        };
+        match filled {
             Ok(0) => Read::Closed,
             Ok(n) => Read::Data(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::WouldBlock,

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use handoff_os::process::poll_readable;
 
 use crate::clock;
 use crate::link::{Io, Link, READ_BUDGET, Read, Source};
+use crate::passing::{PassedConnection, Receiver};
 
 /// How this process was started.
 #[derive(Debug)]
@@ -76,6 +78,21 @@ impl Launch {
     /// The protocol timings.
     pub fn config(&self) -> SuccessorConfig {
         self.config
+    }
+
+    /// Offers to take the incumbent's open connections
+    /// ([`Capabilities::PASS_CONNECTIONS`], docs/PROTOCOL.md section 11):
+    /// when the supervisor and the incumbent offer it too, they are passed
+    /// during the drain, and after `Begin` the daemon must take every one
+    /// (`take_connections`) and serve it once its `Ready` is out. A daemon
+    /// that cannot serve them must not offer this: the incumbent closes its
+    /// own copies at `Commit`.
+    pub fn accepting_connections(mut self) -> Self {
+        self.config.capabilities = self
+            .config
+            .capabilities
+            .union(Capabilities::PASS_CONNECTIONS);
+        self
     }
 
     /// The control socket and the listeners.
@@ -206,6 +223,12 @@ pub struct SuccessorDriver {
     /// The handoff's id, kept when the machine moves to the probation
     /// thread.
     handoff_id: Option<HandoffId>,
+    /// The pass channel's reader, once `PassChannel` came.
+    receiver: Option<Receiver>,
+    /// The connections passed, from `Begin` until the daemon takes them.
+    passed: Vec<PassedConnection>,
+    /// Why the pass broke, which failed the start.
+    pass_error: Option<String>,
 }
 
 impl fmt::Debug for SuccessorDriver {
@@ -232,7 +255,8 @@ impl SuccessorDriver {
         // A test's misspelt crash point stops the process here, not never.
         crash::check();
         crate::link::check_build_id(build_id)?;
-        let link = Link::open(io, Source::Control, control)?;
+        let mut link = Link::open(io, Source::Control, control)?;
+        link.accept_fd();
         // The driver carries out probation itself, for every adapter.
         let config = SuccessorConfig {
             capabilities: config.capabilities.union(Capabilities::PROBATION),
@@ -249,6 +273,9 @@ impl SuccessorDriver {
             staged: None,
             unread: false,
             handoff_id: None,
+            receiver: None,
+            passed: Vec::new(),
+            pass_error: None,
         };
         d.settle(io);
         Ok(d)
@@ -284,10 +311,29 @@ impl SuccessorDriver {
         match self.end? {
             SuccessorEnd::Failed(failure) => Some(SuccessorError::Failed {
                 failure,
-                abort_reason: self.machine.abort_reason().to_owned(),
+                abort_reason: self.reason(),
             }),
             SuccessorEnd::Authoritative { .. } => None,
         }
+    }
+
+    /// The supervisor's reason for an abort, or why the pass of the
+    /// connections broke.
+    fn reason(&self) -> String {
+        match &self.pass_error {
+            Some(e) => format!("the incumbent's connections were not passed whole: {e}"),
+            None => self.machine.abort_reason().to_owned(),
+        }
+    }
+
+    /// The connections the incumbent passed (docs/PROTOCOL.md section 11),
+    /// once `Begun` was reported; each only once. Empty when nothing was
+    /// passed (a peer did not offer it). Do not read or write them before
+    /// [`SuccessorDriver::ready`] has sent `Ready`: until then the
+    /// incumbent may still take them back. If the handoff fails, close
+    /// them (drop them) without `shutdown`, and the clients see nothing.
+    pub fn take_connections(&mut self) -> Vec<PassedConnection> {
+        std::mem::take(&mut self.passed)
     }
 
     /// The next thing to report.
@@ -382,6 +428,12 @@ impl SuccessorDriver {
         // turn in a loop.
         self.read(io, usize::MAX);
         if self.end.is_none() {
+            // Before `Ready`, and so before the daemon reads a passed
+            // connection: an incumbent rolled back after this must not
+            // replay the state it passed.
+            if let Some(r) = &self.receiver {
+                r.taken();
+            }
             let listening: Vec<&str> = readiness.listening_on.iter().map(String::as_str).collect();
             self.machine.handle_ready(
                 clock::now(),
@@ -546,7 +598,46 @@ impl SuccessorDriver {
                         }
                     }
                     SuccessorOutput::AcquireLock => self.acquire_lock(),
-                    SuccessorOutput::Start => self.reports.push_back(SuccessorReport::Begun),
+                    SuccessorOutput::Start => {
+                        // Every connection must be here before the daemon
+                        // starts: the incumbent closes its copies at
+                        // `Commit`, so one left behind would be lost.
+                        let passed = match (&self.receiver, &self.pass_error) {
+                            (_, Some(_)) => Err(None),
+                            (Some(r), None) => r.wait().map_err(Some),
+                            (None, None) => Ok(Vec::new()),
+                        };
+                        match passed {
+                            Ok(passed) => {
+                                self.passed = passed;
+                                self.reports.push_back(SuccessorReport::Begun);
+                            }
+                            Err(e) => {
+                                if let Some(e) = e {
+                                    self.pass_error = Some(e);
+                                }
+                                self.machine.handle_start_failed(now);
+                            }
+                        }
+                    }
+                    SuccessorOutput::PassChannel {
+                        handoff_id,
+                        version,
+                    } => {
+                        let end = self.link.as_mut().and_then(Link::take_fd);
+                        match end.filter(|fd| handoff_os::fdpass::is_socket(fd.as_fd())) {
+                            Some(fd) => {
+                                match Receiver::start(UnixStream::from(fd), handoff_id, version) {
+                                    Ok(r) => self.receiver = Some(r),
+                                    Err(e) => self.pass_error = Some(e.to_string()),
+                                }
+                            }
+                            None => {
+                                self.pass_error =
+                                    Some("PassChannel came without a socket beside it".into())
+                            }
+                        }
+                    }
                     SuccessorOutput::Finished(end) => {
                         self.end = Some(end);
                         self.reports.push_back(match end {
@@ -557,7 +648,7 @@ impl SuccessorDriver {
                             // after whatever may write has stopped.
                             SuccessorEnd::Failed(failure) => SuccessorReport::Failed {
                                 failure,
-                                abort_reason: self.machine.abort_reason().to_owned(),
+                                abort_reason: self.reason(),
                             },
                         });
                     }

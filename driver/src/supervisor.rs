@@ -54,6 +54,10 @@ pub struct SpawnSpec {
     pub probation: Duration,
     /// The health probe run against the successor while on probation.
     pub probe: Option<HealthProbe>,
+    /// Whether the incumbent's open connections are passed to the
+    /// successor when both offer it (docs/PROTOCOL.md section 11). On by
+    /// default.
+    pub pass_connections: bool,
 }
 
 impl SpawnSpec {
@@ -69,6 +73,7 @@ impl SpawnSpec {
             startup_budget: defaults::STARTUP_BUDGET,
             probation: Duration::ZERO,
             probe: None,
+            pass_connections: true,
         }
     }
 
@@ -132,6 +137,10 @@ pub struct HandoffOutcome {
     pub probe_failure: Option<String>,
     /// Health probe attempts that passed during probation.
     pub probes_passed: u32,
+    /// How many open connections the incumbent passed to the successor
+    /// (`None`: nothing was set up for passing, because a peer did not
+    /// offer it or the spec turned it off; docs/PROTOCOL.md section 11).
+    pub connections_passed: Option<u32>,
     /// Time spent in each phase.
     pub timings: PhaseTimings,
 }
@@ -467,6 +476,7 @@ pub fn handoff_config(base: SupervisorConfig, spec: &SpawnSpec) -> SupervisorCon
         drain_grace: spec.drain_grace,
         startup_budget: spec.startup_budget,
         probation: spec.probation,
+        pass_connections: base.pass_connections && spec.pass_connections,
         ..base
     }
 }
@@ -533,6 +543,7 @@ impl HandoffOutcome {
             probation_window: o.probation_window,
             probe_failure: o.probe_failure.map(str::to_owned),
             probes_passed: 0,
+            connections_passed: o.connections_passed,
             timings: o.timings,
         }
     }
@@ -816,6 +827,8 @@ pub struct SupervisorDriver<S: std::ops::Deref<Target = Supervisor>> {
     probe: Option<ProbeRunner>,
     probe_started: bool,
     probes_passed: u32,
+    /// The pass channel's second end, between its two `PassChannel`s.
+    channel_end: Option<OwnedFd>,
 }
 
 impl<S: std::ops::Deref<Target = Supervisor>> fmt::Debug for SupervisorDriver<S> {
@@ -856,6 +869,7 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
             probe: None,
             probe_started: false,
             probes_passed: 0,
+            channel_end: None,
         }
     }
 
@@ -1148,6 +1162,36 @@ impl<S: std::ops::Deref<Target = Supervisor>> SupervisorDriver<S> {
                     if sent {
                         crash::sent("supervisor", frame);
                     } else {
+                        if let Some(l) = link.take() {
+                            l.close(io);
+                        }
+                        self.machine.handle_closed(now, to);
+                    }
+                }
+                SupervisorOutput::TransmitWithChannelEnd { to, frame } => {
+                    // One socketpair per handoff: its first end goes with
+                    // the first `PassChannel`, the other with the second,
+                    // and this process keeps neither. Without a pair the
+                    // frames go bare; the successor, sent no channel, fails
+                    // its start and the handoff is undone.
+                    let end = match self.channel_end.take() {
+                        Some(end) => Some(end),
+                        None => UnixStream::pair().ok().map(|(a, b)| {
+                            self.channel_end = Some(b.into());
+                            OwnedFd::from(a)
+                        }),
+                    };
+                    let link = match to {
+                        Side::Incumbent => &mut self.incumbent,
+                        Side::Successor => &mut self.successor,
+                    };
+                    let sent = match link.as_mut() {
+                        Some(l) => l
+                            .send_with_fds(io, now, frame, end.into_iter().collect())
+                            .is_ok(),
+                        None => false,
+                    };
+                    if !sent {
                         if let Some(l) = link.take() {
                             l.close(io);
                         }

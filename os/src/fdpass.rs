@@ -212,6 +212,17 @@ pub fn is_socket(fd: BorrowedFd<'_>) -> bool {
     fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
+/// Whether `fd` is a TCP stream socket (IPv4 or IPv6) that is not
+/// listening: what a passed client connection must be before a successor
+/// makes a `TcpStream` of it.
+pub fn is_tcp_stream(fd: BorrowedFd<'_>) -> bool {
+    let opt = |name| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, name).ok();
+    matches!(opt(libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
+        && opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && opt(libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+        && opt(libc::SO_ACCEPTCONN) == Some(0)
+}
+
 /// Which open file `fd` is, as `(device, inode)`: equal for every
 /// descriptor of one socket in any process (passed, duplicated or stored),
 /// different for another socket bound to the same address. How a receiver
@@ -280,6 +291,20 @@ mod tests {
         let many: Vec<BorrowedFd<'_>> = (0..=MAX_FDS).map(|_| l.as_fd()).collect();
         let e = send_with_fds(a.as_fd(), b"x", &many).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn only_a_connected_tcp_socket_is_a_tcp_stream() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        assert!(is_tcp_stream(client.as_fd()));
+        assert!(is_tcp_stream(server.as_fd()));
+        assert!(!is_tcp_stream(l.as_fd()), "a listener");
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(!is_tcp_stream(a.as_fd()), "a Unix socket");
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_tcp_stream(f.as_fd()), "a file");
     }
 
     #[test]

@@ -249,6 +249,10 @@ pub struct HandoffReply {
     /// order (`connect`, `incumbent_hello`, `spawn`, `successor_hello`,
     /// `drain`, `seal`, `begin_to_ready`, `probation`, `commit`).
     pub phases_ms: Vec<(String, f64)>,
+    /// How many open connections the old binary passed to the new one
+    /// (`None`: passing was not set up, because a binary does not offer it
+    /// or `pass_connections` is off).
+    pub connections_passed: Option<u32>,
     /// How long the handoff took, in milliseconds.
     pub duration_ms: f64,
 }
@@ -278,9 +282,12 @@ impl HandoffReply {
                 .collect();
             parts.join(",")
         };
+        let passed = self
+            .connections_passed
+            .map_or_else(|| "none".to_owned(), |n| n.to_string());
         format!(
             "ok: handoff_id={} committed={} rolled_back={} phases_ms={phases} \
-              abort_reason={reason} duration_ms={:.3}",
+             connections_passed={passed} abort_reason={reason} duration_ms={:.3}",
             self.handoff_id, self.committed, self.rolled_back, self.duration_ms
         )
     }
@@ -302,6 +309,11 @@ impl HandoffReply {
                 self.abort_reason.as_deref().map_or(Value::Null, Value::Str),
             ),
             ("phases_ms", Value::Raw(&phases)),
+            (
+                "connections_passed",
+                self.connections_passed
+                    .map_or(Value::Null, |n| Value::UInt(u64::from(n))),
+            ),
             ("duration_ms", Value::Num(self.duration_ms)),
         ])
     }
@@ -426,7 +438,7 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
     let rest = rest.strip_prefix("committed=").ok_or("no committed")?;
     let (committed, mut rest) = rest.split_once(' ').ok_or("nothing after committed")?;
     let committed = parse_bool(committed).ok_or("committed is neither true nor false")?;
-    let (mut rolled_back, mut phases_ms) = (false, Vec::new());
+    let (mut rolled_back, mut phases_ms, mut connections_passed) = (false, Vec::new(), None);
     // Fields without spaces up to the free-text reason; unknown ones are a
     // later version's, skipped.
     let rest = loop {
@@ -438,6 +450,14 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
         match key {
             "rolled_back" => {
                 rolled_back = parse_bool(value).ok_or("rolled_back is neither true nor false")?
+            }
+            "connections_passed" if value == "none" => {}
+            "connections_passed" => {
+                connections_passed = Some(
+                    value
+                        .parse()
+                        .map_err(|_| "connections_passed is not a count")?,
+                )
             }
             "phases_ms" if value == "none" => {}
             "phases_ms" => {
@@ -467,6 +487,7 @@ fn parse_handoff(body: &str) -> Result<HandoffReply, &'static str> {
         abort_reason: (reason != "none").then(|| reason.to_owned()),
         rolled_back,
         phases_ms,
+        connections_passed,
         duration_ms,
     })
 }
@@ -524,6 +545,7 @@ mod tests {
                 abort_reason: reason.map(str::to_owned),
                 rolled_back: reason.is_some(),
                 phases_ms: vec![("connect".into(), 0.125), ("probation".into(), 5000.25)],
+                connections_passed: reason.is_none().then_some(10_000),
                 duration_ms: 12.5,
             };
             let line = reply.to_line();
@@ -545,6 +567,7 @@ mod tests {
                 abort_reason: Some("a duration_ms=b".into()),
                 rolled_back: false,
                 phases_ms: Vec::new(),
+                connections_passed: None,
                 duration_ms: 1.0,
             })
         );
@@ -634,11 +657,12 @@ mod tests {
             abort_reason: Some("seal failed: \"disk\" full".into()),
             rolled_back: false,
             phases_ms: vec![("connect".into(), 0.5), ("seal".into(), 1.0)],
+            connections_passed: Some(3),
             duration_ms: 3.25,
         };
         assert_eq!(
             reply.to_json(),
-            r#"{"handoff_id":"id","committed":false,"rolled_back":false,"abort_reason":"seal failed: \"disk\" full","phases_ms":{"connect":0.5,"seal":1},"duration_ms":3.25}"#
+            r#"{"handoff_id":"id","committed":false,"rolled_back":false,"abort_reason":"seal failed: \"disk\" full","phases_ms":{"connect":0.5,"seal":1},"connections_passed":3,"duration_ms":3.25}"#
         );
     }
 

@@ -77,6 +77,11 @@ pub struct Config {
     /// The health probe run against the new binary during probation.
     #[serde(default)]
     pub health_probe: Option<ProbeConfig>,
+    /// Whether open client connections are passed from the old binary to
+    /// the new one when both offer it (docs/PROTOCOL.md section 11); with
+    /// `false` the old binary's drain handles them as without passing.
+    #[serde(default = "default_pass_connections")]
+    pub pass_connections: bool,
 }
 
 /// The `[health_probe]` table: exactly one of `exec`, `tcp` or `http`.
@@ -111,6 +116,10 @@ pub struct ProbeConfig {
     /// Failures in a row that roll the new binary back.
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: u32,
+}
+
+fn default_pass_connections() -> bool {
+    true
 }
 
 fn default_probation_ms() -> u64 {

@@ -51,6 +51,9 @@ pub struct HandoffReport {
     pub rolled_back: bool,
     /// Health probe attempts that passed during probation.
     pub probes_passed: u32,
+    /// Open connections the old binary passed to the new one, if passing
+    /// was set up.
+    pub connections_passed: Option<u32>,
     /// Time spent in each phase; `probation` is how long the new binary
     /// served on probation, if it was put on probation (the old one
     /// offered it and `probation_ms` is not 0).
@@ -70,6 +73,7 @@ impl HandoffReport {
                 .into_iter()
                 .map(|(name, d)| (name.to_owned(), ms(d)))
                 .collect(),
+            connections_passed: self.connections_passed,
             duration_ms: self.duration_ms,
         }
     }
@@ -176,6 +180,7 @@ impl Inner {
             startup_budget: STARTUP_BUDGET.min(self.config.deadline()),
             probation: self.config.probation(),
             probe: self.config.probe(),
+            pass_connections: self.config.pass_connections,
         };
         if let Some(command) = spec.probe.as_ref().and_then(crate::config::probe_command)
             && let Err(e) = crate::trust::check_binary(command)
@@ -219,6 +224,7 @@ impl Inner {
             successor_pid: outcome.successor_pid,
             rolled_back: outcome.rolled_back(),
             probes_passed: outcome.probes_passed,
+            connections_passed: outcome.connections_passed,
             timings: outcome.timings,
         };
         let serving = match outcome.child.take() {
@@ -243,6 +249,7 @@ impl Inner {
                     duration_ms = report.duration_ms,
                     probation_ms = report.timings.probation.map(|d| d.as_secs_f64() * 1e3),
                     probes_passed = report.probes_passed,
+                    connections_passed = report.connections_passed,
                     "handoff committed; the successor serves"
                 );
                 format!(

@@ -207,7 +207,11 @@ fn fingerprint(value: u64) -> [u8; 32] {
 }
 
 impl Drainable for Daemon {
-    fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+    fn drain(
+        &self,
+        _deadline: std::time::Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         self.accepting.store(false, Ordering::SeqCst);
         self.kick();
         if let Some(ms) = number("drain-ms") {

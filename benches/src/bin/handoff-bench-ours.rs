@@ -20,7 +20,11 @@ use handoff_std::{
 struct Hooks(Arc<EchoState>);
 
 impl Drainable for Hooks {
-    fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+    fn drain(
+        &self,
+        _deadline: std::time::Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         self.0.stop_accepting();
         Ok(DrainReport {
             open_conns_remaining: 0,

@@ -262,7 +262,11 @@ fn served_status(who: &str, served: Result<handoff_std::ServeEnd, handoff_std::S
 struct StdHooks(Arc<Service>);
 
 impl Drainable for StdHooks {
-    fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+    fn drain(
+        &self,
+        _deadline: std::time::Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         self.0.drain_blocking();
         Ok(DrainReport {
             open_conns_remaining: 0,
@@ -496,7 +500,11 @@ fn on_thread<T: Send + 'static>(
 struct AsyncHooks(Arc<Service>);
 
 impl handoff_smol::AsyncDrainable for AsyncHooks {
-    async fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+    async fn drain(
+        &self,
+        _deadline: std::time::Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         // The blocking drain waits on the service's idle condvar.
         let service = self.0.clone();
         on_thread(move || service.drain_blocking()).await;

@@ -24,8 +24,9 @@ use handoff_driver::reactor::{HandshookSuccessor, Reactor};
 use handoff_mio::{IncumbentEvent, MioIncumbent, MioSuccessor, SuccessorEvent};
 use handoff_std::os::listeners::Mode;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, Endpoint, HookError, Incumbent, IncumbentEnd, ReadyReport,
-    SealProgress, SealReport, ServeEnd, ServeError, StateSnapshot, SuccessorConfig, SuccessorError,
+    Capabilities, DataDirLock, DrainReport, Drainable, Endpoint, Handover, HookError, Incumbent,
+    IncumbentEnd, ReadyReport, SealProgress, SealReport, ServeEnd, ServeError, StateSnapshot,
+    SuccessorConfig, SuccessorError,
 };
 use mio::{Events, Poll, Token, Waker};
 
@@ -104,10 +105,10 @@ fn serve_mio_control(
         }
         while let Some(event) = control.poll_event() {
             match event {
-                IncumbentEvent::Drain { deadline } => {
+                IncumbentEvent::Drain { deadline, handover } => {
                     let d = daemon.clone();
                     hook(Box::new(move || {
-                        Done::Drained(d.drain(deadline).map_err(|e| e.to_string()))
+                        Done::Drained(d.drain(deadline, handover).map_err(|e| e.to_string()))
                     }));
                 }
                 IncumbentEvent::Seal => {
@@ -174,7 +175,11 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
         SUCCESSOR,
         args.version.as_bytes(),
         &args.data_dir,
-        SuccessorConfig::default(),
+        // kvd serves the connections the incumbent passes.
+        SuccessorConfig {
+            capabilities: Capabilities::PASS_CONNECTIONS,
+            ..SuccessorConfig::default()
+        },
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -183,6 +188,7 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
         }
     };
     let mut daemon: Option<Arc<Daemon>> = None;
+    let mut passed = Vec::new();
     loop {
         wait(&mut poll, &mut events, s.poll_timeout());
         for event in &events {
@@ -193,6 +199,9 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
             match event {
                 SuccessorEvent::Begun => match start_successor(args, s.listeners()) {
                     Ok((d, readiness)) => {
+                        // Served once `Ready` is out; dropped (closed, never
+                        // shut down) if the handoff fails before.
+                        passed = s.take_connections();
                         if let Err(e) = s.ready(poll.registry(), &readiness, &args.control_socket) {
                             // The supervisor hears the handoff failed, and the
                             // old binary resumes: stop before writing.
@@ -210,6 +219,7 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
                 SuccessorEvent::Authoritative { .. } => {
                     let Some(d) = daemon.take() else { return 4 };
                     d.set_phase(Phase::Serving);
+                    d.serve_passed(std::mem::take(&mut passed));
                     let control = match s.into_incumbent(poll.registry()) {
                         Ok(c) => c.with_build_id(args.version.as_bytes()),
                         Err(e) => {
@@ -360,9 +370,13 @@ impl<O> Threaded<O> {
 }
 
 impl<O: Offload> handoff_driver::reactor::AsyncDrainable for Threaded<O> {
-    async fn drain(&self, deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+    async fn drain(
+        &self,
+        deadline: std::time::Instant,
+        handover: Handover,
+    ) -> Result<DrainReport, HookError> {
         let d = self.daemon.clone();
-        O::offload(move || d.drain(deadline)).await?
+        O::offload(move || d.drain(deadline, handover)).await?
     }
 
     async fn seal(&self) -> Result<SealReport, HookError> {
@@ -406,6 +420,7 @@ async fn become_incumbent<R: Reactor, O: Offload>(
         .await
         .map_err(|e| failed(&e))?;
     let owned = args.clone();
+    let passed = begun.take_connections();
     let mut listeners = std::mem::take(begun.listeners());
     let started = begun
         .start_up(O::offload(move || start_successor(&owned, &mut listeners)))
@@ -422,6 +437,7 @@ async fn become_incumbent<R: Reactor, O: Offload>(
     {
         Ok(endpoint) => {
             daemon.set_phase(Phase::Serving);
+            daemon.serve_passed(passed);
             Ok((daemon, endpoint.with_build_id(args.version.as_bytes())))
         }
         Err(e) => {

@@ -25,9 +25,9 @@ macro_rules! async_adapter {
         pub use $crate::__os::lock::DataDirLock;
         pub use $crate::reactor::AsyncDrainable;
         pub use $crate::{
-            AnnounceError, Endpoint, HandoffOutcome, HookError, Launch, ReadyReport, Role,
-            SealReport, ServeEnd, ServeError, SpawnSpec, StateSnapshot, SuccessorError, Supervisor,
-            SupervisorError, detect_role,
+            AnnounceError, Endpoint, HandoffOutcome, Handover, HookError, Launch, PassError,
+            PassedConnection, ReadyReport, Role, SealReport, ServeEnd, ServeError, SpawnSpec,
+            StateSnapshot, SuccessorError, Supervisor, SupervisorError, detect_role,
         };
 
         /// `Hello` answered; waiting for `Begin` (see
@@ -101,6 +101,7 @@ macro_rules! async_adapter {
                 async fn drain(
                     &self,
                     _: ::std::time::Instant,
+                    _: Handover,
                 ) -> ::core::result::Result<DrainReport, HookError> {
                     ::core::result::Result::Ok(DrainReport::default())
                 }

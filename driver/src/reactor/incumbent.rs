@@ -18,6 +18,7 @@ use super::{Driven, Reactor, Watching, dispatch};
 use crate::hooks::{Hook, HookDone, HookError, SealReport, StateSnapshot};
 use crate::incumbent::{Endpoint, IncumbentDriver, IncumbentIo, ServeEnd, ServeError};
 use crate::link::Source;
+use crate::passing::Handover;
 
 /// The incumbent's hooks, as async fns (see `handoff_std::Drainable` for
 /// what each must do). One runs at a time, concurrently with the control
@@ -26,8 +27,14 @@ use crate::link::Source;
 pub trait AsyncDrainable {
     /// Stop accepting, finish in-flight requests, make them durable, by
     /// `deadline` if possible. Keep the listeners open: they are shared
-    /// with the supervisor and the successor.
-    fn drain(&self, deadline: Instant) -> impl Future<Output = Result<DrainReport, HookError>>;
+    /// with the supervisor and the successor. Open connections may be
+    /// passed to the successor through `handover` meanwhile
+    /// (docs/PROTOCOL.md section 11).
+    fn drain(
+        &self,
+        deadline: Instant,
+        handover: Handover,
+    ) -> impl Future<Output = Result<DrainReport, HookError>>;
 
     /// Flush and close the writer state, so that another process can open
     /// it. On success the data-dir lock is released; on error it is kept
@@ -87,8 +94,10 @@ pub async fn serve<R: Reactor>(
             }
         }
         match io.take_hook() {
-            Some(Hook::Drain { deadline }) => {
-                hook = Running::Drain(Box::pin(catch(async move { daemon.drain(deadline).await })))
+            Some(Hook::Drain { deadline, handover }) => {
+                hook = Running::Drain(Box::pin(catch(async move {
+                    daemon.drain(deadline, handover).await
+                })))
             }
             Some(Hook::Seal) => {
                 hook = Running::Seal(Box::pin(catch(async { daemon.seal().await })))

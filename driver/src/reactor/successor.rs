@@ -150,6 +150,15 @@ impl<R: Reactor> BegunSuccessor<R> {
         self.session.driver.handoff_id()
     }
 
+    /// The connections the incumbent passed (docs/PROTOCOL.md section 11),
+    /// each once: empty unless this process offered it
+    /// ([`crate::Launch::accepting_connections`]) and both peers did too.
+    /// Serve them only once [`BegunSuccessor::announce_and_bind`]
+    /// returned; if the handoff fails, drop them (never shut them down).
+    pub fn take_connections(&mut self) -> Vec<crate::PassedConnection> {
+        self.session.driver.take_connections()
+    }
+
     /// Runs the daemon's start-up (open the state, start serving) while the
     /// protocol goes on: heartbeats to the supervisor, and an `Abort`, which
     /// ends the wait with an error (drop the half-started state, then this,

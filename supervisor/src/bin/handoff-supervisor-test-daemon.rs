@@ -105,7 +105,11 @@ fn serve_conn(stream: TcpStream) {
 }
 
 impl Drainable for Daemon {
-    fn drain(&self, _deadline: std::time::Instant) -> Result<DrainReport, HookError> {
+    fn drain(
+        &self,
+        _deadline: std::time::Instant,
+        _handover: handoff_std::Handover,
+    ) -> Result<DrainReport, HookError> {
         self.accepting.store(false, Ordering::SeqCst);
         self.kick();
         Ok(DrainReport {
