@@ -53,9 +53,9 @@ use std::time::{Duration, Instant};
 use handoff_std::os::listeners::Mode;
 use handoff_std::os::process::poll_readable;
 use handoff_std::{
-    DataDirLock, DrainReport, Drainable, Handover, HookError, Incumbent, PassedConnection, Role,
-    SealProgress, SealReport, ServeEnd, ServeError, SpawnSpec, StateSnapshot, Supervisor,
-    detect_role,
+    DataDirLock, DrainReport, Drainable, Handover, HookError, Incumbent, PassError,
+    PassedConnection, Role, SealProgress, SealReport, ServeEnd, ServeError, SpawnSpec,
+    StateSnapshot, Supervisor, detect_role,
 };
 
 use crate::store::{Store, StoreError};
@@ -775,7 +775,17 @@ impl Daemon {
                 let st = lock_state(&self.state);
                 (st.handover.clone(), st.period)
             };
-            if handover.pass(conn.as_fd(), &buf).is_ok() {
+            let parked = match handover.pass(conn.as_fd(), &buf) {
+                Ok(()) => true,
+                // The pass broke: the drain fails with it and the handoff
+                // is undone, so this connection stays ours. It waits for
+                // the resume like the passed ones rather than close.
+                Err(PassError::Io(_)) => true,
+                // No passing in this handoff (or the drain is over): the
+                // client is told to reconnect.
+                Err(_) => false,
+            };
+            if parked {
                 let mut st = lock_state(&self.state);
                 st.serving_conns -= 1;
                 st.parked_conns += 1;

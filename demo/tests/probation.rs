@@ -27,7 +27,6 @@ use common::{BOUND, become_subreaper, serial};
 use handoff_demo::loadgen::LoadReport;
 use handoff_std::os::process::wait_gone;
 use handoff_supervisor::HandoffReply;
-use handoff_supervisor::client::{self, Reply};
 
 /// A build of kvd that runs with `fault` (`--fault`), as a script beside
 /// the deployment.
@@ -53,32 +52,6 @@ fn extra(probation_ms: u64, builds: &[&Path], table: &str) -> String {
         "probation_ms = {probation_ms}\nallowed_binaries = [{}]\n{table}\n",
         names.join(", ")
     )
-}
-
-/// Asks for a handoff to `binary` (the configured one if `None`) and
-/// returns the parsed reply.
-fn trigger(d: &Deployment, binary: Option<&Path>) -> HandoffReply {
-    let line = client::trigger_with_timeout(&d.trigger, binary, BOUND).unwrap();
-    match Reply::parse(&line) {
-        Ok(Reply::Handoff(h)) => h,
-        other => panic!("{other:?} from {line}; {}", d.log()),
-    }
-}
-
-/// Waits until `status` names a successor on probation; returns its pid.
-fn on_probation(d: &Deployment) -> u32 {
-    let until = Instant::now() + BOUND;
-    loop {
-        if let Some(pid) = d.status().on_probation {
-            return pid;
-        }
-        assert!(
-            Instant::now() < until,
-            "no successor on probation; {}",
-            d.log()
-        );
-        // A status round trip is the pause between two looks.
-    }
 }
 
 /// `SIGSTOP` to `pid`, by the system's `kill`.
@@ -120,9 +93,9 @@ fn handoff_under_load(
     let load = d.load(7);
     assert_writes_flow(&load, 20, what);
     let reply = std::thread::scope(|s| {
-        let trig = s.spawn(|| trigger(d, build.as_deref()));
+        let trig = s.spawn(|| d.handoff_to(build.as_deref()));
         if let Act::Freeze = act {
-            let pid = on_probation(d);
+            let pid = d.on_probation();
             // Only the successor serves on probation: these writes are
             // acknowledged by it.
             assert_writes_flow(&load, 20, what);

@@ -209,9 +209,16 @@ impl Handover {
         // A duplicate, so the batch can wait for its message whatever the
         // daemon does with its own descriptor meanwhile; at most one
         // batch's worth exists at a time.
-        let fd = conn
-            .try_clone_to_owned()
-            .map_err(|e| PassError::Io(format!("duplicating the connection: {e}")))?;
+        let fd = match conn.try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Out of descriptors, most likely: the successor would miss
+                // this one, so the pass is broken like any other failure.
+                let e = format!("duplicating the connection: {e}");
+                st.failed = Some(e.clone());
+                return Err(PassError::Io(e));
+            }
+        };
         st.fds.push(fd);
         st.frames.extend_from_slice(&frame);
         st.passed += 1;
@@ -502,6 +509,7 @@ fn receive(
         if got.len == 0 {
             return Err("the incumbent closed the pass channel before PassDone".into());
         }
+        let batch = !got.fds.is_empty();
         fds.extend(got.fds);
         let mut input = &buf[..got.len];
         while !input.is_empty() {
@@ -533,6 +541,11 @@ fn receive(
                         fd,
                         state: state.to_vec(),
                     });
+                    if batch && fds.is_empty() {
+                        // A test's successor dies (or stops) here, some of
+                        // the connections received and the rest not.
+                        handoff_os::crash::at("successor-after-passed-batch-received");
+                    }
                 }
                 Message::PassDone { handoff_id, count } if handoff_id == id => {
                     if count as usize != conns.len() || !fds.is_empty() || !input.is_empty() {

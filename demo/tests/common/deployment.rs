@@ -18,6 +18,7 @@ use handoff_std::Signal;
 use handoff_std::os::fdpass::{MAX_FDS, identity, recv_with_fds};
 use handoff_std::os::process::{ExitWatch, poll_readable, send_signal, wait_exit, wait_gone};
 use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_supervisor::HandoffReply;
 use handoff_supervisor::client::{self, Reply};
 
 /// One deployment: a configuration, kvd on `runtime`, a notify socket.
@@ -278,6 +279,33 @@ impl Deployment {
         match Reply::parse(&line) {
             Ok(Reply::Status(s)) => s,
             other => panic!("status: {other:?} from {line}"),
+        }
+    }
+
+    /// Asks for a handoff to `binary` (the configured one if `None`) and
+    /// returns the parsed reply.
+    pub(crate) fn handoff_to(&self, binary: Option<&std::path::Path>) -> HandoffReply {
+        let line = client::trigger_with_timeout(&self.trigger, binary, BOUND).unwrap();
+        match Reply::parse(&line) {
+            Ok(Reply::Handoff(h)) => h,
+            other => panic!("{other:?} from {line}; {}", self.log()),
+        }
+    }
+
+    /// Waits until `status` names a successor on probation; returns its
+    /// pid. Nothing announces the start of probation, so `status` is
+    /// asked again and again (a round trip is the pause), within the bound.
+    pub(crate) fn on_probation(&self) -> u32 {
+        let until = Instant::now() + BOUND;
+        loop {
+            if let Some(pid) = self.status().on_probation {
+                return pid;
+            }
+            assert!(
+                Instant::now() < until,
+                "no successor on probation; {}",
+                self.log()
+            );
         }
     }
 
