@@ -108,7 +108,10 @@ fn full_handoff() -> Result<(), &'static str> {
                     ));
                     sup.handle_connected(now);
                 }
-                SupervisorOutput::Transmit { to, frame } => match to {
+                // No peer here offers PASS_CONNECTIONS, so no channel end
+                // is ever asked for; the frame is all the pipe carries.
+                SupervisorOutput::Transmit { to, frame }
+                | SupervisorOutput::TransmitWithChannelEnd { to, frame } => match to {
                     Side::Incumbent => s_to_o.push(frame)?,
                     Side::Successor => s_to_n.push(frame)?,
                 },
@@ -154,7 +157,8 @@ fn full_handoff() -> Result<(), &'static str> {
                     IncumbentOutput::Resume => inc.handle_resumed(now),
                     IncumbentOutput::ReleaseLock
                     | IncumbentOutput::Close
-                    | IncumbentOutput::SendListeners { .. } => {}
+                    | IncumbentOutput::SendListeners { .. }
+                    | IncumbentOutput::PassChannel { .. } => {}
                     IncumbentOutput::Finished(end) => ends.incumbent = Some(end),
                 }
             }
@@ -173,6 +177,7 @@ fn full_handoff() -> Result<(), &'static str> {
                             advertised_revision_per_shard: Revisions::from_slice(&REVISIONS),
                         },
                     ),
+                    SuccessorOutput::PassChannel { .. } => {}
                     SuccessorOutput::Finished(end) => ends.successor = Some(end),
                 }
             }

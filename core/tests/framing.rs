@@ -155,6 +155,24 @@ fn random_message(rng: &mut Rng, kind: MessageKind) -> Message<'static> {
             handoff_id: rng.id(),
             window_ms: rng.wide(),
         },
+        MessageKind::PassChannel => Message::PassChannel {
+            handoff_id: rng.id(),
+        },
+        MessageKind::PassedConnection => Message::PassedConnection {
+            handoff_id: rng.id(),
+            state: rng.pick(&BUILD_IDS),
+        },
+        MessageKind::PassDone => Message::PassDone {
+            handoff_id: rng.id(),
+            count: rng.wide() as u32,
+        },
+        MessageKind::ConnectionsTaken => Message::ConnectionsTaken {
+            handoff_id: rng.id(),
+        },
+        MessageKind::ConnectionsPassed => Message::ConnectionsPassed {
+            handoff_id: rng.id(),
+            count: rng.wide() as u32,
+        },
     }
 }
 
@@ -510,7 +528,7 @@ fn given_a_malformed_frame_then_the_decoder_stays_in_sync_for_the_next_frame() {
 #[test]
 fn given_an_unknown_variant_index_then_it_is_reported_with_the_index() {
     for (payload, index) in [
-        (vec![17u8], 17u32),
+        (vec![22u8], 22u32),
         (vec![0xc8, 0x01], 200),
         (vec![0xff, 0xff, 0xff, 0xff, 0x0f], u32::MAX),
     ] {

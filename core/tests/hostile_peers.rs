@@ -5,108 +5,16 @@
 
 use handoff_core::{
     AbortReason, Capabilities, DrainReport, EndCause, FrameError, HandoffId, IncumbentConfig,
-    IncumbentEnd, IncumbentOutput, IncumbentSession, IncumbentStep, Instant, Message, MessageKind,
-    ReadyReportRef, Revisions, SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd,
-    SuccessorFailure, SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff,
-    SupervisorOutput, SupervisorStep, Violation, defaults, encode_frame,
+    IncumbentEnd, IncumbentSession, IncumbentStep, Instant, Message, MessageKind, ReadyReportRef,
+    Revisions, SealReportRef, Side, Signal, Strings, SuccessorEnd, SuccessorFailure,
+    SupervisorConfig, SupervisorHandoff, SupervisorStep, Violation, defaults,
 };
 
-const ID: HandoffId = HandoffId::from_bytes([0x11; 16]);
-const OTHER_ID: HandoffId = HandoffId::from_bytes([0x22; 16]);
+mod common;
 
-fn t(ms: u64) -> Instant {
-    Instant::from_millis(ms)
-}
-
-fn frame(msg: Message<'_>) -> Vec<u8> {
-    frame_v(1, msg)
-}
-
-fn frame_v(version: u16, msg: Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; 4096];
-    let n = encode_frame(version, &msg, &mut buf).unwrap();
-    buf.truncate(n);
-    buf
-}
-
-fn decode_one(bytes: &[u8]) -> Message<'_> {
-    Message::decode(&bytes[6..]).unwrap()
-}
+use common::peers::*;
 
 // ------------------------------------------------------------ the incumbent
-
-#[derive(Debug, PartialEq)]
-enum IOut {
-    Frame(MessageKind),
-    Drain,
-    Seal,
-    ReleaseLock,
-    AcquireLock,
-    Resume,
-    Close,
-    SendListeners(HandoffId),
-    Finished(IncumbentEnd),
-}
-
-fn drain_incumbent(s: &mut IncumbentSession) -> Vec<IOut> {
-    let mut v = Vec::new();
-    while let Some(o) = s.poll_output() {
-        v.push(match o {
-            IncumbentOutput::Transmit(f) => IOut::Frame(decode_one(f).kind()),
-            IncumbentOutput::Drain { .. } => IOut::Drain,
-            IncumbentOutput::Seal => IOut::Seal,
-            IncumbentOutput::ReleaseLock => IOut::ReleaseLock,
-            IncumbentOutput::AcquireLock => IOut::AcquireLock,
-            IncumbentOutput::Resume => IOut::Resume,
-            IncumbentOutput::Close => IOut::Close,
-            IncumbentOutput::SendListeners {
-                handoff_id,
-                version,
-            } => {
-                assert_eq!(version, 1);
-                IOut::SendListeners(handoff_id)
-            }
-            IncumbentOutput::Finished(e) => IOut::Finished(e),
-        });
-    }
-    v
-}
-
-/// Feeds all of `bytes`, one frame per call, collecting outputs.
-fn feed_incumbent(s: &mut IncumbentSession, now: Instant, mut bytes: &[u8]) -> Vec<IOut> {
-    let mut outs = Vec::new();
-    while !bytes.is_empty() {
-        let used = s.handle_input(now, bytes);
-        assert!(used >= 1);
-        bytes = &bytes[used..];
-        outs.extend(drain_incumbent(s));
-    }
-    outs
-}
-
-/// An incumbent session past `HelloAck`, idle.
-fn idle_incumbent() -> IncumbentSession {
-    let mut s = IncumbentSession::new(t(0), IncumbentConfig::default(), 7, b"b");
-    assert_eq!(
-        drain_incumbent(&mut s),
-        vec![IOut::Frame(MessageKind::Hello)]
-    );
-    let ack = frame(Message::HelloAck {
-        proto_version_chosen: 1,
-        handoff_id: ID,
-    });
-    assert_eq!(feed_incumbent(&mut s, t(1), &ack), vec![]);
-    s
-}
-
-fn prepare(deadline_ms: u64, drain_grace_ms: u64) -> Vec<u8> {
-    frame(Message::PrepareHandoff {
-        handoff_id: ID,
-        successor_pid: 9,
-        deadline_ms,
-        drain_grace_ms,
-    })
-}
 
 /// An incumbent that drained and waits for `SealRequest`.
 fn drained_incumbent() -> IncumbentSession {
@@ -126,22 +34,10 @@ fn drained_incumbent() -> IncumbentSession {
 /// An idle session whose `Hello` offered listener reclaim, as every
 /// driver's does.
 fn reclaiming_incumbent() -> IncumbentSession {
-    let cfg = IncumbentConfig {
+    idle_incumbent_with(IncumbentConfig {
         capabilities: Capabilities::RECLAIM_LISTENERS,
         ..IncumbentConfig::default()
-    };
-    let mut s = IncumbentSession::new(t(0), cfg, 7, b"b");
-    let hello = match s.poll_output() {
-        Some(IncumbentOutput::Transmit(f)) => decode_one(f).kind(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(hello, MessageKind::Hello);
-    let ack = frame(Message::HelloAck {
-        proto_version_chosen: 1,
-        handoff_id: ID,
-    });
-    assert_eq!(feed_incumbent(&mut s, t(1), &ack), vec![]);
-    s
+    })
 }
 
 #[test]
@@ -193,13 +89,6 @@ fn listeners_request_is_a_violation_unless_offered_or_before_hello_ack_or_for_an
         violation_end(&outs),
         Violation::WrongHandoffId { .. }
     ));
-}
-
-fn violation_end(outs: &[IOut]) -> Violation {
-    match outs.last() {
-        Some(IOut::Finished(IncumbentEnd::Serving(EndCause::Violation(v)))) => *v,
-        other => panic!("expected a violation ending, got {other:?} in {outs:?}"),
-    }
 }
 
 #[test]
@@ -621,69 +510,6 @@ fn a_sealed_incumbent_whose_lock_stays_taken_reports_it_is_superseded() {
 
 // ----------------------------------------------------------- the supervisor
 
-#[derive(Debug, PartialEq)]
-enum SOut {
-    Connect,
-    Frame(Side, MessageKind),
-    Spawn,
-    Signal(Signal),
-    Disconnect(Side),
-    Journal,
-    ClearJournal,
-    Finished(Result<(), AbortReason>),
-}
-
-fn drain_supervisor(s: &mut SupervisorHandoff) -> Vec<SOut> {
-    let mut v = Vec::new();
-    while let Some(o) = s.poll_output() {
-        v.push(match o {
-            SupervisorOutput::ConnectIncumbent => SOut::Connect,
-            SupervisorOutput::Transmit { to, frame } => SOut::Frame(to, decode_one(frame).kind()),
-            SupervisorOutput::SpawnSuccessor => SOut::Spawn,
-            SupervisorOutput::Signal(sig) => SOut::Signal(sig),
-            SupervisorOutput::Disconnect(p) => SOut::Disconnect(p),
-            SupervisorOutput::WriteJournal(_) => SOut::Journal,
-            SupervisorOutput::ClearJournal => SOut::ClearJournal,
-            SupervisorOutput::Finished(o) => SOut::Finished(o.result),
-        });
-    }
-    v
-}
-
-fn feed_supervisor(
-    s: &mut SupervisorHandoff,
-    now: Instant,
-    from: Side,
-    mut bytes: &[u8],
-) -> Vec<SOut> {
-    let mut outs = Vec::new();
-    while !bytes.is_empty() {
-        let used = s.handle_input(now, from, bytes);
-        assert!(used >= 1);
-        bytes = &bytes[used..];
-        outs.extend(drain_supervisor(s));
-    }
-    outs
-}
-
-fn hello(role: Side, pid: u32, min: u16, max: u16) -> Vec<u8> {
-    frame(Message::Hello {
-        role,
-        pid,
-        build_id: b"x",
-        proto_min: min,
-        proto_max: max,
-        capabilities: Capabilities::NONE,
-    })
-}
-
-fn connected_supervisor() -> SupervisorHandoff {
-    let mut s = SupervisorHandoff::new(t(0), SupervisorConfig::default(), [1; 16], 0);
-    assert_eq!(drain_supervisor(&mut s), vec![SOut::Connect]);
-    s.handle_connected(t(1));
-    s
-}
-
 /// A supervisor whose successor said `Hello`: the incumbent is draining.
 fn draining_supervisor() -> SupervisorHandoff {
     let mut s = connected_supervisor();
@@ -710,17 +536,6 @@ fn draining_supervisor() -> SupervisorHandoff {
         ]
     );
     s
-}
-
-fn violation_of(outs: &[SOut], peer: Side) -> Violation {
-    match outs.last() {
-        Some(SOut::Finished(Err(AbortReason::ProtocolViolation { peer: p, violation })))
-            if *p == peer =>
-        {
-            *violation
-        }
-        other => panic!("expected a violation by the {peer}, got {other:?} in {outs:?}"),
-    }
 }
 
 #[test]
@@ -969,56 +784,6 @@ fn an_incumbent_silent_while_it_owes_drained_is_declared_gone_at_the_liveness_li
 }
 
 // ------------------------------------------------------------ the successor
-
-#[derive(Debug, PartialEq)]
-enum NOut {
-    Frame(MessageKind),
-    AcquireLock,
-    Start,
-    Finished(SuccessorEnd),
-}
-
-fn drain_successor(s: &mut SuccessorSession) -> Vec<NOut> {
-    let mut v = Vec::new();
-    while let Some(o) = s.poll_output() {
-        v.push(match o {
-            SuccessorOutput::Transmit(f) => NOut::Frame(decode_one(f).kind()),
-            SuccessorOutput::AcquireLock => NOut::AcquireLock,
-            SuccessorOutput::Start => NOut::Start,
-            SuccessorOutput::Finished(e) => NOut::Finished(e),
-        });
-    }
-    v
-}
-
-fn feed_successor(s: &mut SuccessorSession, now: Instant, mut bytes: &[u8]) -> Vec<NOut> {
-    let mut outs = Vec::new();
-    while !bytes.is_empty() {
-        let used = s.handle_input(now, bytes);
-        bytes = &bytes[used..];
-        outs.extend(drain_successor(s));
-    }
-    outs
-}
-
-fn fresh_successor() -> SuccessorSession {
-    let mut s = SuccessorSession::new(t(0), SuccessorConfig::default(), 99, b"n");
-    assert_eq!(
-        drain_successor(&mut s),
-        vec![NOut::Frame(MessageKind::Hello)]
-    );
-    s
-}
-
-fn acked_successor() -> SuccessorSession {
-    let mut s = fresh_successor();
-    let ack = frame(Message::HelloAck {
-        proto_version_chosen: 1,
-        handoff_id: ID,
-    });
-    assert!(feed_successor(&mut s, t(1), &ack).is_empty());
-    s
-}
 
 #[test]
 fn successor_validates_the_version_the_supervisor_chose() {

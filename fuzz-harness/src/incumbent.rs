@@ -5,7 +5,10 @@
 //! seal and only once, `SealComplete` follows the release, every hook is
 //! asked for once and in order, nothing is sent after the connection
 //! closes, the daemon is resumed only with the lock, and the session ends
-//! once, never while a hook it asked for still runs.
+//! once, never while a hook it asked for still runs. The session offers
+//! `PASS_CONNECTIONS` too: the pass channel is taken once, in `Idle`, and
+//! `ConnectionsPassed` goes out only during the drain, with a channel and
+//! nothing to undo, with the count the hook reported.
 
 use std::time::Duration;
 
@@ -25,9 +28,11 @@ use handoff_core::{Message, Revisions};
 
 /// Runs `script` against a fresh session with buffers `B`.
 pub(super) fn run<B: FuzzBuffer>(script: &[IncumbentInput]) {
-    // As every driver configures it: the listener reclaim offered.
+    // As a driver configures it for a daemon that passes its connections:
+    // the listener reclaim (every driver) and the connection passing
+    // offered.
     let cfg = IncumbentConfig {
-        capabilities: Capabilities::RECLAIM_LISTENERS,
+        capabilities: Capabilities::RECLAIM_LISTENERS.union(Capabilities::PASS_CONNECTIONS),
         ..IncumbentConfig::default()
     };
     let now = Instant::ZERO;
@@ -56,6 +61,7 @@ enum Call {
     Sealed,
     SealFailed,
     SealProgress,
+    ConnectionsPassed,
     LockAcquired,
     LockBusy,
     Resumed,
@@ -154,6 +160,11 @@ impl<B: FuzzBuffer> Driver<B> {
                 self.call(Call::ResumeFailed, i, |m| m.handle_resume_failed(now))
             }
             IncumbentInput::Clock(c) => clock(self, *c),
+            IncumbentInput::ConnectionsPassed { count } => {
+                self.call(Call::ConnectionsPassed, i, |m| {
+                    m.handle_connections_passed(now, *count)
+                })
+            }
         }
     }
 
@@ -197,6 +208,13 @@ impl<B: FuzzBuffer> Driver<B> {
     ) {
         let after = self.m.step();
         let received = std::mem::replace(&mut self.check.received, Received::Nothing);
+        // Whether a count reported now must go to the supervisor: during
+        // the drain, with a channel, and with nothing to undo (which would
+        // have closed the connection).
+        let count_due = call == Call::ConnectionsPassed
+            && self.check.channel
+            && self.check.drain_out
+            && self.check.listening();
         let answered = self.check.answer(call);
         let c = Ctx {
             call,
@@ -214,6 +232,10 @@ impl<B: FuzzBuffer> Driver<B> {
             self.check.output(&c, out);
         }
         self.check.step_end(&c);
+        assert!(
+            self.check.count_sent || !count_due,
+            "a count reported during the drain, with a channel and nothing to undo, was not sent"
+        );
 
         let spurious = matches!(
             call,
@@ -231,7 +253,9 @@ impl<B: FuzzBuffer> Driver<B> {
             machine: "session",
             call: &call,
             legal: legal_transition(before, after),
-            inert: spurious || (call == Call::SealProgress && !self.check.seal_out),
+            inert: spurious
+                || (call == Call::SealProgress && !self.check.seal_out)
+                || (call == Call::ConnectionsPassed && !count_due),
             early_timeout: call == Call::Timeout && timeout_before.is_none_or(|t| t > c.now),
             outputs,
             before,
@@ -292,6 +316,10 @@ struct Check<B: FuzzBuffer> {
     beat_from: Option<Instant>,
     /// `ReleaseLock` came out; `SealComplete` must be next.
     expect_seal_complete: bool,
+    /// `PassChannel` was taken (`IncumbentOutput::PassChannel`).
+    channel: bool,
+    /// `ConnectionsPassed` went out in the current step.
+    count_sent: bool,
     step_bytes: usize,
     outbox_peak: usize,
 }
@@ -320,6 +348,8 @@ impl<B: FuzzBuffer> Check<B> {
             finished: false,
             beat_from: None,
             expect_seal_complete: false,
+            channel: false,
+            count_sent: false,
             step_bytes: 0,
             outbox_peak: 0,
         }
@@ -351,6 +381,7 @@ impl<B: FuzzBuffer> Check<B> {
 
     fn step_start(&mut self) {
         self.step_bytes = 0;
+        self.count_sent = false;
     }
 
     fn step_end(&mut self, c: &Ctx<'_>) {
@@ -389,6 +420,28 @@ impl<B: FuzzBuffer> Check<B> {
                 assert_eq!(Some(handoff_id), c.id, "SendListeners for another id");
                 assert_eq!(version, PROTO_MAX, "SendListeners with another version");
                 assert!(self.listening(), "SendListeners after Close");
+            }
+            IncumbentOutput::PassChannel {
+                handoff_id,
+                version,
+            } => {
+                assert_eq!(c.before, IncumbentStep::Idle, "PassChannel outside Idle");
+                assert!(
+                    self.cfg
+                        .capabilities
+                        .contains(Capabilities::PASS_CONNECTIONS),
+                    "PassChannel taken without PASS_CONNECTIONS offered"
+                );
+                assert!(
+                    c.received.valid(MessageKind::PassChannel, c.id).is_some(),
+                    "PassChannel output without a PassChannel frame: {:?}",
+                    c.received
+                );
+                assert!(!self.channel, "a second pass channel in one session");
+                assert_eq!(Some(handoff_id), c.id, "PassChannel for another id");
+                assert_eq!(version, PROTO_MAX, "PassChannel with another version");
+                assert!(self.listening(), "PassChannel after Close");
+                self.channel = true;
             }
             IncumbentOutput::Drain { deadline } => {
                 assert_eq!(c.before, IncumbentStep::Idle, "Drain outside Idle");
@@ -491,7 +544,25 @@ impl<B: FuzzBuffer> Check<B> {
                 assert_eq!(pid, INCUMBENT_PID);
                 assert_eq!(build_id, INCUMBENT_BUILD_ID);
                 assert_eq!((proto_min, proto_max), (PROTO_MIN, PROTO_MAX));
-                assert_eq!(capabilities, Capabilities::RECLAIM_LISTENERS);
+                assert_eq!(capabilities, self.cfg.capabilities);
+            }
+            Message::ConnectionsPassed { handoff_id, count } => {
+                assert!(
+                    c.call == Call::ConnectionsPassed,
+                    "ConnectionsPassed other than on the hook's count"
+                );
+                assert_eq!(
+                    c.input,
+                    Some(&IncumbentInput::ConnectionsPassed { count }),
+                    "ConnectionsPassed reports another count than the hook's"
+                );
+                assert_eq!(c.before, IncumbentStep::Draining);
+                assert!(self.channel, "ConnectionsPassed without a pass channel");
+                assert!(self.drain_out, "ConnectionsPassed after the drain ended");
+                assert_eq!(Some(handoff_id), c.id, "ConnectionsPassed for another id");
+                // Not checked for once per session: the session sends one
+                // on every such call, and a driver reports the count once.
+                self.count_sent = true;
             }
             Message::Drained {
                 open_conns_remaining,

@@ -317,6 +317,16 @@ pub enum FuzzMessage {
     Heartbeat { ts_ms: u64 },
     /// `Message::ListenersRequest` (an extension).
     ListenersRequest { handoff_id: FuzzId },
+    /// `Message::PassChannel` (an extension).
+    PassChannel { handoff_id: FuzzId },
+    /// `Message::PassedConnection` (an extension, pass channel only).
+    PassedConnection { handoff_id: FuzzId, state: Chunk },
+    /// `Message::PassDone` (an extension, pass channel only).
+    PassDone { handoff_id: FuzzId, count: u32 },
+    /// `Message::ConnectionsTaken` (an extension, pass channel only).
+    ConnectionsTaken { handoff_id: FuzzId },
+    /// `Message::ConnectionsPassed` (an extension).
+    ConnectionsPassed { handoff_id: FuzzId, count: u32 },
 }
 
 unparse_enum!(FuzzMessage {
@@ -335,6 +345,11 @@ unparse_enum!(FuzzMessage {
     ResumeAfterAbort { handoff_id },
     Heartbeat { ts_ms },
     ListenersRequest { handoff_id },
+    PassChannel { handoff_id },
+    PassedConnection { handoff_id, state },
+    PassDone { handoff_id, count },
+    ConnectionsTaken { handoff_id },
+    ConnectionsPassed { handoff_id, count },
 });
 
 impl FuzzMessage {
@@ -466,6 +481,28 @@ impl FuzzMessage {
             FuzzMessage::ListenersRequest { handoff_id } => frame(&Message::ListenersRequest {
                 handoff_id: id_of(handoff_id),
             }),
+            FuzzMessage::PassChannel { handoff_id } => frame(&Message::PassChannel {
+                handoff_id: id_of(handoff_id),
+            }),
+            FuzzMessage::PassedConnection { handoff_id, state } => {
+                frame(&Message::PassedConnection {
+                    handoff_id: id_of(handoff_id),
+                    state: &state.0,
+                })
+            }
+            FuzzMessage::PassDone { handoff_id, count } => frame(&Message::PassDone {
+                handoff_id: id_of(handoff_id),
+                count: *count,
+            }),
+            FuzzMessage::ConnectionsTaken { handoff_id } => frame(&Message::ConnectionsTaken {
+                handoff_id: id_of(handoff_id),
+            }),
+            FuzzMessage::ConnectionsPassed { handoff_id, count } => {
+                frame(&Message::ConnectionsPassed {
+                    handoff_id: id_of(handoff_id),
+                    count: *count,
+                })
+            }
         }
     }
 }
@@ -542,6 +579,12 @@ pub enum IncumbentInput {
     ResumeFailed,
     /// Time passes.
     Clock(FuzzClock),
+    /// The drain hook passed this many connections to the successor
+    /// (`handle_connections_passed`).
+    ConnectionsPassed {
+        /// Reported as `count`.
+        count: u32,
+    },
 }
 
 unparse_enum!(IncumbentInput {
@@ -559,6 +602,7 @@ unparse_enum!(IncumbentInput {
     Resumed,
     ResumeFailed,
     Clock(c),
+    ConnectionsPassed { count },
 });
 
 /// One input to a successor session.

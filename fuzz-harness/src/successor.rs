@@ -3,7 +3,9 @@
 //! lock is asked for only after `Begin`, `Start` (opening state, the first
 //! write) only after the lock was granted, `Ready` only after `Start` and
 //! only to a supervisor still there, heartbeats only while starting up after
-//! `Begin`, and the session ends once, for a reason the step can give.
+//! `Begin`, and the session ends once, for a reason the step can give. The
+//! session offers `PASS_CONNECTIONS`: the pass channel is taken once, and
+//! only while waiting for `Begin`.
 
 use super::shadow::{Received, Shadow, consumed, sent};
 use super::{
@@ -22,7 +24,11 @@ use handoff_core::{
 
 /// Runs `script` against a fresh session with buffers `B`.
 pub(super) fn run<B: FuzzBuffer>(script: &[SuccessorInput]) {
-    let cfg = SuccessorConfig::default();
+    // As a driver configures it for a daemon that takes passed connections.
+    let cfg = SuccessorConfig {
+        capabilities: Capabilities::PASS_CONNECTIONS,
+        ..SuccessorConfig::default()
+    };
     let now = Instant::ZERO;
     let mut d = Driver {
         m: SuccessorSession::<B>::new(now, cfg, SUCCESSOR_PID, SUCCESSOR_BUILD_ID),
@@ -227,6 +233,8 @@ struct Check<B: FuzzBuffer> {
     lock_held: bool,
     start_out: bool,
     ready_sent: bool,
+    /// `PassChannel` was taken (`SuccessorOutput::PassChannel`).
+    channel: bool,
     beat_from: Option<Instant>,
     step_bytes: usize,
     outbox_peak: usize,
@@ -249,6 +257,7 @@ impl<B: FuzzBuffer> Check<B> {
             lock_held: false,
             start_out: false,
             ready_sent: false,
+            channel: false,
             beat_from: None,
             step_bytes: 0,
             outbox_peak: 0,
@@ -347,6 +356,37 @@ impl<B: FuzzBuffer> Check<B> {
                 self.lock_held = true;
                 self.start_out = true;
             }
+            SuccessorOutput::PassChannel {
+                handoff_id,
+                version,
+            } => {
+                assert_eq!(
+                    c.before,
+                    SuccessorStep::AwaitingBegin,
+                    "PassChannel other than while waiting for Begin"
+                );
+                assert!(
+                    self.cfg
+                        .capabilities
+                        .contains(Capabilities::PASS_CONNECTIONS),
+                    "PassChannel taken without PASS_CONNECTIONS offered"
+                );
+                assert!(
+                    c.received
+                        .valid(MessageKind::PassChannel, c.id_before)
+                        .is_some(),
+                    "PassChannel output without a PassChannel frame: {:?}",
+                    c.received
+                );
+                assert!(!self.channel, "a second pass channel in one session");
+                assert_eq!(Some(handoff_id), c.id, "PassChannel for another id");
+                assert_eq!(version, PROTO_MAX, "PassChannel with another version");
+                assert!(
+                    self.listening(),
+                    "PassChannel from a supervisor that is gone"
+                );
+                self.channel = true;
+            }
             SuccessorOutput::Finished(end) => self.finish(c, end),
         }
     }
@@ -368,7 +408,7 @@ impl<B: FuzzBuffer> Check<B> {
                 assert_eq!(pid, SUCCESSOR_PID);
                 assert_eq!(build_id, SUCCESSOR_BUILD_ID);
                 assert_eq!((proto_min, proto_max), (PROTO_MIN, PROTO_MAX));
-                assert_eq!(capabilities, Capabilities::NONE);
+                assert_eq!(capabilities, self.cfg.capabilities);
             }
             Message::Ready {
                 handoff_id,

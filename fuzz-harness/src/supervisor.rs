@@ -8,7 +8,12 @@
 //! `ResumeAfterAbort` only once the successor can no longer hold the lock;
 //! `SIGKILL` only a grace after `SIGTERM`; the journal in phase order and
 //! cleared before the end; and an outcome that matches what happened, with
-//! no connection or spawn left behind.
+//! no connection or spawn left behind. Connection passing: `PassChannel`
+//! goes out, always with a channel end and nothing else does, to the
+//! successor and then the incumbent, on the successor's `Hello` and before
+//! `PrepareHandoff`, exactly when both `Hello`s offered `PASS_CONNECTIONS`;
+//! the first `ConnectionsPassed` of the drain after it is the outcome's
+//! count, and any other during the drain ends the handoff as a violation.
 
 use super::shadow::{Received, Shadow, consumed, millis, sent};
 use super::{
@@ -21,8 +26,8 @@ use handoff_core::Message;
 use handoff_core::MessageKind;
 use handoff_core::defaults;
 use handoff_core::{
-    AbortReason, HandoffOutcomeRef, IncumbentFate, Side, Signal, SuccessorFate, SupervisorConfig,
-    SupervisorHandoff, SupervisorOutput, SupervisorStep,
+    AbortReason, Capabilities, HandoffOutcomeRef, IncumbentFate, Side, Signal, SuccessorFate,
+    SupervisorConfig, SupervisorHandoff, SupervisorOutput, SupervisorStep, Violation,
 };
 use handoff_core::{HandoffId, PROTO_MAX};
 use handoff_core::{JournalPhase, JournalRecord};
@@ -101,6 +106,11 @@ struct Ctx {
     /// 10.2): healthy, and no shard behind the seal. With probation off (as
     /// here) the handoff commits on exactly that.
     ready_ok: bool,
+    /// What the `Hello` this step delivered offered, if one came.
+    hello_offer: Option<Capabilities>,
+    /// A valid `ConnectionsPassed` came from the incumbent during the drain
+    /// and is not the one the supervisor takes: a violation.
+    count_refused: bool,
 }
 
 struct Driver<B: FuzzBuffer> {
@@ -217,6 +227,16 @@ impl<B: FuzzBuffer> Driver<B> {
         );
         self.check
             .after_connect_step(&c, answered, self.m.poll_timeout());
+        if c.count_refused {
+            assert!(
+                matches!(c.after, SupervisorStep::Aborting | SupervisorStep::Done),
+                "a ConnectionsPassed the supervisor cannot take did not end the handoff"
+            );
+            assert!(
+                !self.check.open[0],
+                "the incumbent's connection kept after its violation"
+            );
+        }
         self.check.outbox_peak = self.check.outbox_peak.max(self.check.step_bytes);
         if call == Call::New {
             assert_eq!(outputs, 1, "a new handoff asks to connect, and only that");
@@ -343,6 +363,14 @@ struct Check<B: FuzzBuffer> {
     outbox_peak: usize,
     /// What the incumbent's `SealComplete` reported, for the gate.
     sealed_revisions: Vec<u64>,
+    /// What each peer's accepted `Hello` offered.
+    offers: [Capabilities; 2],
+    /// `PassChannel` went to this peer.
+    pass_sent: [bool; 2],
+    /// The count of the `ConnectionsPassed` the supervisor took.
+    connections_passed: Option<u32>,
+    /// A `ConnectionsPassed` it could not take came during the drain.
+    count_refused: bool,
 }
 
 impl<B: FuzzBuffer> Check<B> {
@@ -386,6 +414,10 @@ impl<B: FuzzBuffer> Check<B> {
             step_bytes: 0,
             outbox_peak: 0,
             sealed_revisions: Vec::new(),
+            offers: [Capabilities::NONE; 2],
+            pass_sent: [false; 2],
+            connections_passed: None,
+            count_refused: false,
         }
     }
 
@@ -494,8 +526,24 @@ impl<B: FuzzBuffer> Check<B> {
                 && before == SupervisorStep::AwaitingReady
                 && received.valid(MessageKind::Ready, id).is_some(),
             ready_ok: false,
+            hello_offer: match received.message() {
+                Some((_, Message::Hello { capabilities, .. })) => Some(capabilities),
+                _ => None,
+            },
+            count_refused: false,
         };
         let mut ctx = ctx;
+        if from_o(SupervisorStep::Draining, MessageKind::ConnectionsPassed)
+            && let Some(Message::ConnectionsPassed { count, .. }) =
+                received.valid(MessageKind::ConnectionsPassed, id)
+        {
+            if self.pass_sent == [true; 2] && self.connections_passed.is_none() {
+                self.connections_passed = Some(count);
+            } else {
+                ctx.count_refused = true;
+                self.count_refused = true;
+            }
+        }
         if ctx.seal_complete
             && let Some(Message::SealComplete {
                 last_revision_per_shard,
@@ -547,7 +595,10 @@ impl<B: FuzzBuffer> Check<B> {
                 assert!(!self.connect_out, "ConnectIncumbent twice");
                 self.connect_out = true;
             }
-            SupervisorOutput::Transmit { to, frame } => self.transmit(c, to, frame),
+            SupervisorOutput::Transmit { to, frame } => self.transmit(c, to, frame, false),
+            SupervisorOutput::TransmitWithChannelEnd { to, frame } => {
+                self.transmit(c, to, frame, true)
+            }
             SupervisorOutput::SpawnSuccessor => {
                 assert!(
                     self.helloack_now[0],
@@ -605,13 +656,29 @@ impl<B: FuzzBuffer> Check<B> {
         }
     }
 
-    fn transmit(&mut self, c: &Ctx, to: Side, frame: &[u8]) {
+    /// Whether both peers' `Hello`s offered connection passing and the
+    /// configuration allows it.
+    fn passing(&self) -> bool {
+        self.cfg.pass_connections
+            && self
+                .offers
+                .iter()
+                .all(|o| o.contains(Capabilities::PASS_CONNECTIONS))
+    }
+
+    fn transmit(&mut self, c: &Ctx, to: Side, frame: &[u8], with_channel_end: bool) {
         assert!(
             self.open[slot(to)],
             "a frame to the {to} while not connected"
         );
         self.step_bytes += frame.len();
         let msg = sent(frame);
+        assert_eq!(
+            with_channel_end,
+            msg.kind() == MessageKind::PassChannel,
+            "{:?} to the {to}: a channel end goes with PassChannel and nothing else",
+            msg.kind()
+        );
         let announce = std::mem::take(&mut self.announce_beat[slot(to)]);
         assert!(
             !announce || matches!(msg, Message::Heartbeat { .. }),
@@ -637,6 +704,7 @@ impl<B: FuzzBuffer> Check<B> {
                 assert_eq!(proto_version_chosen, PROTO_MAX);
                 let s = slot(to);
                 assert!(!self.helloack[s], "HelloAck to the {to} twice");
+                self.offers[s] = c.hello_offer.expect("a Hello came");
                 self.helloack[s] = true;
                 self.helloack_now[s] = true;
                 self.beat_from[s] = Some(c.now);
@@ -656,6 +724,11 @@ impl<B: FuzzBuffer> Check<B> {
                     "PrepareHandoff before the successor said Hello"
                 );
                 assert!(!self.prepare_sent, "PrepareHandoff twice");
+                assert_eq!(
+                    self.pass_sent,
+                    [self.passing(); 2],
+                    "PassChannel to both peers must precede PrepareHandoff exactly when both offered PASS_CONNECTIONS"
+                );
                 self.prepare_sent = true;
                 assert_eq!(Some(successor_pid), self.successor_pid);
                 assert_eq!(drain_grace_ms, millis(self.cfg.drain_grace));
@@ -665,6 +738,25 @@ impl<B: FuzzBuffer> Check<B> {
                     millis(left),
                     "PrepareHandoff misstates the time left"
                 );
+            }
+            (_, Message::PassChannel { .. }) => {
+                assert!(
+                    self.passing(),
+                    "PassChannel to the {to} though not both peers offered PASS_CONNECTIONS"
+                );
+                assert!(
+                    self.helloack_now[1],
+                    "PassChannel other than on the successor's Hello"
+                );
+                assert!(!self.prepare_sent, "PassChannel after PrepareHandoff");
+                assert!(!self.pass_sent[slot(to)], "PassChannel to the {to} twice");
+                if to == Side::Incumbent {
+                    assert!(
+                        self.pass_sent[1],
+                        "PassChannel to the incumbent before the successor"
+                    );
+                }
+                self.pass_sent[slot(to)] = true;
             }
             (Side::Incumbent, Message::SealRequest { .. }) => {
                 assert!(c.drained, "SealRequest without Drained");
@@ -831,6 +923,27 @@ impl<B: FuzzBuffer> Check<B> {
             (None, _) => {}
         }
         assert_eq!(o.journal_failed, self.journal_failed);
+        assert_eq!(
+            o.connections_passed, self.connections_passed,
+            "the outcome's count of passed connections"
+        );
+        if self.count_refused {
+            // It ended the drain, so it is the reason.
+            assert!(
+                matches!(
+                    o.result,
+                    Err(AbortReason::ProtocolViolation {
+                        peer: Side::Incumbent,
+                        violation: Violation::Unexpected {
+                            message: MessageKind::ConnectionsPassed,
+                            ..
+                        },
+                    })
+                ),
+                "a refused ConnectionsPassed ended the handoff for {:?}",
+                o.result
+            );
+        }
         assert_eq!(
             self.cleared,
             !self.journal.is_empty(),

@@ -88,7 +88,8 @@ fn recorded_scripts_read_back_unchanged() {
     );
 }
 
-/// One of each message, with every list and text non-empty.
+/// One of each message the fuzzer writes, with every list and text
+/// non-empty.
 fn every_message() -> Vec<FuzzMessage> {
     let id = FuzzId::Other(3);
     let text = Chunk(b"t\xffxt".to_vec());
@@ -145,6 +146,23 @@ fn every_message() -> Vec<FuzzMessage> {
         },
         FuzzMessage::ResumeAfterAbort { handoff_id: id },
         FuzzMessage::Heartbeat { ts_ms: 1 << 40 },
+        FuzzMessage::ListenersRequest { handoff_id: id },
+        FuzzMessage::PassChannel {
+            handoff_id: FuzzId::Current,
+        },
+        FuzzMessage::PassedConnection {
+            handoff_id: id,
+            state: Chunk(b"GET k\n".to_vec()),
+        },
+        FuzzMessage::PassDone {
+            handoff_id: id,
+            count: 2,
+        },
+        FuzzMessage::ConnectionsTaken { handoff_id: id },
+        FuzzMessage::ConnectionsPassed {
+            handoff_id: FuzzId::Current,
+            count: u32::MAX,
+        },
     ]
 }
 
@@ -186,6 +204,7 @@ fn every_input_variant_reads_back_unchanged() {
         IncumbentInput::LockBusy,
         IncumbentInput::Resumed,
         IncumbentInput::ResumeFailed,
+        IncumbentInput::ConnectionsPassed { count: 5 },
     ];
     let mut successor = vec![
         SuccessorInput::Bytes(text.clone()),

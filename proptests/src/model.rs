@@ -144,6 +144,11 @@ pub mod successor {
             SuccessorOutput::Transmit(f) => Out::Transmit(frame_kind(f)),
             SuccessorOutput::AcquireLock => Out::AcquireLock,
             SuccessorOutput::Start => Out::Start,
+            // The model's sessions offer no capability, so a `PassChannel`
+            // is a violation and this never comes.
+            SuccessorOutput::PassChannel { .. } => {
+                panic!("PassChannel from a session that offered no capability")
+            }
             SuccessorOutput::Finished(SuccessorEnd::Authoritative { supervisor_gone }) => {
                 Out::Authoritative {
                     supervisor_gone: *supervisor_gone,
@@ -382,6 +387,7 @@ pub mod incumbent {
         Sealed,
         SealFailed,
         SealProgress,
+        ConnectionsPassed,
         LockAcquired,
         LockBusy,
         Resumed,
@@ -461,6 +467,10 @@ pub mod incumbent {
             // `ListenersRequest` is a violation and this never comes.
             IncumbentOutput::SendListeners { .. } => {
                 panic!("SendListeners from a session that offered no capability")
+            }
+            // Nor is a `PassChannel` accepted.
+            IncumbentOutput::PassChannel { .. } => {
+                panic!("PassChannel from a session that offered no capability")
             }
             IncumbentOutput::Finished(end) => Out::Finished(match end {
                 IncumbentEnd::Committed => End::Committed,
@@ -681,6 +691,9 @@ pub mod incumbent {
                         self.beat_at = Some(now + HEARTBEAT);
                     }
                 }
+                // No `PassChannel` is ever taken (the sessions offer no
+                // capability), so there is no count to send.
+                Input::ConnectionsPassed => {}
                 Input::LockAcquired => {
                     if self.step == Recovering && self.waiting == Waiting::Lock {
                         self.waiting = Waiting::Resume;
@@ -922,6 +935,12 @@ pub mod supervisor {
         match out {
             SupervisorOutput::ConnectIncumbent => Out::Connect,
             SupervisorOutput::Transmit { to, frame } => Out::Transmit(*to, frame_kind(frame)),
+            // The model's peers offer no capability in their `Hello`, so
+            // no pass channel is ever set up.
+            SupervisorOutput::TransmitWithChannelEnd { to, frame } => panic!(
+                "{:?} with a channel end to the {to}, though the peers offered nothing",
+                frame_kind(frame)
+            ),
             SupervisorOutput::SpawnSuccessor => Out::Spawn,
             SupervisorOutput::Signal(s) => Out::Signal(*s),
             SupervisorOutput::Disconnect(p) => Out::Disconnect(*p),

@@ -3,9 +3,10 @@
 //! [`Message`] borrows its strings and lists, which is right for a codec
 //! that must not allocate but awkward for generated test data: a strategy
 //! has to produce a value that lives on its own. [`OwnedMessage`] is the same
-//! fourteen messages over `Vec` and `String`; a test lends it out as a
-//! borrowed [`Message`] with [`OwnedMessage::with_message`], and reads a
-//! decoded one back with [`OwnedMessage::from_message`].
+//! fourteen messages and the project's extensions over `Vec` and `String`; a
+//! test lends it out as a borrowed [`Message`] with
+//! [`OwnedMessage::with_message`], and reads a decoded one back with
+//! [`OwnedMessage::from_message`].
 
 use handoff_core::{
     Capabilities, HandoffId, Message, ProtoVersion, Revisions, Side, Strings, encode_frame,
@@ -85,6 +86,24 @@ pub enum OwnedMessage {
     Probation {
         handoff_id: [u8; 16],
         window_ms: u64,
+    },
+    PassChannel {
+        handoff_id: [u8; 16],
+    },
+    PassedConnection {
+        handoff_id: [u8; 16],
+        state: Vec<u8>,
+    },
+    PassDone {
+        handoff_id: [u8; 16],
+        count: u32,
+    },
+    ConnectionsTaken {
+        handoff_id: [u8; 16],
+    },
+    ConnectionsPassed {
+        handoff_id: [u8; 16],
+        count: u32,
     },
     Heartbeat {
         ts_ms: u64,
@@ -215,6 +234,26 @@ impl OwnedMessage {
                 handoff_id: id(handoff_id),
                 window_ms: *window_ms,
             }),
+            OwnedMessage::PassChannel { handoff_id } => f(Message::PassChannel {
+                handoff_id: id(handoff_id),
+            }),
+            OwnedMessage::PassedConnection { handoff_id, state } => f(Message::PassedConnection {
+                handoff_id: id(handoff_id),
+                state,
+            }),
+            OwnedMessage::PassDone { handoff_id, count } => f(Message::PassDone {
+                handoff_id: id(handoff_id),
+                count: *count,
+            }),
+            OwnedMessage::ConnectionsTaken { handoff_id } => f(Message::ConnectionsTaken {
+                handoff_id: id(handoff_id),
+            }),
+            OwnedMessage::ConnectionsPassed { handoff_id, count } => {
+                f(Message::ConnectionsPassed {
+                    handoff_id: id(handoff_id),
+                    count: *count,
+                })
+            }
         }
     }
 
@@ -330,6 +369,24 @@ impl OwnedMessage {
             } => OwnedMessage::Probation {
                 handoff_id: id(handoff_id),
                 window_ms: *window_ms,
+            },
+            Message::PassChannel { handoff_id } => OwnedMessage::PassChannel {
+                handoff_id: id(handoff_id),
+            },
+            Message::PassedConnection { handoff_id, state } => OwnedMessage::PassedConnection {
+                handoff_id: id(handoff_id),
+                state: state.to_vec(),
+            },
+            Message::PassDone { handoff_id, count } => OwnedMessage::PassDone {
+                handoff_id: id(handoff_id),
+                count: *count,
+            },
+            Message::ConnectionsTaken { handoff_id } => OwnedMessage::ConnectionsTaken {
+                handoff_id: id(handoff_id),
+            },
+            Message::ConnectionsPassed { handoff_id, count } => OwnedMessage::ConnectionsPassed {
+                handoff_id: id(handoff_id),
+                count: *count,
             },
         }
     }

@@ -118,11 +118,34 @@ fn message_of(kind: MessageKind, id: [u8; 16]) -> OwnedMessage {
             handoff_id: id,
             window_ms: 5_000,
         },
+        MessageKind::PassChannel => M::PassChannel { handoff_id: id },
+        MessageKind::PassedConnection => M::PassedConnection {
+            handoff_id: id,
+            state: b"GET k\n".to_vec(),
+        },
+        MessageKind::PassDone => M::PassDone {
+            handoff_id: id,
+            count: 2,
+        },
+        MessageKind::ConnectionsTaken => M::ConnectionsTaken { handoff_id: id },
+        MessageKind::ConnectionsPassed => M::ConnectionsPassed {
+            handoff_id: id,
+            count: 2,
+        },
     }
 }
 
+/// Any message kind, the extensions included: the models' machines offer
+/// no capability, so to them every extension is unexpected.
 fn any_kind() -> impl Strategy<Value = MessageKind> {
-    (0..MessageKind::ALL.len()).prop_map(|i| MessageKind::ALL[i])
+    let n = MessageKind::ALL.len();
+    (0..n + MessageKind::EXTENSIONS.len()).prop_map(move |i| {
+        if i < n {
+            MessageKind::ALL[i]
+        } else {
+            MessageKind::EXTENSIONS[i - n]
+        }
+    })
 }
 
 fn msg(message: OwnedMessage) -> Frame {
@@ -343,6 +366,7 @@ enum IncChoice {
     Sealed,
     SealFailed,
     SealProgress,
+    ConnectionsPassed,
     LockAcquired,
     LockBusy,
     Resumed,
@@ -382,6 +406,7 @@ fn inc_choice() -> impl Strategy<Value = IncChoice> {
         1 => Just(Sealed),
         1 => Just(SealFailed),
         1 => Just(SealProgress),
+        1 => Just(ConnectionsPassed),
         1 => Just(LockAcquired),
         1 => Just(LockBusy),
         1 => Just(Resumed),
@@ -470,6 +495,7 @@ fn inc_input(
         IncChoice::Sealed => I::Sealed,
         IncChoice::SealFailed => I::SealFailed,
         IncChoice::SealProgress => I::SealProgress,
+        IncChoice::ConnectionsPassed => I::ConnectionsPassed,
         IncChoice::LockAcquired => I::LockAcquired,
         IncChoice::LockBusy => I::LockBusy,
         IncChoice::Resumed => I::Resumed,
@@ -518,6 +544,7 @@ fn inc_apply(
             },
         ),
         I::SealProgress => real.handle_seal_progress(now, 1, 2, 3),
+        I::ConnectionsPassed => real.handle_connections_passed(now, 2),
         I::LockAcquired => real.handle_lock_acquired(now),
         I::LockBusy => real.handle_lock_busy(now),
         I::Resumed => real.handle_resumed(now),

@@ -8,14 +8,17 @@
 //! lock, and the incumbent releases the lock only after a successful seal.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod peers;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use handoff_core::{
-    AbortReason, DrainReport, IncumbentConfig, IncumbentEnd, IncumbentFate, IncumbentOutput,
-    IncumbentSession, Instant, JournalPhase, JournalRecord, ReadyReportRef, Revisions, SealFailure,
-    SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorFate,
-    SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
+    AbortReason, DrainReport, HandoffId, IncumbentConfig, IncumbentEnd, IncumbentFate,
+    IncumbentOutput, IncumbentSession, Instant, JournalPhase, JournalRecord, LEN_PREFIX, Message,
+    MessageKind, ProtoVersion, ReadyReportRef, Revisions, SealFailure, SealReportRef, Side, Signal,
+    Strings, SuccessorConfig, SuccessorEnd, SuccessorFate, SuccessorOutput, SuccessorSession,
+    SupervisorConfig, SupervisorHandoff, SupervisorOutput, VERSION_FIELD,
 };
 
 pub const O_PID: u32 = 1000;
@@ -68,6 +71,7 @@ pub struct OwnedOutcome {
     pub rolled_back: bool,
     pub timings: handoff_core::PhaseTimings,
     pub journal_failed: bool,
+    pub connections_passed: Option<u32>,
 }
 
 impl OwnedOutcome {
@@ -89,6 +93,9 @@ pub struct IncumbentBehavior {
     pub resume_fails: bool,
     /// Sends `SealProgress` this often while sealing.
     pub seal_progress_every: Option<Duration>,
+    /// With a pass channel, the drain passes this many connections and
+    /// reports them just before `Drained`.
+    pub passes: u32,
 }
 
 impl Default for IncumbentBehavior {
@@ -99,6 +106,7 @@ impl Default for IncumbentBehavior {
             seal_fails: false,
             resume_fails: false,
             seal_progress_every: None,
+            passes: 2,
         }
     }
 }
@@ -158,6 +166,8 @@ pub struct IncumbentProc {
     pub session: Option<IncumbentSession>,
     pub ends: Vec<IncumbentEnd>,
     pub behavior: IncumbentBehavior,
+    /// The pass channel the session took, with its id and version.
+    pub pass_channel: Option<(HandoffId, ProtoVersion)>,
     hooks: Vec<(Instant, Hook)>,
 }
 
@@ -181,6 +191,8 @@ pub struct SuccessorProc {
     pub behavior: SuccessorBehavior,
     /// The whole process is stuck: it reads nothing and times nothing out.
     pub hung: bool,
+    /// The pass channel the session took, with its id and version.
+    pub pass_channel: Option<(HandoffId, ProtoVersion)>,
 }
 
 impl SuccessorProc {
@@ -215,6 +227,8 @@ pub struct World {
     pub journal: Option<JournalRecord>,
     pub journal_log: Vec<JournalPhase>,
     pub outcome: Option<OwnedOutcome>,
+    /// Every frame the supervisor wrote, in order.
+    pub supervisor_sent: Vec<SentFrame>,
     pub trace: Vec<String>,
     pub successor_behavior: SuccessorBehavior,
     pub spawn_fails: bool,
@@ -226,6 +240,16 @@ pub struct World {
     /// Crash this role right after it sent this many frames.
     pub crash_after_frames: Option<(Role, usize)>,
     pub steps: usize,
+}
+
+/// A frame the supervisor wrote, read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentFrame {
+    pub to: Side,
+    pub kind: MessageKind,
+    /// Written as `TransmitWithChannelEnd`: an end of the pass channel
+    /// beside it.
+    pub channel_end: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,6 +276,7 @@ impl World {
                 session: None,
                 ends: Vec::new(),
                 behavior: IncumbentBehavior::default(),
+                pass_channel: None,
                 hooks: Vec::new(),
             },
             successor: None,
@@ -266,6 +291,7 @@ impl World {
             journal: None,
             journal_log: Vec::new(),
             outcome: None,
+            supervisor_sent: Vec::new(),
             trace: Vec::new(),
             successor_behavior: SuccessorBehavior::default(),
             spawn_fails: false,
@@ -288,6 +314,23 @@ impl World {
         ));
         self.supervisor_alive = true;
         self.outcome = None;
+    }
+
+    /// A whole handoff with this configuration: started, run until nothing
+    /// is left to happen, its outcome.
+    pub fn handoff(&mut self, cfg: SupervisorConfig) -> OwnedOutcome {
+        self.start_handoff(cfg);
+        self.run();
+        self.outcome.clone().expect("the supervisor finished")
+    }
+
+    /// The frames the supervisor wrote to `to`, in order.
+    pub fn sent_to(&self, to: Side) -> Vec<MessageKind> {
+        self.supervisor_sent
+            .iter()
+            .filter(|f| f.to == to)
+            .map(|f| f.kind)
+            .collect()
     }
 
     /// Runs until nothing is left to happen, or panics after many steps.
@@ -488,13 +531,18 @@ impl World {
         let o = &mut self.incumbent;
         let Some(s) = o.session.as_mut() else { return };
         match hook {
-            Hook::Drain => s.handle_drained(
-                now,
-                DrainReport {
-                    open_conns_remaining: 2,
-                    accept_closed: true,
-                },
-            ),
+            Hook::Drain => {
+                if o.pass_channel.is_some() {
+                    s.handle_connections_passed(now, b.passes);
+                }
+                s.handle_drained(
+                    now,
+                    DrainReport {
+                        open_conns_remaining: 2,
+                        accept_closed: true,
+                    },
+                )
+            }
             Hook::SealProgress => {
                 s.handle_seal_progress(now, 1, 4, 40);
                 if let Some(every) = b.seal_progress_every
@@ -583,8 +631,19 @@ impl World {
                         self.supervisor.as_mut().unwrap().handle_connect_failed(now);
                     }
                 }
-                SupervisorOutput::Transmit { to, frame } => {
+                SupervisorOutput::Transmit { to, frame }
+                | SupervisorOutput::TransmitWithChannelEnd { to, frame } => {
+                    let channel_end =
+                        matches!(out, SupervisorOutput::TransmitWithChannelEnd { .. });
                     let frame = frame.to_vec();
+                    let kind = Message::decode(&frame[LEN_PREFIX + VERSION_FIELD..])
+                        .expect("the supervisor writes frames that decode")
+                        .kind();
+                    self.supervisor_sent.push(SentFrame {
+                        to,
+                        kind,
+                        channel_end,
+                    });
                     let pipe = match to {
                         Side::Incumbent => &mut self.s_to_o,
                         Side::Successor => &mut self.s_to_n,
@@ -614,6 +673,7 @@ impl World {
                             end: None,
                             behavior: b,
                             hung: false,
+                            pass_channel: None,
                         });
                         self.log("S spawns N".into());
                         self.supervisor.as_mut().unwrap().handle_spawned(now, N_PID);
@@ -666,6 +726,7 @@ impl World {
                         rolled_back: o.rolled_back(),
                         timings: o.timings,
                         journal_failed: o.journal_failed,
+                        connections_passed: o.connections_passed,
                     };
                     self.log(format!("S finished: {:?}", owned.result));
                     self.outcome = Some(owned);
@@ -711,6 +772,14 @@ impl World {
                 }
                 IncumbentOutput::SendListeners { .. } => {
                     panic!("the scenario world's incumbent offers no capability")
+                }
+                IncumbentOutput::PassChannel {
+                    handoff_id,
+                    version,
+                } => {
+                    assert!(o.pass_channel.is_none(), "a second pass channel");
+                    o.pass_channel = Some((handoff_id, version));
+                    self.log("O takes the pass channel".into());
                 }
                 IncumbentOutput::ReleaseLock => {
                     assert!(o.holds_lock, "released a lock it does not hold");
@@ -787,6 +856,13 @@ impl World {
                     } else {
                         n.session.as_mut().unwrap().handle_lock_busy(now);
                     }
+                }
+                SuccessorOutput::PassChannel {
+                    handoff_id,
+                    version,
+                } => {
+                    assert!(n.pass_channel.is_none(), "a second pass channel");
+                    n.pass_channel = Some((handoff_id, version));
                 }
                 SuccessorOutput::Start => {
                     if n.behavior.hang_after_begin {
@@ -922,6 +998,7 @@ impl World {
             session: None,
             ends: Vec::new(),
             behavior: IncumbentBehavior::default(),
+            pass_channel: None,
             hooks: Vec::new(),
         };
         if free {

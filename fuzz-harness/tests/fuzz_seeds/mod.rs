@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 
 use handoff_core::{
     Capabilities, DrainReport, HandoffId, IncumbentConfig, IncumbentOutput, IncumbentSession,
-    Instant, JournalPhase, JournalRecord, Message, ReadyReportRef, Revisions, SealFailure,
-    SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd, SuccessorOutput,
-    SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput, encode_frame,
+    Instant, JournalPhase, JournalRecord, Message, MessageKind, ReadyReportRef, Revisions,
+    SealFailure, SealReportRef, Side, Signal, Strings, SuccessorConfig, SuccessorEnd,
+    SuccessorOutput, SuccessorSession, SupervisorConfig, SupervisorHandoff, SupervisorOutput,
+    encode_frame,
 };
 use handoff_fuzz_harness::{
     Chunk, DecoderChoice, FrameDecoderInput, FuzzClock, FuzzId, FuzzMessage, FuzzPeer, FuzzPid,
@@ -55,6 +56,9 @@ struct Scenario {
     /// The supervisor dies right after sending this many frames.
     supervisor_dies_after: Option<usize>,
     incumbent_dies_after_seal: bool,
+    /// Both peers offer `PASS_CONNECTIONS`; the drain passes
+    /// [`PASSED`] connections and says so before `Drained`.
+    passes: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -174,7 +178,16 @@ const SCENARIOS: &[Scenario] = &[
         start_ms: 2_000,
         ..base()
     },
+    Scenario {
+        name: "happy-passing-connections",
+        passes: true,
+        drain_ms: 800,
+        ..base()
+    },
 ];
+
+/// Connections a passing drain hands over.
+const PASSED: u32 = 3;
 
 const fn base() -> Scenario {
     Scenario {
@@ -198,6 +211,16 @@ const fn base() -> Scenario {
         lock_linger_ms: 0,
         supervisor_dies_after: None,
         incumbent_dies_after_seal: false,
+        passes: false,
+    }
+}
+
+/// What the scenario's daemons offer in their `Hello`.
+fn offered(sc: &Scenario) -> Capabilities {
+    if sc.passes {
+        Capabilities::PASS_CONNECTIONS
+    } else {
+        Capabilities::NONE
     }
 }
 
@@ -277,6 +300,8 @@ struct World {
     sup_frames: usize,
     inc: Option<IncumbentSession>,
     inc_alive: bool,
+    /// The incumbent took a pass channel.
+    inc_channel: bool,
     suc: Option<SuccessorSession>,
     suc_alive: bool,
     lock: Option<Holder>,
@@ -314,6 +339,7 @@ fn record(sc: Scenario) -> Recorded {
         sup_frames: 0,
         inc: None,
         inc_alive: true,
+        inc_channel: false,
         suc: None,
         suc_alive: false,
         lock: Some(Holder::Incumbent),
@@ -368,6 +394,7 @@ enum IncOut {
     ReleaseLock,
     AcquireLock,
     Resume,
+    PassChannel,
     Close,
     Finished,
 }
@@ -477,7 +504,12 @@ impl World {
         while let Some(o) = s.poll_output() {
             outs.push(match o {
                 SupervisorOutput::ConnectIncumbent => SupOut::Connect,
-                SupervisorOutput::Transmit { to, frame } => SupOut::Transmit(to, frame.to_vec()),
+                // The channel end itself is not modelled: the fuzz targets
+                // see frames only.
+                SupervisorOutput::Transmit { to, frame }
+                | SupervisorOutput::TransmitWithChannelEnd { to, frame } => {
+                    SupOut::Transmit(to, frame.to_vec())
+                }
                 SupervisorOutput::SpawnSuccessor => SupOut::Spawn,
                 SupervisorOutput::Signal(sig) => SupOut::Signal(sig),
                 SupervisorOutput::Disconnect(p) => SupOut::Disconnect(p),
@@ -497,9 +529,13 @@ impl World {
                         self.rec_sup.push(now, SupervisorInput::ConnectFailed);
                         self.sup.as_mut().unwrap().handle_connect_failed(now);
                     } else {
+                        let cfg = IncumbentConfig {
+                            capabilities: offered(&self.sc),
+                            ..IncumbentConfig::default()
+                        };
                         self.inc = Some(IncumbentSession::new(
                             now,
-                            IncumbentConfig::default(),
+                            cfg,
                             INCUMBENT_PID,
                             INCUMBENT_BUILD_ID,
                         ));
@@ -567,6 +603,7 @@ impl World {
                 IncumbentOutput::ReleaseLock => IncOut::ReleaseLock,
                 IncumbentOutput::AcquireLock => IncOut::AcquireLock,
                 IncumbentOutput::Resume => IncOut::Resume,
+                IncumbentOutput::PassChannel { .. } => IncOut::PassChannel,
                 IncumbentOutput::Close => IncOut::Close,
                 IncumbentOutput::Finished(_) => IncOut::Finished,
                 // The seed world's supervisor never asks for listeners.
@@ -620,6 +657,7 @@ impl World {
                         s.handle_resumed(now);
                     }
                 }
+                IncOut::PassChannel => self.inc_channel = true,
                 IncOut::Close => {
                     self.o_s.eof = true;
                     // Nothing more is read from the supervisor.
@@ -645,6 +683,9 @@ impl World {
                 SuccessorOutput::Transmit(f) => SucOut::Transmit(f.to_vec()),
                 SuccessorOutput::AcquireLock => SucOut::AcquireLock,
                 SuccessorOutput::Start => SucOut::Start,
+                // The connections come on the channel, which the fuzz
+                // targets do not see.
+                SuccessorOutput::PassChannel { .. } => continue,
                 SuccessorOutput::Finished(end) => {
                     SucOut::Finished(matches!(end, SuccessorEnd::Failed(_)))
                 }
@@ -778,14 +819,21 @@ impl World {
                     self.rec_inc.push(now, IncumbentInput::DrainFailed);
                     s.handle_drain_failed(now);
                 } else {
+                    // Passed connections are not left open.
+                    let open_conns_remaining = if self.inc_channel { 0 } else { 3 };
+                    if self.inc_channel {
+                        self.rec_inc
+                            .push(now, IncumbentInput::ConnectionsPassed { count: PASSED });
+                        s.handle_connections_passed(now, PASSED);
+                    }
                     let report = DrainReport {
-                        open_conns_remaining: 3,
+                        open_conns_remaining,
                         accept_closed: true,
                     };
                     self.rec_inc.push(
                         now,
                         IncumbentInput::Drained {
-                            open_conns_remaining: 3,
+                            open_conns_remaining,
                             accept_closed: true,
                         },
                     );
@@ -848,9 +896,13 @@ impl World {
                 } else if sc.crash_before_hello {
                     self.schedule(0, Ev::SuccessorExits);
                 } else {
+                    let cfg = SuccessorConfig {
+                        capabilities: offered(&sc),
+                        ..SuccessorConfig::default()
+                    };
                     self.suc = Some(SuccessorSession::new(
                         now,
-                        SuccessorConfig::default(),
+                        cfg,
                         SUCCESSOR_PID,
                         SUCCESSOR_BUILD_ID,
                     ));
@@ -978,6 +1030,30 @@ fn all_messages() -> Vec<Vec<u8>> {
     msgs.iter().map(frame).collect()
 }
 
+/// The first variant index that names no message: past the fourteen and
+/// every extension.
+const UNKNOWN_VARIANT: u8 = (MessageKind::ALL.len() + MessageKind::EXTENSIONS.len()) as u8;
+
+/// The messages that travel only on the pass channel, which no recorded
+/// stream carries: their payloads seed the codec target.
+fn channel_messages() -> Vec<Vec<u8>> {
+    let id = HandoffId::from_random_bytes(SUPERVISOR_RANDOM);
+    [
+        Message::PassedConnection {
+            handoff_id: id,
+            state: b"GET k\r\nSET k 5\r\nhel",
+        },
+        Message::PassDone {
+            handoff_id: id,
+            count: PASSED,
+        },
+        Message::ConnectionsTaken { handoff_id: id },
+    ]
+    .iter()
+    .map(frame)
+    .collect()
+}
+
 fn name_of(frame: &[u8]) -> &'static str {
     Message::decode(&frame[6..]).unwrap().kind().name()
 }
@@ -1003,7 +1079,10 @@ fn hostile_streams() -> Vec<(&'static str, Vec<u8>)> {
     ));
     v.push(("version-only", [2, 0, 0, 0, 1, 0].to_vec()));
     v.push(("trailing-byte", [5, 0, 0, 0, 1, 0, 13, 1, 0].to_vec()));
-    v.push(("unknown-variant", [3, 0, 0, 0, 1, 0, 14].to_vec()));
+    v.push((
+        "unknown-variant",
+        [3, 0, 0, 0, 1, 0, UNKNOWN_VARIANT].to_vec(),
+    ));
     v.push((
         "overlong-varint",
         [
@@ -1034,7 +1113,7 @@ fn hostile_streams() -> Vec<(&'static str, Vec<u8>)> {
 fn malformed_payloads() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("empty", vec![]),
-        ("unknown-variant", vec![14]),
+        ("unknown-variant", vec![UNKNOWN_VARIANT]),
         ("variant-overlong", vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x01]),
         ("bad-id-length", vec![4, 15, 0]),
         ("bad-bool", vec![3, 1, 2]),
@@ -1219,7 +1298,7 @@ fn structured_scripts() -> Vec<Seed> {
         SupervisorInput::Clock(FuzzClock::Timeout),
         SupervisorInput::ConnectedTo(FuzzPid::Other(1)),
     ];
-    vec![
+    let mut seeds = vec![
         (
             "supervisor",
             "structured-path-taken-late".into(),
@@ -1244,6 +1323,97 @@ fn structured_scripts() -> Vec<Seed> {
             "supervisor",
             "structured-ready-timeout".into(),
             unparse_script(&supervisor),
+        ),
+    ];
+    seeds.extend(passing_scripts());
+    seeds
+}
+
+/// Connection passing written frame by frame: a supervisor whose peers
+/// both offer it hears the count twice (the second is a violation); the
+/// same with no peer offering it (the first is); an incumbent takes the
+/// channel, reports a count before and during the drain; a successor is
+/// sent the channel twice (the second is a violation).
+fn passing_scripts() -> Vec<Seed> {
+    let id = FuzzId::Current;
+    let hello = |successor: bool, capabilities: u64| FuzzMessage::Hello {
+        successor,
+        pid: FuzzPid::Expected,
+        build_id: Chunk(b"b".to_vec()),
+        proto_min: 1,
+        proto_max: 1,
+        capabilities,
+    };
+    let count = SupervisorInput::Frame(
+        FuzzPeer::Incumbent,
+        FuzzMessage::ConnectionsPassed {
+            handoff_id: id,
+            count: PASSED,
+        },
+    );
+    let supervisor = |capabilities: u64, counts: usize| {
+        let mut v = vec![
+            SupervisorInput::Connected,
+            SupervisorInput::Frame(FuzzPeer::Incumbent, hello(false, capabilities)),
+            SupervisorInput::Spawned(SUCCESSOR_PID),
+            SupervisorInput::Frame(FuzzPeer::Successor, hello(true, capabilities)),
+        ];
+        v.extend(std::iter::repeat_n(count.clone(), counts));
+        v.push(SupervisorInput::Clock(FuzzClock::TimeoutAtDeadline));
+        v.push(SupervisorInput::Clock(FuzzClock::TimeoutAtDeadline));
+        v.push(SupervisorInput::SuccessorExited);
+        v
+    };
+    let pass = Capabilities::PASS_CONNECTIONS.bits();
+    let incumbent = vec![
+        IncumbentInput::Frame(FuzzMessage::HelloAck {
+            proto_version_chosen: 1,
+            handoff_id: id,
+        }),
+        IncumbentInput::ConnectionsPassed { count: 1 },
+        IncumbentInput::Frame(FuzzMessage::PassChannel { handoff_id: id }),
+        IncumbentInput::Frame(FuzzMessage::PrepareHandoff {
+            handoff_id: id,
+            successor_pid: SUCCESSOR_PID,
+            deadline_ms: 60_000,
+            drain_grace_ms: 25_000,
+        }),
+        IncumbentInput::ConnectionsPassed { count: PASSED },
+        IncumbentInput::Drained {
+            open_conns_remaining: 0,
+            accept_closed: true,
+        },
+        IncumbentInput::ConnectionsPassed { count: PASSED },
+        IncumbentInput::Frame(FuzzMessage::SealRequest { handoff_id: id }),
+    ];
+    let successor = vec![
+        SuccessorInput::Frame(FuzzMessage::HelloAck {
+            proto_version_chosen: 1,
+            handoff_id: id,
+        }),
+        SuccessorInput::Frame(FuzzMessage::PassChannel { handoff_id: id }),
+        SuccessorInput::Frame(FuzzMessage::PassChannel { handoff_id: id }),
+    ];
+    vec![
+        (
+            "supervisor",
+            "structured-count-twice".into(),
+            unparse_script(&supervisor(pass, 2)),
+        ),
+        (
+            "supervisor",
+            "structured-count-without-channel".into(),
+            unparse_script(&supervisor(0, 1)),
+        ),
+        (
+            "incumbent",
+            "structured-pass-channel-and-count".into(),
+            unparse_script(&incumbent),
+        ),
+        (
+            "successor",
+            "structured-pass-channel-twice".into(),
+            unparse_script(&successor),
         ),
     ]
 }
@@ -1344,6 +1514,9 @@ pub(crate) fn seeds() -> Vec<Seed> {
                 header.with_stream(stream),
             ));
         }
+    }
+    for f in channel_messages() {
+        payload_set.insert(f[6..].to_vec());
     }
     seeds.extend(structured_scripts());
     for (name, stream) in hostile_streams().into_iter().take(8) {

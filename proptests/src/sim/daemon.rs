@@ -404,9 +404,13 @@ impl World {
                 Some(IncumbentOutput::AcquireLock) => IncOut::AcquireLock,
                 Some(IncumbentOutput::Resume) => IncOut::Resume,
                 Some(IncumbentOutput::Close) => IncOut::Close,
-                // The simulated daemons offer no capability.
+                // The simulated daemons offer no capability but
+                // `PROBATION`.
                 Some(IncumbentOutput::SendListeners { .. }) => {
                     return Err(format!("pid {pid}: SendListeners without the capability"));
+                }
+                Some(IncumbentOutput::PassChannel { .. }) => {
+                    return Err(format!("pid {pid}: PassChannel without the capability"));
                 }
                 Some(IncumbentOutput::Finished(end)) => IncOut::Finished(end),
             };
@@ -421,6 +425,10 @@ impl World {
                 Some(SuccessorOutput::Transmit(f)) => SucOut::Transmit(f.to_vec()),
                 Some(SuccessorOutput::AcquireLock) => SucOut::AcquireLock,
                 Some(SuccessorOutput::Start) => SucOut::Start,
+                // As above: `PASS_CONNECTIONS` is never offered.
+                Some(SuccessorOutput::PassChannel { .. }) => {
+                    return Err(format!("pid {pid}: PassChannel without the capability"));
+                }
                 Some(SuccessorOutput::Finished(end)) => SucOut::Finished(end),
             };
             return self.successor_output(pid, out);

@@ -209,6 +209,13 @@ impl World {
             }
             Some(SupervisorOutput::ConnectIncumbent) => SupOut::Connect,
             Some(SupervisorOutput::Transmit { to, frame }) => SupOut::Transmit(to, frame.to_vec()),
+            // The simulated daemons never offer `PASS_CONNECTIONS`.
+            Some(SupervisorOutput::TransmitWithChannelEnd { to, frame }) => {
+                return Err(format!(
+                    "S passes a channel end to the {to} ({}) though no daemon offers PASS_CONNECTIONS",
+                    frame_name(frame)
+                ));
+            }
             Some(SupervisorOutput::SpawnSuccessor) => SupOut::Spawn,
             Some(SupervisorOutput::Signal(s)) => SupOut::Signal(s),
             Some(SupervisorOutput::Disconnect(p)) => SupOut::Disconnect(p),
