@@ -314,6 +314,8 @@ struct Core<B: Buffer> {
     lock_give_up_at: Instant,
     /// `PassChannel` came (once per session).
     channel: bool,
+    /// `ConnectionsPassed` was queued (once per session).
+    passed_reported: bool,
 }
 
 /// The incumbent's state machine for one control session. See the crate
@@ -347,6 +349,7 @@ impl<B: Buffer> IncumbentSession<B> {
                 recovery: Recovery::Resume,
                 lock_give_up_at: now,
                 channel: false,
+                passed_reported: false,
             },
         }
     }
@@ -414,13 +417,17 @@ impl<B: Buffer> IncumbentSession<B> {
     /// `count` connections went to the successor over the pass channel,
     /// `PassDone` last. Call it when the drain hook finished, before
     /// [`IncumbentSession::handle_drained`]: the supervisor hears the count
-    /// just before `Drained`. Ignored without a `PassChannel`, or once the
-    /// handoff is being undone.
+    /// just before `Drained`. Ignored without a `PassChannel`, after the
+    /// first call, or once the session is closed (the frame has nowhere to
+    /// go).
     pub fn handle_connections_passed(&mut self, _now: Instant, count: u32) {
         let c = &mut self.core;
-        if c.step != IncumbentStep::Draining || !c.channel || c.pending.is_some() {
+        // Once: a second count would be a second `ConnectionsPassed`, which
+        // the supervisor takes for a violation.
+        if c.step != IncumbentStep::Draining || !c.channel || c.passed_reported {
             return;
         }
+        c.passed_reported = true;
         if let Some(handoff_id) = c.id {
             c.send(&Message::ConnectionsPassed { handoff_id, count });
         }

@@ -505,7 +505,7 @@ fn frames_of(s: &mut IncumbentSession) -> Vec<(MessageKind, Option<u32>)> {
 }
 
 #[test]
-fn the_count_goes_out_just_before_drained_only_with_a_channel_and_nothing_to_undo() {
+fn the_count_goes_out_once_just_before_drained_only_with_a_channel_and_nothing_to_undo() {
     // With a channel: the count, then `Drained`.
     let mut s = passing_incumbent();
     feed_incumbent(&mut s, t(2), &pass_channel(ID));
@@ -514,6 +514,8 @@ fn the_count_goes_out_just_before_drained_only_with_a_channel_and_nothing_to_und
     assert_eq!(frames_of(&mut s), []);
     feed_incumbent(&mut s, t(3), &prepare(60_000, 25_000));
     s.handle_connections_passed(t(4), 7);
+    // Once: a second count would be a violation at the supervisor.
+    s.handle_connections_passed(t(4), 8);
     s.handle_drained(t(4), DrainReport::default());
     assert_eq!(
         frames_of(&mut s),

@@ -8,7 +8,7 @@
 //! once, never while a hook it asked for still runs. The session offers
 //! `PASS_CONNECTIONS` too: the pass channel is taken once, in `Idle`, and
 //! `ConnectionsPassed` goes out only during the drain, with a channel and
-//! nothing to undo, with the count the hook reported.
+//! nothing to undo, once, with the count the hook reported.
 
 use std::time::Duration;
 
@@ -214,6 +214,7 @@ impl<B: FuzzBuffer> Driver<B> {
         let count_due = call == Call::ConnectionsPassed
             && self.check.channel
             && self.check.drain_out
+            && !self.check.count_reported
             && self.check.listening();
         let answered = self.check.answer(call);
         let c = Ctx {
@@ -320,6 +321,8 @@ struct Check<B: FuzzBuffer> {
     channel: bool,
     /// `ConnectionsPassed` went out in the current step.
     count_sent: bool,
+    /// `ConnectionsPassed` went out in this session (once at most).
+    count_reported: bool,
     step_bytes: usize,
     outbox_peak: usize,
 }
@@ -350,6 +353,7 @@ impl<B: FuzzBuffer> Check<B> {
             expect_seal_complete: false,
             channel: false,
             count_sent: false,
+            count_reported: false,
             step_bytes: 0,
             outbox_peak: 0,
         }
@@ -560,9 +564,9 @@ impl<B: FuzzBuffer> Check<B> {
                 assert!(self.channel, "ConnectionsPassed without a pass channel");
                 assert!(self.drain_out, "ConnectionsPassed after the drain ended");
                 assert_eq!(Some(handoff_id), c.id, "ConnectionsPassed for another id");
-                // Not checked for once per session: the session sends one
-                // on every such call, and a driver reports the count once.
+                assert!(!self.count_reported, "a second ConnectionsPassed");
                 self.count_sent = true;
+                self.count_reported = true;
             }
             Message::Drained {
                 open_conns_remaining,
