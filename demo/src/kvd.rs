@@ -532,6 +532,9 @@ struct State {
     serving_conns: u32,
     /// Connections that got their `RETRY` and wait for the client to close.
     lingering_conns: u32,
+    /// The accept loop is between seeing the phase accept and serving
+    /// what it accepted.
+    accepting: bool,
     /// Connections passed to the successor, untouched until the handoff
     /// ends: closed after a commit, served again after a resume.
     parked_conns: u32,
@@ -603,6 +606,7 @@ impl Daemon {
                 in_flight: 0,
                 serving_conns: 0,
                 lingering_conns: 0,
+                accepting: false,
                 parked_conns: 0,
                 handover: Handover::unavailable(),
                 period: 0,
@@ -695,16 +699,35 @@ impl Daemon {
                 let mut sink = [0u8; 64];
                 while matches!((&*wake).read(&mut sink), Ok(n) if n > 0) {}
             }
-            if !(ready.get(1) == Some(&true) && lock_state(&self.state).phase.accepting()) {
+            if ready.get(1) != Some(&true) {
                 continue;
             }
-            // Blocking: the successor could take the connection between our
-            // poll and this call, and then we wait for the next one. Only
-            // one process accepts at a time, and a connection we take late
-            // is answered RETRY, so that costs the client one retry at most.
-            match listener.accept() {
-                Ok((stream, _)) => self.spawn_connection(stream, Vec::new()),
+            {
+                // Marked under the lock that says we accept: a drain waits
+                // for this accept to end, so a connection taken as the
+                // drain begins is passed with the others, not left behind.
+                let mut st = lock_state(&self.state);
+                if !st.phase.accepting() {
+                    continue;
+                }
+                st.accepting = true;
+            }
+            // Blocking: only this process accepts until its drain is over
+            // (a successor starts accepting after `Begin`), so the
+            // connection the poll saw is still there.
+            let accepted = listener.accept();
+            let done = |d: &Self| {
+                let mut st = lock_state(&d.state);
+                st.accepting = false;
+                d.changed.notify_all();
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    self.spawn_connection(stream, Vec::new());
+                    done(&self);
+                }
                 Err(e) => {
+                    done(&self);
                     if let Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) =
                         e.raw_os_error()
                     {
@@ -999,7 +1022,7 @@ impl Daemon {
         conns_too: bool,
     ) -> (MutexGuard<'a, State>, bool) {
         loop {
-            let busy = st.in_flight > 0 || (conns_too && st.serving_conns > 0);
+            let busy = st.in_flight > 0 || (conns_too && (st.serving_conns > 0 || st.accepting));
             if !busy {
                 return (st, true);
             }

@@ -297,6 +297,8 @@ struct Rig {
     data: PathBuf,
     addr: SocketAddr,
     supervisor: Supervisor,
+    /// A copy of the listener, for a reference supervisor to pass on.
+    listener: TcpListener,
     /// The current incumbent, when it is our child.
     incumbent: Child,
     /// Incumbents replaced by committed handoffs: each must exit by itself.
@@ -343,6 +345,7 @@ impl Rig {
             line.starts_with(&format!("ready {} ", incumbent.id())),
             "{line}"
         );
+        let copy = listener.try_clone().unwrap();
         let supervisor = Supervisor::new(&ctl)
             .unwrap()
             .with_listener("kv", listener)
@@ -354,6 +357,7 @@ impl Rig {
             data,
             addr,
             supervisor,
+            listener: copy,
             incumbent,
             retired: Vec::new(),
         }
@@ -372,7 +376,12 @@ impl Rig {
 
     /// A committed handoff to kvd `version`; the new incumbent becomes ours.
     fn handoff(&mut self, version: &str) -> HandoffOutcome {
-        let mut outcome = self.supervisor.perform_handoff(self.spec(version)).unwrap();
+        self.handoff_with(self.spec(version))
+    }
+
+    /// A handoff to `spec`; a new incumbent becomes ours.
+    fn handoff_with(&mut self, spec: SpawnSpec) -> HandoffOutcome {
+        let mut outcome = self.supervisor.perform_handoff(spec).unwrap();
         if let Some(child) = outcome.child.take() {
             let old = std::mem::replace(&mut self.incumbent, child);
             self.retired.push(old);
@@ -624,8 +633,10 @@ fn kvd_refuses_bad_command_lines() {
     assert!(err.contains("--listen"), "{err}");
 }
 
+/// Without passing (a reference peer, or `pass_connections` off), kvd's
+/// fallback: `RETRY` on every open connection, then a close.
 #[test]
-fn a_drain_answers_retry_unprompted_on_open_connections() {
+fn without_passing_a_drain_answers_retry_unprompted_on_open_connections() {
     let _serial = serial();
     let mut rig = Rig::start("retry");
     let connect = || {
@@ -650,8 +661,14 @@ fn a_drain_answers_retry_unprompted_on_open_connections() {
     assert_eq!(ask(&mut idle, "GET a"), "VALUE 1");
 
     let old = rig.incumbent.id();
-    let outcome = rig.handoff("v2");
+    let mut spec = rig.spec("v2");
+    spec.pass_connections = false;
+    let outcome = rig.handoff_with(spec);
     assert!(outcome.committed(), "{:?}", outcome.result);
+    assert_eq!(
+        outcome.connections_passed, None,
+        "nothing set up for passing"
+    );
     assert_eq!(outcome.sealed_revisions, Some(vec![1]));
     assert_eq!(outcome.advertised_revisions, Some(vec![1]));
 
@@ -673,13 +690,64 @@ fn a_drain_answers_retry_unprompted_on_open_connections() {
     rig.assert_retired_exit_cleanly();
 }
 
+/// The reference supervisor (`beyond-handoff` 0.1.4) sends no
+/// `PassChannel` (it knows no extension): kvd's handoff commits without
+/// passing, and an open connection gets kvd's fallback, `RETRY` then a
+/// close; nothing written is lost.
+#[test]
+fn a_handoff_by_the_reference_supervisor_commits_without_passing() {
+    use std::os::fd::AsRawFd;
+    let _serial = serial();
+    let mut rig = Rig::start("refsup");
+    let s = TcpStream::connect_timeout(&rig.addr, BOUND).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    let mut open = (BufReader::new(s.try_clone().unwrap()), s);
+    let mut ask = |line: &str| {
+        open.1.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut a = String::new();
+        open.0.read_line(&mut a).unwrap();
+        a.trim_end().to_owned()
+    };
+    assert_eq!(ask("SET r 1"), "OK 1");
+    let reference = handoff::Supervisor::new(&rig.ctl)
+        .unwrap()
+        .with_listener("kv", rig.listener.as_raw_fd());
+    let mut spec = handoff::SpawnSpec::new(kvd_bin());
+    spec.args = ["--control-socket", path_str(&rig.ctl), "--data-dir"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([
+            path_str(&rig.data).to_owned(),
+            "--version".into(),
+            "v2".into(),
+        ])
+        .collect();
+    let old = rig.incumbent.id();
+    let mut outcome = reference.perform_handoff(spec).unwrap();
+    assert!(outcome.committed, "{:?}", outcome.abort_reason);
+    let child = outcome.child.take().expect("the new incumbent");
+    rig.retired
+        .push(std::mem::replace(&mut rig.incumbent, child));
+    assert_eq!(ask("GET r"), "RETRY", "not passed: told to reconnect");
+    drop(ask);
+    let (version, pid) = rig.version();
+    assert_eq!((version.as_str(), pid), ("v2", rig.incumbent.id()));
+    assert_ne!(pid, old);
+    assert_eq!(rig.request("GET r"), "VALUE 1");
+    rig.assert_retired_exit_cleanly();
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
 #[test]
 fn no_acknowledged_write_is_lost_across_20_handoffs_under_load() {
     let _serial = serial();
     let mut rig = Rig::start("twenty");
     let load = rig.load(20);
     assert_writes_flow(&load, 100, "before the first handoff");
-    let mut durations = Vec::new();
+    let (mut durations, mut passed) = (Vec::new(), 0);
     for i in 0..20 {
         let version = if i % 2 == 0 { "v2" } else { "v1" };
         let t0 = Instant::now();
@@ -699,12 +767,20 @@ fn no_acknowledged_write_is_lost_across_20_handoffs_under_load() {
         assert_eq!(v, version, "handoff {i}");
         assert_eq!(Some(pid), outcome.successor_pid, "handoff {i}");
         assert_eq!(rig.lock_holder(), Some(pid), "handoff {i}");
+        assert!(
+            outcome.connections_passed.is_some(),
+            "handoff {i}: passing was set up"
+        );
+        passed += outcome.connections_passed.unwrap_or(0);
         assert_writes_flow(&load, 50, &format!("after handoff {i}"));
     }
     let (report, _) = finish_load(&rig, load, "20 handoffs");
-    assert!(
-        report.requests_retried > 0,
-        "20 drains under load sent no RETRY at all"
+    // The open connections were passed, not sent back to reconnect.
+    assert!(passed > 0, "20 drains under load passed no connection");
+    assert_eq!(
+        report.requests_retried, 0,
+        "RETRY with passing on: {:?}",
+        report.problems
     );
     durations.sort_by(f64::total_cmp);
     eprintln!(
