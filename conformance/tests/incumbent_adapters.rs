@@ -33,8 +33,11 @@ const BOUND: Duration = Duration::from_secs(10);
 const BUILD_ID: &[u8] = b"build-7";
 const OFFERED: Capabilities = Capabilities::RECLAIM_LISTENERS;
 /// What the `Hello` announces: the configured bits, and those the shared
-/// driver carries out for every adapter (it adds `PROBATION`).
-const ANNOUNCED: Capabilities = OFFERED.union(Capabilities::PROBATION);
+/// driver carries out for every adapter (it adds `PROBATION` and
+/// `PASS_CONNECTIONS`).
+const ANNOUNCED: Capabilities = OFFERED
+    .union(Capabilities::PROBATION)
+    .union(Capabilities::PASS_CONNECTIONS);
 
 /// A data directory and control socket, removed at the end.
 struct TempDir(PathBuf);
