@@ -15,7 +15,7 @@
 //! | `GET <key>` | `VALUE <value>` or `NONE` |
 //! | `VERSION` | `VERSION <v> <pid>` |
 //! | anything else | `ERR <why>` |
-//! | anything, while the daemon hands over | `RETRY` (not executed: send it again on a new connection) |
+//! | anything, while a daemon that cannot pass its connections hands over | `RETRY` (not executed: send it again on a new connection) |
 //!
 //! A key is 1 to 1024 bytes without spaces or control characters; a value
 //! is the rest of the line after the key and its space (1 to 61440 bytes,
@@ -28,12 +28,21 @@
 //! space). The data files are created `0600`.
 //!
 //! During a handoff the incumbent stops accepting (the listener stays open:
-//! the supervisor and the successor share it), answers the requests it has
-//! already read, then on every open connection writes `RETRY` unprompted,
-//! shuts down its side of the connection and reads (discarding) until the
-//! client closes or a short linger ends. A client whose next request crosses
-//! the close thus reads `RETRY` as its answer instead of an EOF, and no
-//! request goes unanswered. The successor opens the sealed state only once
+//! the supervisor and the successor share it) and answers the requests it
+//! is executing. Then each open connection is passed to the successor
+//! (docs/PROTOCOL.md section 11) with the bytes read from it and not
+//! answered, a request stopped by the drain included; its thread keeps the
+//! descriptor, untouched, until the handoff ends: closed (never shut down)
+//! after a commit, served again after a resume, from the passed bytes
+//! unless the successor took the connections. The successor serves the
+//! passed connections once its `Ready` is out, starting from those bytes,
+//! so the client sees nothing. Without passing (a reference peer,
+//! `pass_connections = false`, a state over the limit), every open
+//! connection gets `RETRY` unprompted (or as the answer to the request the
+//! drain stopped), its side shut down, and reads discarded until the client
+//! closes or a short linger ends: a client whose next request crosses the
+//! close reads `RETRY` instead of an EOF, and no request goes unanswered.
+//! The successor opens the sealed state only once
 //! it holds the data-dir lock, and executes writes only once its `Ready` is
 //! sent: until then it answers reads and holds writes, so that if the
 //! handoff fails it gives the lock back having written nothing.
