@@ -1,7 +1,25 @@
 //! A load generator for [`crate::kvd`]: client threads that mix new and
 //! persistent connections, SETs and GETs, retry on `RETRY`, count every
-//! request that got no answer, and remember every acknowledged write so
-//! that [`verify`] can read each one back.
+//! request that got no answer and every connection the server closed, and
+//! remember every acknowledged write so that [`verify`] can read each one
+//! back.
+//!
+//! Most clients open connections that carry one request, or a few
+//! ([`LoadConfig::persistent_fraction`]), and close them themselves. The
+//! first [`LoadConfig::long_lived_clients`] clients instead keep one
+//! connection for the whole run, so that their connections span every
+//! handoff; they open a new one only when the server closed theirs (or a
+//! request on it failed).
+//!
+//! A connection counts as closed by the server
+//! ([`LoadReport::connections_closed`]) when the client finds it closed
+//! while it had not closed it itself: an EOF, a partial answer or a reset
+//! on read, a write that fails (other than by the client's timeout), or a
+//! `RETRY` answer (kvd closes a connection after its `RETRY`). The client
+//! drops the connection when it finds it closed, so each counts once. A
+//! connection the client closes (at the end of its requests, after a
+//! timeout, or when the load stops) does not count, nor does a connect that
+//! fails (no connection was open).
 //!
 //! Each SET writes a key never used before (`k<seed>-<client>-<n>`) with a
 //! random value, so an acknowledged write has exactly one right answer
@@ -13,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -43,11 +61,17 @@ pub struct LoadConfig {
     pub request_timeout: Duration,
     /// Values are 1 to this many random letters and digits.
     pub max_value_len: usize,
+    /// How many of the clients (the first ones; at most `clients`) keep
+    /// one connection for the whole run instead of opening new ones, and
+    /// reconnect only after the server closed it or a request on it
+    /// failed.
+    pub long_lived_clients: usize,
 }
 
 impl LoadConfig {
-    /// Defaults: 8 clients, half the connections persistent (up to 20
-    /// requests each), 30 % GETs, 10 s per request, values up to 32 bytes.
+    /// Defaults: 8 clients, 2 of which keep one connection for the whole
+    /// run; of the other clients' connections, half persistent (up to 20
+    /// requests each); 30 % GETs, 10 s per request, values up to 32 bytes.
     pub fn new(addr: SocketAddr) -> Self {
         LoadConfig {
             addr,
@@ -58,6 +82,7 @@ impl LoadConfig {
             get_fraction: 0.3,
             request_timeout: Duration::from_secs(10),
             max_value_len: 32,
+            long_lived_clients: 2,
         }
     }
 }
@@ -84,6 +109,9 @@ pub struct Progress {
     pub requests_failed: u64,
     /// SETs acknowledged.
     pub writes_acked: u64,
+    /// Connections the server closed while the client had not closed them
+    /// (see [`LoadReport::connections_closed`]).
+    pub connections_closed: u64,
 }
 
 /// What a run did, once stopped.
@@ -107,6 +135,11 @@ pub struct LoadReport {
     pub get_mismatches: u64,
     /// Connections opened.
     pub connections: u64,
+    /// Connections the client found closed by the server while it had not
+    /// closed them itself: an EOF, a partial answer or a reset on read, a
+    /// failed write (not a timeout), or a `RETRY` answer (kvd closes the
+    /// connection after it). Each connection counts once.
+    pub connections_closed: u64,
     /// The slowest request, from its first send to its final answer.
     pub max_request_ms: f64,
     /// How long the load ran.
@@ -122,7 +155,8 @@ impl fmt::Display for LoadReport {
         write!(
             f,
             "requests_ok={} requests_retried={} retries={} requests_failed={} writes_acked={} \
-             get_mismatches={} connections={} max_request_ms={:.1} elapsed_s={:.1}",
+             get_mismatches={} connections={} connections_closed={} max_request_ms={:.1} \
+             elapsed_s={:.1}",
             self.requests_ok,
             self.requests_retried,
             self.retries,
@@ -130,6 +164,7 @@ impl fmt::Display for LoadReport {
             self.writes_acked,
             self.get_mismatches,
             self.connections,
+            self.connections_closed,
             self.max_request_ms,
             self.elapsed.as_secs_f64()
         )
@@ -188,8 +223,15 @@ impl Rng {
 
 struct Shared {
     stop: AtomicBool,
-    progress: Mutex<Progress>,
+    progress: Mutex<Counters>,
     changed: Condvar,
+}
+
+/// What the clients update after each request.
+struct Counters {
+    totals: Progress,
+    /// Requests ended (answered or failed), by client.
+    ended: Vec<u64>,
 }
 
 /// A running load; [`LoadGen::stop`] ends it and reports.
@@ -212,7 +254,10 @@ impl fmt::Debug for LoadGen {
 pub fn start(cfg: LoadConfig) -> LoadGen {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
-        progress: Mutex::new(Progress::default()),
+        progress: Mutex::new(Counters {
+            totals: Progress::default(),
+            ended: vec![0; cfg.clients],
+        }),
         changed: Condvar::new(),
     });
     let threads = (0..cfg.clients)
@@ -245,11 +290,39 @@ pub fn start(cfg: LoadConfig) -> LoadGen {
 impl LoadGen {
     /// The counters so far.
     pub fn progress(&self) -> Progress {
-        *self
-            .shared
+        self.shared
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .totals
+    }
+
+    /// Waits until every client has ended (answered or failed) the request
+    /// it was in when called, or one begun since, up to `timeout`; returns
+    /// whether they all did. A request in flight now thus counts in
+    /// [`LoadGen::progress`] once this returns `true`, even one that only
+    /// ends at its own timeout.
+    pub fn wait_for_requests_in_flight(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = self
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let start = c.ended.clone();
+        while c.ended.iter().zip(&start).any(|(now, then)| now == then) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            c = self
+                .shared
+                .changed
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Waits until at least `writes` SETs are acknowledged in all, up to
@@ -261,7 +334,7 @@ impl LoadGen {
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        while p.writes_acked < writes {
+        while p.totals.writes_acked < writes {
             let now = Instant::now();
             if now >= deadline {
                 return false;
@@ -291,6 +364,7 @@ impl LoadGen {
                     total.writes_acked += r.writes_acked;
                     total.get_mismatches += r.get_mismatches;
                     total.connections += r.connections;
+                    total.connections_closed += r.connections_closed;
                     total.max_request_ms = total.max_request_ms.max(r.max_request_ms);
                     total.acked.extend(r.acked);
                     for p in r.problems {
@@ -330,38 +404,69 @@ enum Outcome {
     Failed(String),
 }
 
+/// What [`exchange`] did for one request.
+struct Exchanged {
+    outcome: Outcome,
+    /// `RETRY` answers seen.
+    retries: u64,
+    /// Connections opened.
+    opened: u64,
+    /// Connections found closed by the server (each then dropped, so each
+    /// counts once).
+    closed: u64,
+}
+
+/// Whether an I/O error is the socket's own timeout (the client gives up)
+/// rather than the server closing or resetting the connection.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// One request to its final answer: on `RETRY`, the connection is dropped
-/// and the request sent again on a new one, until `timeout` runs out.
-/// Returns the outcome, the `RETRY`s seen and how many connections were
-/// opened.
-fn exchange(
-    addr: SocketAddr,
-    conn: &mut Option<Conn>,
-    line: &str,
-    timeout: Duration,
-) -> (Outcome, u64, u64) {
+/// and the request sent again on a new one, until `timeout` runs out. A
+/// connection that fails is dropped too (`conn` is `None` after a failure):
+/// counted in `closed` when the server closed it, not when the client
+/// gives up on it (a timeout).
+fn exchange(addr: SocketAddr, conn: &mut Option<Conn>, line: &str, timeout: Duration) -> Exchanged {
     let deadline = Instant::now() + timeout;
-    let (mut retries, mut opened) = (0, 0);
-    let fail = |conn: &mut Option<Conn>, why: String, retries, opened| {
+    let mut x = Exchanged {
+        outcome: Outcome::Failed(String::new()),
+        retries: 0,
+        opened: 0,
+        closed: 0,
+    };
+    // A failure: the connection is dropped; `by_server` says whether the
+    // server had closed it.
+    let fail = |conn: &mut Option<Conn>, mut x: Exchanged, why: String, by_server: bool| {
+        if by_server && conn.is_some() {
+            x.closed += 1;
+        }
         *conn = None;
-        (Outcome::Failed(why), retries, opened)
+        x.outcome = Outcome::Failed(why);
+        x
     };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let why = format!("{line:?}: no answer within {timeout:?} ({retries} RETRY)");
-            return fail(conn, why, retries, opened);
+            let why = format!(
+                "{line:?}: no answer within {timeout:?} ({} RETRY)",
+                x.retries
+            );
+            return fail(conn, x, why, false);
         }
         if conn.is_none() {
             match TcpStream::connect_timeout(&addr, left) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    opened += 1;
+                    x.opened += 1;
                     *conn = Some(Conn {
                         reader: BufReader::new(s),
                     });
                 }
-                Err(e) => return fail(conn, format!("{line:?}: connect: {e}"), retries, opened),
+                Err(e) => return fail(conn, x, format!("{line:?}: connect: {e}"), false),
             }
         }
         let Some(c) = conn.as_mut() else {
@@ -372,45 +477,47 @@ fn exchange(
             .set_read_timeout(Some(left))
             .and_then(|()| stream.set_write_timeout(Some(left)));
         if let Err(e) = timeouts {
-            return fail(conn, format!("{line:?}: socket: {e}"), retries, opened);
+            return fail(conn, x, format!("{line:?}: socket: {e}"), false);
         }
         let mut request = Vec::with_capacity(line.len() + 1);
         request.extend_from_slice(line.as_bytes());
         request.push(b'\n');
         if let Err(e) = stream.write_all(&request) {
-            return fail(conn, format!("{line:?}: write: {e}"), retries, opened);
+            let by_server = !timed_out(&e);
+            return fail(conn, x, format!("{line:?}: write: {e}"), by_server);
         }
         let mut answer = String::new();
         match c.reader.read_line(&mut answer) {
             Ok(0) => {
-                return fail(
-                    conn,
-                    format!("{line:?}: connection closed without an answer"),
-                    retries,
-                    opened,
-                );
+                let why = format!("{line:?}: connection closed without an answer");
+                return fail(conn, x, why, true);
             }
             Ok(_) if !answer.ends_with('\n') => {
-                return fail(conn, format!("{line:?}: a partial answer"), retries, opened);
+                return fail(conn, x, format!("{line:?}: a partial answer"), true);
             }
             Ok(_) => {}
-            Err(e) => return fail(conn, format!("{line:?}: read: {e}"), retries, opened),
+            Err(e) => {
+                let by_server = !timed_out(&e);
+                return fail(conn, x, format!("{line:?}: read: {e}"), by_server);
+            }
         }
         let answer = answer.trim_end_matches(['\n', '\r']);
         if answer == "RETRY" {
-            // Not executed: send it again, on a new connection (this one
-            // is closing).
-            retries += 1;
+            // Not executed: send it again, on a new connection (the server
+            // closes this one after its RETRY).
+            x.retries += 1;
+            x.closed += 1;
             *conn = None;
-            if retries >= 3 {
+            if x.retries >= 3 {
                 // A daemon answering RETRY again and again is not handing
                 // off any more; do not hammer it while it sorts itself out.
-                let pause = Duration::from_millis(1 << (retries - 3).min(6));
+                let pause = Duration::from_millis(1 << (x.retries - 3).min(6));
                 std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
             }
             continue;
         }
-        return (Outcome::Answer(answer.to_owned()), retries, opened);
+        x.outcome = Outcome::Answer(answer.to_owned());
+        return x;
     }
 }
 
@@ -431,6 +538,15 @@ impl Client {
     }
 
     fn run(&mut self) {
+        if self.id < self.cfg.long_lived_clients {
+            // One connection for the whole run: `exchange` replaces it only
+            // once the server closed it or a request on it failed.
+            let mut conn = None;
+            while !self.stopped() {
+                self.one_request(&mut conn);
+            }
+            return;
+        }
         while !self.stopped() {
             let requests = if self.rng.chance(self.cfg.persistent_fraction) {
                 2 + self
@@ -480,14 +596,20 @@ impl Client {
             requests_retried: self.report.requests_retried,
             requests_failed: self.report.requests_failed,
             writes_acked: self.report.writes_acked,
+            connections_closed: self.report.connections_closed,
         };
         let t0 = Instant::now();
-        let (outcome, retries, opened) =
-            exchange(self.cfg.addr, conn, &line, self.cfg.request_timeout);
+        let Exchanged {
+            outcome,
+            retries,
+            opened,
+            closed,
+        } = exchange(self.cfg.addr, conn, &line, self.cfg.request_timeout);
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         self.report.max_request_ms = self.report.max_request_ms.max(ms);
         self.report.retries += retries;
         self.report.connections += opened;
+        self.report.connections_closed += closed;
         if retries > 0 {
             self.report.requests_retried += 1;
         }
@@ -534,16 +656,19 @@ impl Client {
                 }
             },
         }
-        let mut p = self
+        let mut c = self
             .shared
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        c.ended[self.id] += 1;
+        let p = &mut c.totals;
         p.requests_ok += self.report.requests_ok - before.requests_ok;
         p.requests_retried += self.report.requests_retried - before.requests_retried;
         p.requests_failed += self.report.requests_failed - before.requests_failed;
         p.writes_acked += self.report.writes_acked - before.writes_acked;
-        drop(p);
+        p.connections_closed += self.report.connections_closed - before.connections_closed;
+        drop(c);
         self.shared.changed.notify_all();
     }
 }
@@ -565,8 +690,8 @@ pub fn verify(addr: SocketAddr, acked: &BTreeMap<String, AckedWrite>) -> VerifyR
                     for (key, write) in part {
                         r.checked += 1;
                         let line = format!("GET {key}");
-                        let (outcome, _, _) =
-                            exchange(addr, &mut conn, &line, Duration::from_secs(10));
+                        let outcome =
+                            exchange(addr, &mut conn, &line, Duration::from_secs(10)).outcome;
                         let problem = match outcome {
                             Outcome::Answer(a)
                                 if a.strip_prefix("VALUE ") == Some(&write.value) =>
@@ -622,4 +747,174 @@ pub fn verify(addr: SocketAddr, acked: &BTreeMap<String, AckedWrite>) -> VerifyR
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// What the test server does on each connection it accepts, by the
+    /// connection's index (0 for the first).
+    #[derive(Clone, Copy)]
+    enum Serve {
+        /// Answers every request `OK <n>` until the client closes.
+        All,
+        /// Answers one request `OK <n>`, then closes.
+        OneThenClose,
+        /// Answers its first request `RETRY`, then closes (as kvd without
+        /// passing does).
+        RetryThenClose,
+        /// Reads and never answers.
+        Silent,
+    }
+
+    /// A line server on a kernel-chosen loopback port: connection `i` is
+    /// served as `plan(i)`. Its threads end with the test process.
+    fn server(plan: fn(usize) -> Serve) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for (i, s) in listener.incoming().enumerate() {
+                let Ok(s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let mut r = BufReader::new(s);
+                    let mut n = 0u64;
+                    let mut line = String::new();
+                    while r.read_line(&mut line).is_ok_and(|got| got > 0) {
+                        line.clear();
+                        n += 1;
+                        if matches!(plan(i), Serve::Silent) {
+                            continue;
+                        }
+                        let answer = match plan(i) {
+                            Serve::RetryThenClose => "RETRY\n".to_owned(),
+                            _ => format!("OK {n}\n"),
+                        };
+                        if w.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                        if !matches!(plan(i), Serve::All) {
+                            // Dropping both halves closes the connection.
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A run of `clients` clients (`long_lived` of them long-lived) until
+    /// `acks` writes are acknowledged.
+    fn run(addr: SocketAddr, clients: usize, long_lived: usize, acks: u64) -> LoadReport {
+        let mut cfg = LoadConfig::new(addr);
+        cfg.clients = clients;
+        cfg.long_lived_clients = long_lived;
+        cfg.get_fraction = 0.0;
+        cfg.request_timeout = Duration::from_secs(5);
+        let load = start(cfg);
+        assert!(
+            load.wait_for_acks(acks, Duration::from_secs(20)),
+            "{:?}",
+            load.progress()
+        );
+        let progress = load.progress();
+        let report = load.stop();
+        assert!(report.connections_closed >= progress.connections_closed);
+        report
+    }
+
+    #[test]
+    fn a_server_close_of_a_long_lived_connection_counts_once() {
+        // The first connection is answered once and closed by the server;
+        // the second is served until the client stops.
+        let addr = server(|i| {
+            if i == 0 {
+                Serve::OneThenClose
+            } else {
+                Serve::All
+            }
+        });
+        let report = run(addr, 1, 1, 50);
+        assert_eq!(report.connections_closed, 1, "{report}");
+        // The client reconnected once, and only once: it kept the second
+        // connection for the rest of the run.
+        assert_eq!(report.connections, 2, "{report}");
+        // The request that found the first connection closed got no
+        // answer (a reset, or an EOF).
+        assert_eq!(report.requests_failed, 1, "{report}: {:?}", report.problems);
+        assert_eq!(report.requests_retried, 0, "{report}");
+    }
+
+    #[test]
+    fn a_retry_answer_counts_as_a_server_close() {
+        let addr = server(|i| {
+            if i == 0 {
+                Serve::RetryThenClose
+            } else {
+                Serve::All
+            }
+        });
+        let report = run(addr, 1, 1, 50);
+        assert_eq!(report.connections_closed, 1, "{report}");
+        assert_eq!(report.connections, 2, "{report}");
+        assert_eq!(
+            (report.requests_retried, report.retries),
+            (1, 1),
+            "{report}"
+        );
+        assert_eq!(report.requests_failed, 0, "{report}: {:?}", report.problems);
+    }
+
+    #[test]
+    fn a_request_in_flight_counts_once_waited_for() {
+        // The first connection is never answered: its request fails at the
+        // client's timeout, which the client does not count as a close.
+        let addr = server(|i| if i == 0 { Serve::Silent } else { Serve::All });
+        let mut cfg = LoadConfig::new(addr);
+        cfg.clients = 1;
+        cfg.long_lived_clients = 1;
+        cfg.get_fraction = 0.0;
+        cfg.request_timeout = Duration::from_millis(300);
+        let load = start(cfg);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(load.progress().requests_failed, 0);
+        assert!(load.wait_for_requests_in_flight(Duration::from_secs(5)));
+        assert_eq!(load.progress().requests_failed, 1);
+        assert!(load.wait_for_acks(20, Duration::from_secs(5)));
+        let report = load.stop();
+        assert_eq!(report.requests_failed, 1, "{report}");
+        assert_eq!(report.connections_closed, 0, "{report}");
+        assert_eq!(report.connections, 2, "{report}");
+    }
+
+    #[test]
+    fn connections_the_clients_close_do_not_count() {
+        // Short and persistent connections, each closed by its client; the
+        // server never closes one.
+        let addr = server(|_| Serve::All);
+        let report = run(addr, 3, 0, 200);
+        assert!(report.connections > 10, "{report}");
+        assert_eq!(report.connections_closed, 0, "{report}");
+        assert_eq!(report.requests_failed, 0, "{report}: {:?}", report.problems);
+    }
+
+    #[test]
+    fn a_short_connection_is_closed_by_its_client_not_counted() {
+        // One request per connection: the client closes each after its
+        // answer, and the server would have served more.
+        let addr = server(|_| Serve::All);
+        let mut cfg = LoadConfig::new(addr);
+        cfg.clients = 1;
+        cfg.long_lived_clients = 0;
+        cfg.persistent_fraction = 0.0;
+        cfg.get_fraction = 0.0;
+        let load = start(cfg);
+        assert!(load.wait_for_acks(30, Duration::from_secs(20)));
+        let report = load.stop();
+        assert_eq!(report.connections, report.requests_ok, "{report}");
+        assert_eq!(report.connections_closed, 0, "{report}");
+    }
 }
