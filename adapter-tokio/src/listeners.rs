@@ -68,6 +68,26 @@ impl TokioListeners for InheritedListeners {
     }
 }
 
+/// A connection the incumbent passed (docs/PROTOCOL.md section 11), as
+/// tokio's socket type.
+pub trait PassedTokioTcp {
+    /// The connection as a tokio `TcpStream` (non-blocking, registered),
+    /// and the state the incumbent passed with it. Call on a tokio
+    /// runtime; an error outside one, or if it is not a connected TCP
+    /// socket (the descriptor is then closed, which its client does not
+    /// see while the incumbent holds its own).
+    fn into_tokio_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>)>;
+}
+
+impl PassedTokioTcp for handoff_driver::PassedConnection {
+    fn into_tokio_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>)> {
+        tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
+        let (stream, state) = self.into_tcp()?;
+        stream.set_nonblocking(true)?;
+        Ok((tokio::net::TcpStream::from_std(stream)?, state))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,25 +154,5 @@ mod tests {
             Err(ListenerError::WrongType { .. })
         ));
         assert!(ls.take_tokio_udp("dns").is_ok());
-    }
-}
-
-/// A connection the incumbent passed (docs/PROTOCOL.md section 11), as
-/// tokio's socket type.
-pub trait PassedTokioTcp {
-    /// The connection as a tokio `TcpStream` (non-blocking, registered),
-    /// and the state the incumbent passed with it. Call on a tokio
-    /// runtime; an error outside one, or if it is not a connected TCP
-    /// socket (the descriptor is then closed, which its client does not
-    /// see while the incumbent holds its own).
-    fn into_tokio_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>)>;
-}
-
-impl PassedTokioTcp for handoff_driver::PassedConnection {
-    fn into_tokio_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>)> {
-        tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
-        let (stream, state) = self.into_tcp()?;
-        stream.set_nonblocking(true)?;
-        Ok((tokio::net::TcpStream::from_std(stream)?, state))
     }
 }

@@ -174,6 +174,8 @@
 //!                 // RECLAIM_LISTENERS, which the default configuration
 //!                 // does not (the answer needs SCM_RIGHTS, docs section 9).
 //!                 IncumbentOutput::SendListeners { .. } => unreachable!(),
+//!                 // Likewise PASS_CONNECTIONS (docs section 11).
+//!                 IncumbentOutput::PassChannel { .. } => unreachable!(),
 //!                 IncumbentOutput::Finished(end) => return Ok(end),
 //!             }
 //!         }
@@ -286,7 +288,6 @@ pub use supervisor::{
 pub use time::Instant;
 pub use wire::{
     Capabilities, HandoffId, LEN_PREFIX, MAX_BUILD_ID_LEN, MAX_CONNECTION_STATE, MAX_FRAME_LEN,
-    MIN_FRAME_LEN,
-    MessageKind, PROTO_MAX, PROTO_MIN, ProtoVersion, Side, VERSION_FIELD, VersionMismatch,
-    negotiate_version,
+    MIN_FRAME_LEN, MessageKind, PROTO_MAX, PROTO_MIN, ProtoVersion, Side, VERSION_FIELD,
+    VersionMismatch, negotiate_version,
 };

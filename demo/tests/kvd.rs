@@ -729,7 +729,6 @@ fn a_handoff_by_the_reference_supervisor_commits_without_passing() {
     rig.retired
         .push(std::mem::replace(&mut rig.incumbent, child));
     assert_eq!(ask("GET r"), "RETRY", "not passed: told to reconnect");
-    drop(ask);
     let (version, pid) = rig.version();
     assert_eq!((version.as_str(), pid), ("v2", rig.incumbent.id()));
     assert_ne!(pid, old);

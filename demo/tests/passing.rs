@@ -17,28 +17,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use common::deployment::Deployment;
 use common::{BOUND, become_subreaper, serial};
-
-/// A build of kvd run with `env` set and `flags` added, as a script beside
-/// the deployment.
-fn build(d: &Deployment, name: &str, env: &str, flags: &str) -> PathBuf {
-    let path = d.dir.0.join(name);
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\n{env} exec {:?} \"$@\" {flags}\n",
-            env!("CARGO_BIN_EXE_kvd")
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 /// Idle clients, each on a connection of its own that it never closes.
 struct Clients {
@@ -162,8 +144,7 @@ fn a_successor_killed_halfway_through_the_pass_leaves_every_connection_with_the_
     const HALF: usize = 50;
     let mut d = deployment("passkill", 200, &["kvd-dies"]);
     let marker = d.dir.0.join("crashed-at");
-    let dies = build(
-        &d,
+    let dies = d.build(
         "kvd-dies",
         &format!(
             "HANDOFF_CRASH_AT=successor-after-passed-batch-received HANDOFF_CRASH_MARKER={marker:?}"
@@ -200,7 +181,7 @@ fn a_successor_rolled_back_on_probation_gives_every_connection_back_unclosed() {
     const HALF: usize = 50;
     const ASKED: std::ops::Range<usize> = 50..100;
     let mut d = deployment("passroll", 4_000, &["kvd-crashes"]);
-    let crashes = build(&d, "kvd-crashes", "", "--fault crash-after-ready=1500");
+    let crashes = d.build("kvd-crashes", "", "--fault crash-after-ready=1500");
     let old = d.status().incumbent_pid.expect("kvd serves");
     let mut clients = Clients::open(d.addr, N, old);
     clients.send(0..HALF, b"VERSION");

@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,20 +27,9 @@ use handoff_demo::loadgen::LoadReport;
 use handoff_std::os::process::wait_gone;
 use handoff_supervisor::HandoffReply;
 
-/// A build of kvd that runs with `fault` (`--fault`), as a script beside
-/// the deployment.
+/// A build of kvd that runs with `fault` (`--fault`).
 fn faulty_build(d: &Deployment, name: &str, fault: &str) -> PathBuf {
-    let path = d.dir.0.join(name);
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nexec {:?} \"$@\" --fault {fault}\n",
-            env!("CARGO_BIN_EXE_kvd")
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    d.build(name, "", &format!("--fault {fault}"))
 }
 
 /// The configuration lines of a case: the window, the builds a trigger

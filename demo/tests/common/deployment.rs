@@ -282,6 +282,24 @@ impl Deployment {
         }
     }
 
+    /// A build of kvd run with `env` (shell assignments) set and `flags`
+    /// added, as a script in the deployment's directory: how a test names
+    /// a faulty build in `allowed_binaries`, as an operator names a build.
+    pub(crate) fn build(&self, name: &str, env: &str, flags: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.0.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n{env} exec {:?} \"$@\" {flags}\n",
+                env!("CARGO_BIN_EXE_kvd")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
     /// Asks for a handoff to `binary` (the configured one if `None`) and
     /// returns the parsed reply.
     pub(crate) fn handoff_to(&self, binary: Option<&std::path::Path>) -> HandoffReply {
