@@ -26,8 +26,7 @@ use crate::message::{Message, Revisions, Strings};
 use crate::time::{Instant, earliest};
 use crate::wire::{
     Capabilities, HandoffId, LEN_PREFIX, MessageKind, PROTO_MAX, PROTO_MIN, ProtoVersion, Side,
-    VERSION_FIELD, VersionMismatch,
-    negotiate_version,
+    VERSION_FIELD, VersionMismatch, negotiate_version,
 };
 
 /// How long a successor on probation that closed its socket is given for
@@ -1335,8 +1334,18 @@ impl<B: Buffer> Core<B> {
                     // The successor first: it starts receiving before the
                     // incumbent can start passing.
                     self.pass_channel = true;
-                    self.send(Side::Successor, &Message::PassChannel { handoff_id: self.id });
-                    self.send(Side::Incumbent, &Message::PassChannel { handoff_id: self.id });
+                    self.send(
+                        Side::Successor,
+                        &Message::PassChannel {
+                            handoff_id: self.id,
+                        },
+                    );
+                    self.send(
+                        Side::Incumbent,
+                        &Message::PassChannel {
+                            handoff_id: self.id,
+                        },
+                    );
                 }
                 let left = self.deadline_at.saturating_duration_since(now);
                 self.send(
