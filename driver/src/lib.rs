@@ -18,6 +18,7 @@
 //! | a spawned successor whose socket cannot be watched is killed and reaped | [`SupervisorDriver`] |
 //! | the deadlines are looked at after every wake-up | every driver's `handle_*` |
 //! | peer credentials, one session at a time, the control path taken back after a failed seal | [`IncumbentDriver`] |
+//! | connections passed in batches before `Drained`; all of them received before `Begun`; `ConnectionsTaken` before `Ready`; a broken pass undoes the handoff | [`passing`], [`IncumbentDriver`], [`SuccessorDriver`] |
 //!
 //! For async runtimes, [`reactor`] holds the three roles as futures over a
 //! [`reactor::Reactor`] (register a descriptor, poll it for an event, poll
@@ -29,7 +30,14 @@
 //! (`handle_timeout` once `poll_timeout` has passed), and look at what the
 //! driver reports. Nothing in a driver blocks, except that a supervisor
 //! with a journal waits, when a handoff starts, for the previous
-//! handoff's last record to be on disk.
+//! handoff's last record to be on disk, and that passing connections
+//! (docs/PROTOCOL.md section 11) waits: the incumbent's driver writes the
+//! last batch and `PassDone` when the drain hook is reported done (each
+//! write waits for room at most [`passing::PASS_WRITE_TIMEOUT`]; the
+//! successor reads on a thread of its own, so only a stopped one makes it
+//! wait), and the successor's driver waits after `Begin` for the last
+//! connection to arrive (at most [`passing::PASS_ARRIVAL_TIMEOUT`]; they
+//! were all written before `Drained`).
 //!
 //! docs/PROTOCOL.md is the protocol these follow; ARCHITECTURE.md maps the
 //! crates to it.
