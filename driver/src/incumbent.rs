@@ -750,11 +750,8 @@ fn listeners_frame(
         handoff_id,
         names: Strings::from_slice(&names),
     };
-    let mut frame =
-        vec![0u8; handoff_core::LEN_PREFIX + handoff_core::VERSION_FIELD + msg.encoded_len()];
-    let n = handoff_core::encode_frame(version, &msg, &mut frame)
+    let frame = crate::passing::frame_of(version, &msg)
         .map_err(|e| io::Error::other(format!("cannot encode the listeners' names: {e:?}")))?;
-    frame.truncate(n);
     Ok((frame, fds))
 }
 

@@ -307,7 +307,7 @@ impl Handover {
 
 impl Sender {
     fn frame(&self, msg: &Message<'_>) -> Vec<u8> {
-        frame_of(self.version, msg)
+        channel_frame(self.version, msg)
     }
 
     /// Writes the batch: its descriptors beside the first byte, waiting for
@@ -358,12 +358,21 @@ fn wait_writable(fd: BorrowedFd<'_>) -> Result<(), String> {
     }
 }
 
-fn frame_of(version: ProtoVersion, msg: &Message<'_>) -> Vec<u8> {
+/// `msg` as one whole frame of `version`, in a buffer of its exact size.
+pub(crate) fn frame_of(
+    version: ProtoVersion,
+    msg: &Message<'_>,
+) -> Result<Vec<u8>, handoff_core::EncodeError> {
     let mut frame = vec![0u8; LEN_PREFIX + VERSION_FIELD + msg.encoded_len()];
-    // Sized above; the states are bounded far below the frame limit.
-    let n = encode_frame(version, msg, &mut frame).unwrap_or(0);
+    let n = encode_frame(version, msg, &mut frame)?;
     frame.truncate(n);
-    frame
+    Ok(frame)
+}
+
+/// A frame of the pass channel: its messages are small (a state is bounded
+/// far below the frame limit), so encoding them cannot fail.
+fn channel_frame(version: ProtoVersion, msg: &Message<'_>) -> Vec<u8> {
+    frame_of(version, msg).unwrap_or_default()
 }
 
 fn lock(m: &Mutex<Sending>) -> MutexGuard<'_, Sending> {
@@ -467,7 +476,7 @@ impl Receiver {
     /// on. A failed write means the incumbent is gone, and nobody else
     /// could serve them.
     pub(crate) fn taken(&self) {
-        let frame = frame_of(
+        let frame = channel_frame(
             self.version,
             &Message::ConnectionsTaken {
                 handoff_id: self.id,

@@ -602,22 +602,18 @@ impl SuccessorDriver {
                         // Every connection must be here before the daemon
                         // starts: the incumbent closes its copies at
                         // `Commit`, so one left behind would be lost.
-                        let passed = match (&self.receiver, &self.pass_error) {
-                            (_, Some(_)) => Err(None),
-                            (Some(r), None) => r.wait().map_err(Some),
-                            (None, None) => Ok(Vec::new()),
-                        };
-                        match passed {
-                            Ok(passed) => {
-                                self.passed = passed;
-                                self.reports.push_back(SuccessorReport::Begun);
+                        if self.pass_error.is_none()
+                            && let Some(r) = &self.receiver
+                        {
+                            match r.wait() {
+                                Ok(passed) => self.passed = passed,
+                                Err(e) => self.pass_error = Some(e),
                             }
-                            Err(e) => {
-                                if let Some(e) = e {
-                                    self.pass_error = Some(e);
-                                }
-                                self.machine.handle_start_failed(now);
-                            }
+                        }
+                        if self.pass_error.is_some() {
+                            self.machine.handle_start_failed(now);
+                        } else {
+                            self.reports.push_back(SuccessorReport::Begun);
                         }
                     }
                     SuccessorOutput::PassChannel {
