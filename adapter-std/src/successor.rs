@@ -280,12 +280,19 @@ impl Driven {
             }
         }
         self.driver.handle_timeout(&mut self.io);
+        self.collect();
+        Ok(woken)
+    }
+
+    /// Takes what the driver reported. Called after every call into the
+    /// driver: a report left unread would only be seen after the next
+    /// wake-up, which may be a heartbeat's seconds away.
+    fn collect(&mut self) {
         while let Some(report) = self.driver.poll_report() {
             if report == SuccessorReport::Begun {
                 self.begun = true;
             }
         }
-        Ok(woken)
     }
 }
 
@@ -349,6 +356,9 @@ impl Pump {
                 };
                 let d = &mut *driven;
                 d.driver.set_data_dir(&mut d.io, &data_dir);
+                // `Begin` may have come with `HelloAck`: the lock is then
+                // taken right here, and `Begun` reported.
+                d.collect();
                 let Some(lock) = pump_until_started(d, &theirs, &inbox) else {
                     return;
                 };

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | a peer that stops reading is hung up on | incumbent, successor, supervisor |
 //! | a peer that never stops sending does not hold off a deadline | successor, supervisor (the incumbent's: `incumbent_adapters.rs`) |
+//! | a `Begin` that came in one read with `HelloAck` is acted on at once | successor |
 //! | one session at a time | incumbent |
 //! | a supervisor of another uid gets nothing | incumbent |
 //!
@@ -228,6 +229,43 @@ fn successor_hangs_up_on_a_supervisor_that_stops_reading(rt: Runtime) {
     assert!(
         took.is_some(),
         "{rt:?}: the successor kept writing to a supervisor that reads nothing"
+    );
+}
+
+/// `Begin` in the same read as `HelloAck` (the supervisor was quick, the
+/// successor slow to read its answer): the successor must take the lock
+/// and announce at once. The blocking adapter once left the `Begun` report
+/// of that lock unread until the next heartbeat was due, seconds later.
+fn successor_begins_at_once_when_begin_comes_with_the_hello_ack(rt: Runtime) {
+    // Heartbeats far apart, so a missed wake-up would show as a wait of
+    // seconds.
+    let mut n = spawn_successor(
+        &format!("early-begin-{}", rt.name()),
+        rt,
+        "heartbeat-ms=10000",
+    );
+    assert_eq!(next_kind(&mut n.control), MessageKind::Hello);
+    let mut both = frame(&Message::HelloAck {
+        proto_version_chosen: 1,
+        handoff_id: ID,
+    });
+    both.extend(frame(&Message::Begin { handoff_id: ID }));
+    // One write: the successor's first read takes both frames.
+    n.control.write_all(&both).unwrap();
+    let started = Instant::now();
+    loop {
+        match next_kind(&mut n.control) {
+            MessageKind::Heartbeat => continue,
+            kind => {
+                assert_eq!(kind, MessageKind::Ready, "{rt:?}");
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "{rt:?}: Ready took {took:?} after a Begin that came with HelloAck"
     );
 }
 
@@ -470,6 +508,7 @@ macro_rules! per_runtime {
 per_runtime!(
     incumbent_hangs_up_on_a_supervisor_that_stops_reading,
     successor_hangs_up_on_a_supervisor_that_stops_reading,
+    successor_begins_at_once_when_begin_comes_with_the_hello_ack,
     supervisor_hangs_up_on_an_incumbent_that_stops_reading,
     supervisor_keeps_the_drain_deadline_through_a_flood,
     successor_keeps_its_lock_retries_through_a_flood,
