@@ -132,6 +132,10 @@ pub fn validate_listener_names<'a>(
 /// Spawns `cmd` as the successor: `listeners` at FDs `3..3+n`, `control` at
 /// `3+n`, the handoff variables set and `LISTEN_PID` removed. Between fork
 /// and exec only async-signal-safe calls run.
+///
+/// This forks, so it costs more the more memory this process has;
+/// [`spawn_successor_vfork`] gives the child the same without forking, for
+/// what a [`Launch`] can describe.
 pub fn spawn_successor(
     mut cmd: Command,
     listeners: &[PassedListener<'_>],
@@ -150,6 +154,8 @@ pub fn spawn_successor(
 /// starts as an ordinary first incumbent. `LISTEN_PID` is removed too (the
 /// child would otherwise compare it with its own pid and ignore the
 /// listeners).
+///
+/// This forks, like [`spawn_successor`]; [`spawn_cold_vfork`] does not.
 pub fn spawn_cold(
     mut cmd: Command,
     listeners: &[PassedListener<'_>],
