@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff_benches::daemon::{Args, LISTENER, READY_LINE};
-use handoff_benches::machine::{Machine, filesystem_of};
+use handoff_benches::machine::{Machine, filesystem_of, raise_nofile};
 use handoff_benches::stats::{Secs, Summary, quantile, verdict};
 use handoff_mio::{MioSupervisor, ServiceId, SupervisorEvent};
 use handoff_std::os::process::{kill_and_reap, poll_readable, send_signal, wait_exit};
@@ -189,38 +189,6 @@ fn run() -> Result<(), Error> {
     let results = result?;
     report(&machine, &base, nofile, &results, &teardown);
     Ok(())
-}
-
-/// Raises `RLIMIT_NOFILE`'s soft limit to `need` if it is lower (up to the
-/// hard limit); returns the limits then in force.
-#[allow(unsafe_code)]
-fn raise_nofile(need: libc::rlim_t) -> Result<(libc::rlim_t, libc::rlim_t), Error> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live,
-    // properly aligned local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()).into());
-    }
-    if lim.rlim_cur < need {
-        lim.rlim_cur = need.min(lim.rlim_max);
-        // SAFETY: setrlimit reads one `rlimit` through a pointer to a live
-        // local; a soft limit no higher than the hard one needs no
-        // privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(format!("setrlimit: {}", std::io::Error::last_os_error()).into());
-        }
-    }
-    if lim.rlim_cur < need {
-        return Err(format!(
-            "RLIMIT_NOFILE's hard limit {} is below the {need} descriptors needed",
-            lim.rlim_max
-        )
-        .into());
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// What this process holds at one moment.

@@ -80,6 +80,40 @@ pub fn filesystem_of(path: &Path) -> String {
         .map_or_else(|| "unknown".to_owned(), |(_, fstype)| fstype.to_owned())
 }
 
+/// Raises `RLIMIT_NOFILE`'s soft limit to `need` if it is lower (up to the
+/// hard limit); returns the limits then in force.
+#[allow(unsafe_code)]
+pub fn raise_nofile(
+    need: libc::rlim_t,
+) -> Result<(libc::rlim_t, libc::rlim_t), Box<dyn std::error::Error>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live,
+    // properly aligned local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()).into());
+    }
+    if lim.rlim_cur < need {
+        lim.rlim_cur = need.min(lim.rlim_max);
+        // SAFETY: setrlimit reads one `rlimit` through a pointer to a live
+        // local; a soft limit no higher than the hard one needs no
+        // privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(format!("setrlimit: {}", std::io::Error::last_os_error()).into());
+        }
+    }
+    if lim.rlim_cur < need {
+        return Err(format!(
+            "RLIMIT_NOFILE's hard limit {} is below the {need} descriptors needed",
+            lim.rlim_max
+        )
+        .into());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
