@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use handoff_core::Signal;
@@ -28,11 +29,85 @@ fn checked_pid(pid: u32) -> io::Result<libc::pid_t> {
 /// pidfd on this kernel): a dead successor is noticed within this.
 pub const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// A child of this process, to signal and reap: std's `Child` (a `Command`
+/// spawned, such as a health probe) and [`crate::spawn::Child`] (a daemon
+/// started by the unforked spawn). The waits and kills below take either,
+/// so each is written once.
+///
+/// Its methods mean what `std::process::Child`'s of the same names do.
+pub trait ChildProcess {
+    /// The process id; it names this child until the child is reaped.
+    fn id(&self) -> u32;
+    /// Sends `SIGKILL`; does nothing once the child has been reaped.
+    fn kill(&mut self) -> io::Result<()>;
+    /// Reaps the child if it has exited, without waiting.
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>>;
+    /// Waits for the child to exit and reaps it.
+    fn wait(&mut self) -> io::Result<ExitStatus>;
+}
+
+impl ChildProcess for std::process::Child {
+    fn id(&self) -> u32 {
+        std::process::Child::id(self)
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        std::process::Child::kill(self)
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        std::process::Child::try_wait(self)
+    }
+
+    fn wait(&mut self) -> io::Result<ExitStatus> {
+        std::process::Child::wait(self)
+    }
+}
+
+impl ChildProcess for crate::spawn::Child {
+    fn id(&self) -> u32 {
+        crate::spawn::Child::id(self)
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        crate::spawn::Child::kill(self)
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        crate::spawn::Child::try_wait(self)
+    }
+
+    fn wait(&mut self) -> io::Result<ExitStatus> {
+        crate::spawn::Child::wait(self)
+    }
+}
+
+/// A boxed child, so that children of both kinds can be kept in one place
+/// (a `Box<dyn ChildProcess + Send>`, say) and still be handed to the
+/// functions below.
+impl<C: ChildProcess + ?Sized> ChildProcess for Box<C> {
+    fn id(&self) -> u32 {
+        (**self).id()
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        (**self).kill()
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        (**self).try_wait()
+    }
+
+    fn wait(&mut self) -> io::Result<ExitStatus> {
+        (**self).wait()
+    }
+}
+
 /// Kills `child` and reaps it without waiting on it: a process that does
 /// not die at once (`SIGKILL` is held off while it is stuck in the kernel,
 /// in uninterruptible I/O) is reaped by a thread of its own, so that no
 /// caller's loop hangs on it and no zombie is left when it does die.
-pub fn kill_and_reap(mut child: std::process::Child) {
+pub fn kill_and_reap<C: ChildProcess + Send + 'static>(mut child: C) {
     let _ = child.kill();
     if !matches!(child.try_wait(), Ok(None)) {
         return;
@@ -175,10 +250,7 @@ pub fn wait_gone(pid: u32, bound: Duration) -> bool {
 
 /// Waits up to `bound` for our child to exit and reaps it; `None` if it is
 /// still running at the bound (or cannot be watched).
-pub fn wait_exit(
-    child: &mut std::process::Child,
-    bound: Duration,
-) -> Option<std::process::ExitStatus> {
+pub fn wait_exit<C: ChildProcess + ?Sized>(child: &mut C, bound: Duration) -> Option<ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
         return Some(status);
     }
@@ -337,6 +409,34 @@ mod tests {
         let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
         send_signal(child.id(), Signal::Kill).unwrap();
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    /// The waits and kills take either kind of child, boxed or not.
+    #[test]
+    fn the_helpers_take_std_and_unforked_children_alike() {
+        use crate::spawn::{Launch, spawn_cold_vfork};
+        let mut sleep = Launch::new("/bin/sleep");
+        sleep.arg("30");
+        let mut children: Vec<Box<dyn ChildProcess + Send>> = vec![
+            Box::new(Command::new("/bin/sleep").arg("30").spawn().unwrap()),
+            Box::new(spawn_cold_vfork(sleep, &[]).unwrap()),
+        ];
+        for child in &mut children {
+            assert!(wait_exit(child, Duration::from_millis(20)).is_none());
+            child.kill().unwrap();
+            let status = wait_exit(child, BOUND.unwrap()).expect("killed");
+            assert_eq!(status.signal(), Some(libc::SIGKILL));
+            // Reaped: killing it again reaches no other process.
+            child.kill().unwrap();
+        }
+
+        // One that has already exited is reaped by kill_and_reap itself.
+        let done = spawn_cold_vfork(Launch::new("/bin/true"), &[]).unwrap();
+        let pid = done.id();
+        let watch = ExitWatch::new(pid).unwrap();
+        assert_eq!(poll_readable(&[watch.as_fd()], BOUND).unwrap(), vec![true]);
+        kill_and_reap(done);
+        assert!(!pid_alive(pid), "a zombie was left");
     }
 
     #[test]

@@ -1576,19 +1576,6 @@ mod tests {
         launch
     }
 
-    /// Waits for `child` at most `limit`, killing it and failing if it
-    /// does not exit.
-    fn wait_vfork_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-        let watch = crate::process::ExitWatch::new(child.id()).expect("pidfd_open");
-        let ready = crate::process::poll_readable(&[watch.as_fd()], Some(limit)).expect("poll");
-        if !ready[0] {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child {} did not exit within {limit:?}", child.id());
-        }
-        child.wait().expect("wait")
-    }
-
     #[test]
     fn unforked_successor_gets_exactly_its_fds_and_variables() {
         let dir = TempDir::new("spv");
@@ -1631,7 +1618,7 @@ mod tests {
         assert_eq!(fd_target(pid, 2).as_deref(), Some("/dev/null"));
         assert!(is_cloexec(tcp.as_fd()) && is_cloexec(theirs.as_fd()));
         drop(child.stdin.take());
-        assert!(wait_vfork_child(&mut child, BOUND).success());
+        assert!(wait_bounded(&mut child, BOUND).success());
     }
 
     #[test]
@@ -1654,7 +1641,7 @@ mod tests {
         assert_eq!(line, "1|main|unset|unset|unset");
         assert_eq!(open_fds(child.id()), vec![0, 1, 2, 3]);
         drop(child.stdin.take());
-        assert!(wait_vfork_child(&mut child, BOUND).success());
+        assert!(wait_bounded(&mut child, BOUND).success());
     }
 
     #[test]
@@ -1669,7 +1656,7 @@ mod tests {
             fd_target(std::process::id(), theirs.as_raw_fd())
         );
         drop(child.stdin.take());
-        assert!(wait_vfork_child(&mut child, BOUND).success());
+        assert!(wait_bounded(&mut child, BOUND).success());
     }
 
     #[test]

@@ -4,11 +4,11 @@
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::process::{ExitWatch, poll_readable};
+use super::process::{ChildProcess, ExitWatch, poll_readable};
 
 /// A fresh directory under the system temp dir, removed with its contents
 /// on drop.
@@ -58,7 +58,7 @@ pub(crate) fn open_fds(pid: u32) -> Vec<i32> {
 
 /// Waits for `child` to exit, at most `limit`; kills it and fails the test
 /// if it does not.
-pub(crate) fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+pub(crate) fn wait_bounded(child: &mut impl ChildProcess, limit: Duration) -> ExitStatus {
     let watch = ExitWatch::new(child.id()).expect("pidfd_open");
     let ready = poll_readable(&[watch.as_fd()], Some(limit)).expect("poll");
     if !ready[0] {
