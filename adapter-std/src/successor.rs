@@ -113,7 +113,7 @@ impl Successor {
             io,
             begun: false,
         };
-        let (pump, started) = Pump::spawn()?;
+        let pump = Pump::spawn()?;
         while !driven.driver.acked() {
             if let Some(e) = driven.driver.error() {
                 return Err(e);
@@ -124,7 +124,6 @@ impl Successor {
             driven: Box::new(driven),
             listeners,
             pump,
-            started,
         })
     }
 }
@@ -135,7 +134,6 @@ pub struct HandshookSuccessor {
     driven: Box<Driven>,
     listeners: InheritedListeners,
     pump: Pump,
-    started: Started,
 }
 
 impl HandshookSuccessor {
@@ -158,12 +156,18 @@ impl HandshookSuccessor {
     pub fn wait_for_begin(self, data_dir: &Path) -> Result<BegunSuccessor, SuccessorError> {
         let handoff_id = self.handoff_id();
         let mut pump = self.pump;
-        pump.hand_over(self.driven, data_dir.to_path_buf())?;
-        let (lock, passed) = match self.started.recv() {
-            Ok(Ok(started)) => started,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(pump_died()),
-        };
+        let mut driven = self.driven;
+        // Driven on this thread up to `Begin`: the daemon waits here
+        // anyway, and learning of `Begin` from another thread would add a
+        // wake-up to the time in which nobody accepts.
+        let d = &mut *driven;
+        d.driver.set_data_dir(&mut d.io, data_dir);
+        // `Begin` may have come with `HelloAck`: the lock is then taken
+        // right here, and `Begun` reported.
+        d.collect();
+        let (lock, passed) = until_started(d)?;
+        // From here the pump keeps the session while the daemon starts.
+        pump.hand_over(driven)?;
         Ok(BegunSuccessor {
             listeners: self.listeners,
             lock,
@@ -297,17 +301,18 @@ impl Driven {
 }
 
 /// Drives the successor on a background thread (started during the
-/// handshake) from `wait_for_begin` until the end of the handoff, so
-/// heartbeats go out and an `Abort` is noticed however long the daemon
-/// takes to start.
+/// handshake) from `Begin` until the end of the handoff, so heartbeats go
+/// out and an `Abort` is noticed however long the daemon takes to start.
 ///
-/// The daemon's thread never joins it on the way to `Ready`: it learns of
-/// `Begin` (and gets the lock) over a channel, and hands the readiness over
-/// the same way. Spawning and joining a thread there would lengthen the
-/// window in which no process accepts writes.
+/// The daemon's thread never waits for it on the way to accepting: it
+/// drives the machine itself until `Begin` (it waits in `wait_for_begin`
+/// anyway), hands the driver over without waiting, and hands the
+/// readiness over the same way. Spawning a thread there, or learning of
+/// `Begin` from another thread, would lengthen the window in which no
+/// process accepts.
 struct Pump {
     /// Takes the driver to the thread, once.
-    hand: Option<mpsc::Sender<(Box<Driven>, PathBuf)>>,
+    hand: Option<mpsc::Sender<Box<Driven>>>,
     /// Written to after queueing a command, so the thread's wait ends.
     wake: UnixStream,
     commands: mpsc::Sender<Command>,
@@ -331,41 +336,25 @@ impl fmt::Debug for Pump {
     }
 }
 
-/// The lock and the passed connections once `Begin` was received and the
-/// lock taken, or why not.
-type Started = mpsc::Receiver<Result<(DataDirLock, Vec<PassedConnection>), SuccessorError>>;
-
 impl Pump {
     /// Starts the thread, which waits for the driver (see
     /// [`Pump::hand_over`]).
-    fn spawn() -> Result<(Pump, Started), SuccessorError> {
+    fn spawn() -> Result<Pump, SuccessorError> {
         let finished = Arc::new(AtomicBool::new(false));
         let (wake, theirs) = UnixStream::pair().map_err(SuccessorError::Io)?;
         theirs.set_nonblocking(true).map_err(SuccessorError::Io)?;
-        let (hand, handed) = mpsc::channel::<(Box<Driven>, PathBuf)>();
-        let (started_tx, started) = mpsc::channel();
+        let (hand, handed) = mpsc::channel::<Box<Driven>>();
         let (commands, inbox) = mpsc::channel();
         let (ended_tx, ended) = mpsc::channel();
         let done = finished.clone();
         let thread = std::thread::Builder::new()
             .name("handoff-successor".into())
             .spawn(move || {
-                // No driver: the daemon gave up before waiting for `Begin`.
-                let Ok((mut driven, data_dir)) = handed.recv() else {
+                // No driver: the daemon gave up before `Begin`.
+                let Ok(mut driven) = handed.recv() else {
                     return;
                 };
                 let d = &mut *driven;
-                d.driver.set_data_dir(&mut d.io, &data_dir);
-                // `Begin` may have come with `HelloAck`: the lock is then
-                // taken right here, and `Begun` reported.
-                d.collect();
-                let Some(lock) = pump_until_started(d, &theirs, &inbox) else {
-                    return;
-                };
-                let failed = lock.is_err();
-                if started_tx.send(lock).is_err() || failed {
-                    return;
-                }
                 let result = pump_to_the_end(d, &theirs, &inbox, &done);
                 if result.is_err() {
                     done.store(true, Ordering::Release);
@@ -375,23 +364,20 @@ impl Pump {
                 let _ = ended_tx.send(result);
             })
             .map_err(SuccessorError::Io)?;
-        Ok((
-            Pump {
-                hand: Some(hand),
-                wake,
-                commands,
-                ended,
-                finished,
-                thread: Some(thread),
-            },
-            started,
-        ))
+        Ok(Pump {
+            hand: Some(hand),
+            wake,
+            commands,
+            ended,
+            finished,
+            thread: Some(thread),
+        })
     }
 
-    /// Gives the thread the driver, from waiting for `Begin` on.
-    fn hand_over(&mut self, driven: Box<Driven>, data_dir: PathBuf) -> Result<(), SuccessorError> {
+    /// Gives the thread the driver, from `Begin` on.
+    fn hand_over(&mut self, driven: Box<Driven>) -> Result<(), SuccessorError> {
         match self.hand.take() {
-            Some(hand) if hand.send((driven, data_dir)).is_ok() => Ok(()),
+            Some(hand) if hand.send(driven).is_ok() => Ok(()),
             _ => Err(pump_died()),
         }
     }
@@ -423,41 +409,28 @@ fn drain_wake(wake: &UnixStream) {
     while matches!((&mut &*wake).read(&mut sink), Ok(n) if n > 0) {}
 }
 
-/// Runs the driver until `Begin` has been received and the lock taken.
-/// `None` if the daemon gave up meanwhile (its side of the channel is gone).
-fn pump_until_started(
+/// Runs the driver until `Begin` has been received and the lock taken;
+/// the lock and the connections passed, or why the start failed.
+fn until_started(
     d: &mut Driven,
-    wake: &UnixStream,
-    inbox: &mpsc::Receiver<Command>,
-) -> Option<Result<(DataDirLock, Vec<PassedConnection>), SuccessorError>> {
+) -> Result<(DataDirLock, Vec<PassedConnection>), SuccessorError> {
     loop {
         if let Some(e) = d.driver.error() {
-            return Some(Err(e));
+            return Err(e);
         }
         if d.begun {
             let passed = d.driver.take_connections();
-            return Some(
-                d.driver
-                    .take_lock()
-                    .map(|lock| (lock, passed))
-                    .ok_or_else(|| {
-                        SuccessorError::Io(io::Error::other(
-                            "the lock was reported held but is missing",
-                        ))
-                    }),
-            );
+            return d
+                .driver
+                .take_lock()
+                .map(|lock| (lock, passed))
+                .ok_or_else(|| {
+                    SuccessorError::Io(io::Error::other(
+                        "the lock was reported held but is missing",
+                    ))
+                });
         }
-        match d.turn(&[wake.as_raw_fd()]) {
-            Err(e) => return Some(Err(SuccessorError::Io(e))),
-            Ok(woken) if woken.first() == Some(&true) => {
-                drain_wake(wake);
-                // Woken before `Begin`: only a daemon that gave up does that.
-                if let Err(mpsc::TryRecvError::Disconnected) = inbox.try_recv() {
-                    return None;
-                }
-            }
-            Ok(_) => {}
-        }
+        d.turn(&[]).map_err(SuccessorError::Io)?;
     }
 }
 

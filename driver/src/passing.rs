@@ -199,11 +199,12 @@ impl Handover {
         if st.done {
             return Err(PassError::Closed);
         }
-        let frame = c.frame(&Message::PassedConnection {
+        let msg = Message::PassedConnection {
             handoff_id: c.id,
             state,
-        });
-        if st.fds.len() == MAX_FDS || st.frames.len() + frame.len() > MAX_BATCH_BYTES {
+        };
+        let len = LEN_PREFIX + VERSION_FIELD + msg.encoded_len();
+        if st.fds.len() == MAX_FDS || st.frames.len() + len > MAX_BATCH_BYTES {
             c.flush(&mut st).map_err(PassError::Io)?;
         }
         // A duplicate, so the batch can wait for its message whatever the
@@ -219,8 +220,22 @@ impl Handover {
                 return Err(PassError::Io(e));
             }
         };
+        // Encoded in place at the batch's end: one buffer for the whole
+        // batch, not one per connection.
+        let at = st.frames.len();
+        st.frames.resize(at + len, 0);
+        match encode_frame(c.version, &msg, &mut st.frames[at..]) {
+            Ok(n) => st.frames.truncate(at + n),
+            Err(e) => {
+                // A state within the bound always fits a frame; a failure
+                // here would be a bug, and the pass cannot go on.
+                st.frames.truncate(at);
+                let e = format!("encoding a passed connection: {e:?}");
+                st.failed = Some(e.clone());
+                return Err(PassError::Io(e));
+            }
+        }
         st.fds.push(fd);
-        st.frames.extend_from_slice(&frame);
         st.passed += 1;
         if st.fds.len() == MAX_FDS {
             c.flush(&mut st).map_err(PassError::Io)?;
