@@ -411,9 +411,7 @@ fn drain_wake(wake: &UnixStream) {
 
 /// Runs the driver until `Begin` has been received and the lock taken;
 /// the lock and the connections passed, or why the start failed.
-fn until_started(
-    d: &mut Driven,
-) -> Result<(DataDirLock, Vec<PassedConnection>), SuccessorError> {
+fn until_started(d: &mut Driven) -> Result<(DataDirLock, Vec<PassedConnection>), SuccessorError> {
     loop {
         if let Some(e) = d.driver.error() {
             return Err(e);
