@@ -67,7 +67,7 @@ use handoff_std::{
     StateSnapshot, Supervisor, detect_role,
 };
 
-use crate::store::{Store, StoreError};
+use crate::store::{CompactionEvent, Store, StoreConfig, StoreError};
 
 mod runtimes;
 
@@ -330,6 +330,38 @@ fn serve(args: &ServeArgs) -> i32 {
     }
 }
 
+/// How kvd's store compacts: the defaults, and a log line for each
+/// compaction that finished or failed (a failure changes nothing on disk
+/// and is tried again later, so it is only said).
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        on_compaction: Some(Arc::new(|event: &CompactionEvent| match event {
+            CompactionEvent::Finished {
+                revision,
+                snapshot_bytes,
+                took,
+                leftover,
+            } => {
+                log(format_args!(
+                    "compacted the log into a snapshot at revision {revision} ({snapshot_bytes} \
+                     bytes, {:.0} ms){}",
+                    took.as_secs_f64() * 1000.0,
+                    leftover
+                        .as_ref()
+                        .map(|l| format!("; {l}"))
+                        .unwrap_or_default()
+                ));
+            }
+            CompactionEvent::Failed { error } => log(format_args!(
+                "compacting the log failed ({error}); nothing changed on disk, the log is \
+                 complete, and the compaction is tried again as the log grows"
+            )),
+            _ => {}
+        })),
+        ..StoreConfig::default()
+    }
+}
+
 fn cold_start(
     args: &ServeArgs,
     mut listeners: handoff_std::os::listeners::InheritedListeners,
@@ -370,7 +402,7 @@ fn cold_start(
             args.data_dir.display()
         ));
     }
-    let store = match Store::open(&args.data_dir) {
+    let store = match Store::open_with(&args.data_dir, store_config()) {
         Ok(s) => s,
         Err(e) => {
             log(format_args!("opening the state: {e}"));
@@ -461,6 +493,12 @@ fn run_incumbent(args: &ServeArgs, daemon: &Arc<Daemon>, incumbent: Incumbent) -
 
 /// After serving: close what is left, and the exit status.
 fn finish(daemon: &Arc<Daemon>, served: Result<ServeEnd, ServeError>) -> i32 {
+    // The process exits next. Freeing a sealed state of a million keys one
+    // allocation at a time would only take a core from the successor; the
+    // exit frees it at once. (A sealed store has no thread left.)
+    if let Some(sealed) = lock_state(&daemon.state).sealed.take() {
+        std::mem::forget(sealed);
+    }
     match served {
         Ok(ServeEnd::Committed { .. }) => {
             // The successor serves; our connections were sent RETRY at the
@@ -555,6 +593,9 @@ struct State {
     period: u64,
     /// The revision last sealed or opened, for reports while sealed.
     last_revision: u64,
+    /// The store once sealed, kept (reads no longer use it) so that its
+    /// memory is not freed in the seal hook, on the handoff's path.
+    sealed: Option<Arc<Store>>,
     signal: Arc<DrainSignal>,
 }
 
@@ -619,6 +660,7 @@ impl Daemon {
                 parked_conns: 0,
                 handover: Handover::unavailable(),
                 period: 0,
+                sealed: None,
                 signal: DrainSignal::new()?,
             }),
             changed: Condvar::new(),
@@ -1077,18 +1119,21 @@ impl Drainable for Daemon {
             }
             st.store.take().ok_or("the store is already sealed")?
         };
-        // On a full disk the seal still holds (it needs no new space), only
-        // without compacting the log; see `Store::seal`.
+        // O(1) in the state's size, and on a full disk too: no snapshot is
+        // written (see `Store::seal`).
         let sealed = store.seal()?;
-        if let Some(e) = &sealed.compaction_error {
+        if sealed.compaction_stopped {
             log(format_args!(
-                "sealed, but compacting the log into a snapshot failed ({e}); what is on \
-                 disk still opens to the sealed state, and the next seal with free space \
-                 compacts it"
+                "sealed while compacting: the compaction stopped, and the successor \
+                 compacts the frozen log"
             ));
         }
         progress.report(1, 1, sealed.revision);
-        lock_state(&self.state).last_revision = sealed.revision;
+        {
+            let mut st = lock_state(&self.state);
+            st.last_revision = sealed.revision;
+            st.sealed = Some(store);
+        }
         Ok(SealReport {
             last_revision_per_shard: vec![sealed.revision],
             data_dir_fingerprint: sealed.fingerprint,
@@ -1100,7 +1145,7 @@ impl Drainable for Daemon {
         // truth, so read it again. Only drained: the open store is intact.
         let sealed = lock_state(&self.state).store.is_none();
         let reopened = if sealed {
-            Some(Arc::new(Store::open(&self.data_dir)?))
+            Some(Arc::new(Store::open_with(&self.data_dir, store_config())?))
         } else {
             None
         };
@@ -1109,6 +1154,7 @@ impl Drainable for Daemon {
         if let Some(store) = reopened {
             st.last_revision = store.revision();
             st.store = Some(store);
+            st.sealed = None;
         }
         st.signal = signal;
         // The connections passed in the drain are served again.

@@ -15,6 +15,12 @@
 //! tells that torn tail (cut off at the first bad record and dropped) from
 //! damage further back (an error: the log lost acknowledged writes, and
 //! guessing past it would serve wrong data).
+//!
+//! The log of a data dir may be two files of this format (the frozen one a
+//! compaction folds into the snapshot, then the live one; see
+//! [`crate::store`]); revisions run on from one file into the next.
+//! [`scan_continuing`] reads what was appended to a file since a reader
+//! stopped in it.
 
 use std::fmt;
 
@@ -101,22 +107,28 @@ pub struct Scan {
     pub valid_len: usize,
     /// Why the tail after `valid_len` was dropped, if it was.
     pub torn: Option<String>,
+    /// The first revision in the file (including one at or below the
+    /// base), if any record is there: where the file continues another.
+    pub first_revision: Option<u64>,
     /// The last revision in the file (including those at or below the
     /// base), if any record is there.
     pub last_revision: Option<u64>,
 }
 
-/// Reads a whole log file. Records at or below `base` (the snapshot's
-/// revision) are checked but skipped: a crash between writing a snapshot
-/// and emptying the log leaves them behind. The file must begin with
+/// Reads a whole log file. Records at or below `base` (the revision the
+/// files before this one hold) are checked but skipped: a compaction that
+/// stopped between renaming its snapshot in and removing the frozen log
+/// leaves them behind, and so did a crash in the seal's compaction of
+/// earlier versions, which emptied the log in place. The file must begin with
 /// [`MAGIC`], except that an empty file, or one holding a prefix of it, is a
 /// log whose creation was cut short.
 pub fn scan(file: &[u8], base: u64) -> Result<Scan, Corrupt> {
-    let mut scan = Scan::default();
     if file.len() < MAGIC.len() {
         if MAGIC.starts_with(file) || file.iter().all(|&b| b == 0) {
-            scan.torn = (!file.is_empty()).then(|| "a partly written header".to_owned());
-            return Ok(scan);
+            return Ok(Scan {
+                torn: (!file.is_empty()).then(|| "a partly written header".to_owned()),
+                ..Scan::default()
+            });
         }
         return Err(Corrupt {
             offset: 0,
@@ -129,29 +141,70 @@ pub fn scan(file: &[u8], base: u64) -> Result<Scan, Corrupt> {
             reason: "the file does not start with the log's magic bytes".into(),
         });
     }
-    let mut pos = MAGIC.len();
-    scan.valid_len = pos;
+    scan_records(file, MAGIC.len(), 0, base, First::AtMost(base + 1))
+}
+
+/// Reads the records of a log file from byte `offset` on, `tail` being the
+/// file's bytes from there: the part written since a reader stopped at
+/// `offset`, at the end of a record. The first record must be `next`, with
+/// no repeats allowed: the records before `offset` were already taken.
+/// `valid_len` and the bodies are relative to `tail`; a corruption's offset
+/// is from the start of the file.
+pub fn scan_continuing(tail: &[u8], offset: u64, next: u64) -> Result<Scan, Corrupt> {
+    scan_records(
+        tail,
+        0,
+        offset,
+        next.saturating_sub(1),
+        First::Exactly(next),
+    )
+}
+
+/// What the first record's revision may be.
+#[derive(Clone, Copy)]
+enum First {
+    /// At most this (a file may begin with revisions a snapshot holds).
+    AtMost(u64),
+    /// This one and no other.
+    Exactly(u64),
+}
+
+/// Reads records from `pos` in `file` to its end; `shift` is added to
+/// offsets in errors. Records at or below `base` are checked and skipped.
+fn scan_records(
+    file: &[u8],
+    mut pos: usize,
+    shift: u64,
+    base: u64,
+    first: First,
+) -> Result<Scan, Corrupt> {
+    let mut scan = Scan {
+        valid_len: pos,
+        ..Scan::default()
+    };
     while pos < file.len() {
         match record_at(file, pos) {
             Ok((record, body, end)) => {
-                let expected = scan.last_revision.map_or(base + 1, |r| r + 1);
-                // The first record may repeat revisions the snapshot holds;
-                // after it, every revision is the one before plus one.
-                let in_order = match scan.last_revision {
-                    None => record.revision <= expected,
-                    Some(_) => record.revision == expected,
+                // The first record may repeat revisions the snapshot holds
+                // (unless it must be exactly one); after it, every revision
+                // is the one before plus one.
+                let (in_order, expected) = match (scan.last_revision, first) {
+                    (Some(last), _) => (record.revision == last + 1, last + 1),
+                    (None, First::AtMost(at_most)) => (record.revision <= at_most, at_most),
+                    (None, First::Exactly(next)) => (record.revision == next, next),
                 };
                 if !in_order || record.revision == 0 {
                     // The checksum holds, so these bytes were written as
                     // they are: a gap is lost records, not a torn write.
                     return Err(Corrupt {
-                        offset: pos as u64,
+                        offset: shift + pos as u64,
                         reason: format!(
                             "revision {} where {expected} was expected",
                             record.revision
                         ),
                     });
                 }
+                scan.first_revision.get_or_insert(record.revision);
                 scan.last_revision = Some(record.revision);
                 if record.revision > base {
                     scan.records.push(record);
@@ -174,7 +227,7 @@ pub fn scan(file: &[u8], base: u64) -> Result<Scan, Corrupt> {
                     return Ok(scan);
                 }
                 return Err(Corrupt {
-                    offset: pos as u64,
+                    offset: shift + pos as u64,
                     reason: why.into(),
                 });
             }
@@ -317,5 +370,29 @@ mod tests {
         let revs: Vec<u64> = s.records.iter().map(|r| r.revision).collect();
         assert_eq!(revs, [5, 6]);
         assert!(scan(&file, 1).is_err(), "revisions 2 are missing");
+        assert_eq!((s.first_revision, s.last_revision), (Some(3), Some(6)));
+    }
+
+    #[test]
+    fn a_continuing_scan_takes_exactly_the_next_revision() {
+        let file = log(1..=6);
+        let at = log(1..=3).len();
+        let s = scan_continuing(&file[at..], at as u64, 4).unwrap();
+        let revs: Vec<u64> = s.records.iter().map(|r| r.revision).collect();
+        assert_eq!(revs, [4, 5, 6]);
+        assert_eq!(s.valid_len, file.len() - at);
+        assert_eq!(&file[at..][s.bodies[0].clone()][..8], &4u64.to_le_bytes());
+        // Nothing written since: nothing to read.
+        let s = scan_continuing(&[], file.len() as u64, 7).unwrap();
+        assert!(s.records.is_empty() && s.torn.is_none());
+        // A repeat or a gap where the reader stopped is damage, reported
+        // at its place in the file.
+        let e = scan_continuing(&file[at..], at as u64, 3).unwrap_err();
+        assert_eq!(e.offset, at as u64);
+        assert!(scan_continuing(&file[at..], at as u64, 5).is_err());
+        // A torn tail is reported as such.
+        let s = scan_continuing(&file[at..file.len() - 3], at as u64, 4).unwrap();
+        assert_eq!(s.records.len(), 2);
+        assert!(s.torn.is_some());
     }
 }
