@@ -42,10 +42,15 @@
 //! drain stopped), its side shut down, and reads discarded until the client
 //! closes or a short linger ends: a client whose next request crosses the
 //! close reads `RETRY` instead of an EOF, and no request goes unanswered.
-//! The successor opens the sealed state only once
-//! it holds the data-dir lock, and executes writes only once its `Ready` is
-//! sent: until then it answers reads and holds writes, so that if the
-//! handoff fails it gives the lock back having written nothing.
+//! The successor reads the state before its `Hello`, while the old process
+//! still serves (writing nothing, without the lock: [`Store::preload`]);
+//! once it holds the data-dir lock it reads only what was logged since
+//! ([`crate::store::Preloaded::open`]), so the pause does not grow with
+//! the state. The seal does not grow with it either: it writes no
+//! snapshot (the log is compacted in the background while serving). The
+//! successor executes writes only once its `Ready` is sent: until then it
+//! answers reads and holds writes, so that if the handoff fails it gives
+//! the lock back having written nothing.
 //!
 //! `supervise` runs one handoff as a supervisor process (the listener comes
 //! inherited as `kv`, as from systemd), for tests that kill the supervisor.
@@ -67,7 +72,7 @@ use handoff_std::{
     StateSnapshot, Supervisor, detect_role,
 };
 
-use crate::store::{CompactionEvent, Store, StoreConfig, StoreError};
+use crate::store::{CompactionEvent, Preloaded, Store, StoreConfig, StoreError};
 
 mod runtimes;
 
@@ -314,18 +319,22 @@ fn serve(args: &ServeArgs) -> i32 {
             return 2;
         }
     };
-    match (role, args.runtime) {
-        (Role::ColdStart { listeners }, _) => cold_start(args, listeners),
+    let successor = match role {
+        Role::ColdStart { listeners } => return cold_start(args, listeners),
+        Role::Successor(successor) => successor,
+    };
+    // Before `Hello`, on every runtime: the old binary serves meanwhile,
+    // and after `Begin` only what it wrote since is left to read.
+    let preloaded = runtimes::preload(args);
+    match args.runtime {
         // kvd serves every connection the incumbent passes it.
-        (Role::Successor(successor), Runtime::Std) => {
-            take_over(args, successor.accepting_connections())
+        Runtime::Std => take_over(args, successor.accepting_connections(), preloaded),
+        Runtime::Mio => runtimes::take_over_mio(args, successor, preloaded),
+        Runtime::Smol => {
+            runtimes::take_over_smol(args, successor.accepting_connections(), preloaded)
         }
-        (Role::Successor(successor), Runtime::Mio) => runtimes::take_over_mio(args, successor),
-        (Role::Successor(successor), Runtime::Smol) => {
-            runtimes::take_over_smol(args, successor.accepting_connections())
-        }
-        (Role::Successor(successor), Runtime::Tokio) => {
-            runtimes::take_over_tokio(args, successor.accepting_connections())
+        Runtime::Tokio => {
+            runtimes::take_over_tokio(args, successor.accepting_connections(), preloaded)
         }
     }
 }
@@ -438,7 +447,11 @@ fn cold_start(
     run_incumbent(args, &daemon, incumbent)
 }
 
-fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
+fn take_over(
+    args: &ServeArgs,
+    successor: handoff_std::Successor,
+    preloaded: Option<Preloaded>,
+) -> i32 {
     let handshook = match successor.handshake(args.version.as_bytes()) {
         Ok(h) => h,
         Err(e) => {
@@ -446,7 +459,8 @@ fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
             return 4;
         }
     };
-    // The lock is ours from here: only now may the sealed state be opened.
+    // The lock is ours from here: only now may the sealed state be opened
+    // (what the preload read is caught up).
     let mut begun = match handshook.wait_for_begin(&args.data_dir) {
         Ok(b) => b,
         Err(e) => {
@@ -457,7 +471,7 @@ fn take_over(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
     // Served once `Ready` is out; dropped (closed, never shut down) if the
     // handoff fails before, and their clients see nothing.
     let passed = begun.take_connections();
-    let (daemon, readiness) = match runtimes::start_successor(args, begun.listeners()) {
+    let (daemon, readiness) = match runtimes::start_successor(args, begun.listeners(), preloaded) {
         Ok(x) => x,
         Err(code) => return code,
     };

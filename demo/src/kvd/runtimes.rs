@@ -30,7 +30,10 @@ use handoff_std::{
 };
 use mio::{Events, Poll, Token, Waker};
 
-use super::{Daemon, Fault, LINGER, LISTENER_NAME, Phase, ServeArgs, Store, finish, log};
+use super::{
+    Daemon, Fault, LINGER, LISTENER_NAME, Phase, Preloaded, ServeArgs, Store, finish, log,
+    store_config,
+};
 
 const CONTROL: Token = Token(0);
 const SESSION: Token = Token(1);
@@ -160,7 +163,12 @@ fn serve_mio_control(
 }
 
 /// The successor's side on a mio loop.
-pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
+pub(super) fn take_over_mio(
+    args: &ServeArgs,
+    successor: handoff_std::Successor,
+    preloaded: Option<Preloaded>,
+) -> i32 {
+    let mut preloaded = preloaded;
     let mut poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
@@ -197,25 +205,29 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
         s.handle_timeout(poll.registry());
         while let Some(event) = s.poll_event() {
             match event {
-                SuccessorEvent::Begun => match start_successor(args, s.listeners()) {
-                    Ok((d, readiness)) => {
-                        // Served once `Ready` is out; dropped (closed, never
-                        // shut down) if the handoff fails before.
-                        passed = s.take_connections();
-                        if let Err(e) = s.ready(poll.registry(), &readiness, &args.control_socket) {
-                            // The supervisor hears the handoff failed, and the
-                            // old binary resumes: stop before writing.
-                            log(format_args!("successor: control socket: {e}"));
-                            d.close(LINGER);
-                            return 4;
+                SuccessorEvent::Begun => {
+                    match start_successor(args, s.listeners(), preloaded.take()) {
+                        Ok((d, readiness)) => {
+                            // Served once `Ready` is out; dropped (closed, never
+                            // shut down) if the handoff fails before.
+                            passed = s.take_connections();
+                            if let Err(e) =
+                                s.ready(poll.registry(), &readiness, &args.control_socket)
+                            {
+                                // The supervisor hears the handoff failed, and the
+                                // old binary resumes: stop before writing.
+                                log(format_args!("successor: control socket: {e}"));
+                                d.close(LINGER);
+                                return 4;
+                            }
+                            daemon = Some(d);
                         }
-                        daemon = Some(d);
+                        Err(code) => {
+                            s.start_failed(poll.registry());
+                            return code;
+                        }
                     }
-                    Err(code) => {
-                        s.start_failed(poll.registry());
-                        return code;
-                    }
-                },
+                }
                 SuccessorEvent::Authoritative { .. } => {
                     let Some(d) = daemon.take() else { return 4 };
                     d.set_phase(Phase::Serving);
@@ -249,11 +261,33 @@ pub(super) fn take_over_mio(args: &ServeArgs, successor: handoff_std::Successor)
     }
 }
 
-/// With the lock held: takes the listener, opens the sealed state, starts
-/// serving reads. Returns the daemon and what `Ready` reports.
+/// The successor's start-up work that needs no lock, on every runtime:
+/// reads the state while the old process still serves (and may still
+/// write, freeze or compact), writing nothing. Called before `Hello`, so
+/// the whole of it falls before the drain; after `Begin`,
+/// [`start_successor`] reads only what was logged since. `None` if it
+/// could not be read (said in a log line): then the state is read whole
+/// once the lock is ours, which reports a real problem properly.
+pub(super) fn preload(args: &ServeArgs) -> Option<Preloaded> {
+    match Store::preload(&args.data_dir, store_config()) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log(format_args!(
+                "successor: reading the state before Begin failed ({e}); it is read whole \
+                 once the lock is ours"
+            ));
+            None
+        }
+    }
+}
+
+/// With the lock held: takes the listener, opens the sealed state (the
+/// tail since `preloaded`, or all of it), starts serving reads. Returns
+/// the daemon and what `Ready` reports.
 pub(super) fn start_successor(
     args: &ServeArgs,
     listeners: &mut handoff_std::os::listeners::InheritedListeners,
+    preloaded: Option<Preloaded>,
 ) -> Result<(Arc<Daemon>, ReadyReport), i32> {
     let listener = listeners
         .take_tcp(LISTENER_NAME, Mode::Blocking)
@@ -261,10 +295,19 @@ pub(super) fn start_successor(
             log(format_args!("successor: listener: {e}"));
             4
         })?;
-    let store = Store::open(&args.data_dir).map_err(|e| {
+    let store = match preloaded {
+        Some(p) => p.open(),
+        None => Store::open_with(&args.data_dir, store_config()),
+    }
+    .map_err(|e| {
         log(format_args!("successor: opening the sealed state: {e}"));
         4
     })?;
+    if let Some(why) = &store.open_report().preload_fallback {
+        log(format_args!(
+            "successor: the state read before Begin could not be used ({why}); read it whole"
+        ));
+    }
     let revision = store.revision();
     let advertised = match args.fault {
         Some(Fault::RevisionsBehind) => revision.saturating_sub(1),
@@ -402,19 +445,22 @@ impl<O: Offload> handoff_driver::reactor::AsyncDrainable for Threaded<O> {
 /// The successor's side on an async adapter, up to the moment it is the
 /// incumbent: awaits `handshake` (the adapter's, already called), waits for
 /// `Begin`, starts the daemon with the lock held (offloaded, while the
-/// protocol goes on), announces it and takes over the control socket.
+/// protocol goes on; `preloaded` is what was read before `Hello`),
+/// announces it and takes over the control socket.
 /// Returns the daemon, serving, and the endpoint to serve with; or the exit
 /// status, everything already stopped.
 async fn become_incumbent<R: Reactor, O: Offload>(
     args: &ServeArgs,
     handshake: impl Future<Output = Result<HandshookSuccessor<R>, SuccessorError>>,
+    preloaded: Option<Preloaded>,
 ) -> Result<(Arc<Daemon>, Endpoint), i32> {
     let failed = |e: &dyn std::fmt::Display| {
         log(format_args!("successor: {e}"));
         4
     };
     let handshook = handshake.await.map_err(|e| failed(&e))?;
-    // The lock is ours from here: only now may the sealed state be opened.
+    // The lock is ours from here: only now may the sealed state be opened
+    // (what the preload read is caught up).
     let mut begun = handshook
         .wait_for_begin(&args.data_dir)
         .await
@@ -423,7 +469,9 @@ async fn become_incumbent<R: Reactor, O: Offload>(
     let passed = begun.take_connections();
     let mut listeners = std::mem::take(begun.listeners());
     let started = begun
-        .start_up(O::offload(move || start_successor(&owned, &mut listeners)))
+        .start_up(O::offload(move || {
+            start_successor(&owned, &mut listeners, preloaded)
+        }))
         .await;
     let (daemon, readiness) = match started {
         Ok(Ok(started)) => started?,
@@ -466,9 +514,15 @@ pub(super) fn serve_smol(
 }
 
 /// The successor's side as async fns on async-io.
-pub(super) fn take_over_smol(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
+pub(super) fn take_over_smol(
+    args: &ServeArgs,
+    successor: handoff_std::Successor,
+    preloaded: Option<Preloaded>,
+) -> i32 {
     let handshake = handoff_smol::handshake(successor, args.version.as_bytes());
-    match async_io::block_on(become_incumbent::<_, AsyncIoThread>(args, handshake)) {
+    match async_io::block_on(become_incumbent::<_, AsyncIoThread>(
+        args, handshake, preloaded,
+    )) {
         Ok((daemon, endpoint)) => finish(&daemon, serve_smol(&daemon, endpoint)),
         Err(code) => code,
     }
@@ -524,7 +578,11 @@ pub(super) fn serve_tokio(
 
 /// The successor's side as tasks on a multi-thread tokio runtime: the
 /// start-up, then serving on the same runtime.
-pub(super) fn take_over_tokio(args: &ServeArgs, successor: handoff_std::Successor) -> i32 {
+pub(super) fn take_over_tokio(
+    args: &ServeArgs,
+    successor: handoff_std::Successor,
+    preloaded: Option<Preloaded>,
+) -> i32 {
     let rt = match tokio_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -538,7 +596,7 @@ pub(super) fn take_over_tokio(args: &ServeArgs, successor: handoff_std::Successo
     let args = args.clone();
     let task = rt.spawn(async move {
         let handshake = handoff_tokio::handshake(successor, args.version.as_bytes());
-        become_incumbent::<_, TokioBlockingPool>(&args, handshake).await
+        become_incumbent::<_, TokioBlockingPool>(&args, handshake, preloaded).await
     });
     match join(&rt, task) {
         // The daemon is closed here, off the runtime: closing blocks while
