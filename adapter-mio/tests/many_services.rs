@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use handoff_mio::{
     SupervisorEvent,
 };
 use handoff_std::os::process::poll_readable;
+use handoff_std::os::spawn::{Child, ChildStdio, Launch, spawn_cold_vfork};
 use handoff_std::{
     DataDirLock, DrainReport, ReadyReport, Role, SealReport, SpawnSpec, SuccessorConfig, Supervisor,
 };
@@ -112,18 +112,23 @@ fn daemon(dir: &Path) -> i32 {
     }
 }
 
-fn daemon_command(dir: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "daemon_entry",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--quiet",
-        "--test-threads=1",
-    ])
-    .env("MIO_DAEMON_DIR", dir);
-    cmd
+/// Starts a daemon in `dir` cold, as a supervisor would (with no listeners
+/// to pass: the daemon needs only its control socket), its standard output
+/// piped to say when it is ready.
+fn start_daemon(dir: &Path) -> Child {
+    let mut launch = Launch::new(std::env::current_exe().unwrap());
+    launch
+        .args([
+            "daemon_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--quiet",
+            "--test-threads=1",
+        ])
+        .env("MIO_DAEMON_DIR", dir)
+        .stdout(ChildStdio::Piped);
+    spawn_cold_vfork(launch, &[]).unwrap()
 }
 
 fn rss_kib() -> u64 {
@@ -163,7 +168,7 @@ fn one_loop_hands_off_200_daemons_25_at_a_time() {
     let dirs: Vec<PathBuf> = (0..SERVICES).map(|i| root.join(i.to_string())).collect();
     for dir in &dirs {
         std::fs::create_dir_all(dir).unwrap();
-        let child = daemon_command(dir).stdout(Stdio::piped()).spawn().unwrap();
+        let child = start_daemon(dir);
         fleet.children.push(child);
     }
     for child in &mut fleet.children {
@@ -271,7 +276,7 @@ fn a_remote_starts_handoffs_from_another_thread_and_hears_refusals() {
     };
     let dir = root.join("0");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = daemon_command(&dir).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = start_daemon(&dir);
     let stdout = child.stdout.take().unwrap();
     fleet.children.push(child);
     assert!(poll_readable(&[stdout.as_fd()], Some(BOUND)).unwrap()[0]);

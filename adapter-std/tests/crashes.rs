@@ -9,12 +9,11 @@ mod common;
 
 use handoff_std::PerformHandoff;
 use std::io::BufReader;
-use std::process::{Command, Stdio};
 use std::sync::Once;
 
 use common::*;
 use handoff_std::os::crash::points_of;
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::spawn::{Child, ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 
 /// Orphans of a killed supervisor come back to this process, so the test
 /// can reap them and tell a live process from a zombie.
@@ -123,14 +122,15 @@ fn assert_one_serving_incumbent(rig: &Rig, pid: u32) {
 /// left; it must find the lock free (or free it from a dead holder).
 fn restart_cold(rig: &mut Rig) -> u32 {
     let listener = rig.supervisor.listeners().next().unwrap();
-    let mut cmd = Command::new(daemon_bin());
-    cmd.arg("--control-socket")
+    let mut launch = Launch::new(daemon_bin());
+    launch
+        .arg("--control-socket")
         .arg(&rig.ctl)
         .arg("--data-dir")
         .arg(&rig.data)
-        .stdout(Stdio::piped());
-    let mut child = spawn_cold(
-        cmd,
+        .stdout(ChildStdio::Piped);
+    let mut child = spawn_cold_vfork(
+        launch,
         &[PassedListener {
             name: "main",
             fd: listener.fd,
@@ -147,8 +147,8 @@ fn restart_cold(rig: &mut Rig) -> u32 {
 
 /// The test daemon as a supervisor process running one handoff of `rig`'s
 /// daemon (its successor inherits `env` too).
-fn supervise(rig: &Rig, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
-    supervise_with(rig, env, Stdio::null(), Stdio::inherit())
+fn supervise(rig: &Rig, env: &[(&str, &std::ffi::OsStr)]) -> Child {
+    supervise_with(rig, env, ChildStdio::Null, ChildStdio::Inherit)
 }
 
 /// [`supervise`], its standard output and error sent to `stdout` and
@@ -157,12 +157,13 @@ fn supervise(rig: &Rig, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Child
 fn supervise_with(
     rig: &Rig,
     env: &[(&str, &std::ffi::OsStr)],
-    stdout: Stdio,
-    stderr: Stdio,
-) -> std::process::Child {
+    stdout: ChildStdio,
+    stderr: ChildStdio,
+) -> Child {
     let listener = rig.supervisor.listeners().next().unwrap();
-    let mut cmd = Command::new(daemon_bin());
-    cmd.arg("supervise")
+    let mut launch = Launch::new(daemon_bin());
+    launch
+        .arg("supervise")
         .arg("--control-socket")
         .arg(&rig.ctl)
         .arg("--data-dir")
@@ -174,8 +175,8 @@ fn supervise_with(
         .envs(env.iter().copied())
         .stdout(stdout)
         .stderr(stderr);
-    spawn_cold(
-        cmd,
+    spawn_cold_vfork(
+        launch,
         &[PassedListener {
             name: "main",
             fd: listener.fd,
@@ -192,8 +193,8 @@ fn a_name_that_is_not_a_crash_point_is_refused_with_the_list() {
     let mut sup = supervise_with(
         &rig,
         &[("HANDOFF_CRASH_AT", wrong)],
-        Stdio::null(),
-        Stdio::piped(),
+        ChildStdio::Null,
+        ChildStdio::Piped,
     );
     let status = wait_exit(&mut sup, BOUND).expect("the supervisor stops");
     assert_eq!(status.code(), Some(98), "{status:?}");

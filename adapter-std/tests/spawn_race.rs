@@ -1,16 +1,16 @@
 //! Spawns from several threads at once, in a binary of its own so that no
 //! other test opens or closes descriptors meanwhile.
 //!
-//! Each spawn fills the free descriptor numbers its listeners will take in
-//! the child, so that std's exec-error pipe is made above them; one spawn
-//! releasing its placeholders while another is about to make its pipe would
-//! open a hole there, and an exec failure would then go unreported.
+//! Each spawn opens and closes descriptors of its own (copies of its
+//! listeners and streams, lifted above the numbers they take in the child)
+//! while the others run, and the numbers the listeners take are free in the
+//! parent: every exec failure must still come back to the spawn it belongs
+//! to, none reported as a started child.
 
 use std::net::TcpListener;
 use std::os::fd::AsFd;
-use std::process::Command;
 
-use handoff_std::os::spawn::{PassedListener, SpawnError, spawn_cold};
+use handoff_std::os::spawn::{Launch, PassedListener, SpawnError, spawn_cold_vfork};
 
 const THREADS: usize = 4;
 const SPAWNS: usize = 150;
@@ -41,8 +41,8 @@ fn concurrent_spawns_of_a_missing_binary_all_report_the_exec_failure() {
                         .collect();
                     let mut unreported = 0;
                     for _ in 0..SPAWNS {
-                        let cmd = Command::new("/nonexistent/handoff-successor");
-                        match spawn_cold(cmd, &passed) {
+                        let launch = Launch::new("/nonexistent/handoff-successor");
+                        match spawn_cold_vfork(launch, &passed) {
                             Err(SpawnError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(e) => panic!("unexpected error: {e}"),
                             Ok(mut child) => {

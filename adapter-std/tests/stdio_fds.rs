@@ -7,6 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use handoff_std::os::spawn::{ChildStdio, Launch};
+
 const BOUND: Duration = Duration::from_secs(20);
 
 /// Held while FD 0 is not the process's own.
@@ -52,24 +54,25 @@ fn a_successor_reads_its_standard_input_from_dev_null() {
 #[test]
 fn a_listener_at_descriptor_0_reaches_the_child_at_3() {
     // A process started with its standard input closed binds its first
-    // socket at FD 0; std's stdio setup in the child (stdin from /dev/null
-    // here) must not replace it before it is moved to 3.
+    // socket at FD 0; the child's stdio setup (stdin from /dev/null here)
+    // must not replace it before it is moved to 3.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let want = std::fs::read_link(format!(
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&listener)
     ))
     .unwrap();
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.args(["-c", "readlink /proc/self/fd/3"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped());
+    let mut launch = Launch::new("/bin/sh");
+    launch
+        .args(["-c", "readlink /proc/self/fd/3"])
+        .stdin(ChildStdio::Null)
+        .stdout(ChildStdio::Piped);
     let spawned = with_fd0(&listener, || {
         #[allow(unsafe_code)]
         // SAFETY: FD 0 is the listener's copy for the whole closure.
         let at_0 = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-        handoff_std::os::spawn::spawn_cold(
-            cmd,
+        handoff_std::os::spawn::spawn_cold_vfork(
+            launch,
             &[handoff_std::os::spawn::PassedListener {
                 name: "main",
                 fd: at_0,

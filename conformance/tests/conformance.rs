@@ -9,11 +9,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::Stdio;
 use std::time::Duration;
 
 use handoff_core::{HandoffId, Message, encode_frame};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::spawn::{Child, ChildStdio, PassedListener, spawn_cold_vfork};
 use handoff_std::{AbortReason, IncumbentFate, SuccessorFate};
 use support::{BOUND, Rig, Runtime, daemon_command, run_handoff, wait_exit, wait_gone};
 
@@ -151,8 +150,8 @@ fn start_supervise(
     c: Combo,
     extra: &str,
     env: &[(&str, &str)],
-    stdout: Stdio,
-) -> std::process::Child {
+    stdout: ChildStdio,
+) -> Child {
     let listener = rig.supervisor.listeners().next().unwrap();
     let mut cmd = daemon_command(&format!(
         "supervise --runtime {} --successor-runtime {} --control-socket {} --data-dir {} {extra}",
@@ -162,7 +161,7 @@ fn start_supervise(
         rig.data.display(),
     ));
     cmd.envs(env.iter().copied()).stdout(stdout);
-    spawn_cold(
+    spawn_cold_vfork(
         cmd,
         &[PassedListener {
             name: "main",
@@ -180,7 +179,7 @@ fn supervisor_killed(c: Combo) {
         let rig = Rig::start(&c.tag(), c.incumbent, "");
         let journal = format!("--journal {}", rig.dir.0.join("journal").display());
         let crash = [("HANDOFF_CRASH_AT", point)];
-        let mut sup = start_supervise(&rig, c, &journal, &crash, Stdio::null());
+        let mut sup = start_supervise(&rig, c, &journal, &crash, ChildStdio::Null);
         let status = wait_exit(&mut sup, BOUND).expect("the supervisor ends");
         assert_eq!(status.code(), Some(99), "{c:?} {point}: crashed there");
         // The crashed supervisor's successor is the daemon of this rig that
@@ -237,9 +236,9 @@ fn supervisor_frozen_past_the_deadline(c: Combo) {
         ("HANDOFF_CRASH_AT", "supervisor-after-seal-request-sent"),
         ("HANDOFF_CRASH_MODE", "stop"),
     ];
-    let sup = start_supervise(&rig, c, "--deadline-ms 1500", &stop, Stdio::piped());
+    let sup = start_supervise(&rig, c, "--deadline-ms 1500", &stop, ChildStdio::Piped);
     // A failed assertion must not leave it stopped for good.
-    struct KillOnDrop(std::process::Child);
+    struct KillOnDrop(Child);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
             if let Ok(None) = self.0.try_wait() {

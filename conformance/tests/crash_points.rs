@@ -18,14 +18,13 @@ mod support;
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::process::Stdio;
 
 use std::os::fd::AsFd;
 
 use handoff_std::os::crash::{POINTS, points_of};
 use handoff_std::os::fdpass::identity;
 use handoff_std::os::process::{ExitWatch, poll_readable};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::spawn::{ChildStdio, PassedListener, spawn_cold_vfork};
 use support::{
     BOUND, Rig, Runtime, TempDir, daemon_command, daemons_of, line_with, wait_exit, wait_gone,
 };
@@ -98,8 +97,8 @@ fn crash_at(runtime: Runtime, point: &'static str) {
     } else {
         &crashing
     };
-    cmd.envs(sup_env.iter().copied()).stdout(Stdio::piped());
-    let mut sup = spawn_cold(
+    cmd.envs(sup_env.iter().copied()).stdout(ChildStdio::Piped);
+    let mut sup = spawn_cold_vfork(
         cmd,
         &[PassedListener {
             name: "main",

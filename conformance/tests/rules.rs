@@ -169,7 +169,7 @@ fn incumbent_hangs_up_on_a_supervisor_that_stops_reading(rt: Runtime) {
 /// the control socket, the process, and what it needs kept alive.
 struct Spawned {
     control: UnixStream,
-    child: std::process::Child,
+    child: handoff_std::os::spawn::Child,
     _listener: TcpListener,
     dir: TempDir,
 }

@@ -25,7 +25,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen, LoadReport, VerifyReport};
@@ -33,8 +33,8 @@ use handoff_demo::store::{
     FROZEN_WAL_FILE, SEALED_FILE, SNAPSHOT_FILE, Store, StoreError, WAL_FILE,
 };
 use handoff_demo::wal;
-use handoff_std::os::process::{wait_exit, wait_gone};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::process::{ChildProcess, wait_exit, wait_gone};
+use handoff_std::os::spawn::{ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
 
 fn kvd_bin() -> &'static str {
@@ -307,10 +307,14 @@ struct Rig {
     /// A copy of the listener, for a reference supervisor to pass on.
     listener: TcpListener,
     /// The current incumbent, when it is our child.
-    incumbent: Child,
+    incumbent: Incumbent,
     /// Incumbents replaced by committed handoffs: each must exit by itself.
-    retired: Vec<Child>,
+    retired: Vec<Incumbent>,
 }
+
+/// An incumbent of ours: the unforked spawn's child (the cold start, our
+/// supervisor's handoffs) or std's (the reference supervisor's handoffs).
+type Incumbent = Box<dyn ChildProcess + Send + Sync>;
 
 impl Rig {
     fn start(tag: &str) -> Rig {
@@ -330,16 +334,17 @@ impl Rig {
         let data = dir.0.join("data");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut cmd = Command::new(kvd_bin());
-        cmd.arg("--control-socket")
+        let mut launch = Launch::new(kvd_bin());
+        launch
+            .arg("--control-socket")
             .arg(&ctl)
             .arg("--data-dir")
             .arg(&data)
             .arg("--version")
             .arg("v1")
-            .stdout(Stdio::piped());
-        let mut incumbent = spawn_cold(
-            cmd,
+            .stdout(ChildStdio::Piped);
+        let mut incumbent = spawn_cold_vfork(
+            launch,
             &[PassedListener {
                 name: "kv",
                 fd: listener.as_fd(),
@@ -365,7 +370,7 @@ impl Rig {
             addr,
             supervisor,
             listener: copy,
-            incumbent,
+            incumbent: Box::new(incumbent),
             retired: Vec::new(),
         }
     }
@@ -390,7 +395,7 @@ impl Rig {
     fn handoff_with(&mut self, spec: SpawnSpec) -> HandoffOutcome {
         let mut outcome = self.supervisor.perform_handoff(spec).unwrap();
         if let Some(child) = outcome.child.take() {
-            let old = std::mem::replace(&mut self.incumbent, child);
+            let old = std::mem::replace(&mut self.incumbent, Box::new(child));
             self.retired.push(old);
         }
         outcome
@@ -440,7 +445,7 @@ impl Rig {
         let needle = self.ctl.to_string_lossy().into_owned();
         let me = std::process::id();
         let ours: Vec<u32> = std::iter::once(self.incumbent.id())
-            .chain(self.retired.iter().map(Child::id))
+            .chain(self.retired.iter().map(|c| c.id()))
             .collect();
         let mut live = Vec::new();
         for (pid, ppid, zombie) in processes_with(&needle) {
@@ -734,7 +739,7 @@ fn a_handoff_by_the_reference_supervisor_commits_without_passing() {
     assert!(outcome.committed, "{:?}", outcome.abort_reason);
     let child = outcome.child.take().expect("the new incumbent");
     rig.retired
-        .push(std::mem::replace(&mut rig.incumbent, child));
+        .push(std::mem::replace(&mut rig.incumbent, Box::new(child)));
     assert_eq!(ask("GET r"), "RETRY", "not passed: told to reconnect");
     let (version, pid) = rig.version();
     assert_eq!((version.as_str(), pid), ("v2", rig.incumbent.id()));
@@ -866,8 +871,9 @@ fn no_acknowledged_write_is_lost_across_a_killed_supervisor() {
 
         let marker = rig.dir.0.join("marker");
         let listener = rig.supervisor.listeners().next().unwrap();
-        let mut cmd = Command::new(kvd_bin());
-        cmd.arg("supervise")
+        let mut launch = Launch::new(kvd_bin());
+        launch
+            .arg("supervise")
             .arg("--control-socket")
             .arg(&rig.ctl)
             .arg("--data-dir")
@@ -880,9 +886,9 @@ fn no_acknowledged_write_is_lost_across_a_killed_supervisor() {
             .arg(rig.dir.0.join("journal"))
             .env("HANDOFF_CRASH_AT", point)
             .env("HANDOFF_CRASH_MARKER", &marker)
-            .stdout(Stdio::null());
-        let mut supervisor = spawn_cold(
-            cmd,
+            .stdout(ChildStdio::Null);
+        let mut supervisor = spawn_cold_vfork(
+            launch,
             &[PassedListener {
                 name: "kv",
                 fd: listener.fd,

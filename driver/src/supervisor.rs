@@ -11,7 +11,6 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +24,10 @@ use handoff_os::control;
 use handoff_os::crash;
 use handoff_os::journal::{Journal, JournalError, JournalWriter};
 use handoff_os::process::{EXIT_POLL_INTERVAL, ExitWatch, kill_and_reap, send_signal};
-use handoff_os::spawn::{PassedListener, SpawnError, spawn_successor, validate_listener_names};
+use handoff_os::spawn::{
+    Child, ChildStdio, Launch, PassedListener, SpawnError, spawn_successor_vfork,
+    validate_listener_names,
+};
 
 use crate::clock;
 use crate::link::{Io, Link, READ_BUDGET, Read, Source};
@@ -494,17 +496,21 @@ fn unix_millis() -> u64 {
 /// with the child. Shared by every adapter. The child's standard input is
 /// `/dev/null` (a daemon reads none, and must not share the supervisor's
 /// terminal); its output and error go where the supervisor's go.
+///
+/// The spawn is the unforked one ([`spawn_successor_vfork`]): a supervisor
+/// holds a daemon's worth of state or a fleet of services, and a fork
+/// would copy its page tables on the handoff's critical path.
 pub fn spawn_for_handoff(
     spec: &SpawnSpec,
     listeners: &[PassedListener<'_>],
 ) -> Result<(UnixStream, Child), SpawnError> {
     let (ours, theirs) = control::socketpair().map_err(SpawnError::Io)?;
-    let mut cmd = Command::new(&spec.binary);
-    cmd.args(&spec.args).stdin(std::process::Stdio::null());
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
-    let child = spawn_successor(cmd, listeners, theirs.as_fd())?;
+    let mut launch = Launch::new(&spec.binary);
+    launch
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(ChildStdio::Null);
+    let child = spawn_successor_vfork(launch, listeners, theirs.as_fd())?;
     // Our copy of the child's end closes here, so the child's exit is an
     // EOF on ours.
     drop(theirs);

@@ -8,14 +8,16 @@
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff_core::{FrameDecoder, Message, Side};
 use handoff_std::Signal;
 use handoff_std::os::process::{ExitWatch, poll_readable, send_signal};
-use handoff_std::os::spawn::{PassedListener, SpawnError, spawn_cold};
+use handoff_std::os::spawn::{
+    Child, ChildStdio, Launch, PassedListener, SpawnError, spawn_cold_vfork,
+};
 
 use crate::config::Config;
 use crate::trust::{self, Untrusted};
@@ -198,12 +200,15 @@ pub(crate) fn start(
     // script), but the check leaves no one except root and our own user
     // able to change anything on that path in between.
     trust::check_binary(binary).map_err(StartError::Untrusted)?;
-    let mut cmd = Command::new(binary);
-    cmd.args(&config.args)
+    let mut launch = Launch::new(binary);
+    launch
+        .args(&config.args)
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         // A daemon has no business reading the supervisor's terminal.
-        .stdin(Stdio::null());
-    let mut child = spawn_cold(cmd, listeners).map_err(StartError::Spawn)?;
+        .stdin(ChildStdio::Null);
+    // Unforked, as the handoff's successor is: a restart after a crash
+    // should not cost more the more the supervisor holds.
+    let mut child = spawn_cold_vfork(launch, listeners).map_err(StartError::Spawn)?;
     match wait_until_serving(&config.control_socket, &mut child, timeout, stopping) {
         Ok(()) => Ok(Proc::child(child)),
         Err(e) => {
@@ -398,16 +403,15 @@ mod tests {
     #[test]
     fn stop_all_escalates_to_sigkill() {
         use std::os::unix::process::ExitStatusExt;
-        let mut children = vec![Proc::child(
-            Command::new("/bin/sleep").arg("30").spawn().unwrap(),
-        )];
+        let mut sleep = Launch::new("/bin/sleep");
+        sleep.arg("30");
+        let mut children = vec![Proc::child(spawn_cold_vfork(sleep, &[]).unwrap())];
         // Ignores SIGTERM.
-        let mut shell = Command::new("/bin/sh")
-            .args(["-c", "trap '' TERM; echo; read x"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut trap = Launch::new("/bin/sh");
+        trap.args(["-c", "trap '' TERM; echo; read x"])
+            .stdin(ChildStdio::Piped)
+            .stdout(ChildStdio::Piped);
+        let mut shell = spawn_cold_vfork(trap, &[]).unwrap();
         // Wait until the shell has installed its trap (it printed a line).
         let mut out = shell.stdout.take().unwrap();
         let mut b = [0u8; 1];

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use handoff_std::os::process::wait_exit;
+use handoff_std::os::process::{ChildProcess, wait_exit};
 use handoff_supervisor::client::{self, Reply};
 use handoff_supervisor::{Config, ServiceError};
 

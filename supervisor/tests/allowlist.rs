@@ -407,7 +407,7 @@ fn a_running_supervisor_refuses_a_handoff_to_a_binary_made_unsafe_after_load() {
         &format!("allowed_binaries = [\"{}\"]", v2.display()),
     );
     let notify = NotifySocket::abstract_named("al-trig");
-    let sup = RunningSupervisor::start(&layout, &notify, |mut c| c.spawn().unwrap());
+    let sup = RunningSupervisor::start(&layout, &notify, None);
     notify.wait_for("READY=1");
     let pid = incumbent(&layout).unwrap();
     // By `--socket`, as a user who may not read the configuration would.
@@ -486,7 +486,7 @@ fn a_dead_daemon_is_not_restarted_from_an_unsafe_binary_until_it_is_fixed() {
     let bin = install(&layout.dir.path().join("bin"), "kvd");
     service_config(&layout, &bin, "");
     let notify = NotifySocket::abstract_named("al-restart");
-    let sup = RunningSupervisor::start(&layout, &notify, |mut c| c.spawn().unwrap());
+    let sup = RunningSupervisor::start(&layout, &notify, None);
     notify.wait_for("READY=1");
     let old = incumbent(&layout).unwrap();
 

@@ -4,11 +4,9 @@
 mod common;
 
 use std::net::TcpListener;
-use std::os::fd::AsFd;
 use std::process::Command;
 
 use common::*;
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
 use handoff_supervisor::Status;
 use handoff_supervisor::client::{self, Reply};
 
@@ -21,25 +19,6 @@ fn status(layout: &Layout) -> Status {
     }
 }
 
-/// Starts `run` as systemd would with socket activation: `listener` at FD
-/// 3, `LISTEN_FDS=1`, `LISTEN_FDNAMES=main`.
-fn activated(listener: &TcpListener) -> impl FnOnce(Command) -> std::process::Child + '_ {
-    move |cmd| {
-        spawn_cold(
-            cmd,
-            &[PassedListener {
-                name: "main",
-                fd: listener.as_fd(),
-            }],
-        )
-        .unwrap()
-    }
-}
-
-fn plain(mut cmd: Command) -> std::process::Child {
-    cmd.spawn().unwrap()
-}
-
 #[test]
 fn sigterm_stops_the_supervisor_and_everything_it_started() {
     // Given a supervisor that has handed off once (so it has started a
@@ -47,7 +26,7 @@ fn sigterm_stops_the_supervisor_and_everything_it_started() {
     let layout = Layout::new("term");
     layout.write_config("127.0.0.1:0", "");
     let notify = NotifySocket::abstract_named("term");
-    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
+    let mut sup = RunningSupervisor::start(&layout, &notify, None);
     notify.wait_for("READY=1");
     let cold = status(&layout).incumbent_pid.unwrap();
     // The daemon starts with nothing blocked, though the supervisor blocks
@@ -85,7 +64,7 @@ fn sighup_hands_off_to_the_configured_binary() {
     let addr = listener.local_addr().unwrap().to_string();
     layout.write_config(&addr, "");
     let notify = NotifySocket::at_path(layout.dir.path());
-    let mut sup = RunningSupervisor::start(&layout, &notify, activated(&listener));
+    let mut sup = RunningSupervisor::start(&layout, &notify, Some(&listener));
     notify.wait_for("READY=1");
     let old = ping(&addr);
 
@@ -98,7 +77,7 @@ fn sighup_hands_off_to_the_configured_binary() {
     let s = status(&layout);
     assert_eq!(s.incumbent_pid, Some(new));
     assert_eq!(s.handoffs, 1);
-    // The successor, forked while the handoff ran, starts with nothing
+    // The successor, spawned while the handoff ran, starts with nothing
     // blocked either.
     assert_eq!(sigblk(new), "0000000000000000");
     assert!(wait_gone(old, BOUND));
@@ -116,7 +95,7 @@ fn socket_activation_listeners_are_adopted_by_name() {
     let addr = listener.local_addr().unwrap().to_string();
     layout.write_config(&addr, "");
     let notify = NotifySocket::at_path(layout.dir.path());
-    let mut sup = RunningSupervisor::start(&layout, &notify, activated(&listener));
+    let mut sup = RunningSupervisor::start(&layout, &notify, Some(&listener));
 
     // then the supervisor starts, and its daemon serves on that socket.
     notify.wait_for("READY=1");
@@ -138,7 +117,7 @@ fn notify_socket_hears_ready_reloading_ready_and_stopping() {
     let layout = Layout::new("notify");
     layout.write_config("127.0.0.1:0", "");
     let notify = NotifySocket::at_path(layout.dir.path());
-    let mut sup = RunningSupervisor::start(&layout, &notify, plain);
+    let mut sup = RunningSupervisor::start(&layout, &notify, None);
 
     // First the listener goes to the fd store (the descriptor itself is
     // closed by this plain receive; demo/tests/fdstore.rs keeps it), then
@@ -185,7 +164,7 @@ fn running_with_a_slow_successor(
         &format!("allowed_binaries = [\"{}\"]", slow.display()),
     );
     let notify = NotifySocket::at_path(layout.dir.path());
-    let sup = RunningSupervisor::start(&layout, &notify, plain);
+    let sup = RunningSupervisor::start(&layout, &notify, None);
     notify.wait_for("READY=1");
     (layout, slow, notify, sup)
 }
@@ -394,7 +373,7 @@ fn stopping_and_continuing_every_process_mid_handoff_changes_nothing() {
         &format!("allowed_binaries = [\"{}\"]", slow.display()),
     );
     let notify = NotifySocket::at_path(layout.dir.path());
-    let mut sup = RunningSupervisor::start(&layout, &notify, activated(&listener));
+    let mut sup = RunningSupervisor::start(&layout, &notify, Some(&listener));
     notify.wait_for("READY=1");
     let old = ping(&addr);
 

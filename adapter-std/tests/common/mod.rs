@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use std::time::Duration;
 // Not every test binary that includes this module uses both.
 #[allow(unused_imports)]
 pub use handoff_std::os::process::{wait_exit, wait_gone};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::spawn::{Child, ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 use handoff_std::{DataDirLock, SpawnSpec, Supervisor};
 
 /// Long enough for a loaded CI machine, short enough to fail fast.
@@ -174,17 +173,16 @@ impl Drop for Rig {
 /// Starts the test daemon cold on `listener`, as a supervisor would, and
 /// waits for it to say it serves.
 pub fn cold_start(ctl: &Path, data: &Path, listener: &TcpListener, env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(daemon_bin());
-    cmd.arg("--control-socket")
+    let mut launch = Launch::new(daemon_bin());
+    launch
+        .arg("--control-socket")
         .arg(ctl)
         .arg("--data-dir")
         .arg(data)
-        .stdout(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = spawn_cold(
-        cmd,
+        .envs(env.iter().copied())
+        .stdout(ChildStdio::Piped);
+    let mut child = spawn_cold_vfork(
+        launch,
         &[PassedListener {
             name: "main",
             fd: listener.as_fd(),

@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -21,7 +20,7 @@ use handoff_mio::{MioSupervisor, SupervisorEvent};
 // Not every test binary that includes this module uses both.
 #[allow(unused_imports)]
 pub use handoff_std::os::process::{wait_exit, wait_gone};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::spawn::{Child, ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 use handoff_std::{DataDirLock, HandoffOutcome, SpawnSpec, Supervisor};
 use mio::{Events, Poll};
 
@@ -104,18 +103,19 @@ impl Runtime {
 
 /// The arguments that make this test binary the daemon: run only the
 /// `daemon_entry` test, which reads `HANDOFF_DAEMON_ARGS`.
-pub fn daemon_command(args: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "daemon_entry",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--quiet",
-        "--test-threads=1",
-    ])
-    .env("HANDOFF_DAEMON_ARGS", args);
-    cmd
+pub fn daemon_command(args: &str) -> Launch {
+    let mut launch = Launch::new(std::env::current_exe().unwrap());
+    launch
+        .args([
+            "daemon_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--quiet",
+            "--test-threads=1",
+        ])
+        .env("HANDOFF_DAEMON_ARGS", args);
+    launch
 }
 
 fn serve_args(runtime: Runtime, control: &Path, data: &Path) -> String {
@@ -230,8 +230,8 @@ impl Rig {
         let mut cmd = daemon_command(&serve_args(runtime, &ctl, &data));
         cmd.env("TEST_DAEMON", flags)
             .envs(env.iter().copied())
-            .stdout(Stdio::piped());
-        let mut incumbent = spawn_cold(
+            .stdout(ChildStdio::Piped);
+        let mut incumbent = spawn_cold_vfork(
             cmd,
             &[PassedListener {
                 name: "main",

@@ -4,20 +4,23 @@
 //! changes and its fd store, kept as systemd keeps it and passed back at a
 //! restart as systemd passes it.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{BOUND, TempDir, processes_with, reap};
 use handoff_demo::loadgen::{self, LoadConfig, LoadGen};
 use handoff_std::Signal;
 use handoff_std::os::fdpass::{MAX_FDS, identity, recv_with_fds};
-use handoff_std::os::process::{ExitWatch, poll_readable, send_signal, wait_exit, wait_gone};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::process::{
+    ChildProcess, ExitWatch, poll_readable, send_signal, wait_exit, wait_gone,
+};
+use handoff_std::os::spawn::{ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 use handoff_supervisor::HandoffReply;
 use handoff_supervisor::client::{self, Reply};
 
@@ -31,8 +34,10 @@ pub(crate) struct Deployment {
     pub(crate) runtime: String,
     pub(crate) notify: UnixDatagram,
     pub(crate) notify_path: PathBuf,
-    /// Every supervisor started, to be killed if the test fails midway.
-    pub(crate) supervisors: Vec<Child>,
+    /// Every supervisor started, to be killed if the test fails midway: a
+    /// plain `Command`'s child, or the unforked spawn's when it was passed
+    /// the store.
+    pub(crate) supervisors: Vec<Box<dyn ChildProcess + Send + Sync>>,
     /// The service manager's file-descriptor store, as systemd keeps it:
     /// what the supervisors sent with `FDSTORE=1`, by `FDNAME=`, one entry
     /// per socket.
@@ -109,10 +114,17 @@ impl Deployment {
     /// Starts the supervisor with `env` added, and waits for its
     /// `READY=1`; returns its pid and the status line it sent with it.
     pub(crate) fn start_supervisor(&mut self, env: &[(&str, &str)]) -> (u32, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_handoff-demo"));
-        cmd.args(["supervisor", "run", "--config"])
-            .arg(&self.config);
-        self.spawn_supervisor(cmd, env, false)
+        let argv = [
+            env!("CARGO_BIN_EXE_handoff-demo"),
+            "supervisor",
+            "run",
+            "--config",
+        ]
+        .map(OsString::from)
+        .into_iter()
+        .chain([self.config.clone().into_os_string()])
+        .collect();
+        self.spawn_supervisor(argv, env, false)
     }
 
     /// Starts the supervisor as systemd restarts a unit whose fd store
@@ -122,17 +134,29 @@ impl Deployment {
     /// `READY=1`.
     pub(crate) fn start_supervisor_from_store(&mut self) -> (u32, String) {
         assert!(!self.store.is_empty(), "nothing in the fd store to pass");
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\""])
-            .arg(env!("CARGO_BIN_EXE_handoff-demo"))
-            .args(["supervisor", "run", "--config"])
-            .arg(&self.config);
-        self.spawn_supervisor(cmd, &[], true)
+        let argv = [
+            "/bin/sh",
+            "-c",
+            "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_handoff-demo"),
+            "supervisor",
+            "run",
+            "--config",
+        ]
+        .map(OsString::from)
+        .into_iter()
+        .chain([self.config.clone().into_os_string()])
+        .collect();
+        self.spawn_supervisor(argv, &[], true)
     }
 
+    /// Runs `argv` (the program first) with `env` and the notification
+    /// socket, its log in the deployment's directory: with the store's
+    /// sockets passed if `pass_store`, else as a plain command (no
+    /// `LISTEN_FDS` at all).
     fn spawn_supervisor(
         &mut self,
-        mut cmd: Command,
+        argv: Vec<OsString>,
         env: &[(&str, &str)],
         pass_store: bool,
     ) -> (u32, String) {
@@ -142,25 +166,36 @@ impl Deployment {
                 .join(format!("supervisor-{}.log", self.supervisors.len())),
         )
         .unwrap();
-        cmd.env("NOTIFY_SOCKET", &self.notify_path)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let passed: Vec<PassedListener<'_>> = self
-            .store
-            .iter()
-            .map(|(name, fd)| PassedListener {
-                name,
-                fd: fd.as_fd(),
-            })
-            .collect();
-        // spawn_cold sets LISTEN_FDS and LISTEN_FDNAMES, and never
-        // LISTEN_PID (the shell does).
-        let child = if pass_store {
-            spawn_cold(cmd, &passed).unwrap()
+        let (program, args) = argv.split_first().expect("a program");
+        let child: Box<dyn ChildProcess + Send + Sync> = if pass_store {
+            let mut launch = Launch::new(program);
+            launch
+                .args(args)
+                .env("NOTIFY_SOCKET", &self.notify_path)
+                .envs(env.iter().copied())
+                .stdin(ChildStdio::Null)
+                .stdout(ChildStdio::Null)
+                .stderr(log);
+            let passed: Vec<PassedListener<'_>> = self
+                .store
+                .iter()
+                .map(|(name, fd)| PassedListener {
+                    name,
+                    fd: fd.as_fd(),
+                })
+                .collect();
+            // spawn_cold_vfork sets LISTEN_FDS and LISTEN_FDNAMES, and never
+            // LISTEN_PID (the shell does).
+            Box::new(spawn_cold_vfork(launch, &passed).unwrap())
         } else {
-            cmd.spawn().unwrap()
+            let mut cmd = Command::new(program);
+            cmd.args(args)
+                .env("NOTIFY_SOCKET", &self.notify_path)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            Box::new(cmd.spawn().unwrap())
         };
         let pid = child.id();
         self.supervisors.push(child);

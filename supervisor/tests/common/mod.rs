@@ -5,18 +5,22 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 // Not every test binary that includes this module uses both.
 #[allow(unused_imports)]
 pub use handoff_std::os::process::{wait_exit, wait_gone};
+
+use handoff_std::os::process::ChildProcess;
+use handoff_std::os::spawn::{ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 use handoff_supervisor::notify::Notifier;
 use handoff_supervisor::{Config, Service};
 
@@ -415,7 +419,7 @@ impl NotifySocket {
 pub fn start_running(layout: &Layout, extra: &str) -> (RunningSupervisor, NotifySocket) {
     layout.write_config("127.0.0.1:0", extra);
     let notify = NotifySocket::at_path(layout.dir.path());
-    let sup = RunningSupervisor::start(layout, &notify, |mut cmd| cmd.spawn().unwrap());
+    let sup = RunningSupervisor::start(layout, &notify, None);
     notify.wait_for("READY=1");
     (sup, notify)
 }
@@ -423,32 +427,57 @@ pub fn start_running(layout: &Layout, extra: &str) -> (RunningSupervisor, Notify
 /// A `handoff-supervisor run` process, stopped (and its log shown, if the
 /// test failed) at the end.
 pub struct RunningSupervisor {
-    pub child: Child,
+    /// A plain `Command`'s child, or the unforked spawn's when
+    /// socket-activated: one box holds either.
+    pub child: Box<dyn ChildProcess + Send + Sync>,
     pub log: PathBuf,
 }
 
 impl RunningSupervisor {
     /// Starts `run` with `layout`'s configuration file and `NOTIFY_SOCKET`
-    /// set to `notify`; `cmd_setup` may adjust the command, and `spawn`
-    /// starts it (plain, or with listeners passed).
+    /// set to `notify`: plainly (no `LISTEN_FDS` at all), or, given
+    /// `activated_with`, as systemd's socket activation would, that
+    /// listener at FD 3 named `main`.
     pub fn start(
         layout: &Layout,
         notify: &NotifySocket,
-        spawn: impl FnOnce(Command) -> Child,
+        activated_with: Option<&TcpListener>,
     ) -> RunningSupervisor {
         let log = layout.dir.path().join("supervisor.log");
-        let mut cmd = Command::new(supervisor_bin());
-        cmd.args(["run", "--config"])
-            .arg(&layout.config_file)
-            .args(["--log-level", "debug"])
-            .env("NOTIFY_SOCKET", &notify.env_value)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap());
-        RunningSupervisor {
-            child: spawn(cmd),
-            log,
-        }
+        let args = ["run", "--config"].map(std::ffi::OsStr::new);
+        let config = layout.config_file.as_os_str();
+        let level = ["--log-level", "debug"].map(std::ffi::OsStr::new);
+        let stderr = fs::File::create(&log).unwrap();
+        let child: Box<dyn ChildProcess + Send + Sync> = match activated_with {
+            None => {
+                let mut cmd = Command::new(supervisor_bin());
+                cmd.args(args)
+                    .arg(config)
+                    .args(level)
+                    .env("NOTIFY_SOCKET", &notify.env_value)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr);
+                Box::new(cmd.spawn().unwrap())
+            }
+            Some(listener) => {
+                let mut launch = Launch::new(supervisor_bin());
+                launch
+                    .args(args)
+                    .arg(config)
+                    .args(level)
+                    .env("NOTIFY_SOCKET", &notify.env_value)
+                    .stdin(ChildStdio::Null)
+                    .stdout(ChildStdio::Null)
+                    .stderr(stderr);
+                let passed = [PassedListener {
+                    name: "main",
+                    fd: listener.as_fd(),
+                }];
+                Box::new(spawn_cold_vfork(launch, &passed).unwrap())
+            }
+        };
+        RunningSupervisor { child, log }
     }
 
     pub fn pid(&self) -> u32 {
