@@ -99,8 +99,6 @@ impl MioSuccessor {
         config: SuccessorConfig,
     ) -> io::Result<MioSuccessor> {
         let launch = successor.into().with_config(config);
-        let config = launch.config();
-        let (control, listeners) = launch.into_parts();
         let tokens = [(Source::Control, token)];
         let mut registered = Registered::default();
         let mut io = MioIo {
@@ -108,7 +106,7 @@ impl MioSuccessor {
             tokens: &tokens,
             registered: &mut registered,
         };
-        let mut driver = SuccessorDriver::new(&mut io, control, config, build_id)?;
+        let (mut driver, listeners) = launch.start_driver(&mut io, build_id)?;
         driver.set_data_dir(&mut io, data_dir);
         let mut s = MioSuccessor {
             driver,

@@ -96,18 +96,28 @@ impl Successor {
         }
     }
 
+    /// Where the daemon will serve its control socket (the path it will
+    /// give [`BegunSuccessor::announce_and_bind`]): bound under a temporary
+    /// name during the handshake rather than between `Begin` and `Ready`
+    /// (see [`Launch::with_control_socket`]).
+    pub fn with_control_socket(self, path: impl Into<std::path::PathBuf>) -> Self {
+        Successor {
+            launch: self.launch.with_control_socket(path),
+        }
+    }
+
     /// Says `Hello` and waits for the supervisor's `HelloAck`. Do the
     /// start-up work that needs no lock before this: the old binary still
     /// serves meanwhile.
     pub fn handshake(self, build_id: &[u8]) -> Result<HandshookSuccessor, SuccessorError> {
-        let config = self.launch.config();
-        let (control, listeners) = self.launch.into_parts();
         let mut io = Watched::default();
         // `Hello` goes out here; the thread that will drive the machine
         // during start-up is created while the supervisor answers and the
         // incumbent drains, off the path to `Ready`.
-        let driver =
-            SuccessorDriver::new(&mut io, control, config, build_id).map_err(SuccessorError::Io)?;
+        let (driver, listeners) = self
+            .launch
+            .start_driver(&mut io, build_id)
+            .map_err(SuccessorError::Io)?;
         let mut driven = Driven {
             driver,
             io,

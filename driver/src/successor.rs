@@ -47,6 +47,7 @@ pub fn detect_role() -> Result<Role, EnvError> {
             control,
             listeners: env.listeners,
             config: SuccessorConfig::default(),
+            control_socket: None,
         }),
         None => Role::ColdStart {
             listeners: env.listeners,
@@ -61,6 +62,7 @@ pub struct Launch {
     control: UnixStream,
     listeners: InheritedListeners,
     config: SuccessorConfig,
+    control_socket: Option<PathBuf>,
 }
 
 impl Launch {
@@ -93,6 +95,34 @@ impl Launch {
             .capabilities
             .union(Capabilities::PASS_CONNECTIONS);
         self
+    }
+
+    /// Where the daemon will serve its control socket, known before the
+    /// handshake: the socket is then bound under a temporary name while
+    /// the supervisor answers `Hello` and the incumbent drains, instead of
+    /// between `Begin` and `Ready`. Give the same path when announcing
+    /// (another path is bound then, as without this).
+    pub fn with_control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Says `Hello` (see [`SuccessorDriver::new`]) with this launch's
+    /// timings and capabilities, stages the control socket if its path is
+    /// known ([`Launch::with_control_socket`]), and returns the driver and
+    /// the listeners. How every adapter's successor starts.
+    pub fn start_driver(
+        self,
+        io: &mut impl Io,
+        build_id: &[u8],
+    ) -> io::Result<(SuccessorDriver, InheritedListeners)> {
+        let mut driver = SuccessorDriver::new(io, self.control, self.config, build_id)?;
+        if let Some(path) = &self.control_socket {
+            // A path that cannot be bound now is tried again, and its error
+            // reported, when the daemon announces.
+            driver.staged = stage_control_socket(path).ok();
+        }
+        Ok((driver, self.listeners))
     }
 
     /// The control socket and the listeners.
@@ -416,12 +446,16 @@ impl SuccessorDriver {
         readiness: &ReadyReport,
         socket_path: &Path,
     ) -> io::Result<()> {
-        let staged = match stage_control_socket(socket_path) {
-            Ok(staged) => staged,
-            Err(e) => {
-                self.start_failed(io);
-                return Err(e);
-            }
+        let staged = match self.staged.take() {
+            // Staged at the handshake (`Launch::with_control_socket`).
+            Some(staged) if staged.path() == socket_path => staged,
+            _ => match stage_control_socket(socket_path) {
+                Ok(staged) => staged,
+                Err(e) => {
+                    self.start_failed(io);
+                    return Err(e);
+                }
+            },
         };
         self.staged = Some(staged);
         // Everything queued now, however much: this is the rule, not a
@@ -728,5 +762,61 @@ fn read_on_probation(link: &mut Link, machine: &mut SuccessorSession<Vec<u8>>) {
             Read::WouldBlock => return,
             Read::Closed => return machine.handle_closed(clock::now()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A launch as a supervisor would give it, and the supervisor's end.
+    fn launch(path: Option<PathBuf>) -> (Launch, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let launch = Launch {
+            control: ours,
+            listeners: InheritedListeners::default(),
+            config: SuccessorConfig::default(),
+            control_socket: path,
+        };
+        (launch, theirs)
+    }
+
+    fn staging_dirs(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.join("s").exists())
+            .collect()
+    }
+
+    #[test]
+    fn a_control_socket_known_at_launch_is_bound_before_begin() {
+        let dir = std::env::temp_dir().join(format!("hd-stage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+
+        // Without the path, nothing is bound until the daemon announces.
+        let (plain, _sup) = launch(None);
+        let (driver, _) = plain.start_driver(&mut Unwatched, b"t").unwrap();
+        assert!(staging_dirs(&dir).is_empty());
+        drop(driver);
+
+        // With it, the socket is bound under its temporary name at once,
+        // and kept for the announce to the same path.
+        let (early, _sup) = launch(Some(path.clone()));
+        let (driver, _) = early.start_driver(&mut Unwatched, b"t").unwrap();
+        assert_eq!(staging_dirs(&dir).len(), 1, "staged at the handshake");
+        assert_eq!(
+            driver.staged.as_ref().map(|s| s.path()),
+            Some(path.as_path())
+        );
+        assert!(!path.exists(), "the path itself is taken only after Commit");
+        drop(driver);
+        assert!(
+            staging_dirs(&dir).is_empty(),
+            "a dropped driver leaves nothing"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -112,6 +112,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             (incumbent, server)
         }
         Role::Successor(successor) => {
+            // Bound while the incumbent drains, not after `Begin`.
+            let successor = successor.with_control_socket(&args.control_socket);
             let successor = if hold {
                 successor.accepting_connections()
             } else {

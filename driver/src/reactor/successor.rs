@@ -50,11 +50,10 @@ pub async fn handshake<R: Reactor>(
     launch: Launch,
     build_id: &[u8],
 ) -> Result<HandshookSuccessor<R>, SuccessorError> {
-    let config = launch.config();
-    let (control, listeners) = launch.into_parts();
     let mut io = Watching::new(reactor);
-    let driver =
-        SuccessorDriver::new(&mut io, control, config, build_id).map_err(SuccessorError::Io)?;
+    let (driver, listeners) = launch
+        .start_driver(&mut io, build_id)
+        .map_err(SuccessorError::Io)?;
     let mut session = Session {
         driver,
         io,
