@@ -371,7 +371,7 @@ mod tests {
     use super::*;
     use crate::control::{send_frame, socketpair};
     use crate::listeners::Mode;
-    use crate::spawn::{PassedListener, SpawnError, spawn_successor};
+    use crate::spawn::{ChildStdio, Launch, PassedListener, SpawnError, spawn_successor_vfork};
     use crate::sys::is_cloexec;
     use crate::testutil::{TempDir, fd_target, open_fds, read_line_bounded, wait_bounded};
     use std::fs::File;
@@ -379,7 +379,6 @@ mod tests {
     use std::net::TcpListener;
     use std::os::fd::{AsRawFd, IntoRawFd};
     use std::os::unix::net::UnixListener;
-    use std::process::{Command, Stdio};
     use std::time::Duration;
 
     const PID: u32 = 4242;
@@ -639,7 +638,7 @@ mod tests {
     const BOUND: Duration = Duration::from_secs(30);
 
     /// The whole path in two real processes: a supervisor-side
-    /// `spawn_successor` starts this test binary again, running
+    /// `spawn_successor_vfork` starts this test binary again, running
     /// `successor_process_entry`, which reads its start-up environment for
     /// real (the process environment cannot be edited here, with tests
     /// running on other threads).
@@ -651,21 +650,22 @@ mod tests {
         let (ours, theirs) = socketpair().unwrap();
         let log_path = dir.path().join("child.log");
         let log = File::create(&log_path).unwrap();
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            CHILD_TEST,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_PORT, tcp.local_addr().unwrap().port().to_string())
-        // The reference bug: an inherited LISTEN_PID naming the
-        // supervisor made the child drop every listener.
-        .env(LISTEN_PID, "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+        let mut launch = Launch::new(std::env::current_exe().unwrap());
+        launch
+            .args([
+                CHILD_TEST,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PORT, tcp.local_addr().unwrap().port().to_string())
+            // The reference bug: an inherited LISTEN_PID naming the
+            // supervisor made the child drop every listener.
+            .env(LISTEN_PID, "1")
+            .stdin(ChildStdio::Null)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         let listeners = [
             PassedListener {
                 name: "web",
@@ -676,7 +676,7 @@ mod tests {
                 fd: unix.as_fd(),
             },
         ];
-        let mut child = spawn_successor(cmd, &listeners, theirs.as_fd()).unwrap();
+        let mut child = spawn_successor_vfork(launch, &listeners, theirs.as_fd()).unwrap();
         drop(theirs);
         let status = wait_bounded(&mut child, BOUND);
         let output = std::fs::read_to_string(&log_path).unwrap();
@@ -726,19 +726,19 @@ mod tests {
         assert_eq!(admin.as_raw_fd(), 4);
         assert!(inherited.is_empty());
 
-        // Holes at 4 and 6, inside the next spawn's target range 3..=6.
-        // Spawning creates its exec-status pipe at the lowest free numbers,
-        // so unless they are filled the pipe's write end sits at 6, where
-        // the control socket goes: an exec failure would then be lost (and
-        // its bytes written to the control socket).
+        // Holes at 4 and 6, inside the next spawn's target range 3..=6:
+        // the spawn's own descriptors (its copies of the sources, its
+        // streams) land in them in this process, and an exec failure must
+        // still come back as the error, not as a started child nor as bytes
+        // on the control socket.
         drop(admin);
         assert!(fd_flags(4).is_none() && fd_flags(6).is_none());
         let web_as = |name| PassedListener {
             name,
             fd: web.as_fd(),
         };
-        match spawn_successor(
-            Command::new("/nonexistent/handoff-successor"),
+        match spawn_successor_vfork(
+            Launch::new("/nonexistent/handoff-successor"),
             &[web_as("a"), web_as("b"), web_as("c")],
             control.as_fd(),
         ) {
@@ -750,13 +750,14 @@ mod tests {
         // 3 -> 4, 4 -> 5. Copying one by one without staging would clobber.
         let (spare, _spare_peer) = socketpair().unwrap();
         assert_eq!(spare.as_raw_fd(), 4, "the hole at 4 is reused");
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "echo started; read x || true"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut grandchild = spawn_successor(
-            cmd,
+        let mut launch = Launch::new("/bin/sh");
+        launch
+            .args(["-c", "echo started; read x || true"])
+            .stdin(ChildStdio::Piped)
+            .stdout(ChildStdio::Piped)
+            .stderr(ChildStdio::Null);
+        let mut grandchild = spawn_successor_vfork(
+            launch,
             &[
                 PassedListener {
                     name: "a",

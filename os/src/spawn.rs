@@ -8,21 +8,14 @@
 //! in place it would name the supervisor, and a systemd-style child would
 //! then ignore every listener it was given.
 //!
-//! Two paths give the child all of that:
-//!
-//! - the fork path, [`spawn_successor`] and [`spawn_cold`]: a
-//!   `std::process::Command` spawned with a `pre_exec` step that places the
-//!   descriptors. Any `pre_exec` makes std fork, which copies this process's
-//!   page tables, so its cost grows with the supervisor's memory. It takes
-//!   everything a `Command` can say (uid, gid, process group, `arg0`, a
-//!   `pre_exec` of the caller's) and returns a `std::process::Child`.
-//! - the unforked path, [`spawn_successor_vfork`] and [`spawn_cold_vfork`]:
-//!   `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, the way glibc's
-//!   `posix_spawn` works, so nothing is copied. It takes a [`Launch`]
-//!   (program, arguments, environment, working directory, standard streams:
-//!   what it can honour, all of it readable) and returns this module's
-//!   [`Child`], because std has no way to make its own `Child` for a process
-//!   std did not start.
+//! [`spawn_successor_vfork`] and [`spawn_cold_vfork`] start it without
+//! forking: `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, the way
+//! glibc's `posix_spawn` works, so this process's page tables are not
+//! copied and the spawn costs the same however much memory the supervisor
+//! holds. They take a [`Launch`] (program, arguments, environment, working
+//! directory, standard streams: what this spawn can honour, all of it
+//! readable) and return this module's [`Child`], because std has no way to
+//! make its own `Child` for a process std did not start.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -32,11 +25,10 @@ use std::fmt;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Output};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, ExitStatus, Output};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 use super::env::{HANDOFF_ROLE, HANDOFF_SOCK_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
 use super::sys::cvt;
@@ -68,7 +60,8 @@ pub enum SpawnError {
         /// The name.
         name: String,
     },
-    /// The system refused (fork, exec, dup).
+    /// The system refused (clone, exec, dup), or an argument, variable or
+    /// path holds a NUL byte.
     Io(io::Error),
 }
 
@@ -129,49 +122,13 @@ pub fn validate_listener_names<'a>(
     Ok(())
 }
 
-/// Spawns `cmd` as the successor: `listeners` at FDs `3..3+n`, `control` at
-/// `3+n`, the handoff variables set and `LISTEN_PID` removed. Between fork
-/// and exec only async-signal-safe calls run.
-///
-/// This forks, so it costs more the more memory this process has;
-/// [`spawn_successor_vfork`] gives the child the same without forking, for
-/// what a [`Launch`] can describe.
-pub fn spawn_successor(
-    mut cmd: Command,
-    listeners: &[PassedListener<'_>],
-    control: BorrowedFd<'_>,
-) -> Result<std::process::Child, SpawnError> {
-    validate_listener_names(listeners.iter().map(|l| l.name))?;
-    let control_fd = target_after(listeners.len())?;
-    cmd.env(HANDOFF_ROLE, "successor")
-        .env(HANDOFF_SOCK_FD, control_fd.to_string());
-    spawn_with_fds(cmd, listeners, Some(control))
-}
-
-/// Spawns `cmd` cold, as systemd's socket activation would: `listeners` at
-/// FDs `3..3+n` with `LISTEN_FDS` and `LISTEN_FDNAMES`, and none of the
-/// successor's variables (removed if this process has them), so the child
-/// starts as an ordinary first incumbent. `LISTEN_PID` is removed too (the
-/// child would otherwise compare it with its own pid and ignore the
-/// listeners).
-///
-/// This forks, like [`spawn_successor`]; [`spawn_cold_vfork`] does not.
-pub fn spawn_cold(
-    mut cmd: Command,
-    listeners: &[PassedListener<'_>],
-) -> Result<std::process::Child, SpawnError> {
-    validate_listener_names(listeners.iter().map(|l| l.name))?;
-    target_after(listeners.len())?;
-    cmd.env_remove(HANDOFF_ROLE).env_remove(HANDOFF_SOCK_FD);
-    spawn_with_fds(cmd, listeners, None)
-}
-
 /// The descriptor number after `n` listeners, if it can be numbered.
 fn target_after(n: usize) -> Result<RawFd, SpawnError> {
     RawFd::try_from(n)
         .ok()
         .and_then(|n| FIRST_FD.checked_add(n))
-        // The child stages copies at numbers above the last target.
+        // The sources are lifted to numbers from this one up, above every
+        // target.
         .filter(|&fd| fd < RawFd::MAX)
         .ok_or_else(|| {
             SpawnError::Io(io::Error::new(
@@ -179,106 +136,6 @@ fn target_after(n: usize) -> Result<RawFd, SpawnError> {
                 "too many listeners to number their descriptors",
             ))
         })
-}
-
-/// One spawn at a time in this process: a spawn that releases its
-/// placeholders (see `spawn_with_fds`) or other descriptors of its own while
-/// a fork-path spawn is about to make its exec-error pipe would open a hole
-/// for that pipe in the other's target range.
-static SPAWNING: Mutex<()> = Mutex::new(());
-
-/// The part both spawns share: the listener variables, and the descriptors
-/// put in place between fork and exec.
-fn spawn_with_fds(
-    mut cmd: Command,
-    listeners: &[PassedListener<'_>],
-    control: Option<BorrowedFd<'_>>,
-) -> Result<std::process::Child, SpawnError> {
-    let names: Vec<&str> = listeners.iter().map(|l| l.name).collect();
-    cmd.env(LISTEN_FDS, listeners.len().to_string())
-        .env(LISTEN_FDNAMES, names.join(":"))
-        .env_remove(LISTEN_PID);
-
-    // Held until this spawn has dropped its own placeholders.
-    let _one_at_a_time = SPAWNING.lock().unwrap_or_else(PoisonError::into_inner);
-
-    // Everything the child needs is computed here, in the parent: after
-    // fork, a multi-threaded process may not allocate or take locks.
-    let mut fds: Vec<RawFd> = listeners
-        .iter()
-        .map(|l| l.fd.as_raw_fd())
-        .chain(control.map(|c| c.as_raw_fd()))
-        .collect();
-    // A source at 0, 1 or 2 (a process started with its standard streams
-    // closed binds its first socket there) would be replaced by std's own
-    // stdio setup in the child, which runs before `place_fds`: move it up.
-    let mut lifted = Vec::new();
-    for fd in fds.iter_mut().filter(|fd| **fd < FIRST_FD) {
-        // SAFETY: `*fd` is borrowed by the caller for this whole call, so
-        // open; F_DUPFD_CLOEXEC only makes a new descriptor.
-        let copy = cvt(unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, FIRST_FD) })
-            .map_err(SpawnError::Io)?;
-        // SAFETY: `copy` was just made and is owned by nobody else.
-        let copy = unsafe { OwnedFd::from_raw_fd(copy) };
-        *fd = copy.as_raw_fd();
-        lifted.push(copy);
-    }
-    let scan_limit = fd_scan_limit();
-    let placeholders = match listeners.first().map(|l| l.fd).or(control) {
-        Some(any) => {
-            let last = FIRST_FD + fds.len() as RawFd - 1;
-            occupy_free_slots(any, last).map_err(SpawnError::Io)?
-        }
-        None => Vec::new(),
-    };
-    // SAFETY: the closure runs in the child between fork and exec. It only
-    // calls fcntl, dup2, close and the close_range syscall, all
-    // async-signal-safe; it allocates nothing (the Vec was allocated above
-    // and is only written in place) and takes no lock. The descriptors it
-    // names are borrowed by the caller for this whole call, so they are
-    // open in the parent at fork and hence in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            unblock_all_signals()?;
-            place_fds(&mut fds, scan_limit)
-        });
-    }
-    let child = cmd.spawn().map_err(SpawnError::Io);
-    drop(placeholders);
-    drop(lifted);
-    child
-}
-
-/// Fills every free descriptor number in `3..=last` with a close-on-exec
-/// copy of `any`, held until the spawn returns.
-///
-/// `Command::spawn` creates a close-on-exec pipe just before it forks, and
-/// the child writes an exec failure to it. Created while a number in the
-/// target range is free, the pipe would sit there, `place_fds` would
-/// overwrite it, and the parent would then see the pipe close as if exec had
-/// succeeded, while an exec error went into a listener or the control
-/// socket. With the range full, the pipe lands above it. Spawns through
-/// this module take turns, so one cannot free a slot in another's range;
-/// another thread of the program closing one of its own descriptors in the
-/// range before the pipe is made can still open a hole, and std offers no
-/// way to close that race.
-fn occupy_free_slots(any: BorrowedFd<'_>, last: RawFd) -> io::Result<Vec<OwnedFd>> {
-    let mut held = Vec::new();
-    let mut next = FIRST_FD;
-    while next <= last {
-        // SAFETY: `any` is borrowed, so open; F_DUPFD_CLOEXEC makes a new
-        // descriptor at the lowest free number >= `next` and touches
-        // nothing else.
-        let fd = cvt(unsafe { libc::fcntl(any.as_raw_fd(), libc::F_DUPFD_CLOEXEC, next) })?;
-        // SAFETY: `fd` was just created and nothing else knows it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        if fd > last {
-            break;
-        }
-        held.push(owned);
-        next = fd + 1;
-    }
-    Ok(held)
 }
 
 /// How far the close-on-exec fallback scans when `close_range` is missing:
@@ -295,57 +152,6 @@ fn fd_scan_limit() -> RawFd {
         return CAP;
     }
     RawFd::try_from(lim.rlim_cur).map_or(CAP, |n| n.min(CAP))
-}
-
-/// In the child: empties the signal mask. std leaves the forking thread's
-/// mask in place, and a supervisor typically blocks SIGTERM, SIGHUP and
-/// SIGINT to take them with `sigwait`: a child that inherited that mask
-/// would ignore the SIGTERM meant to stop it. Async-signal-safe.
-fn unblock_all_signals() -> io::Result<()> {
-    // SAFETY: `set` is a live local initialised by sigemptyset before
-    // sigprocmask reads it; the old-mask pointer is null, which is allowed.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        cvt(libc::sigprocmask(
-            libc::SIG_SETMASK,
-            &set,
-            std::ptr::null_mut(),
-        ))?;
-    }
-    Ok(())
-}
-
-/// In the child: moves `fds[i]` to `3 + i` without close-on-exec and marks
-/// every descriptor above them close-on-exec. Async-signal-safe: system
-/// calls only, `fds` rewritten in place.
-fn place_fds(fds: &mut [RawFd], scan_limit: RawFd) -> io::Result<()> {
-    // The targets are 3..3+len; staging copies go above them, so a source
-    // that already sits at some target survives until it has been copied.
-    let above_targets = FIRST_FD + fds.len() as RawFd;
-    for slot in fds.iter_mut() {
-        // SAFETY: `*slot` is open (see spawn_successor); F_DUPFD_CLOEXEC
-        // only allocates a new descriptor number >= `above_targets`.
-        *slot = cvt(unsafe { libc::fcntl(*slot, libc::F_DUPFD_CLOEXEC, above_targets) })?;
-    }
-    for (target, &staged) in (FIRST_FD..).zip(fds.iter()) {
-        // dup2 clears close-on-exec on the target, which is what lets it
-        // survive exec.
-        // SAFETY: `staged` is the copy made above; dup2 atomically replaces
-        // `target`, whose previous occupant is either a source (copied
-        // already) or a descriptor the successor must not get anyway.
-        while cvt(unsafe { libc::dup2(staged, target) }).is_err() {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-    for &staged in fds.iter() {
-        // SAFETY: the staging copies are ours and not used again.
-        unsafe { libc::close(staged) };
-    }
-    mark_cloexec_from(above_targets, scan_limit)
 }
 
 /// Sets close-on-exec on every descriptor numbered `first` or more, so
@@ -386,7 +192,8 @@ fn set_cloexec_by_scan(first: RawFd, end: RawFd) -> io::Result<()> {
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
         if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
             // SAFETY: `fd` was open just now and F_SETFD changes only its
-            // flag word; in the forked child nothing else can close it.
+            // flag word; in the child, which shares no descriptor table,
+            // nothing else can close it.
             cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
         }
     }
@@ -394,12 +201,12 @@ fn set_cloexec_by_scan(first: RawFd, end: RawFd) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// The unforked path: clone(CLONE_VM | CLONE_VFORK).
+// What to run, and the process started.
 // ---------------------------------------------------------------------------
 
-/// Where one of the child's standard streams comes from, on the unforked
-/// path ([`Launch`]). `std::process::Stdio` cannot be read back once made,
-/// which is why the unforked path has its own.
+/// Where one of the child's standard streams comes from ([`Launch`]).
+/// `std::process::Stdio` cannot be read back once made, which is why this
+/// module has its own.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub enum ChildStdio {
@@ -429,15 +236,16 @@ impl From<std::fs::File> for ChildStdio {
     }
 }
 
-/// What to run on the unforked path: the part of a `std::process::Command`
-/// that this path honours, every piece of it readable (a `Command`'s
-/// standard streams, `env_clear`, `pre_exec`, uid and gid cannot be read
-/// back from it, so a `Command` cannot be taken here without silently
-/// dropping some of them).
+/// What to run: the part of a `std::process::Command` that this spawn
+/// honours, every piece of it readable (a `Command`'s standard streams,
+/// `env_clear`, `pre_exec`, uid and gid cannot be read back from it, so a
+/// `Command` cannot be taken here without silently dropping some of them).
 ///
 /// What is not here (uid, gid, groups, process group, session, `arg0`,
-/// `pre_exec`) needs the fork path: [`spawn_successor`] and [`spawn_cold`]
-/// with a `Command`.
+/// `pre_exec`) has no place between this spawn's clone and exec, which
+/// runs in the supervisor's memory; a daemon that needs them is given a
+/// wrapper that sets them and execs it (`setpriv`, `runuser`) as its
+/// program.
 ///
 /// As with `Command`: `argv[0]` is the program as given; a program without
 /// a `/` is looked up in the `PATH` the child will have (`/bin:/usr/bin`
@@ -555,7 +363,7 @@ impl Launch {
     }
 }
 
-/// A process started on the unforked path: the handle `std::process::Child`
+/// A process started by this module: the handle `std::process::Child`
 /// would be (std offers no way to make one of those for a process it did not
 /// start itself), with the same fields and methods, and the same
 /// semantics. Dropping it neither kills nor reaps the process.
@@ -662,12 +470,16 @@ fn reap(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<ExitStatus>> 
     }
 }
 
-/// Spawns `launch` as the successor like [`spawn_successor`] (the same
-/// descriptors, variables and guarantees), without forking this process:
-/// `clone(CLONE_VM | CLONE_VFORK)` runs the child on a stack of its own in
-/// our memory, with this thread suspended until it has called `exec` (or
-/// failed to), so no page table is copied — the cost of a fork grows with
-/// the supervisor's memory, this one's does not.
+/// Spawns `launch` as the successor: `listeners` at FDs `3..3+n`,
+/// `control` at `3+n`, `HANDOFF_ROLE=successor` and `HANDOFF_SOCK_FD`,
+/// `LISTEN_FDS` and `LISTEN_FDNAMES` set (over any the launch sets) and
+/// `LISTEN_PID` removed; every other descriptor above 2 close-on-exec.
+///
+/// Without forking this process: `clone(CLONE_VM | CLONE_VFORK)` runs the
+/// child on a stack of its own in our memory, with this thread suspended
+/// until it has called `exec` (or failed to), so no page table is copied —
+/// the cost of a fork grows with the supervisor's memory, this one's does
+/// not. Between clone and exec only system calls run.
 ///
 /// The child's signal mask is empty; a signal this process catches starts
 /// at its default action, one it ignores stays ignored (`SIGPIPE` aside,
@@ -688,8 +500,13 @@ pub fn spawn_successor_vfork(
     )
 }
 
-/// Spawns `launch` cold like [`spawn_cold`], without forking this process;
-/// see [`spawn_successor_vfork`].
+/// Spawns `launch` cold, as systemd's socket activation would: `listeners`
+/// at FDs `3..3+n` with `LISTEN_FDS` and `LISTEN_FDNAMES`, and none of the
+/// successor's variables (removed if this process or the launch has them),
+/// so the child starts as an ordinary first incumbent. `LISTEN_PID` is
+/// removed too (the child would otherwise compare it with its own pid and
+/// ignore the listeners). Unforked, with the same guarantees as
+/// [`spawn_successor_vfork`].
 pub fn spawn_cold_vfork(
     launch: Launch,
     listeners: &[PassedListener<'_>],
@@ -762,7 +579,7 @@ struct Plan<'a> {
 /// The shell `execvp` runs a file in when the kernel will not exec it.
 const SH: &CStr = c"/bin/sh";
 
-/// The unforked spawn; `control` is the successor's socket (`None`: cold).
+/// The spawn; `control` is the successor's socket (`None`: cold).
 fn spawn_vfork(
     launch: Launch,
     listeners: &[PassedListener<'_>],
@@ -833,67 +650,56 @@ fn spawn_vfork(
         .transpose()
         .map_err(SpawnError::Io)?;
 
-    // No exec-error pipe is made here (the error comes back in our memory),
-    // so this spawn cannot lose one to a hole in the target range; but it
-    // opens and closes descriptors of its own, which could open a hole in
-    // the range of a fork-path spawn running at the same time.
-    with_spawn_lock(|| {
-        // Every source the child copies from sits above every target, in
-        // the parent already, so the child only has to dup2 (and a source
-        // at 0, 1 or 2 is not overwritten by the stdio setup).
-        let lifted: Vec<OwnedFd> = listeners
-            .iter()
-            .map(|l| l.fd)
-            .chain(control)
-            .map(|fd| dup_at_least(fd, above_targets))
-            .collect::<io::Result<_>>()?;
-        let fds: Vec<RawFd> = lifted.iter().map(|f| f.as_raw_fd()).collect();
-        let (in_child, in_ours) = prepare_stdio(stdin, true, above_targets)?;
-        let (out_child, out_ours) = prepare_stdio(stdout, false, above_targets)?;
-        let (err_child, err_ours) = prepare_stdio(stderr, false, above_targets)?;
-        let raw = |f: &Option<OwnedFd>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
+    // Every source the child copies from sits above every target, in the
+    // parent already, so the child only has to dup2 (and a source at 0, 1
+    // or 2 is not overwritten by the stdio setup).
+    let lifted: Vec<OwnedFd> = listeners
+        .iter()
+        .map(|l| l.fd)
+        .chain(control)
+        .map(|fd| dup_at_least(fd, above_targets))
+        .collect::<io::Result<_>>()
+        .map_err(SpawnError::Io)?;
+    let fds: Vec<RawFd> = lifted.iter().map(|f| f.as_raw_fd()).collect();
+    let (in_child, in_ours) = prepare_stdio(stdin, true, above_targets).map_err(SpawnError::Io)?;
+    let (out_child, out_ours) =
+        prepare_stdio(stdout, false, above_targets).map_err(SpawnError::Io)?;
+    let (err_child, err_ours) =
+        prepare_stdio(stderr, false, above_targets).map_err(SpawnError::Io)?;
+    let raw = |f: &Option<OwnedFd>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
+    #[cfg(test)]
+    let (pause, _pause_fds) = lift_pause(pause, above_targets).map_err(SpawnError::Io)?;
+    let plan = Plan {
+        candidates: &candidates,
+        argv: &argv,
+        envp: &envp,
+        sh_argv: &sh_argv,
+        stdio: [raw(&in_child), raw(&out_child), raw(&err_child)],
+        fds: &fds,
+        above_targets,
+        scan_limit: fd_scan_limit(),
+        cwd: cwd.as_deref(),
+        sigmax: libc::SIGRTMAX(),
+        error: AtomicI32::new(0),
         #[cfg(test)]
-        let (pause, _pause_fds) = lift_pause(pause, above_targets)?;
-        let plan = Plan {
-            candidates: &candidates,
-            argv: &argv,
-            envp: &envp,
-            sh_argv: &sh_argv,
-            stdio: [raw(&in_child), raw(&out_child), raw(&err_child)],
-            fds: &fds,
-            above_targets,
-            scan_limit: fd_scan_limit(),
-            cwd: cwd.as_deref(),
-            sigmax: libc::SIGRTMAX(),
-            error: AtomicI32::new(0),
-            #[cfg(test)]
-            pause,
-        };
-        let pid = clone_vfork(&plan)?;
-        let errno = plan.error.load(Ordering::Acquire);
-        if errno != 0 {
-            // The child has already exited: CLONE_VFORK resumed us only
-            // then. Reaped here, it leaves no zombie.
-            let _ = reap(pid, 0);
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-        Ok(Child {
-            pid,
-            status: None,
-            stdin: in_ours.map(ChildStdin::from),
-            stdout: out_ours.map(ChildStdout::from),
-            stderr: err_ours.map(ChildStderr::from),
-        })
-        // Our copies of the child's descriptors close here.
+        pause,
+    };
+    let pid = clone_vfork(&plan).map_err(SpawnError::Io)?;
+    let errno = plan.error.load(Ordering::Acquire);
+    if errno != 0 {
+        // The child has already exited: CLONE_VFORK resumed us only then.
+        // Reaped here, it leaves no zombie.
+        let _ = reap(pid, 0);
+        return Err(SpawnError::Io(io::Error::from_raw_os_error(errno)));
+    }
+    Ok(Child {
+        pid,
+        status: None,
+        stdin: in_ours.map(ChildStdin::from),
+        stdout: out_ours.map(ChildStdout::from),
+        stderr: err_ours.map(ChildStderr::from),
     })
-    .map_err(SpawnError::Io)
-}
-
-/// Runs `f` holding the lock that the fork path holds, so spawns of either
-/// kind take turns (see `spawn_with_fds`).
-fn with_spawn_lock<T>(f: impl FnOnce() -> T) -> T {
-    let _one_at_a_time = SPAWNING.lock().unwrap_or_else(PoisonError::into_inner);
-    f()
+    // Our copies of the child's descriptors close here.
 }
 
 /// The environment the child gets: ours (unless cleared), then the
@@ -1379,24 +1185,9 @@ mod tests {
     use std::io::Write;
     use std::net::TcpListener;
     use std::os::unix::net::{UnixListener, UnixStream};
-    use std::process::Stdio;
     use std::time::Duration;
 
     const BOUND: Duration = Duration::from_secs(20);
-
-    /// A shell that prints the handoff variables on one line, then waits
-    /// for its stdin to close so its descriptors can be inspected.
-    fn reporting_shell() -> Command {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args([
-            "-c",
-            r#"echo "$LISTEN_FDS|$LISTEN_FDNAMES|$HANDOFF_ROLE|$HANDOFF_SOCK_FD|${LISTEN_PID-unset}"; read x || true"#,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        cmd
-    }
 
     /// A copy of `/dev/null` without close-on-exec, as a careless library
     /// might leave in the supervisor.
@@ -1410,88 +1201,6 @@ mod tests {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         assert!(!is_cloexec(fd.as_fd()));
         fd
-    }
-
-    #[test]
-    fn successor_gets_exactly_its_fds_and_variables() {
-        let dir = TempDir::new("sp");
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let unix = UnixListener::bind(dir.path().join("u.sock")).unwrap();
-        let (_ours, theirs) = socketpair().unwrap();
-        let mut cmd = reporting_shell();
-        // As if the supervisor itself had been socket-activated.
-        cmd.env(LISTEN_PID, "1");
-        let leak = leaky_fd();
-        let mut child = spawn_successor(
-            cmd,
-            &[
-                PassedListener {
-                    name: "web",
-                    fd: tcp.as_fd(),
-                },
-                PassedListener {
-                    name: "admin",
-                    fd: unix.as_fd(),
-                },
-            ],
-            theirs.as_fd(),
-        )
-        .unwrap();
-        drop(leak);
-        let line = read_line_bounded(child.stdout.as_mut().unwrap(), BOUND);
-        assert_eq!(line, "2|web:admin|successor|5|unset");
-
-        let (pid, me) = (child.id(), std::process::id());
-        assert_eq!(
-            open_fds(pid),
-            vec![0, 1, 2, 3, 4, 5],
-            "extra or missing fds"
-        );
-        let expected = [tcp.as_raw_fd(), unix.as_raw_fd(), theirs.as_raw_fd()];
-        for (target, source) in (3..).zip(expected) {
-            let theirs = fd_target(pid, target).unwrap();
-            assert!(theirs.starts_with("socket:["), "{theirs}");
-            assert_eq!(Some(theirs), fd_target(me, source), "fd {target}");
-        }
-        // The parent's descriptors are untouched.
-        assert!(is_cloexec(tcp.as_fd()) && is_cloexec(theirs.as_fd()));
-
-        drop(child.stdin.take());
-        assert!(wait_bounded(&mut child, BOUND).success());
-    }
-
-    #[test]
-    fn with_no_listeners_the_control_socket_is_fd_3() {
-        let (_ours, theirs) = socketpair().unwrap();
-        let mut child = spawn_successor(reporting_shell(), &[], theirs.as_fd()).unwrap();
-        let line = read_line_bounded(child.stdout.as_mut().unwrap(), BOUND);
-        assert_eq!(line, "0||successor|3|unset");
-        assert_eq!(open_fds(child.id()), vec![0, 1, 2, 3]);
-        assert_eq!(
-            fd_target(child.id(), 3),
-            fd_target(std::process::id(), theirs.as_raw_fd())
-        );
-        drop(child.stdin.take());
-        assert!(wait_bounded(&mut child, BOUND).success());
-    }
-
-    #[test]
-    fn an_exec_failure_is_reported() {
-        let (_ours, theirs) = socketpair().unwrap();
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = spawn_successor(
-            Command::new("/nonexistent/handoff-successor"),
-            &[PassedListener {
-                name: "web",
-                fd: tcp.as_fd(),
-            }],
-            theirs.as_fd(),
-        )
-        .unwrap_err();
-        match err {
-            SpawnError::Io(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
-            other => panic!("expected Io, got {other:?}"),
-        }
     }
 
     #[test]
@@ -1519,10 +1228,13 @@ mod tests {
             name: "a:b",
             fd: tcp.as_fd(),
         };
-        // The command would fail the test if it ran.
-        let cmd = Command::new("/bin/false");
+        // The program would fail the test if it ran.
         assert!(matches!(
-            spawn_successor(cmd, &[passed], theirs.as_fd()),
+            spawn_successor_vfork(Launch::new("/bin/false"), &[passed], theirs.as_fd()),
+            Err(SpawnError::BadListenerName { .. })
+        ));
+        assert!(matches!(
+            spawn_cold_vfork(Launch::new("/bin/false"), &[passed]),
             Err(SpawnError::BadListenerName { .. })
         ));
     }
@@ -1549,20 +1261,8 @@ mod tests {
         assert!(is_cloexec(leak.as_fd()));
     }
 
-    #[test]
-    fn placeholders_fill_only_free_slots_in_the_target_range() {
-        let (a, _b) = socketpair().unwrap();
-        let held = occupy_free_slots(a.as_fd(), 40).unwrap();
-        let nums: Vec<RawFd> = held.iter().map(|f| f.as_raw_fd()).collect();
-        assert!(nums.iter().all(|n| (3..=40).contains(n)), "{nums:?}");
-        assert!(nums.windows(2).all(|w| w[0] < w[1]), "{nums:?}");
-        assert!(held.iter().all(|f| is_cloexec(f.as_fd())));
-        // That they leave no slot free is checked in a process whose
-        // descriptors no other test thread opens and closes:
-        // env::tests::successor_process_entry.
-    }
-
-    /// `reporting_shell` as a [`Launch`].
+    /// A shell that prints the handoff variables on one line, then waits
+    /// for its stdin to close so its descriptors can be inspected.
     fn reporting_launch() -> Launch {
         let mut launch = Launch::new("/bin/sh");
         launch
@@ -1577,7 +1277,7 @@ mod tests {
     }
 
     #[test]
-    fn unforked_successor_gets_exactly_its_fds_and_variables() {
+    fn successor_gets_exactly_its_fds_and_variables() {
         let dir = TempDir::new("spv");
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let unix = UnixListener::bind(dir.path().join("u.sock")).unwrap();
@@ -1622,7 +1322,7 @@ mod tests {
     }
 
     #[test]
-    fn unforked_cold_start_has_no_successor_variables() {
+    fn a_cold_start_has_no_successor_variables() {
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut launch = reporting_launch();
         // As if this process were itself a successor.
@@ -1645,7 +1345,7 @@ mod tests {
     }
 
     #[test]
-    fn unforked_with_no_listeners_the_control_socket_is_fd_3() {
+    fn with_no_listeners_the_control_socket_is_fd_3() {
         let (_ours, theirs) = socketpair().unwrap();
         let mut child = spawn_successor_vfork(reporting_launch(), &[], theirs.as_fd()).unwrap();
         let line = read_line_bounded(child.stdout.as_mut().unwrap(), BOUND);
@@ -1660,7 +1360,7 @@ mod tests {
     }
 
     #[test]
-    fn unforked_exec_failures_come_back_with_their_errno() {
+    fn exec_failures_come_back_with_their_errno() {
         let (_ours, theirs) = socketpair().unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let passed = [PassedListener {
@@ -1696,19 +1396,6 @@ mod tests {
             Err(SpawnError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
             other => panic!("expected InvalidInput, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn unforked_listener_names_are_checked_before_anything_runs() {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let passed = PassedListener {
-            name: "a:b",
-            fd: tcp.as_fd(),
-        };
-        assert!(matches!(
-            spawn_cold_vfork(Launch::new("/bin/false"), &[passed]),
-            Err(SpawnError::BadListenerName { .. })
-        ));
     }
 
     /// The `Sig*` lines of `/proc/<pid>/status`, by name.
