@@ -68,8 +68,8 @@ use handoff_benches::held::HOLD_ENV;
 use handoff_benches::machine::{Machine, filesystem_of, raise_nofile};
 use handoff_benches::relay::{self, RELAY_DIR_ENV, RELAY_ENV};
 use handoff_benches::stats::{Ratio, Secs, Summary, mean, quantile, verdict};
-use handoff_std::os::process::wait_exit;
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::process::{ChildProcess, wait_exit};
+use handoff_std::os::spawn::{self, ChildStdio, PassedListener, spawn_cold_vfork};
 use handoff_std::{JournalPhase, JournalRecord, PhaseTimings};
 
 #[global_allocator]
@@ -230,7 +230,8 @@ struct Setup {
     /// its number, and the floor probes pass it.
     listener: TcpListener,
     sup: Sup,
-    incumbent: Option<Child>,
+    /// Ours spawns unforked (its own `Child`), the reference with std.
+    incumbent: Option<Box<dyn ChildProcess>>,
     /// The control socket's inode when the last handoff started: the next
     /// one waits until the successor has bound a new one.
     last_socket: Option<u64>,
@@ -248,8 +249,8 @@ impl Setup {
         };
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let mut cmd = Command::new(binary(side));
-        cmd.args(args.to_args()).stdout(Stdio::piped());
+        let mut cmd = spawn::Launch::new(binary(side));
+        cmd.args(args.to_args()).stdout(ChildStdio::Piped);
         if hold {
             cmd.env(HOLD_ENV, "1");
         }
@@ -257,7 +258,7 @@ impl Setup {
             name: LISTENER,
             fd: listener.as_fd(),
         }];
-        let mut child = spawn_cold(cmd, &passed)?;
+        let mut child = spawn_cold_vfork(cmd, &passed)?;
         let mut line = String::new();
         let stdout = child.stdout.take().ok_or("no stdout")?;
         BufReader::new(stdout).read_line(&mut line)?;
@@ -293,7 +294,7 @@ impl Setup {
             addr,
             listener,
             sup,
-            incumbent: Some(child),
+            incumbent: Some(Box::new(child)),
             last_socket: None,
             hold,
         })
@@ -353,7 +354,7 @@ impl Setup {
                     took,
                     allocations,
                     Some(outcome.timings),
-                    outcome.child,
+                    outcome.child.map(|c| Box::new(c) as Box<dyn ChildProcess>),
                     passed,
                 )
             }
@@ -381,7 +382,8 @@ impl Setup {
                     )
                     .into());
                 }
-                (took, allocations, None, outcome.child, None)
+                let child = outcome.child.map(|c| Box::new(c) as Box<dyn ChildProcess>);
+                (took, allocations, None, child, None)
             }
         };
         let child = child.ok_or("a committed handoff returned no child")?;
@@ -429,8 +431,8 @@ fn binary(side: Side) -> &'static str {
 }
 
 /// The old incumbent exits by itself after `Commit`.
-fn reap(mut child: Child) -> Result<(), Error> {
-    match wait_exit(&mut child, PATIENCE) {
+fn reap(mut child: Box<dyn ChildProcess>) -> Result<(), Error> {
+    match wait_exit(&mut *child, PATIENCE) {
         Some(status) if status.success() => Ok(()),
         Some(status) => Err(format!("a committed incumbent exited with {status}").into()),
         None => {
@@ -566,7 +568,7 @@ fn floor_as_handoff(listener: &TcpListener) -> Result<f64, Error> {
         fd: listener.as_fd(),
     }];
     let start = Instant::now();
-    let (control, mut child): (UnixStream, Child) = handoff_std::spawn_for_handoff(&spec, &passed)?;
+    let (control, mut child) = handoff_std::spawn_for_handoff(&spec, &passed)?;
     control.set_read_timeout(Some(PATIENCE))?;
     let mut byte = [0u8; 1];
     (&control).read_exact(&mut byte)?;

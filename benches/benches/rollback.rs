@@ -24,7 +24,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use handoff_benches::daemon::{Args, LISTENER, READY_LINE};
@@ -32,7 +32,7 @@ use handoff_benches::echo::ping;
 use handoff_benches::machine::{Machine, filesystem_of};
 use handoff_benches::stats::{Secs, Summary};
 use handoff_std::os::process::{kill_and_reap, send_signal};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::spawn::{ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 use handoff_std::{PerformHandoff, Signal, SpawnSpec, Supervisor};
 
 const OURS_BIN: &str = env!("CARGO_BIN_EXE_handoff-bench-ours");
@@ -103,9 +103,9 @@ fn measure(dir: &std::path::Path) -> Result<(Vec<f64>, Vec<f64>), Error> {
     };
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let mut cmd = Command::new(OURS_BIN);
-    cmd.args(args.to_args()).stdout(Stdio::piped());
-    let mut incumbent = spawn_cold(
+    let mut cmd = Launch::new(OURS_BIN);
+    cmd.args(args.to_args()).stdout(ChildStdio::Piped);
+    let mut incumbent = spawn_cold_vfork(
         cmd,
         &[PassedListener {
             name: LISTENER,

@@ -51,7 +51,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
+use std::process::{ChildStdout, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ use handoff_benches::machine::{Machine, filesystem_of, raise_nofile};
 use handoff_benches::stats::{Secs, Summary, quantile, verdict};
 use handoff_mio::{MioSupervisor, ServiceId, SupervisorEvent};
 use handoff_std::os::process::{kill_and_reap, poll_readable, send_signal, wait_exit};
-use handoff_std::os::spawn::{PassedListener, spawn_cold};
+use handoff_std::os::spawn::{Child, ChildStdio, Launch, PassedListener, spawn_cold_vfork};
 use handoff_std::{HandoffOutcome, Signal, SpawnSpec, Supervisor};
 use mio::{Events, Poll};
 
@@ -329,15 +329,15 @@ impl Fleet {
                     data_dir: dir.join("data"),
                 };
                 let listener = TcpListener::bind("127.0.0.1:0")?;
-                let mut cmd = Command::new(OURS_BIN);
+                let mut cmd = Launch::new(OURS_BIN);
                 cmd.args(args.to_args())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped());
+                    .stdin(ChildStdio::Null)
+                    .stdout(ChildStdio::Piped);
                 let passed = [PassedListener {
                     name: LISTENER,
                     fd: listener.as_fd(),
                 }];
-                let mut child = spawn_cold(cmd, &passed)?;
+                let mut child = spawn_cold_vfork(cmd, &passed)?;
                 let stdout = child.stdout.take();
                 self.services.push(Service {
                     args,
